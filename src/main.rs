@@ -1,0 +1,2 @@
+//! `weft`: the command-line tool and the router daemon.
+fn main() {}

@@ -1,0 +1,1 @@
+//! weft-tests: shared harness for weft's integration tests (simulator, lab namespaces).
