@@ -1,1 +1,86 @@
-//! weft-crypto (in progress)
+//! weft-crypto: everything that keeps a tunnel secret. Keys, the Noise handshake, sealed
+//! datagrams, the replay window, rekey timing, and the wire formats of all of them.
+//!
+//! It is sans-IO: it takes bytes, `now` (an [`std::time::Instant`] for timers, a
+//! [`Timestamp`] for the wall clock) and a [`Random`] source, and returns bytes and
+//! deadlines. It never reads a clock, opens a socket or depends on tokio; the only I/O is
+//! reading and writing the key file ([`KeyPair::load`], [`KeyPair::save`]).
+//!
+//! # The handshake: `Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s`, and why
+//!
+//! DESIGN.md §3 asks for five properties. XX with the join secret as `psk0` gives them all:
+//!
+//! ```text
+//! -> psk, e      + AEAD(timestamp)       initiation, 68 bytes
+//! <- e, ee, s, es + AEAD(sender index)   response, 108 bytes
+//! -> s, se       + AEAD(empty)           finish, 72 bytes
+//! ```
+//!
+//! - **Join secret checked on the first message, before any Diffie-Hellman.** `psk0` mixes the
+//!   PSK into the key before anything else, and the initiation's payload (the timestamp) is
+//!   encrypted under it. The responder reads `e` (a hash, no curve operation) and opens that
+//!   AEAD: a non-member fails there. Building the responder state costs no curve operation
+//!   either (our static public key is cached, see `noise.rs`); the first scalar
+//!   multiplication happens when the response is written. The tests count them.
+//! - **Replay of the initiation refused.** Its timestamp (TAI64N, as WireGuard) must be
+//!   within [`MAX_CLOCK_SKEW`] of the responder's clock, and the responder remembers the
+//!   ephemeral keys of initiations inside that window; both checks come before any DH. Once
+//!   the initiator is known (finish), its timestamp must also be newer than the last one it
+//!   completed with, which holds even across a responder restart.
+//! - **Initiator's identity hidden from passive observers.** In XX the initiator's static key
+//!   travels only in the finish, encrypted under keys from `ee` and `es`; a passive observer
+//!   (even one who knows the join secret) sees only ephemeral keys. The responder's static key
+//!   is encrypted under `ee` in the response, so it too is hidden from passive observers; it is
+//!   revealed to an active initiator, but that initiator must know the join secret. (IK would
+//!   need the responder's key up front, which seeds do not have, and cannot check a PSK before
+//!   DH; IKpsk2 mixes the PSK in only at the second message.)
+//! - **Mutual authentication.** Each side proves its static key by `es`/`se`; a session's
+//!   [`Session::remote`] is authenticated, and an allow-list ([`Handshaker::set_allowed`]) or
+//!   an expected key ([`Handshaker::initiate`]) pins it further.
+//! - **Forward secrecy.** The session keys come from the chaining key after `ee`, `es` and `se`.
+//!   `ee` is a DH of two ephemeral keys that exist only in memory during the handshake and are
+//!   dropped after it (and zeroed: they live in `Secret`). Someone who later steals both static
+//!   keys and the join secret can recompute `es`, `se` and the PSK mixing, but not `ee`, and so
+//!   not the session keys of a recorded session. Sessions rekey every two minutes
+//!   ([`REKEY_AFTER_TIME`]), so a session key stolen from memory exposes at most that much.
+//!
+//! The cost of XX over IK is one more message (1.5 round trips); handshakes happen every two
+//! minutes per peer, so that is nothing.
+//!
+//! # After the handshake
+//!
+//! Data does not use snow's ordered transport: the two directional keys (snow's raw split) go
+//! to ring's ChaCha20-Poly1305, and each datagram carries `type | receiver index | counter |
+//! ciphertext | tag`, sealed and opened in place with the counter as nonce and the header as
+//! associated data, then passed through an RFC 6479 [`ReplayWindow`]. See [`Session`] and
+//! [`Keyring`].
+
+mod handshake;
+mod keyring;
+mod keys;
+mod noise;
+mod random;
+mod replay;
+mod secret;
+mod session;
+pub mod wire;
+
+pub use handshake::{
+    HandshakeError, Handshaker, Initiator, MAX_CLOCK_SKEW, MAX_RECENT_INITIATIONS, NOISE_PATTERN,
+    Rejected, Responding,
+};
+pub use keyring::Keyring;
+pub use keys::{
+    JoinSecret, JoinSecretError, KEY_LEN, KeyFileError, KeyPair, MIN_JOIN_SECRET_LEN,
+    ParseKeyError, PublicKey,
+};
+pub use noise::DhCounter;
+pub use random::{OsRandom, Random};
+pub use replay::{ReplayWindow, WINDOW_SIZE};
+pub use secret::Secret;
+pub use session::{
+    KEEPALIVE_TIMEOUT, OpenError, Opened, PREVIOUS_SESSION_GRACE, REJECT_AFTER_MESSAGES,
+    REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME, REKEY_TIMEOUT,
+    RESPONDER_REKEY_DELAY, Role, SealError, Session,
+};
+pub use wire::{DATA_HEADER_LEN, DATA_OVERHEAD, MessageType, PayloadKind, TAG_LEN, Timestamp};

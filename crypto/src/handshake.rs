@@ -1,0 +1,504 @@
+//! The handshake: `Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s` through snow, wrapped in weft's
+//! message formats (see [`crate::wire`]) and checks (join secret first, replay, allow-list).
+//!
+//! The node-wide [`Handshaker`] holds the identity and the replay memory; each handshake in
+//! flight is a value the caller keeps, keyed by its local index: an [`Initiator`] waiting for a
+//! response, or a [`Responding`] waiting for the finish. A transition consumes the state; a
+//! message that is refused before it could change the state hands the state back
+//! ([`Rejected::state`]), so a forged datagram cannot kill a handshake in progress.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::keys::{JoinSecret, KeyPair, PublicKey};
+use crate::noise::{DhCounter, Resolver};
+use crate::random::Random;
+use crate::secret::Secret;
+use crate::session::{Role, Session};
+use crate::wire::{
+    FINISH_LEN, Finish, INITIATION_LEN, Initiation, MessageType, PROTOCOL_VERSION, RESPONSE_LEN,
+    Response, TIMESTAMP_LEN, Timestamp, WireError,
+};
+
+/// The Noise protocol name (Noise spec rev. 34, §8 and §9 for `psk0`).
+pub const NOISE_PATTERN: &str = "Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s";
+
+/// Mixed into every handshake with the initiation's clear header (Noise spec §6: the
+/// prologue), so the header cannot be altered and another protocol's handshake cannot pass.
+const PROLOGUE: &[u8] = b"weft handshake v1";
+
+/// How far an initiation's timestamp may be from the responder's clock, either way. It bounds
+/// how long an initiation must be remembered to refuse its replay. Kubernetes nodes keep their
+/// clocks within seconds (NTP); three minutes leaves room for a laptop that slept.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(180);
+
+/// At most this many initiations are remembered for replay refusal. Only initiations that
+/// passed the join-secret check are stored, so only a member can fill it; past it, new
+/// initiations are refused rather than forgetting ones that could then be replayed.
+pub const MAX_RECENT_INITIATIONS: usize = 1 << 16;
+
+/// Why a handshake message was refused.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum HandshakeError {
+    /// Malformed input: not a handshake message of the expected shape or version.
+    #[error(transparent)]
+    Malformed(#[from] WireError),
+    /// The message failed authentication: a wrong join secret (non-member), tampering, or a
+    /// message made for another handshake.
+    #[error(
+        "handshake failed authentication (wrong join secret, or a forged or corrupted message)"
+    )]
+    Authentication,
+    /// The peer authenticated with another key than the one we set out to reach.
+    #[error("expected peer {expected}, but {got} answered")]
+    UnexpectedPeer {
+        /// The key we dialled.
+        expected: PublicKey,
+        /// The key that answered.
+        got: PublicKey,
+    },
+    /// The peer authenticated, but its key is not on the allow-list.
+    #[error("peer {0} is not on the allow-list")]
+    PeerNotAllowed(PublicKey),
+    /// This initiation was seen before, or is older than the peer's last one.
+    #[error("replayed handshake initiation")]
+    Replay,
+    /// The initiation's timestamp is too far from our clock.
+    #[error(
+        "handshake initiation timestamp is {skew_secs}s from our clock (allowed ±{}s): \
+         check the clocks (NTP) of both nodes",
+        MAX_CLOCK_SKEW.as_secs()
+    )]
+    Stale {
+        /// The initiator's clock minus ours, in seconds.
+        skew_secs: i64,
+    },
+    /// Too many initiations within [`MAX_CLOCK_SKEW`] to remember them all.
+    #[error("too many recent handshake initiations; refusing new ones for now")]
+    Overloaded,
+    /// Misuse: the message names another handshake than the state it was given to.
+    #[error("message is for handshake {got:#x}, this state is {ours:#x}")]
+    WrongHandshake {
+        /// The index in the message.
+        got: u32,
+        /// The state's local index.
+        ours: u32,
+    },
+    /// snow refused an operation our own code set up; a bug, not the peer's doing.
+    #[error("internal handshake error: {0}")]
+    Internal(String),
+}
+
+/// A refused message. `state` is the handshake state, unchanged, when the message was refused
+/// before touching it (keep waiting); `None` when the handshake is over.
+#[derive(Debug)]
+pub struct Rejected<T> {
+    /// Why.
+    pub error: HandshakeError,
+    /// The state to keep waiting with, if it survived.
+    pub state: Option<T>,
+}
+
+fn internal(e: snow::Error) -> HandshakeError {
+    HandshakeError::Internal(e.to_string())
+}
+
+/// Maps an error from reading a peer's Noise message.
+fn from_read(e: snow::Error) -> HandshakeError {
+    match e {
+        // Decrypt: a tag did not verify. Dh: the peer sent a low-order point.
+        snow::Error::Decrypt | snow::Error::Dh => HandshakeError::Authentication,
+        other => internal(other),
+    }
+}
+
+/// This node's side of every handshake: identity, join secret, allow-list, replay memory.
+pub struct Handshaker {
+    keypair: KeyPair,
+    join_secret: JoinSecret,
+    allowed: Option<HashSet<PublicKey>>,
+    counter: Arc<DhCounter>,
+    /// Ephemeral keys of recent initiations that passed the join-secret check, with their
+    /// timestamps: a copy within the skew window is a replay.
+    recent: HashMap<[u8; 32], Timestamp>,
+    /// The newest initiation timestamp accepted from each peer (WireGuard's rule: a replay
+    /// from before our memory began is still older than the last one we completed).
+    newest: HashMap<PublicKey, Timestamp>,
+}
+
+impl std::fmt::Debug for Handshaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handshaker")
+            .field("public", &self.keypair.public())
+            .field("allowed", &self.allowed.as_ref().map(|a| a.len()))
+            .field("recent", &self.recent.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An initiator waiting for the response.
+pub struct Initiator {
+    // Boxed: snow's state is ~1 KiB, and these move through Results.
+    state: Box<snow::HandshakeState>,
+    local_index: u32,
+    expected: Option<PublicKey>,
+}
+
+impl std::fmt::Debug for Initiator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Initiator")
+            .field("local_index", &self.local_index)
+            .field("expected", &self.expected)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Initiator {
+    /// The index the response will name.
+    pub fn local_index(&self) -> u32 {
+        self.local_index
+    }
+}
+
+/// A responder that sent its response and waits for the finish.
+pub struct Responding {
+    state: Box<snow::HandshakeState>,
+    local_index: u32,
+    remote_index: u32,
+    initiated: Timestamp,
+}
+
+impl std::fmt::Debug for Responding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Responding")
+            .field("local_index", &self.local_index)
+            .field("remote_index", &self.remote_index)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Responding {
+    /// The index the finish will name.
+    pub fn local_index(&self) -> u32 {
+        self.local_index
+    }
+}
+
+fn header(kind: MessageType, index: u32) -> [u8; 8] {
+    let mut h = [0u8; 8];
+    h[0] = kind as u8;
+    h[1] = PROTOCOL_VERSION;
+    h[4..8].copy_from_slice(&index.to_le_bytes());
+    h
+}
+
+fn skew_secs(theirs: Timestamp, ours: Timestamp) -> i64 {
+    let (t, o) = (theirs.to_unix(), ours.to_unix());
+    if t >= o {
+        (t - o).as_secs() as i64
+    } else {
+        -((o - t).as_secs() as i64)
+    }
+}
+
+impl Handshaker {
+    /// A handshaker for `keypair`, admitting members that know `join_secret`.
+    pub fn new(keypair: KeyPair, join_secret: JoinSecret) -> Self {
+        Self {
+            keypair,
+            join_secret,
+            allowed: None,
+            counter: Arc::default(),
+            recent: HashMap::new(),
+            newest: HashMap::new(),
+        }
+    }
+
+    /// Pins membership further: only these keys complete a handshake (`None`: any member).
+    pub fn set_allowed(&mut self, allowed: Option<HashSet<PublicKey>>) {
+        self.allowed = allowed;
+    }
+
+    /// This node's public key.
+    pub fn public(&self) -> PublicKey {
+        self.keypair.public()
+    }
+
+    /// X25519 scalar multiplications performed so far (see [`DhCounter`]).
+    pub fn dh_operations(&self) -> u64 {
+        self.counter.get()
+    }
+
+    fn check_allowed(&self, key: PublicKey) -> Result<(), HandshakeError> {
+        match &self.allowed {
+            Some(set) if !set.contains(&key) => Err(HandshakeError::PeerNotAllowed(key)),
+            _ => Ok(()),
+        }
+    }
+
+    fn build(
+        &self,
+        rng: &mut impl Random,
+        clear_header: &[u8],
+        initiator: bool,
+    ) -> Result<snow::HandshakeState, HandshakeError> {
+        let mut prologue = Vec::with_capacity(PROLOGUE.len() + clear_header.len());
+        prologue.extend_from_slice(PROLOGUE);
+        prologue.extend_from_slice(clear_header);
+        let resolver = Resolver::new(&self.keypair, rng, self.counter.clone());
+        let params = NOISE_PATTERN.parse().map_err(internal)?;
+        let builder = snow::Builder::with_resolver(params, Box::new(resolver))
+            .local_private_key(self.keypair.private().expose())
+            .and_then(|b| b.psk(0, self.join_secret.psk()))
+            .and_then(|b| b.prologue(&prologue))
+            .map_err(internal)?;
+        if initiator {
+            builder.build_initiator()
+        } else {
+            builder.build_responder()
+        }
+        .map_err(internal)
+    }
+
+    /// Starts a handshake. `expected`: the peer's key when we know whom we dial (a seed's key
+    /// is not known). `wall`: the current wall-clock time, carried for replay protection.
+    pub fn initiate(
+        &self,
+        local_index: u32,
+        expected: Option<PublicKey>,
+        wall: Timestamp,
+        rng: &mut impl Random,
+    ) -> Result<(Initiator, [u8; INITIATION_LEN]), HandshakeError> {
+        let head = header(MessageType::HandshakeInitiation, local_index);
+        let mut state = self.build(rng, &head, true)?;
+        let mut out = [0u8; INITIATION_LEN];
+        out[..8].copy_from_slice(&head);
+        let n = state
+            .write_message(&wall.to_bytes(), &mut out[8..])
+            .map_err(internal)?;
+        debug_assert_eq!(8 + n, INITIATION_LEN);
+        Ok((
+            Initiator {
+                state: Box::new(state),
+                local_index,
+                expected,
+            },
+            out,
+        ))
+    }
+
+    /// Answers an initiation. The join secret is checked first (the psk0 AEAD over the
+    /// timestamp), then replay and clock skew, all before any Diffie-Hellman operation; only
+    /// then is the response written.
+    pub fn handle_initiation(
+        &mut self,
+        message: &[u8],
+        local_index: u32,
+        wall: Timestamp,
+        rng: &mut impl Random,
+    ) -> Result<(Responding, [u8; RESPONSE_LEN]), HandshakeError> {
+        let init = Initiation::parse(message)?;
+        if self.recent.contains_key(init.ephemeral()) {
+            return Err(HandshakeError::Replay);
+        }
+        let mut state = self.build(rng, init.header(), false)?;
+        let mut payload = Secret::new([0u8; 64]);
+        let n = state
+            .read_message(init.noise(), payload.expose_mut())
+            .map_err(from_read)?;
+        let stamp: [u8; TIMESTAMP_LEN] = payload.expose()[..n]
+            .try_into()
+            .map_err(|_| WireError::Payload("timestamp length"))?;
+        let initiated =
+            Timestamp::from_bytes(stamp).ok_or(WireError::Payload("timestamp out of range"))?;
+        let skew = skew_secs(initiated, wall);
+        let (t, w) = (initiated.to_unix(), wall.to_unix());
+        if t.abs_diff(w) > MAX_CLOCK_SKEW {
+            return Err(HandshakeError::Stale { skew_secs: skew });
+        }
+        self.remember(*init.ephemeral(), initiated, wall)?;
+
+        let mut out = [0u8; RESPONSE_LEN];
+        out[..8].copy_from_slice(&header(MessageType::HandshakeResponse, init.sender_index()));
+        let n = state
+            .write_message(&local_index.to_le_bytes(), &mut out[8..])
+            .map_err(internal)?;
+        debug_assert_eq!(8 + n, RESPONSE_LEN);
+        Ok((
+            Responding {
+                state: Box::new(state),
+                local_index,
+                remote_index: init.sender_index(),
+                initiated,
+            },
+            out,
+        ))
+    }
+
+    /// Records an initiation's ephemeral key, forgetting those that have aged out of the skew
+    /// window (their replays are refused as stale instead).
+    fn remember(
+        &mut self,
+        ephemeral: [u8; 32],
+        initiated: Timestamp,
+        wall: Timestamp,
+    ) -> Result<(), HandshakeError> {
+        if self.recent.len() >= MAX_RECENT_INITIATIONS {
+            let horizon = wall.to_unix().saturating_sub(MAX_CLOCK_SKEW);
+            self.recent.retain(|_, t| t.to_unix() >= horizon);
+            if self.recent.len() >= MAX_RECENT_INITIATIONS {
+                return Err(HandshakeError::Overloaded);
+            }
+        }
+        self.recent.insert(ephemeral, initiated);
+        Ok(())
+    }
+
+    /// Forgets remembered initiations older than the skew window at `wall`. Call it now and
+    /// then (the mesh does on its timer) to keep memory flat.
+    pub fn expire_initiations(&mut self, wall: Timestamp) {
+        let horizon = wall.to_unix().saturating_sub(MAX_CLOCK_SKEW);
+        self.recent.retain(|_, t| t.to_unix() >= horizon);
+    }
+
+    /// Completes our handshake with the response: checks the responder's key, writes the
+    /// finish, and returns the session (unconfirmed until a packet arrives under it).
+    pub fn handle_response(
+        &self,
+        mut initiator: Initiator,
+        message: &[u8],
+        now: Instant,
+    ) -> Result<(Session, [u8; FINISH_LEN]), Rejected<Initiator>> {
+        let keep = |initiator, error| Rejected {
+            error,
+            state: Some(initiator),
+        };
+        let resp = match Response::parse(message) {
+            Ok(r) => r,
+            Err(e) => return Err(keep(initiator, e.into())),
+        };
+        if resp.receiver_index() != initiator.local_index {
+            let error = HandshakeError::WrongHandshake {
+                got: resp.receiver_index(),
+                ours: initiator.local_index,
+            };
+            return Err(keep(initiator, error));
+        }
+        let mut payload = [0u8; 64];
+        let n = match initiator.state.read_message(resp.noise(), &mut payload) {
+            Ok(n) => n,
+            // snow restores its state when a read fails: the initiator can keep waiting.
+            Err(e) => return Err(keep(initiator, from_read(e))),
+        };
+        let done = |error| Rejected { error, state: None };
+        let remote_index = u32::from_le_bytes(
+            payload[..n]
+                .try_into()
+                .map_err(|_| done(WireError::Payload("sender index length").into()))?,
+        );
+        let remote = remote_static(&initiator.state).map_err(done)?;
+        if let Some(expected) = initiator.expected.filter(|e| *e != remote) {
+            return Err(done(HandshakeError::UnexpectedPeer {
+                expected,
+                got: remote,
+            }));
+        }
+        self.check_allowed(remote).map_err(done)?;
+
+        let mut out = [0u8; FINISH_LEN];
+        out[..8].copy_from_slice(&header(MessageType::HandshakeFinish, remote_index));
+        let n = initiator
+            .state
+            .write_message(&[], &mut out[8..])
+            .map_err(|e| done(internal(e)))?;
+        debug_assert_eq!(8 + n, FINISH_LEN);
+        let (send, receive) = split(&mut initiator.state).map_err(done)?;
+        Ok((
+            Session::new(
+                Role::Initiator,
+                initiator.local_index,
+                remote_index,
+                remote,
+                send,
+                receive,
+                now,
+            ),
+            out,
+        ))
+    }
+
+    /// Completes a handshake we answered: authenticates the initiator's key, applies the
+    /// allow-list and the newest-initiation rule, and returns the session.
+    pub fn handle_finish(
+        &mut self,
+        mut responding: Responding,
+        message: &[u8],
+        now: Instant,
+    ) -> Result<Session, Rejected<Responding>> {
+        let keep = |responding, error| Rejected {
+            error,
+            state: Some(responding),
+        };
+        let fin = match Finish::parse(message) {
+            Ok(f) => f,
+            Err(e) => return Err(keep(responding, e.into())),
+        };
+        if fin.receiver_index() != responding.local_index {
+            let error = HandshakeError::WrongHandshake {
+                got: fin.receiver_index(),
+                ours: responding.local_index,
+            };
+            return Err(keep(responding, error));
+        }
+        let mut payload = [0u8; 64];
+        if let Err(e) = responding.state.read_message(fin.noise(), &mut payload) {
+            return Err(keep(responding, from_read(e)));
+        }
+        let done = |error| Rejected { error, state: None };
+        let remote = remote_static(&responding.state).map_err(done)?;
+        self.check_allowed(remote).map_err(done)?;
+        if self
+            .newest
+            .get(&remote)
+            .is_some_and(|newest| *newest >= responding.initiated)
+        {
+            return Err(done(HandshakeError::Replay));
+        }
+        self.newest.insert(remote, responding.initiated);
+        let (initiator_to_responder, responder_to_initiator) =
+            split(&mut responding.state).map_err(done)?;
+        Ok(Session::new(
+            Role::Responder,
+            responding.local_index,
+            responding.remote_index,
+            remote,
+            responder_to_initiator,
+            initiator_to_responder,
+            now,
+        ))
+    }
+}
+
+fn remote_static(state: &snow::HandshakeState) -> Result<PublicKey, HandshakeError> {
+    let bytes = state
+        .get_remote_static()
+        .ok_or_else(|| HandshakeError::Internal("no remote static key after XX".into()))?;
+    let key: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| HandshakeError::Internal("remote static key length".into()))?;
+    Ok(PublicKey::from_bytes(key))
+}
+
+/// The two directional keys (Noise §5.2 Split): initiator→responder, responder→initiator.
+type DirectionalKeys = (Secret<[u8; 32]>, Secret<[u8; 32]>);
+
+fn split(state: &mut snow::HandshakeState) -> Result<DirectionalKeys, HandshakeError> {
+    if !state.is_handshake_finished() {
+        return Err(HandshakeError::Internal(
+            "split before the handshake finished".into(),
+        ));
+    }
+    let (a, b) = state.dangerously_get_raw_split();
+    Ok((Secret::new(a), Secret::new(b)))
+}

@@ -1,0 +1,197 @@
+//! The sessions held for one peer across rekeys: the current one, and the previous one for a
+//! grace period so that packets sealed before the switch still open.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::session::{PREVIOUS_SESSION_GRACE, Session};
+
+/// Current and previous session with one peer. Sessions are `Arc`s: data-plane workers hold
+/// them while the mesh rotates them.
+#[derive(Debug, Default)]
+pub struct Keyring {
+    current: Option<Arc<Session>>,
+    previous: Option<(Arc<Session>, Instant)>,
+}
+
+impl Keyring {
+    /// An empty keyring.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes `session` current; the one it replaces stays usable for opening until
+    /// [`PREVIOUS_SESSION_GRACE`] from `now` (or its own expiry, whichever is first).
+    pub fn install(&mut self, session: Arc<Session>, now: Instant) {
+        if let Some(old) = self.current.replace(session) {
+            let until = (now + PREVIOUS_SESSION_GRACE).min(old.expires_at());
+            self.previous = Some((old, until));
+        }
+    }
+
+    /// The session to seal with: the current one once the peer has proven it holds it, else
+    /// the previous one while it lasts (an initiator's new session is unconfirmed until the
+    /// first packet arrives under it), else the current one.
+    pub fn sending(&self, now: Instant) -> Option<&Arc<Session>> {
+        let current = self.current.as_ref().filter(|s| !s.is_expired(now))?;
+        if !current.is_confirmed()
+            && let Some((prev, until)) = &self.previous
+            && now < *until
+            && !prev.is_expired(now)
+        {
+            return Some(prev);
+        }
+        Some(current)
+    }
+
+    /// The current session, if any.
+    pub fn current(&self) -> Option<&Arc<Session>> {
+        self.current.as_ref()
+    }
+
+    /// The session that opens datagrams addressed to `local_index`, if it is still held.
+    pub fn for_index(&self, local_index: u32, now: Instant) -> Option<&Arc<Session>> {
+        if let Some(s) = self
+            .current
+            .as_ref()
+            .filter(|s| s.local_index() == local_index)
+        {
+            return Some(s);
+        }
+        match &self.previous {
+            Some((s, until)) if s.local_index() == local_index && now < *until => Some(s),
+            _ => None,
+        }
+    }
+
+    /// Drops what has run out at `now`: the previous session after its grace, the current one
+    /// after its expiry. Returns the local indices released, so the caller can forget them.
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<u32> {
+        let mut released = Vec::new();
+        if let Some((s, until)) = &self.previous
+            && now >= *until
+        {
+            released.push(s.local_index());
+            self.previous = None;
+        }
+        if let Some(s) = &self.current
+            && s.is_expired(now)
+        {
+            released.push(s.local_index());
+            self.current = None;
+        }
+        released
+    }
+
+    /// The next instant something changes: a rekey due, the previous session's end, or the
+    /// current one's expiry.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let current = self
+            .current
+            .as_ref()
+            .map(|s| s.rekey_at().min(s.expires_at()));
+        let previous = self.previous.as_ref().map(|(_, until)| *until);
+        match (current, previous) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether the current session is due for a rekey at `now` (or there is none).
+    pub fn needs_rekey(&self, now: Instant) -> bool {
+        self.current
+            .as_ref()
+            .is_none_or(|s| now >= s.rekey_at() || s.is_expired(now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::tests::{pair, pair_with};
+    use crate::session::{REJECT_AFTER_TIME, REKEY_AFTER_TIME};
+    use crate::wire::{DATA_HEADER_LEN, DATA_OVERHEAD, PayloadKind};
+    use std::time::Duration;
+
+    fn packet() -> Vec<u8> {
+        let mut p = vec![0u8; DATA_OVERHEAD + 4];
+        p[DATA_HEADER_LEN..DATA_HEADER_LEN + 4].copy_from_slice(b"ping");
+        p
+    }
+
+    /// A virtual clock: a fixed base plus offsets. Nothing here reads the real clock again.
+    #[test]
+    fn rekey_keeps_the_previous_session_for_the_grace_period_then_drops_it() {
+        let t0 = Instant::now();
+        let (a1, b1) = pair(t0);
+        let (a1, b1) = (Arc::new(a1), Arc::new(b1));
+        let mut ring_b = Keyring::new();
+        ring_b.install(b1.clone(), t0);
+        assert!(!ring_b.needs_rekey(t0));
+        assert_eq!(ring_b.poll_timeout(), Some(b1.rekey_at()));
+
+        // A packet sealed under the first session just before the rekey...
+        let t_rekey = t0 + REKEY_AFTER_TIME;
+        let mut late = packet();
+        a1.seal_in_place(PayloadKind::Data, &mut late, t_rekey)
+            .unwrap();
+
+        // ...the rekey installs a second session (new indices)...
+        let (_a2, b2) = pair_with(t_rekey, 11, 21);
+        let b2 = Arc::new(b2);
+        ring_b.install(b2.clone(), t_rekey);
+        assert_eq!(
+            ring_b.poll_timeout(),
+            Some(t_rekey + PREVIOUS_SESSION_GRACE)
+        );
+
+        // ...and the late packet still opens through the previous session during the grace.
+        let during = t_rekey + PREVIOUS_SESSION_GRACE - Duration::from_millis(1);
+        let s = ring_b.for_index(20, during).expect("previous session held");
+        assert!(s.open_in_place(&mut late.clone(), during).is_ok());
+        assert!(ring_b.handle_timeout(during).is_empty());
+
+        // After the grace it is gone.
+        let after = t_rekey + PREVIOUS_SESSION_GRACE;
+        assert!(ring_b.for_index(20, after).is_none());
+        assert_eq!(ring_b.handle_timeout(after), vec![20]);
+        assert!(ring_b.for_index(21, after).is_some());
+        assert_eq!(ring_b.poll_timeout(), Some(b2.rekey_at()));
+
+        // The current session expires on its own at REJECT_AFTER_TIME.
+        let end = t_rekey + REJECT_AFTER_TIME;
+        assert!(ring_b.needs_rekey(end));
+        assert_eq!(ring_b.handle_timeout(end), vec![21]);
+        assert!(ring_b.current().is_none());
+        assert_eq!(ring_b.poll_timeout(), None);
+    }
+
+    #[test]
+    fn sending_prefers_the_previous_session_until_the_new_one_is_confirmed() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(1);
+        let (a1, _b1) = pair_with(t0, 10, 20);
+        let (a2, b2) = pair_with(t1, 11, 21);
+        let mut ring = Keyring::new();
+        ring.install(Arc::new(a1), t0);
+        ring.install(Arc::new(a2), t1);
+        assert_eq!(
+            ring.sending(t1).unwrap().local_index(),
+            10,
+            "new one unconfirmed"
+        );
+        // A packet from the peer under the new session confirms it.
+        let mut p = packet();
+        b2.seal_in_place(PayloadKind::Control, &mut p, t1).unwrap();
+        ring.for_index(11, t1)
+            .unwrap()
+            .open_in_place(&mut p, t1)
+            .unwrap();
+        assert_eq!(ring.sending(t1).unwrap().local_index(), 11);
+        // Once the previous session's grace is over, the current one is used regardless.
+        let (a3, _b3) = pair_with(t1, 12, 22);
+        ring.install(Arc::new(a3), t1);
+        let later = t1 + PREVIOUS_SESSION_GRACE;
+        assert_eq!(ring.sending(later).unwrap().local_index(), 12);
+    }
+}

@@ -1,0 +1,408 @@
+//! Datagram formats. Every byte from the network passes through one of the checked parsers
+//! here before anything else looks at it (the smoltcp habit: `parse` validates, then the view
+//! hands out fields that are known to be in bounds).
+//!
+//! The first byte of every datagram on the weft port is its [`MessageType`]. Integers are
+//! little-endian, as in WireGuard.
+//!
+//! ```text
+//! initiation (68 B)   0 type=1 | 1 version | 2..4 zero | 4..8 sender index
+//!                     | 8..40 e | 40..68 AEAD(timestamp)
+//! response  (108 B)   0 type=2 | 1 version | 2..4 zero | 4..8 receiver index
+//!                     | 8..40 e | 40..88 AEAD(s) | 88..108 AEAD(sender index)
+//! finish     (72 B)   0 type=3 | 1 version | 2..4 zero | 4..8 receiver index
+//!                     | 8..56 AEAD(s) | 56..72 AEAD(empty)
+//! data/control        0 type=4|5 | 1..5 receiver index | 5..13 counter | ciphertext | 16 B tag
+//! ```
+//!
+//! Handshake messages carry a version byte; a data format change takes a new type value.
+//! Type 6 is the mesh's relay envelope, which `weft-mesh` owns. Unknown types are refused.
+
+use std::fmt;
+
+/// The protocol version carried by handshake messages.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Bytes of an X25519 public key on the wire.
+const KEY: usize = 32;
+/// Bytes of a ChaCha20-Poly1305 tag.
+pub const TAG_LEN: usize = 16;
+/// Bytes of a TAI64N timestamp.
+pub const TIMESTAMP_LEN: usize = 12;
+
+/// Size of a handshake initiation.
+pub const INITIATION_LEN: usize = 8 + KEY + TIMESTAMP_LEN + TAG_LEN;
+/// Size of a handshake response.
+pub const RESPONSE_LEN: usize = 8 + KEY + (KEY + TAG_LEN) + (4 + TAG_LEN);
+/// Size of a handshake finish.
+pub const FINISH_LEN: usize = 8 + (KEY + TAG_LEN) + TAG_LEN;
+/// Bytes in front of a sealed payload: type, receiver index, counter.
+pub const DATA_HEADER_LEN: usize = 1 + 4 + 8;
+/// Bytes a sealed datagram adds to its payload.
+pub const DATA_OVERHEAD: usize = DATA_HEADER_LEN + TAG_LEN;
+
+/// What a datagram is, from its first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum MessageType {
+    /// First handshake message, initiator to responder.
+    HandshakeInitiation = 1,
+    /// Second handshake message, responder to initiator.
+    HandshakeResponse = 2,
+    /// Third handshake message, initiator to responder.
+    HandshakeFinish = 3,
+    /// A sealed IP packet for the TUN device.
+    Data = 4,
+    /// A sealed control message for the mesh (gossip, probes, keepalives).
+    Control = 5,
+    /// A sealed datagram wrapped for forwarding by a relay (format owned by `weft-mesh`).
+    Relay = 6,
+}
+
+impl MessageType {
+    /// Reads the type of `datagram` from its first byte.
+    pub fn of(datagram: &[u8]) -> Result<Self, WireError> {
+        match datagram.first() {
+            None => Err(WireError::Empty),
+            Some(1) => Ok(Self::HandshakeInitiation),
+            Some(2) => Ok(Self::HandshakeResponse),
+            Some(3) => Ok(Self::HandshakeFinish),
+            Some(4) => Ok(Self::Data),
+            Some(5) => Ok(Self::Control),
+            Some(6) => Ok(Self::Relay),
+            Some(&other) => Err(WireError::UnknownType(other)),
+        }
+    }
+}
+
+/// What a sealed datagram carries; authenticated as part of the header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PayloadKind {
+    /// An IP packet for the TUN device.
+    Data,
+    /// A message for the mesh.
+    Control,
+}
+
+impl PayloadKind {
+    pub(crate) fn message_type(self) -> MessageType {
+        match self {
+            Self::Data => MessageType::Data,
+            Self::Control => MessageType::Control,
+        }
+    }
+}
+
+/// Malformed input: the bytes are not a message of the expected shape.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    /// A zero-length datagram.
+    #[error("empty datagram")]
+    Empty,
+    /// The first byte names no message type.
+    #[error("unknown message type {0}")]
+    UnknownType(u8),
+    /// A message of another type than the one expected here.
+    #[error("expected a {expected:?} message, got {got:?}")]
+    UnexpectedType {
+        /// The type the caller expected.
+        expected: MessageType,
+        /// The type the datagram has.
+        got: MessageType,
+    },
+    /// A handshake message of a protocol version we do not speak.
+    #[error("unsupported protocol version {0} (this build speaks {PROTOCOL_VERSION})")]
+    UnsupportedVersion(u8),
+    /// Reserved bytes that must be zero were not.
+    #[error("reserved bytes are not zero")]
+    Reserved,
+    /// A handshake payload that decrypted but does not hold what it must (a bad timestamp).
+    #[error("handshake payload is malformed: {0}")]
+    Payload(&'static str),
+    /// The message has the wrong length for its type.
+    #[error("a {kind:?} message is {expected} bytes, got {got}")]
+    Length {
+        /// The message type.
+        kind: MessageType,
+        /// The length the type requires (the minimum, for sealed datagrams).
+        expected: usize,
+        /// The length received.
+        got: usize,
+    },
+}
+
+fn check_handshake(bytes: &[u8], kind: MessageType, len: usize) -> Result<(), WireError> {
+    let got = MessageType::of(bytes)?;
+    if got != kind {
+        return Err(WireError::UnexpectedType {
+            expected: kind,
+            got,
+        });
+    }
+    if bytes.len() != len {
+        return Err(WireError::Length {
+            kind,
+            expected: len,
+            got: bytes.len(),
+        });
+    }
+    if bytes[1] != PROTOCOL_VERSION {
+        return Err(WireError::UnsupportedVersion(bytes[1]));
+    }
+    if bytes[2..4] != [0, 0] {
+        return Err(WireError::Reserved);
+    }
+    Ok(())
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
+}
+
+/// A checked view of a handshake initiation.
+#[derive(Debug, Clone, Copy)]
+pub struct Initiation<'a>(&'a [u8]);
+
+impl<'a> Initiation<'a> {
+    /// Validates type, length, version and reserved bytes.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, WireError> {
+        check_handshake(bytes, MessageType::HandshakeInitiation, INITIATION_LEN)?;
+        Ok(Self(bytes))
+    }
+    /// The initiator's index for this handshake (authenticated: it is in the Noise prologue).
+    pub fn sender_index(&self) -> u32 {
+        u32_at(self.0, 4)
+    }
+    /// The initiator's ephemeral public key.
+    pub fn ephemeral(&self) -> &'a [u8; KEY] {
+        self.0[8..8 + KEY].try_into().expect("checked length")
+    }
+    /// The clear header, mixed into the Noise prologue.
+    pub(crate) fn header(&self) -> &'a [u8] {
+        &self.0[..8]
+    }
+    /// The Noise message.
+    pub(crate) fn noise(&self) -> &'a [u8] {
+        &self.0[8..]
+    }
+}
+
+/// A checked view of a handshake response.
+#[derive(Debug, Clone, Copy)]
+pub struct Response<'a>(&'a [u8]);
+
+impl<'a> Response<'a> {
+    /// Validates type, length, version and reserved bytes.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, WireError> {
+        check_handshake(bytes, MessageType::HandshakeResponse, RESPONSE_LEN)?;
+        Ok(Self(bytes))
+    }
+    /// The initiator's index, for finding its handshake state (a lookup key, not trusted).
+    pub fn receiver_index(&self) -> u32 {
+        u32_at(self.0, 4)
+    }
+    pub(crate) fn noise(&self) -> &'a [u8] {
+        &self.0[8..]
+    }
+}
+
+/// A checked view of a handshake finish.
+#[derive(Debug, Clone, Copy)]
+pub struct Finish<'a>(&'a [u8]);
+
+impl<'a> Finish<'a> {
+    /// Validates type, length, version and reserved bytes.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, WireError> {
+        check_handshake(bytes, MessageType::HandshakeFinish, FINISH_LEN)?;
+        Ok(Self(bytes))
+    }
+    /// The responder's index, for finding its pending handshake (a lookup key, not trusted).
+    pub fn receiver_index(&self) -> u32 {
+        u32_at(self.0, 4)
+    }
+    pub(crate) fn noise(&self) -> &'a [u8] {
+        &self.0[8..]
+    }
+}
+
+/// The checked header of a sealed datagram (data or control).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataHeader {
+    /// Data or control.
+    pub kind: PayloadKind,
+    /// The receiver's session index.
+    pub receiver_index: u32,
+    /// The sender's message counter, used as the nonce.
+    pub counter: u64,
+}
+
+impl DataHeader {
+    /// Validates the type and that a header and a tag fit; the ciphertext may be empty
+    /// (a keepalive).
+    pub fn parse(bytes: &[u8]) -> Result<Self, WireError> {
+        let kind = match MessageType::of(bytes)? {
+            MessageType::Data => PayloadKind::Data,
+            MessageType::Control => PayloadKind::Control,
+            got => {
+                return Err(WireError::UnexpectedType {
+                    expected: MessageType::Data,
+                    got,
+                });
+            }
+        };
+        if bytes.len() < DATA_OVERHEAD {
+            return Err(WireError::Length {
+                kind: kind.message_type(),
+                expected: DATA_OVERHEAD,
+                got: bytes.len(),
+            });
+        }
+        Ok(Self {
+            kind,
+            receiver_index: u32_at(bytes, 1),
+            counter: u64::from_le_bytes(bytes[5..13].try_into().expect("8 bytes")),
+        })
+    }
+
+    /// Writes the header into the first [`DATA_HEADER_LEN`] bytes of `out`.
+    pub fn write(&self, out: &mut [u8]) {
+        out[0] = self.kind.message_type() as u8;
+        out[1..5].copy_from_slice(&self.receiver_index.to_le_bytes());
+        out[5..13].copy_from_slice(&self.counter.to_le_bytes());
+    }
+}
+
+/// A wall-clock instant as TAI64N (8 bytes of seconds from 1970 TAI + 2^62, 4 of
+/// nanoseconds, big-endian), as WireGuard puts in its initiation. Compared as bytes, later
+/// instants are larger.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp([u8; TIMESTAMP_LEN]);
+
+/// TAI64 labels a second `s` since the epoch as 2^62 + s (cr.yp.to/libtai/tai64.html).
+const TAI64_BASE: u64 = 1 << 62;
+
+impl Timestamp {
+    /// The instant `since_epoch` after 1970-01-01 (the caller reads its clock; we do not).
+    pub fn from_unix(since_epoch: std::time::Duration) -> Self {
+        let mut b = [0u8; TIMESTAMP_LEN];
+        b[..8].copy_from_slice(&(TAI64_BASE + since_epoch.as_secs()).to_be_bytes());
+        b[8..].copy_from_slice(&since_epoch.subsec_nanos().to_be_bytes());
+        Self(b)
+    }
+
+    /// Reads a timestamp; `None` if the nanoseconds are out of range or it precedes 1970.
+    pub fn from_bytes(b: [u8; TIMESTAMP_LEN]) -> Option<Self> {
+        let secs = u64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
+        let nanos = u32::from_be_bytes(b[8..].try_into().expect("4 bytes"));
+        (secs >= TAI64_BASE && nanos < 1_000_000_000).then_some(Self(b))
+    }
+
+    /// The encoded bytes.
+    pub fn to_bytes(self) -> [u8; TIMESTAMP_LEN] {
+        self.0
+    }
+
+    /// Time since 1970-01-01.
+    pub fn to_unix(self) -> std::time::Duration {
+        let secs = u64::from_be_bytes(self.0[..8].try_into().expect("8 bytes")) - TAI64_BASE;
+        let nanos = u32::from_be_bytes(self.0[8..].try_into().expect("4 bytes"));
+        std::time::Duration::new(secs, nanos)
+    }
+}
+
+impl fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Timestamp({:?})", self.to_unix())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn sizes_are_as_documented() {
+        assert_eq!(INITIATION_LEN, 68);
+        assert_eq!(RESPONSE_LEN, 108);
+        assert_eq!(FINISH_LEN, 72);
+        assert_eq!(DATA_HEADER_LEN, 13);
+        assert_eq!(DATA_OVERHEAD, 29);
+    }
+
+    #[test]
+    fn handshake_parsers_refuse_bad_shapes_with_typed_errors() {
+        let mut m = [0u8; INITIATION_LEN];
+        m[0] = 1;
+        m[1] = PROTOCOL_VERSION;
+        assert!(Initiation::parse(&m).is_ok());
+        assert_eq!(
+            Initiation::parse(&m[..67]).unwrap_err(),
+            WireError::Length {
+                kind: MessageType::HandshakeInitiation,
+                expected: 68,
+                got: 67
+            }
+        );
+        let mut long = m.to_vec();
+        long.push(0);
+        assert!(matches!(
+            Initiation::parse(&long),
+            Err(WireError::Length { got: 69, .. })
+        ));
+        m[1] = 9;
+        assert_eq!(
+            Initiation::parse(&m).unwrap_err(),
+            WireError::UnsupportedVersion(9)
+        );
+        m[1] = PROTOCOL_VERSION;
+        m[3] = 1;
+        assert_eq!(Initiation::parse(&m).unwrap_err(), WireError::Reserved);
+        assert_eq!(Initiation::parse(&[]).unwrap_err(), WireError::Empty);
+        assert_eq!(
+            Initiation::parse(&[77]).unwrap_err(),
+            WireError::UnknownType(77)
+        );
+        assert!(matches!(
+            Response::parse(&m),
+            Err(WireError::UnexpectedType { .. })
+        ));
+        assert!(matches!(
+            Finish::parse(&[3, 1]),
+            Err(WireError::Length { .. })
+        ));
+    }
+
+    #[test]
+    fn data_header_round_trips_and_needs_room_for_a_tag() {
+        let h = DataHeader {
+            kind: PayloadKind::Control,
+            receiver_index: 0xdead_beef,
+            counter: u64::MAX - 3,
+        };
+        let mut buf = [0u8; DATA_OVERHEAD];
+        h.write(&mut buf);
+        assert_eq!(DataHeader::parse(&buf).unwrap(), h);
+        assert!(matches!(
+            DataHeader::parse(&buf[..DATA_OVERHEAD - 1]),
+            Err(WireError::Length { .. })
+        ));
+        buf[0] = 1;
+        assert!(matches!(
+            DataHeader::parse(&buf),
+            Err(WireError::UnexpectedType { .. })
+        ));
+    }
+
+    #[test]
+    fn timestamps_order_like_time() {
+        let a = Timestamp::from_unix(Duration::new(1_700_000_000, 5));
+        let b = Timestamp::from_unix(Duration::new(1_700_000_000, 6));
+        let c = Timestamp::from_unix(Duration::new(1_700_000_001, 0));
+        assert!(a < b && b < c);
+        assert_eq!(Timestamp::from_bytes(c.to_bytes()), Some(c));
+        assert_eq!(c.to_unix(), Duration::new(1_700_000_001, 0));
+        assert_eq!(Timestamp::from_bytes([0xff; 12]), None);
+        assert_eq!(Timestamp::from_bytes([0; 12]), None);
+    }
+}

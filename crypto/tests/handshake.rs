@@ -1,0 +1,401 @@
+//! The handshake's properties (DESIGN.md §3), one test each, through the public API.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use weft_crypto::wire::{FINISH_LEN, INITIATION_LEN, PROTOCOL_VERSION, RESPONSE_LEN, WireError};
+use weft_crypto::{
+    DATA_HEADER_LEN, DATA_OVERHEAD, HandshakeError, Handshaker, JoinSecret, KeyPair,
+    MAX_CLOCK_SKEW, PayloadKind, Random, Session, Timestamp,
+};
+
+/// A seeded generator for tests (splitmix64): not secure, only reproducible.
+struct TestRng(u64);
+
+impl Random for TestRng {
+    fn fill(&mut self, dest: &mut [u8]) {
+        for b in dest {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            *b = (z ^ (z >> 31)) as u8;
+        }
+    }
+}
+
+const SECRET: &[u8] = b"correct horse battery staple";
+
+fn node(seed: u64, secret: &[u8]) -> Handshaker {
+    let mut rng = TestRng(seed);
+    Handshaker::new(
+        KeyPair::generate(&mut rng),
+        JoinSecret::new(secret).unwrap(),
+    )
+}
+
+fn wall(secs: u64) -> Timestamp {
+    Timestamp::from_unix(Duration::from_secs(1_800_000_000 + secs))
+}
+
+struct Transcript {
+    init: [u8; INITIATION_LEN],
+    resp: [u8; RESPONSE_LEN],
+    fin: [u8; FINISH_LEN],
+    a: Session,
+    b: Session,
+}
+
+/// Runs a whole handshake from `a` to `b` at wall time `t`.
+fn handshake(a: &Handshaker, b: &mut Handshaker, t: Timestamp, rng: &mut TestRng) -> Transcript {
+    let now = Instant::now();
+    let (initiator, init) = a.initiate(1, None, t, rng).unwrap();
+    let (responding, resp) = b.handle_initiation(&init, 2, t, rng).unwrap();
+    let (sa, fin) = a
+        .handle_response(initiator, &resp, now)
+        .map_err(|r| r.error)
+        .unwrap();
+    let sb = b
+        .handle_finish(responding, &fin, now)
+        .map_err(|r| r.error)
+        .unwrap();
+    Transcript {
+        init,
+        resp,
+        fin,
+        a: sa,
+        b: sb,
+    }
+}
+
+fn exchange(from: &Session, to: &Session, payload: &[u8]) -> Vec<u8> {
+    let now = from.established();
+    let mut p = vec![0u8; DATA_OVERHEAD + payload.len()];
+    p[DATA_HEADER_LEN..DATA_HEADER_LEN + payload.len()].copy_from_slice(payload);
+    from.seal_in_place(PayloadKind::Data, &mut p, now).unwrap();
+    let o = to.open_in_place(&mut p, now).unwrap();
+    p[o.range()].to_vec()
+}
+
+#[test]
+fn mutual_authentication_gives_each_side_the_others_key() {
+    let mut rng = TestRng(1);
+    let a = node(10, SECRET);
+    let mut b = node(20, SECRET);
+    let t = handshake(&a, &mut b, wall(0), &mut rng);
+    assert_eq!(t.a.remote(), b.public());
+    assert_eq!(t.b.remote(), a.public());
+    assert_eq!((t.a.local_index(), t.a.remote_index()), (1, 2));
+    assert_eq!((t.b.local_index(), t.b.remote_index()), (2, 1));
+    assert_eq!(exchange(&t.a, &t.b, b"a to b"), b"a to b");
+    assert_eq!(exchange(&t.b, &t.a, b"b to a"), b"b to a");
+}
+
+#[test]
+fn an_allow_list_refuses_unknown_keys_on_both_sides() {
+    let mut rng = TestRng(2);
+    let stranger = node(30, SECRET);
+    let mut b = node(20, SECRET);
+    b.set_allowed(Some(HashSet::from([node(10, SECRET).public()])));
+    let now = Instant::now();
+    // Responder side: the stranger is a member (knows the secret) but not on b's list.
+    let (initiator, init) = stranger.initiate(1, None, wall(0), &mut rng).unwrap();
+    let (responding, resp) = b.handle_initiation(&init, 2, wall(0), &mut rng).unwrap();
+    let (_s, fin) = stranger
+        .handle_response(initiator, &resp, now)
+        .map_err(|r| r.error)
+        .unwrap();
+    let rejected = b.handle_finish(responding, &fin, now).unwrap_err();
+    assert_eq!(
+        rejected.error,
+        HandshakeError::PeerNotAllowed(stranger.public())
+    );
+    assert!(rejected.state.is_none());
+
+    // Initiator side: a dials b but only allows someone else.
+    let mut a = node(10, SECRET);
+    a.set_allowed(Some(HashSet::from([stranger.public()])));
+    let mut b = node(20, SECRET);
+    let (initiator, init) = a.initiate(1, None, wall(0), &mut rng).unwrap();
+    let (_r, resp) = b.handle_initiation(&init, 2, wall(0), &mut rng).unwrap();
+    let rejected = a.handle_response(initiator, &resp, now).unwrap_err();
+    assert_eq!(rejected.error, HandshakeError::PeerNotAllowed(b.public()));
+
+    // Dialling a known key that someone else answers for.
+    let a = node(10, SECRET);
+    let (initiator, init) = a
+        .initiate(1, Some(stranger.public()), wall(0), &mut rng)
+        .unwrap();
+    let (_r, resp) = b.handle_initiation(&init, 3, wall(0), &mut rng).unwrap();
+    let rejected = a.handle_response(initiator, &resp, now).unwrap_err();
+    assert_eq!(
+        rejected.error,
+        HandshakeError::UnexpectedPeer {
+            expected: stranger.public(),
+            got: b.public()
+        }
+    );
+}
+
+#[test]
+fn a_wrong_join_secret_is_refused_on_the_first_message_before_any_diffie_hellman() {
+    let mut rng = TestRng(3);
+    let outsider = node(40, b"a different secret, sixteen+");
+    let mut b = node(20, SECRET);
+    let (_i, init) = outsider.initiate(1, None, wall(0), &mut rng).unwrap();
+    assert_eq!(b.dh_operations(), 0);
+    let err = b
+        .handle_initiation(&init, 2, wall(0), &mut rng)
+        .unwrap_err();
+    assert_eq!(err, HandshakeError::Authentication);
+    assert_eq!(
+        b.dh_operations(),
+        0,
+        "the responder did a curve operation for a non-member"
+    );
+    // The counter does count: a member's initiation costs the responder exactly three
+    // (its ephemeral key, ee, es), all after the join secret was checked.
+    let a = node(10, SECRET);
+    let (_i, init) = a.initiate(1, None, wall(0), &mut rng).unwrap();
+    b.handle_initiation(&init, 2, wall(0), &mut rng).unwrap();
+    assert_eq!(b.dh_operations(), 3);
+}
+
+#[test]
+fn a_captured_initiation_sent_again_is_refused() {
+    let mut rng = TestRng(4);
+    let a = node(10, SECRET);
+    let mut b = node(20, SECRET);
+    let t = handshake(&a, &mut b, wall(0), &mut rng);
+    let ops = b.dh_operations();
+
+    // Soon after: remembered, refused before any DH.
+    assert_eq!(
+        b.handle_initiation(&t.init, 7, wall(5), &mut rng)
+            .unwrap_err(),
+        HandshakeError::Replay
+    );
+    assert_eq!(b.dh_operations(), ops);
+
+    // Much later: its timestamp is out of the window, refused before any DH.
+    b.expire_initiations(wall(1000));
+    let err = b
+        .handle_initiation(&t.init, 7, wall(1000), &mut rng)
+        .unwrap_err();
+    assert!(
+        matches!(err, HandshakeError::Stale { skew_secs: -1000 }),
+        "{err:?}"
+    );
+    assert_eq!(b.dh_operations(), ops);
+
+    // After a restart (nothing remembered) and within the window, the replay gets a response,
+    // but the attacker cannot finish: the finish of the recorded run does not authenticate.
+    let mut restarted = node(20, SECRET);
+    let (responding, _resp) = restarted
+        .handle_initiation(&t.init, 8, wall(10), &mut rng)
+        .unwrap();
+    let mut fin = t.fin;
+    fin[4..8].copy_from_slice(&8u32.to_le_bytes());
+    let rejected = restarted
+        .handle_finish(responding, &fin, Instant::now())
+        .unwrap_err();
+    assert_eq!(rejected.error, HandshakeError::Authentication);
+}
+
+#[test]
+fn an_initiation_older_than_the_peers_last_is_refused_at_the_finish() {
+    let mut rng = TestRng(5);
+    let a = node(10, SECRET);
+    let mut b = node(20, SECRET);
+    let now = Instant::now();
+    // a starts two handshakes; the later one completes first.
+    let (i_old, init_old) = a.initiate(1, None, wall(0), &mut rng).unwrap();
+    let (i_new, init_new) = a.initiate(2, None, wall(1), &mut rng).unwrap();
+    let (r_old, resp_old) = b
+        .handle_initiation(&init_old, 10, wall(1), &mut rng)
+        .unwrap();
+    let (r_new, resp_new) = b
+        .handle_initiation(&init_new, 11, wall(1), &mut rng)
+        .unwrap();
+    let (_s, fin_new) = a
+        .handle_response(i_new, &resp_new, now)
+        .map_err(|r| r.error)
+        .unwrap();
+    b.handle_finish(r_new, &fin_new, now)
+        .map_err(|r| r.error)
+        .unwrap();
+    let (_s, fin_old) = a
+        .handle_response(i_old, &resp_old, now)
+        .map_err(|r| r.error)
+        .unwrap();
+    let rejected = b.handle_finish(r_old, &fin_old, now).unwrap_err();
+    assert_eq!(rejected.error, HandshakeError::Replay);
+}
+
+#[test]
+fn forward_secrecy_stolen_long_term_secrets_do_not_open_a_recorded_session() {
+    let mut rng = TestRng(6);
+    let a_keys = KeyPair::generate(&mut TestRng(10));
+    let b_keys = KeyPair::generate(&mut TestRng(20));
+    let a = Handshaker::new(a_keys.clone(), JoinSecret::new(SECRET).unwrap());
+    let mut b = Handshaker::new(b_keys.clone(), JoinSecret::new(SECRET).unwrap());
+    let t = handshake(&a, &mut b, wall(0), &mut rng);
+    let now = t.a.established();
+    let mut recorded = vec![0u8; DATA_OVERHEAD + 6];
+    recorded[DATA_HEADER_LEN..DATA_HEADER_LEN + 6].copy_from_slice(b"secret");
+    t.a.seal_in_place(PayloadKind::Data, &mut recorded, now)
+        .unwrap();
+    drop((t.a, t.b)); // the session keys are wiped
+
+    // Later, the attacker has both static keys and the join secret, and the whole transcript.
+    let mut thief_b = Handshaker::new(b_keys, JoinSecret::new(SECRET).unwrap());
+    let thief_a = Handshaker::new(a_keys, JoinSecret::new(SECRET).unwrap());
+    // Replaying the initiation into b's identity yields a response with a new ephemeral: the
+    // recorded finish does not fit it.
+    let (responding, _) = thief_b
+        .handle_initiation(&t.init, 2, wall(1), &mut rng)
+        .unwrap();
+    let err = thief_b
+        .handle_finish(responding, &t.fin, now)
+        .unwrap_err()
+        .error;
+    assert_eq!(err, HandshakeError::Authentication);
+    // Playing a's side against the recorded response fails too: a's ephemeral is gone.
+    let (initiator, _) = thief_a.initiate(1, None, wall(0), &mut rng).unwrap();
+    let err = thief_a
+        .handle_response(initiator, &t.resp, now)
+        .unwrap_err()
+        .error;
+    assert_eq!(err, HandshakeError::Authentication);
+    // And a session the thief completes with either identity cannot open the recording.
+    let mut thief_b2 = Handshaker::new(
+        KeyPair::generate(&mut TestRng(20)),
+        JoinSecret::new(SECRET).unwrap(),
+    );
+    let stolen = handshake(&thief_a, &mut thief_b2, wall(2), &mut rng);
+    let mut r = recorded.clone();
+    assert!(stolen.b.open_in_place(&mut r, now).is_err());
+}
+
+#[test]
+fn the_initiators_static_key_never_appears_in_clear() {
+    let mut rng = TestRng(7);
+    let a = node(10, SECRET);
+    let mut b = node(20, SECRET);
+    let t = handshake(&a, &mut b, wall(0), &mut rng);
+    for (name, msg) in [
+        ("initiation", &t.init[..]),
+        ("response", &t.resp[..]),
+        ("finish", &t.fin[..]),
+    ] {
+        for key in [a.public(), b.public()] {
+            assert!(
+                !msg.windows(32).any(|w| w == key.as_bytes()),
+                "{name} carries a static key in clear"
+            );
+        }
+    }
+}
+
+#[test]
+fn malformed_messages_give_typed_errors_and_leave_the_state_usable() {
+    let mut rng = TestRng(8);
+    let a = node(10, SECRET);
+    let mut b = node(20, SECRET);
+    let (initiator, init) = a.initiate(1, None, wall(0), &mut rng).unwrap();
+    let mut bad_version = init;
+    bad_version[1] = PROTOCOL_VERSION + 1;
+    assert_eq!(
+        b.handle_initiation(&bad_version, 2, wall(0), &mut rng)
+            .unwrap_err(),
+        HandshakeError::Malformed(WireError::UnsupportedVersion(PROTOCOL_VERSION + 1))
+    );
+    assert!(matches!(
+        b.handle_initiation(&init[..40], 2, wall(0), &mut rng),
+        Err(HandshakeError::Malformed(WireError::Length { .. }))
+    ));
+    let mut long = init.to_vec();
+    long.push(0);
+    assert!(matches!(
+        b.handle_initiation(&long, 2, wall(0), &mut rng),
+        Err(HandshakeError::Malformed(WireError::Length { .. }))
+    ));
+    // A tampered clear header (the sender index is in the prologue) fails authentication.
+    let mut moved = init;
+    moved[4] ^= 1;
+    assert_eq!(
+        b.handle_initiation(&moved, 2, wall(0), &mut rng)
+            .unwrap_err(),
+        HandshakeError::Authentication
+    );
+    let (responding, resp) = b.handle_initiation(&init, 2, wall(0), &mut rng).unwrap();
+
+    // Garbage and forged responses hand the initiator back intact...
+    let now = Instant::now();
+    let rejected = a.handle_response(initiator, &resp[..50], now).unwrap_err();
+    assert!(matches!(rejected.error, HandshakeError::Malformed(_)));
+    let mut forged = resp;
+    forged[60] ^= 0xff;
+    let rejected = a
+        .handle_response(rejected.state.unwrap(), &forged, now)
+        .unwrap_err();
+    assert_eq!(rejected.error, HandshakeError::Authentication);
+    let mut other = resp;
+    other[4..8].copy_from_slice(&99u32.to_le_bytes());
+    let rejected = a
+        .handle_response(rejected.state.unwrap(), &other, now)
+        .unwrap_err();
+    assert_eq!(
+        rejected.error,
+        HandshakeError::WrongHandshake { got: 99, ours: 1 }
+    );
+    // ...which then completes with the real one.
+    let (sa, fin) = a
+        .handle_response(rejected.state.unwrap(), &resp, now)
+        .map_err(|r| r.error)
+        .unwrap();
+    let mut bad_fin = fin;
+    bad_fin[20] ^= 1;
+    let rejected = b.handle_finish(responding, &bad_fin, now).unwrap_err();
+    assert_eq!(rejected.error, HandshakeError::Authentication);
+    let sb = b
+        .handle_finish(rejected.state.unwrap(), &fin, now)
+        .map_err(|r| r.error)
+        .unwrap();
+    assert_eq!(exchange(&sa, &sb, b"still fine"), b"still fine");
+}
+
+#[test]
+fn clock_skew_within_the_window_is_accepted_and_beyond_it_refused() {
+    let mut rng = TestRng(9);
+    let a = node(10, SECRET);
+    let mut b = node(20, SECRET);
+    let skew = MAX_CLOCK_SKEW.as_secs();
+    let (_i, init) = a.initiate(1, None, wall(1000 + skew), &mut rng).unwrap();
+    assert!(b.handle_initiation(&init, 2, wall(1000), &mut rng).is_ok());
+    let (_i, init) = a
+        .initiate(1, None, wall(1000 + skew + 1), &mut rng)
+        .unwrap();
+    let err = b
+        .handle_initiation(&init, 2, wall(1000), &mut rng)
+        .unwrap_err();
+    assert_eq!(
+        err,
+        HandshakeError::Stale {
+            skew_secs: skew as i64 + 1
+        }
+    );
+    assert!(err.to_string().contains("NTP"));
+}
+
+#[test]
+fn the_same_seeds_give_the_same_handshake() {
+    let run = || {
+        let mut rng = TestRng(42);
+        let a = node(10, SECRET);
+        let mut b = node(20, SECRET);
+        let t = handshake(&a, &mut b, wall(0), &mut rng);
+        (t.init, t.resp.to_vec(), t.fin.to_vec())
+    };
+    assert_eq!(run(), run());
+}
