@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::keys::{JoinSecret, KeyPair, PublicKey};
-use crate::noise::{DhCounter, Resolver};
+use crate::noise::{Curve, DhCounter, Resolver};
 use crate::random::Random;
 use crate::secret::Secret;
 use crate::session::{Role, Session};
@@ -119,6 +119,7 @@ pub struct Handshaker {
     join_secret: JoinSecret,
     allowed: Option<HashSet<PublicKey>>,
     counter: Arc<DhCounter>,
+    curve: Curve,
     /// Ephemeral keys of recent initiations that passed the join-secret check, with their
     /// timestamps: a copy within the skew window is a replay.
     recent: HashMap<[u8; 32], Timestamp>,
@@ -210,8 +211,21 @@ impl Handshaker {
             join_secret,
             allowed: None,
             counter: Arc::default(),
+            curve: Curve::X25519,
             recent: HashMap::new(),
             newest: HashMap::new(),
+        }
+    }
+
+    /// A handshaker whose Diffie-Hellman is a hash: **no security at all**, for simulator
+    /// tests that run hundreds of nodes. Both ends of a handshake must use it. The feature
+    /// cannot be built with optimizations (see the crate's `compile_error!`), so no release
+    /// binary can contain it, and nothing but this constructor selects it.
+    #[cfg(feature = "insecure-fast-dh")]
+    pub fn new_insecure_for_simulation(keypair: KeyPair, join_secret: JoinSecret) -> Self {
+        Self {
+            curve: Curve::InsecureFast,
+            ..Self::new(keypair, join_secret)
         }
     }
 
@@ -246,7 +260,7 @@ impl Handshaker {
         let mut prologue = Vec::with_capacity(PROLOGUE.len() + clear_header.len());
         prologue.extend_from_slice(PROLOGUE);
         prologue.extend_from_slice(clear_header);
-        let resolver = Resolver::new(&self.keypair, rng, self.counter.clone());
+        let resolver = Resolver::new(&self.keypair, rng, self.counter.clone(), self.curve);
         let params = NOISE_PATTERN.parse().map_err(internal)?;
         let builder = snow::Builder::with_resolver(params, Box::new(resolver))
             .local_private_key(self.keypair.private().expose())

@@ -55,6 +55,12 @@
 //! associated data, then passed through an RFC 6479 [`ReplayWindow`]. See [`Session`] and
 //! [`Keyring`].
 
+#[cfg(all(feature = "insecure-fast-dh", not(debug_assertions)))]
+compile_error!(
+    "the insecure-fast-dh feature replaces X25519 with a hash for simulator tests; \
+     it cannot be built with optimizations"
+);
+
 mod handshake;
 mod keyring;
 mod keys;

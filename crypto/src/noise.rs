@@ -31,6 +31,61 @@ impl DhCounter {
     }
 }
 
+/// Which Diffie-Hellman function handshakes use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Curve {
+    /// X25519 (RFC 7748). The only choice outside simulator tests.
+    #[default]
+    X25519,
+    /// A hash standing in for X25519 so a simulator can run hundreds of nodes quickly. Anyone
+    /// who sees two public keys can compute their "shared secret": it protects nothing.
+    #[cfg(feature = "insecure-fast-dh")]
+    InsecureFast,
+}
+
+impl Curve {
+    fn public(self, private: [u8; KEY_LEN]) -> [u8; KEY_LEN] {
+        match self {
+            Self::X25519 => MontgomeryPoint::mul_base_clamped(private).to_bytes(),
+            #[cfg(feature = "insecure-fast-dh")]
+            Self::InsecureFast => sha256(&[b"weft insecure public", &private[..]]),
+        }
+    }
+
+    fn shared(
+        self,
+        private: &[u8; KEY_LEN],
+        ours: &[u8; KEY_LEN],
+        theirs: [u8; KEY_LEN],
+    ) -> [u8; KEY_LEN] {
+        match self {
+            Self::X25519 => {
+                let _ = ours;
+                MontgomeryPoint(theirs).mul_clamped(*private).to_bytes()
+            }
+            #[cfg(feature = "insecure-fast-dh")]
+            Self::InsecureFast => {
+                let _ = private;
+                let (lo, hi) = if *ours <= theirs {
+                    (ours, &theirs)
+                } else {
+                    (&theirs, ours)
+                };
+                sha256(&[b"weft insecure shared", &lo[..], &hi[..]])
+            }
+        }
+    }
+}
+
+#[cfg(feature = "insecure-fast-dh")]
+fn sha256(parts: &[&[u8]]) -> [u8; KEY_LEN] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for p in parts {
+        ctx.update(p);
+    }
+    ctx.finish().as_ref().try_into().expect("32 bytes")
+}
+
 /// A resolver made for one handshake.
 pub(crate) struct Resolver {
     /// 32 bytes for the one ephemeral key this handshake generates.
@@ -38,16 +93,23 @@ pub(crate) struct Resolver {
     /// Our static key pair: its public half is known, so setting it costs no scalar mult.
     local: KeyPair,
     counter: Arc<DhCounter>,
+    curve: Curve,
 }
 
 impl Resolver {
-    pub(crate) fn new(local: &KeyPair, rng: &mut impl Random, counter: Arc<DhCounter>) -> Self {
+    pub(crate) fn new(
+        local: &KeyPair,
+        rng: &mut impl Random,
+        counter: Arc<DhCounter>,
+        curve: Curve,
+    ) -> Self {
         let mut seed = Secret::new([0u8; KEY_LEN]);
         rng.fill(seed.expose_mut());
         Self {
             ephemeral_seed: seed,
             local: local.clone(),
             counter,
+            curve,
         }
     }
 }
@@ -64,6 +126,7 @@ impl CryptoResolver for Resolver {
                 public: [0; KEY_LEN],
                 local: self.local.clone(),
                 counter: self.counter.clone(),
+                curve: self.curve,
             })),
             _ => None,
         }
@@ -99,6 +162,7 @@ struct X25519 {
     public: [u8; KEY_LEN],
     local: KeyPair,
     counter: Arc<DhCounter>,
+    curve: Curve,
 }
 
 impl Dh for X25519 {
@@ -123,7 +187,7 @@ impl Dh for X25519 {
             self.local.public().as_bytes().to_owned()
         } else {
             self.counter.bump();
-            MontgomeryPoint::mul_base_clamped(key).to_bytes()
+            self.curve.public(key)
         };
         *self.private.expose_mut() = key;
         key.zeroize();
@@ -133,7 +197,7 @@ impl Dh for X25519 {
         let mut key = [0u8; KEY_LEN];
         rng.try_fill_bytes(&mut key)?;
         self.counter.bump();
-        self.public = MontgomeryPoint::mul_base_clamped(key).to_bytes();
+        self.public = self.curve.public(key);
         *self.private.expose_mut() = key;
         key.zeroize();
         Ok(())
@@ -150,9 +214,9 @@ impl Dh for X25519 {
     fn dh(&self, pubkey: &[u8], out: &mut [u8]) -> Result<(), snow::Error> {
         let theirs: [u8; KEY_LEN] = pubkey[..KEY_LEN].try_into().map_err(|_| snow::Error::Dh)?;
         self.counter.bump();
-        let shared = MontgomeryPoint(theirs)
-            .mul_clamped(*self.private.expose())
-            .to_bytes();
+        let shared = self
+            .curve
+            .shared(self.private.expose(), &self.public, theirs);
         // A low-order point gives the all-zero secret (RFC 7748 §6.1 says to check): refuse it,
         // or an attacker could force a known key.
         if shared == [0u8; KEY_LEN] {
@@ -174,6 +238,7 @@ mod tests {
             public: [0; 32],
             local: pair.clone(),
             counter: counter.clone(),
+            curve: Curve::X25519,
         };
         dh.set(pair.private().expose());
         dh

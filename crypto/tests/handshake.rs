@@ -399,3 +399,24 @@ fn the_same_seeds_give_the_same_handshake() {
     };
     assert_eq!(run(), run());
 }
+
+#[cfg(feature = "insecure-fast-dh")]
+#[test]
+fn the_simulation_curve_completes_handshakes_between_its_own_kind() {
+    let mut rng = TestRng(11);
+    let a = Handshaker::new_insecure_for_simulation(
+        KeyPair::generate(&mut TestRng(10)),
+        JoinSecret::new(SECRET).unwrap(),
+    );
+    let mut b = Handshaker::new_insecure_for_simulation(
+        KeyPair::generate(&mut TestRng(20)),
+        JoinSecret::new(SECRET).unwrap(),
+    );
+    let t = handshake(&a, &mut b, wall(0), &mut rng);
+    assert_eq!(exchange(&t.a, &t.b, b"fast"), b"fast");
+    // A real node and a simulated one do not agree on keys.
+    let mut real = node(30, SECRET);
+    let (i, init) = a.initiate(1, None, wall(0), &mut rng).unwrap();
+    let (_r, resp) = real.handle_initiation(&init, 2, wall(0), &mut rng).unwrap();
+    assert!(a.handle_response(i, &resp, Instant::now()).is_err());
+}
