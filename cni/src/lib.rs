@@ -1,4 +1,31 @@
-//! weft-cni: the CNI plugin and the CNI types shared with the router's control API.
+//! weft-cni: the CNI plugin that attaches pods to the node bridge, and the CNI types it shares
+//! with the router.
 //!
-//! Synchronous and small: it runs once per CNI call and never depends on `weft-mesh`,
-//! `weft-crypto` or `weft-router` (DESIGN.md §8).
+//! What this crate owns:
+//! - the `weft-cni` binary (`src/main.rs`): one synchronous run per CNI call (ADD, DEL, CHECK,
+//!   STATUS, GC, VERSION; CNI 0.3.0 to 1.1.0);
+//! - the checked parse of everything the caller hands us ([`config`], [`env`]): bytes from the
+//!   runtime become validated types once, and nothing else reads them raw;
+//! - the CNI result and error formats for every supported version ([`result`], [`version`]);
+//! - the contract with the router: [`node_block::NodeBlock`] (`<stateDir>/node-block.json`);
+//! - the address leases inside the node's block ([`ipam`]), under a lock, durable on disk;
+//! - the netlink calls that build the bridge, veths, addresses and routes ([`netlink`]), run in
+//!   the right network namespace ([`netns`]).
+//!
+//! What it must never do: depend on `weft-mesh`, `weft-crypto` or `weft-router` (DESIGN.md §8);
+//! start an async runtime; shell out to `ip` or any other tool (a production node need not have
+//! them); change anything when its input is invalid; leave a lease, link or rule behind after
+//! DEL, GC or a failed ADD.
+
+pub mod config;
+pub mod durable;
+pub mod env;
+pub mod ipam;
+pub mod netlink;
+pub mod netns;
+pub mod node_block;
+pub mod plugin;
+pub mod result;
+pub mod version;
+
+pub use result::CniError;
