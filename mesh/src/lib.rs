@@ -1,5 +1,32 @@
 //! weft-mesh: the brain of a router, sans-IO.
 //!
-//! Owns the peer table, gossip, routes, tunnel state machines and IPAM blocks. It takes bytes
-//! and `now` and returns what to send and when to wake up; it never touches tokio, sockets,
-//! netlink or the clock (DESIGN.md §8).
+//! It owns the peer table and its gossip ([`record`]), the tunnel state machine per peer
+//! ([`tunnel`]), routes through relays ([`routes`]), NAT traversal, the address blocks
+//! ([`ipam`]) and the mesh's wire formats ([`wire`]); [`Node`] ties them together in the
+//! `handle_*` in, `poll_*` out shape of quinn-proto (see [`node`] for the call order).
+//!
+//! It must never do I/O: no tokio, no sockets, no netlink, no clock reads, no OS randomness.
+//! Time (`Instant` for timers, `Timestamp` for the wall clock) and randomness
+//! ([`weft_crypto::Random`]) come in through its inputs, so a simulator can run hundreds of
+//! nodes on a virtual clock and replay a run from its seed (DESIGN.md §8). Every byte from the
+//! network is parsed once by checked code and a malformed datagram is a counted drop
+//! ([`DropReason`]), never a panic.
+
+pub mod id;
+pub mod ipam;
+pub mod node;
+pub mod record;
+pub mod routes;
+pub mod tunnel;
+pub mod wire;
+
+pub use id::{Endpoint, PeerId, ShortId};
+pub use ipam::{AddressSpace, WaitReason};
+pub use node::{
+    Command, Config, DownReason, DropCounters, DropReason, Event, Node, NodeStats, NodeStatus,
+    PeerStatus, PersistentState, Transmit,
+};
+pub use record::{Liveness, PeerRecord, PeerTable};
+pub use routes::{DataPlane, NextHop, PeerPath, RouteTable};
+pub use tunnel::TunnelState;
+pub use wire::ControlMessage;

@@ -1,0 +1,850 @@
+//! The deterministic simulator: N [`Node`]s, a virtual clock, one seeded generator, and an
+//! underlay with per-link latency, loss, duplication, reordering and MTU, partitions, blocked
+//! links, NATs (endpoint-independent and symmetric), crashes and restarts.
+//!
+//! Faults live here, outside the logic under test (STYLE.md: smoltcp's `FaultInjector`).
+//! Every run prints its seed; `WEFT_SIM_SEED=<seed>` replays it exactly: all randomness comes
+//! from the seed, events at the same instant run in the order they were scheduled, and
+//! nothing iterates a `HashMap` where order could matter.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+use weft_crypto::{Handshaker, JoinSecret, KeyPair, Random, Timestamp};
+use weft_mesh::{Config, Event, Node, PeerId, PersistentState, ipam::overlaps};
+
+/// The port every simulated router listens on (DESIGN.md §1).
+pub const PORT: u16 = 6786;
+
+/// A join secret for simulated clusters.
+pub const JOIN_SECRET: &[u8] = b"weft simulated cluster join secret";
+
+/// xoshiro256++ (Blackman and Vigna, 2019), seeded through splitmix64: fast and
+/// reproducible, not secure, which a simulator does not need.
+#[derive(Debug, Clone)]
+pub struct SimRng([u64; 4]);
+
+impl SimRng {
+    /// A generator from a seed.
+    pub fn new(seed: u64) -> Self {
+        let mut x = seed;
+        let mut next = || {
+            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        Self([next(), next(), next(), next()])
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        let s = &mut self.0;
+        let result = s[0].wrapping_add(s[3]).rotate_left(23).wrapping_add(s[0]);
+        let t = s[1] << 17;
+        s[2] ^= s[0];
+        s[3] ^= s[1];
+        s[1] ^= s[2];
+        s[0] ^= s[3];
+        s[2] ^= t;
+        s[3] = s[3].rotate_left(45);
+        result
+    }
+
+    /// A float in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && self.unit() < p
+    }
+
+    /// A duration in `[0, max)`.
+    pub fn duration(&mut self, max: Duration) -> Duration {
+        if max.is_zero() {
+            return max;
+        }
+        Duration::from_nanos(self.next_u64() % max.as_nanos() as u64)
+    }
+}
+
+impl Random for SimRng {
+    fn fill(&mut self, dest: &mut [u8]) {
+        for chunk in dest.chunks_mut(8) {
+            let v = self.next_u64().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+/// The underlay between two hosts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LinkConfig {
+    /// One-way delay.
+    pub latency: Duration,
+    /// Extra delay, uniform in `[0, jitter)`.
+    pub jitter: Duration,
+    /// Probability a datagram is lost.
+    pub loss: f64,
+    /// Probability a datagram arrives twice.
+    pub duplicate: f64,
+    /// Probability a datagram is held back (up to 3× the latency), so later ones pass it.
+    pub reorder: f64,
+    /// Largest datagram (UDP payload) the link carries.
+    pub mtu: usize,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        Self {
+            latency: Duration::from_millis(10),
+            jitter: Duration::from_millis(2),
+            loss: 0.0,
+            duplicate: 0.0,
+            reorder: 0.0,
+            mtu: 1420,
+        }
+    }
+}
+
+/// A NAT in front of a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatKind {
+    /// One public port per inside socket, whatever the destination (RFC 4787 "endpoint-
+    /// independent mapping"), with address-and-port-dependent filtering: a reply or a
+    /// punch gets in only from where the inside sent to. Hole punching works.
+    EndpointIndependent,
+    /// A new public port per destination ("address and port-dependent mapping"): the port a
+    /// third peer saw is useless to anyone else. Hole punching fails.
+    Symmetric,
+}
+
+#[derive(Debug)]
+struct Nat {
+    kind: NatKind,
+    public: Ipv4Addr,
+    /// Mapping key (destination for symmetric, none for EIM) → public port.
+    mappings: BTreeMap<Option<SocketAddr>, u16>,
+    /// Public port → remotes allowed in.
+    allowed: BTreeMap<u16, BTreeSet<SocketAddr>>,
+    next_port: u16,
+}
+
+/// How a simulated node starts.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    /// Its name.
+    pub name: String,
+    /// Hosts it knows at start (their endpoints become seeds).
+    pub seeds: Vec<usize>,
+    /// Whether it founds the address space.
+    pub found: bool,
+    /// A NAT in front of it.
+    pub nat: Option<NatKind>,
+    /// An externally given block.
+    pub pod_cidr: Option<Ipv4Net>,
+    /// Its join secret.
+    pub join_secret: Vec<u8>,
+    /// Clock skew of its wall clock, in seconds (may be negative).
+    pub skew_secs: i64,
+}
+
+impl NodeSpec {
+    /// A node named `name` that knows `seeds`.
+    pub fn new(name: impl Into<String>, seeds: Vec<usize>) -> Self {
+        Self {
+            name: name.into(),
+            seeds,
+            found: false,
+            nat: None,
+            pod_cidr: None,
+            join_secret: JOIN_SECRET.to_vec(),
+            skew_secs: 0,
+        }
+    }
+}
+
+struct Host {
+    spec: NodeSpec,
+    key: KeyPair,
+    node: Option<Node>,
+    persisted: Option<PersistentState>,
+    /// Its own address (private, behind a NAT).
+    addr: SocketAddr,
+    nat: Option<Nat>,
+    next_timer: Option<Duration>,
+    starts: u64,
+    tun_rx: Vec<Vec<u8>>,
+    events: Vec<Event>,
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum What {
+    Deliver {
+        to: usize,
+        dst: SocketAddr,
+        from: SocketAddr,
+        bytes: Vec<u8>,
+    },
+    Timer {
+        host: usize,
+    },
+}
+
+/// Counters of what the underlay did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UnderlayStats {
+    /// Datagrams sent by nodes.
+    pub sent: u64,
+    /// Delivered to a node.
+    pub delivered: u64,
+    /// Lost by link loss.
+    pub lost: u64,
+    /// Over the MTU.
+    pub too_big: u64,
+    /// Refused by a NAT.
+    pub nat_refused: u64,
+    /// Dropped by a partition or a blocked link.
+    pub cut: u64,
+    /// To an address nobody has.
+    pub unroutable: u64,
+    /// To a crashed host.
+    pub host_down: u64,
+}
+
+/// The simulator.
+pub struct Sim {
+    /// The seed of this run.
+    pub seed: u64,
+    base: Instant,
+    wall_base: Duration,
+    now: Duration,
+    rng: SimRng,
+    queue: BinaryHeap<Reverse<(Duration, u64, What)>>,
+    seq: u64,
+    hosts: Vec<Host>,
+    by_ip: HashMap<IpAddr, usize>,
+    /// Link settings for every pair without an override.
+    pub default_link: LinkConfig,
+    overrides: BTreeMap<(usize, usize), LinkConfig>,
+    blocked: BTreeSet<(usize, usize)>,
+    partition: Option<Vec<u8>>,
+    fast_dh: bool,
+    /// What the underlay did.
+    pub underlay: UnderlayStats,
+    check_ownership: bool,
+    ownership_checks: u64,
+    events_processed: u64,
+}
+
+fn pair(a: usize, b: usize) -> (usize, usize) {
+    (a.min(b), a.max(b))
+}
+
+/// The seed to use: `WEFT_SIM_SEED` if set, else `default`.
+pub fn seed_from_env(default: u64) -> u64 {
+    std::env::var("WEFT_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Installs a `tracing` subscriber once if `WEFT_SIM_LOG` is set (e.g. `debug`), so each
+/// node's events show under its span.
+pub fn init_tracing() {
+    if let Ok(filter) = std::env::var("WEFT_SIM_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+impl Sim {
+    /// A simulator with no hosts. Prints the seed.
+    pub fn new(seed: u64) -> Self {
+        init_tracing();
+        eprintln!("simulator seed {seed}: WEFT_SIM_SEED={seed} to replay");
+        Self {
+            seed,
+            base: Instant::now(),
+            // 2027-01-15, a fixed wall-clock start.
+            wall_base: Duration::from_secs(1_800_000_000),
+            now: Duration::ZERO,
+            rng: SimRng::new(seed),
+            queue: BinaryHeap::new(),
+            seq: 0,
+            hosts: Vec::new(),
+            by_ip: HashMap::new(),
+            default_link: LinkConfig::default(),
+            overrides: BTreeMap::new(),
+            blocked: BTreeSet::new(),
+            partition: None,
+            fast_dh: false,
+            underlay: UnderlayStats::default(),
+            check_ownership: false,
+            ownership_checks: 0,
+            events_processed: 0,
+        }
+    }
+
+    /// Handshakes with a hash instead of X25519 (weft-crypto's `insecure-fast-dh`, debug
+    /// builds only) for hosts started from now on: for the scale scenario.
+    pub fn use_fast_insecure_dh(&mut self) {
+        self.fast_dh = true;
+    }
+
+    /// Checks after every step at which any node's owned space changed (ownership changes
+    /// at no other step) that no address is owned by two nodes; panics with the seed if so.
+    pub fn check_ownership_every_step(&mut self) {
+        self.check_ownership = true;
+    }
+
+    /// How many ownership checks ran.
+    pub fn ownership_checks(&self) -> u64 {
+        self.ownership_checks
+    }
+
+    /// Events (deliveries and timers) processed so far.
+    pub fn events_processed(&self) -> u64 {
+        self.events_processed
+    }
+
+    /// Virtual time since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.now
+    }
+
+    fn instant(&self) -> Instant {
+        self.base + self.now
+    }
+
+    /// Adds a host and starts its node. Returns its index.
+    pub fn add(&mut self, spec: NodeSpec) -> usize {
+        let i = self.hosts.len();
+        let key = KeyPair::generate(&mut self.rng);
+        let (hi, lo) = ((i >> 8) as u8, i as u8);
+        let public = Ipv4Addr::new(198, 18, hi, lo);
+        let (addr, nat) = match spec.nat {
+            None => (SocketAddr::new(public.into(), PORT), None),
+            Some(kind) => {
+                let nat_ip = Ipv4Addr::new(198, 19, hi, lo);
+                self.by_ip.insert(nat_ip.into(), i);
+                (
+                    SocketAddr::new(Ipv4Addr::new(100, 64, hi, lo).into(), PORT),
+                    Some(Nat {
+                        kind,
+                        public: nat_ip,
+                        mappings: BTreeMap::new(),
+                        allowed: BTreeMap::new(),
+                        next_port: 40000,
+                    }),
+                )
+            }
+        };
+        if nat.is_none() {
+            self.by_ip.insert(addr.ip(), i);
+        }
+        self.hosts.push(Host {
+            spec,
+            key,
+            node: None,
+            persisted: None,
+            addr,
+            nat,
+            next_timer: None,
+            starts: 0,
+            tun_rx: Vec::new(),
+            events: Vec::new(),
+        });
+        self.start(i);
+        i
+    }
+
+    fn start(&mut self, i: usize) {
+        let now = self.instant();
+        let h = &self.hosts[i];
+        let mut config = Config::new(h.spec.name.clone());
+        config.announce = vec![h.addr];
+        config.seeds = h.spec.seeds.iter().map(|s| self.hosts[*s].addr).collect();
+        config.found_address_space = h.spec.found;
+        config.pod_cidr = h.spec.pod_cidr;
+        let secret = JoinSecret::new(&h.spec.join_secret).expect("a long enough secret");
+        let handshaker = if self.fast_dh {
+            Handshaker::new_insecure_for_simulation(h.key.clone(), secret)
+        } else {
+            Handshaker::new(h.key.clone(), secret)
+        };
+        let rng = SimRng::new(self.seed ^ (i as u64).wrapping_mul(0x9E37_79B9) ^ (h.starts << 48));
+        let wall = if h.spec.skew_secs >= 0 {
+            self.wall_base + self.now + Duration::from_secs(h.spec.skew_secs as u64)
+        } else {
+            self.wall_base + self.now - Duration::from_secs(h.spec.skew_secs.unsigned_abs())
+        };
+        let span = tracing::info_span!("node", name = %h.spec.name);
+        let node = span.in_scope(|| {
+            Node::new(
+                config,
+                handshaker,
+                h.persisted.clone(),
+                Box::new(rng),
+                now,
+                Timestamp::from_unix(wall),
+            )
+        });
+        let h = &mut self.hosts[i];
+        h.node = Some(node);
+        h.starts += 1;
+        h.next_timer = None;
+        self.drain(i);
+    }
+
+    /// Stops a host's node; its persisted state stays ("on disk").
+    pub fn crash(&mut self, i: usize) {
+        let h = &mut self.hosts[i];
+        if let Some(node) = h.node.take() {
+            h.persisted = Some(node.persistent_state());
+        }
+        h.next_timer = None;
+    }
+
+    /// Starts a crashed host again, with its key and state, or as a new member (new key, no
+    /// state) when `new_key`.
+    pub fn restart(&mut self, i: usize, new_key: bool) {
+        self.crash(i);
+        if new_key {
+            let key = KeyPair::generate(&mut self.rng);
+            let h = &mut self.hosts[i];
+            h.key = key;
+            h.persisted = None;
+        }
+        self.start(i);
+    }
+
+    /// Whether a host's node runs.
+    pub fn is_running(&self, i: usize) -> bool {
+        self.hosts[i].node.is_some()
+    }
+
+    /// Sets the link between two hosts (both directions).
+    pub fn set_link(&mut self, a: usize, b: usize, link: LinkConfig) {
+        self.overrides.insert(pair(a, b), link);
+    }
+
+    /// Drops everything between two hosts.
+    pub fn block(&mut self, a: usize, b: usize) {
+        self.blocked.insert(pair(a, b));
+    }
+
+    /// Undoes [`Sim::block`].
+    pub fn unblock(&mut self, a: usize, b: usize) {
+        self.blocked.remove(&pair(a, b));
+    }
+
+    /// Splits hosts into groups (`group[i]` for host i); only hosts in one group talk.
+    pub fn partition(&mut self, groups: Vec<u8>) {
+        self.partition = Some(groups);
+    }
+
+    /// Ends a partition.
+    pub fn heal(&mut self) {
+        self.partition = None;
+    }
+
+    /// Number of hosts.
+    pub fn len(&self) -> usize {
+        self.hosts.len()
+    }
+
+    /// Whether there are no hosts.
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty()
+    }
+
+    /// A host's node (panics if crashed).
+    pub fn node(&self, i: usize) -> &Node {
+        self.hosts[i].node.as_ref().expect("host is running")
+    }
+
+    /// A host's node, to poke it (call [`Sim::drain`] after).
+    pub fn node_mut(&mut self, i: usize) -> &mut Node {
+        self.hosts[i].node.as_mut().expect("host is running")
+    }
+
+    /// A host's peer id.
+    pub fn id(&self, i: usize) -> PeerId {
+        PeerId::from(self.hosts[i].key.public())
+    }
+
+    /// A host's name.
+    pub fn name(&self, i: usize) -> &str {
+        &self.hosts[i].spec.name
+    }
+
+    /// Packets a host's node gave its TUN device, taken.
+    pub fn take_tun(&mut self, i: usize) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.hosts[i].tun_rx)
+    }
+
+    /// Events a host's node emitted so far.
+    pub fn events(&self, i: usize) -> &[Event] {
+        &self.hosts[i].events
+    }
+
+    /// Runs a closure on a node inside its span, then drains its outputs.
+    pub fn with_node<T>(&mut self, i: usize, f: impl FnOnce(&mut Node, Instant) -> T) -> T {
+        let now = self.instant();
+        let span = tracing::info_span!("node", name = %self.hosts[i].spec.name);
+        let node = self.hosts[i].node.as_mut().expect("host is running");
+        let out = span.in_scope(|| f(node, now));
+        self.drain(i);
+        out
+    }
+
+    /// Takes a node's outputs: events (persisting on `StateChanged`), then datagrams, then
+    /// TUN packets, then its next deadline, as the Node's docs ask.
+    pub fn drain(&mut self, i: usize) {
+        let mut transmits = Vec::new();
+        let mut ownership_changed = false;
+        {
+            let h = &mut self.hosts[i];
+            let Some(node) = h.node.as_mut() else {
+                return;
+            };
+            while let Some(e) = node.poll_event() {
+                if e == Event::StateChanged {
+                    h.persisted = Some(node.persistent_state());
+                    ownership_changed = true;
+                }
+                h.events.push(e);
+            }
+            while let Some(t) = node.poll_transmit() {
+                transmits.push(t);
+            }
+            while let Some(p) = node.poll_tun() {
+                h.tun_rx.push(p);
+            }
+            if let Some(t) = node.poll_timeout() {
+                let at = t.saturating_duration_since(self.base).max(self.now);
+                if h.next_timer != Some(at) {
+                    h.next_timer = Some(at);
+                    self.seq += 1;
+                    self.queue
+                        .push(Reverse((at, self.seq, What::Timer { host: i })));
+                }
+            }
+        }
+        for t in transmits {
+            self.send(i, t.destination, t.bytes);
+        }
+        if ownership_changed && self.check_ownership {
+            self.assert_single_owners();
+        }
+    }
+
+    fn link(&self, a: usize, b: usize) -> LinkConfig {
+        self.overrides
+            .get(&pair(a, b))
+            .copied()
+            .unwrap_or(self.default_link)
+    }
+
+    fn send(&mut self, from_host: usize, dst: SocketAddr, bytes: Vec<u8>) {
+        self.underlay.sent += 1;
+        // Source translation.
+        let h = &mut self.hosts[from_host];
+        let src = match &mut h.nat {
+            None => h.addr,
+            Some(nat) => {
+                let key = match nat.kind {
+                    NatKind::EndpointIndependent => None,
+                    NatKind::Symmetric => Some(dst),
+                };
+                let port = match nat.mappings.get(&key) {
+                    Some(p) => *p,
+                    None => {
+                        let p = nat.next_port;
+                        nat.next_port += 1;
+                        nat.mappings.insert(key, p);
+                        p
+                    }
+                };
+                nat.allowed.entry(port).or_default().insert(dst);
+                SocketAddr::new(nat.public.into(), port)
+            }
+        };
+        let Some(&to) = self.by_ip.get(&dst.ip()) else {
+            self.underlay.unroutable += 1;
+            return;
+        };
+        if self.blocked.contains(&pair(from_host, to))
+            || self
+                .partition
+                .as_ref()
+                .is_some_and(|g| g.get(from_host) != g.get(to))
+        {
+            self.underlay.cut += 1;
+            return;
+        }
+        let link = self.link(from_host, to);
+        if bytes.len() > link.mtu {
+            self.underlay.too_big += 1;
+            return;
+        }
+        if self.rng.chance(link.loss) {
+            self.underlay.lost += 1;
+            return;
+        }
+        let copies = if self.rng.chance(link.duplicate) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let mut delay = link.latency + self.rng.duration(link.jitter);
+            if self.rng.chance(link.reorder) {
+                delay += self.rng.duration(link.latency * 3);
+            }
+            self.seq += 1;
+            self.queue.push(Reverse((
+                self.now + delay,
+                self.seq,
+                What::Deliver {
+                    to,
+                    dst,
+                    from: src,
+                    bytes: bytes.clone(),
+                },
+            )));
+        }
+    }
+
+    /// Processes the next event. Returns false when there is none.
+    pub fn step(&mut self) -> bool {
+        let Some(Reverse((at, _, what))) = self.queue.pop() else {
+            return false;
+        };
+        self.now = self.now.max(at);
+        self.events_processed += 1;
+        let now = self.instant();
+        match what {
+            What::Timer { host } => {
+                let h = &mut self.hosts[host];
+                if h.next_timer != Some(at) || h.node.is_none() {
+                    return true; // superseded
+                }
+                h.next_timer = None;
+                let span = tracing::info_span!("node", name = %h.spec.name);
+                let node = h.node.as_mut().expect("checked");
+                span.in_scope(|| node.handle_timeout(now));
+                self.drain(host);
+            }
+            What::Deliver {
+                to,
+                dst,
+                from,
+                bytes,
+            } => {
+                let h = &mut self.hosts[to];
+                if let Some(nat) = &h.nat {
+                    // Inbound through the NAT: only to a mapped port, from an allowed remote.
+                    let ok = IpAddr::from(nat.public) == dst.ip()
+                        && nat
+                            .allowed
+                            .get(&dst.port())
+                            .is_some_and(|a| a.contains(&from));
+                    if !ok {
+                        self.underlay.nat_refused += 1;
+                        return true;
+                    }
+                } else if dst != h.addr {
+                    self.underlay.unroutable += 1;
+                    return true;
+                }
+                let Some(node) = h.node.as_mut() else {
+                    self.underlay.host_down += 1;
+                    return true;
+                };
+                self.underlay.delivered += 1;
+                let span = tracing::info_span!("node", name = %h.spec.name);
+                span.in_scope(|| node.handle_datagram(now, from, &bytes));
+                self.drain(to);
+            }
+        }
+        true
+    }
+
+    /// Runs for `d` of virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        while let Some(Reverse((at, _, _))) = self.queue.peek() {
+            if *at > end {
+                break;
+            }
+            self.step();
+        }
+        self.now = end;
+    }
+
+    /// Runs until `done` holds (checked every `every` of virtual time) or `limit` passes.
+    /// Returns the virtual time it took from the call, or `None` at the limit.
+    pub fn run_until(
+        &mut self,
+        limit: Duration,
+        every: Duration,
+        mut done: impl FnMut(&Sim) -> bool,
+    ) -> Option<Duration> {
+        let start = self.now;
+        loop {
+            if done(self) {
+                return Some(self.now - start);
+            }
+            if self.now - start >= limit {
+                return None;
+            }
+            self.run_for(every);
+        }
+    }
+
+    /// Running hosts.
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.hosts.len())
+            .filter(|i| self.is_running(*i))
+            .collect()
+    }
+
+    /// Whether every pair of the given hosts has a tunnel up, both ways.
+    pub fn full_mesh_among(&self, hosts: &[usize]) -> bool {
+        hosts.iter().all(|&a| {
+            let node = self.node(a);
+            hosts.iter().all(|&b| a == b || node.is_up(&self.id(b)))
+        })
+    }
+
+    /// Whether every running pair has a tunnel up.
+    pub fn full_mesh(&self) -> bool {
+        self.full_mesh_among(&self.running())
+    }
+
+    /// How many ordered pairs of running hosts have a tunnel up, and how many there are.
+    pub fn mesh_progress(&self) -> (usize, usize) {
+        let hosts = self.running();
+        let mut up = 0;
+        for &a in &hosts {
+            for &b in &hosts {
+                if a != b && self.node(a).is_up(&self.id(b)) {
+                    up += 1;
+                }
+            }
+        }
+        (up, hosts.len() * hosts.len().saturating_sub(1))
+    }
+
+    /// Whether every running host has a block and every running host knows every other's.
+    pub fn all_know_all_blocks(&self) -> bool {
+        let hosts = self.running();
+        let blocks: Vec<_> = hosts.iter().map(|i| self.node(*i).block()).collect();
+        if blocks.iter().any(Option::is_none) {
+            return false;
+        }
+        hosts.iter().all(|&a| {
+            let table = self.node(a).members();
+            hosts.iter().zip(&blocks).all(|(&b, block)| {
+                table
+                    .get(&self.id(b))
+                    .is_some_and(|r| r.is_alive() && r.pod_blocks.first().copied() == *block)
+            })
+        })
+    }
+
+    /// Owned space of every host, running or crashed (a crashed host still owns what its
+    /// disk says; it resumes with it).
+    pub fn ownership(&self) -> Vec<(Ipv4Net, usize)> {
+        let mut all = Vec::new();
+        for (i, h) in self.hosts.iter().enumerate() {
+            let space = match &h.node {
+                Some(n) => Some(n.address_space().clone()),
+                None => h.persisted.as_ref().map(|p| p.space.clone()),
+            };
+            if let Some(s) = space {
+                all.extend(s.owned().into_iter().map(|n| (n, i)));
+            }
+        }
+        all.sort();
+        all
+    }
+
+    /// Panics if any address is owned by two hosts.
+    pub fn assert_single_owners(&mut self) {
+        self.ownership_checks += 1;
+        let all = self.ownership();
+        // Sorted by network address: any overlap shows between a range and a later one that
+        // starts inside it; keep the furthest end seen so far.
+        let mut reach: Option<(Ipv4Net, usize)> = None;
+        for (net, owner) in all {
+            if let Some((r, o)) = reach {
+                assert!(
+                    !overlaps(&r, &net),
+                    "seed {}: at {:?}, {net} (host {owner}) overlaps {r} (host {o})",
+                    self.seed,
+                    self.now
+                );
+                if net.broadcast() > r.broadcast() {
+                    reach = Some((net, owner));
+                }
+            } else {
+                reach = Some((net, owner));
+            }
+        }
+    }
+
+    /// An IPv4/UDP-ish packet from host `a`'s block to host `b`'s, with `tag` as payload.
+    pub fn packet(&self, a: usize, b: usize, tag: u32) -> Vec<u8> {
+        let src = self.node(a).block().expect("a has a block").network();
+        let dst = self.node(b).block().expect("b has a block").network();
+        ipv4_packet(
+            Ipv4Addr::from(u32::from(src) + 2),
+            Ipv4Addr::from(u32::from(dst) + 2),
+            &tag.to_be_bytes(),
+        )
+    }
+
+    /// Hands a batch of packets to host `a`'s node as if read from its TUN device.
+    pub fn send_packets(&mut self, a: usize, packets: Vec<Vec<u8>>) {
+        self.with_node(a, |n, now| n.handle_tun_packets(now, packets));
+    }
+}
+
+/// A minimal IPv4 packet (protocol 253, "experimentation", RFC 3692) around `payload`.
+pub fn ipv4_packet(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+    let total = 20 + payload.len();
+    let mut p = vec![0u8; total];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = 253;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    p[20..].copy_from_slice(payload);
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_generator_replays_from_its_seed() {
+        let (mut a, mut b) = (SimRng::new(7), SimRng::new(7));
+        for _ in 0..100 {
+            assert_eq!(a.next_u64(), b.next_u64());
+        }
+        assert_ne!(SimRng::new(8).next_u64(), SimRng::new(7).next_u64());
+    }
+}
