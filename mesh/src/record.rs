@@ -3,7 +3,8 @@
 //! A record is written only by the node it describes (its `(incarnation, version)` grows),
 //! except tombstones: a third party may declare a peer departed (`forget`, a take-over of its
 //! blocks, or the same name returning with a newer incarnation), which it writes with
-//! `version = u64::MAX` so it beats every record of that incarnation; a node that restarts
+//! `version = u64::MAX - 1` (`u64::MAX` for a take-over, which must beat a plain tombstone)
+//! so it beats every record of that incarnation; a node that restarts
 //! gets a new, higher incarnation and so supersedes both its old record and any tombstone of
 //! it. Merging is "higher `(incarnation, version)` wins", which is commutative and idempotent,
 //! so records converge whatever order gossip delivers them in.
@@ -106,7 +107,7 @@ impl PeerRecord {
     /// A tombstone of this record, written by `by`.
     pub fn tombstone(&self, by: PeerId, taken_over: bool) -> Self {
         Self {
-            version: u64::MAX,
+            version: if taken_over { u64::MAX } else { u64::MAX - 1 },
             liveness: Liveness::Departed { by, taken_over },
             ..self.clone()
         }

@@ -1,20 +1,74 @@
-//! Scenarios a, b and g: joining through one seed, on clean and lossy links, and all at once.
+//! Scenarios a, b and g: joining through one seed, on clean and lossy links, and many at once.
 
 use std::time::Duration;
 
-use weft_tests::{LinkConfig, Sim, seed_from_env, star, summary};
+use weft_tests::{LinkConfig, NodeSpec, Sim, seed_from_env, star, summary};
+
+fn converge(sim: &mut Sim, limit: Duration) -> Duration {
+    let took = sim.run_until(limit, Duration::from_millis(500), |s| {
+        s.full_mesh() && s.all_know_all_blocks()
+    });
+    eprintln!("{}", summary(sim));
+    let took = took.unwrap_or_else(|| {
+        panic!(
+            "seed {}: no full mesh with every block known within {limit:?}",
+            sim.seed
+        )
+    });
+    eprintln!("converged in {took:?} of virtual time");
+    took
+}
 
 /// a. 50 nodes, each started knowing only node 0: every pair established and every node
 /// knows every block within 30 virtual seconds.
 #[test]
-fn fifty_nodes_from_one_seed_converge_within_30s() {
+fn a_fifty_nodes_from_one_seed_converge_within_30s() {
     let mut sim = Sim::new(seed_from_env(1));
+    sim.check_ownership_every_step();
     star(&mut sim, 50);
-    let took = sim.run_until(Duration::from_secs(30), Duration::from_millis(500), |s| {
-        s.full_mesh() && s.all_know_all_blocks()
-    });
-    eprintln!("{}", summary(&sim));
-    let took = took.unwrap_or_else(|| panic!("seed {}: no convergence in 30 s", sim.seed));
-    eprintln!("converged in {took:?} of virtual time");
+    converge(&mut sim, Duration::from_secs(30));
+    // Every block distinct, and every node's block is the one the others route to it.
     sim.assert_single_owners();
+    let routes = sim.node(7).routes();
+    for i in 0..50 {
+        let block = sim.node(i).block().unwrap();
+        assert_eq!(routes.owner(block.network()), Some(sim.id(i)));
+    }
+}
+
+/// b. The same with 5% loss and reordering on every link, within 60 virtual seconds.
+#[test]
+fn b_fifty_nodes_converge_with_loss_and_reordering_within_60s() {
+    let mut sim = Sim::new(seed_from_env(2));
+    sim.check_ownership_every_step();
+    sim.default_link = LinkConfig {
+        loss: 0.05,
+        reorder: 0.05,
+        duplicate: 0.01,
+        jitter: Duration::from_millis(5),
+        ..LinkConfig::default()
+    };
+    star(&mut sim, 50);
+    converge(&mut sim, Duration::from_secs(60));
+    assert!(sim.underlay.lost > 0, "the links did lose packets");
+    sim.assert_single_owners();
+}
+
+/// g. 20 nodes join a running cluster at the same instant: distinct blocks, settled within 30
+/// virtual seconds; the ownership invariant is checked at every step.
+#[test]
+fn g_twenty_nodes_joining_at_once_get_distinct_blocks_within_30s() {
+    let mut sim = Sim::new(seed_from_env(7));
+    sim.check_ownership_every_step();
+    star(&mut sim, 3);
+    converge(&mut sim, Duration::from_secs(30));
+    for i in 3..23 {
+        sim.add(NodeSpec::new(format!("node-{i}"), vec![0]));
+    }
+    converge(&mut sim, Duration::from_secs(30));
+    let mut blocks: Vec<_> = (0..23).map(|i| sim.node(i).block().unwrap()).collect();
+    blocks.sort();
+    blocks.dedup();
+    assert_eq!(blocks.len(), 23, "every node has its own block");
+    assert!(sim.ownership_checks() > 20);
 }
