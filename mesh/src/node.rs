@@ -715,6 +715,12 @@ impl Node {
             .any(|u| matches!(u, IndexUse::Session(p) if p == peer))
     }
 
+    /// Whether `index` is one of our local indices (a session, or a handshake in flight).
+    /// Tests use it to show a relay holds nothing for the pair it relays.
+    pub fn holds_index(&self, index: u32) -> bool {
+        self.indices.contains_key(&index)
+    }
+
     /// A snapshot for a status API.
     pub fn status(&self) -> NodeStatus {
         NodeStatus {

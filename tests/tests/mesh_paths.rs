@@ -1,0 +1,163 @@
+//! Scenarios e, f and h: relays, NAT traversal, and a node with the wrong join secret.
+
+use std::time::Duration;
+
+use weft_mesh::{DropReason, NextHop};
+use weft_tests::{NatKind, NodeSpec, Sim, seed_from_env, star, summary};
+
+fn settle(sim: &mut Sim, limit: Duration) {
+    let ok = sim.run_until(limit, Duration::from_millis(500), |s| {
+        s.full_mesh() && s.all_know_all_blocks()
+    });
+    eprintln!("{}", summary(sim));
+    assert!(ok.is_some(), "seed {}: not settled in {limit:?}", sim.seed);
+}
+
+/// Sends `count` packets from `a` to `c` and returns how many `c`'s TUN received.
+fn exchange(sim: &mut Sim, a: usize, c: usize, count: u32) -> usize {
+    sim.take_tun(c);
+    let packets = (0..count).map(|t| sim.packet(a, c, t)).collect();
+    sim.send_packets(a, packets);
+    sim.run_for(Duration::from_secs(1));
+    sim.take_tun(c).len()
+}
+
+/// e. The direct link A–C is blocked: A and C exchange packets through B, and B never holds a
+/// session for the pair A–C.
+#[test]
+fn e_blocked_link_relays_through_b_which_holds_no_key_for_the_pair() {
+    let mut sim = Sim::new(seed_from_env(5));
+    let (a, b, c) = (1, 0, 2);
+    for i in 0..3 {
+        let mut spec = NodeSpec::new(format!("node-{i}"), if i == 0 { vec![] } else { vec![0] });
+        spec.found = i == 0;
+        sim.add(spec);
+    }
+    sim.block(a, c);
+    settle(&mut sim, Duration::from_secs(40));
+    let (ida, idb, idc) = (sim.id(a), sim.id(b), sim.id(c));
+    assert!(
+        matches!(sim.node(a).path(&idc), Some(NextHop::Relay { via, .. }) if via == idb),
+        "A reaches C through B: {:?}",
+        sim.node(a).path(&idc)
+    );
+    assert!(matches!(sim.node(c).path(&ida), Some(NextHop::Relay { via, .. }) if via == idb));
+
+    let relayed_before = sim.node(b).stats().relayed;
+    assert_eq!(exchange(&mut sim, a, c, 20), 20, "A to C through B");
+    assert_eq!(exchange(&mut sim, c, a, 20), 20, "C to A through B");
+    assert!(sim.node(b).stats().relayed >= relayed_before + 40);
+
+    // The session A–C is end to end: B holds neither of its indices, and no session of B's
+    // is with a peer other than A and C themselves.
+    let now_dp = sim.with_node(a, |n, now| n.data_plane(now));
+    let session = &now_dp.peers[&idc].session;
+    assert_eq!(weft_mesh::PeerId::from(session.remote()), idc);
+    let (a_index, c_index) = (session.local_index(), session.remote_index());
+    assert!(sim.node(c).holds_index(c_index));
+    assert!(!sim.node(b).holds_index(a_index) && !sim.node(b).holds_index(c_index));
+    assert!(
+        !sim.node(b).drops().contains_key(&DropReason::OpenFailed),
+        "B never tried to open what it relayed"
+    );
+    let b_dp = sim.with_node(b, |n, now| n.data_plane(now));
+    assert!(b_dp.peers.values().all(|p| {
+        let r = weft_mesh::PeerId::from(p.session.remote());
+        r == ida || r == idc
+    }));
+}
+
+fn nat_pair(kind: NatKind, seed: u64) -> Sim {
+    let mut sim = Sim::new(seed_from_env(seed));
+    let mut spec = NodeSpec::new("public", vec![]);
+    spec.found = true;
+    sim.add(spec);
+    for name in ["nat-a", "nat-c"] {
+        let mut spec = NodeSpec::new(name, vec![0]);
+        spec.nat = Some(kind);
+        sim.add(spec);
+    }
+    settle(&mut sim, Duration::from_secs(40));
+    sim
+}
+
+/// f. A and C behind endpoint-independent NATs get a direct path by hole punching.
+#[test]
+fn f_endpoint_independent_nats_punch_a_direct_path() {
+    let mut sim = nat_pair(NatKind::EndpointIndependent, 6);
+    let (a, c) = (1, 2);
+    let idc = sim.id(c);
+    assert!(
+        matches!(sim.node(a).path(&idc), Some(NextHop::Direct(ep)) if ep.ip().to_string().starts_with("198.19.")),
+        "direct to C's NAT: {:?}",
+        sim.node(a).path(&idc)
+    );
+    assert_eq!(exchange(&mut sim, a, c, 10), 10);
+    assert_eq!(
+        sim.node(0).stats().relayed,
+        0,
+        "nothing went through the public node"
+    );
+}
+
+/// f. Behind symmetric NATs no punch can work: they relay through the public node.
+#[test]
+fn f_symmetric_nats_fall_back_to_the_relay() {
+    let mut sim = nat_pair(NatKind::Symmetric, 16);
+    let (a, c) = (1, 2);
+    let (idb, idc) = (sim.id(0), sim.id(c));
+    assert!(
+        matches!(sim.node(a).path(&idc), Some(NextHop::Relay { via, .. }) if via == idb),
+        "relayed: {:?}",
+        sim.node(a).path(&idc)
+    );
+    assert_eq!(exchange(&mut sim, a, c, 10), 10);
+    assert_eq!(exchange(&mut sim, c, a, 10), 10);
+    assert!(sim.node(0).stats().relayed >= 20);
+}
+
+/// h. A node with the wrong join secret cannot join, learn the member list, or get a packet
+/// delivered.
+#[test]
+fn h_wrong_join_secret_cannot_join_learn_or_deliver() {
+    let mut sim = Sim::new(seed_from_env(8));
+    star(&mut sim, 5);
+    settle(&mut sim, Duration::from_secs(30));
+    let mut spec = NodeSpec::new("intruder", vec![0, 1, 2]);
+    spec.join_secret = b"not the cluster's join secret at all".to_vec();
+    let x = sim.add(spec);
+    sim.run_for(Duration::from_secs(60));
+    let idx = sim.id(x);
+    let intruder = sim.node(x);
+    assert_eq!(intruder.up_peers().count(), 0, "no tunnel");
+    assert_eq!(intruder.members().len(), 1, "knows only itself");
+    assert!(intruder.block().is_none());
+    for i in 0..5 {
+        let n = sim.node(i);
+        assert!(
+            n.members().get(&idx).is_none(),
+            "node {i} never heard of it"
+        );
+        assert!(!n.is_up(&idx));
+        assert!(
+            n.drops()
+                .get(&DropReason::HandshakeRejected)
+                .copied()
+                .unwrap_or(0)
+                > 0
+                || i > 2
+        );
+    }
+    // It tries to send to node 1's block: it has no route, so nothing leaves it for node 1.
+    let target = sim.node(1).block().unwrap().network();
+    let packet = weft_tests::ipv4_packet(
+        "10.47.0.2".parse().unwrap(),
+        std::net::Ipv4Addr::from(u32::from(target) + 2),
+        b"let me in",
+    );
+    sim.take_tun(1);
+    sim.send_packets(x, vec![packet]);
+    sim.run_for(Duration::from_secs(2));
+    assert!(sim.take_tun(1).is_empty());
+    assert_eq!(sim.node(x).drops().get(&DropReason::NoRoute), Some(&1));
+}
