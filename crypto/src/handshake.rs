@@ -7,15 +7,17 @@
 //! message that is refused before it could change the state hands the state back
 //! ([`Rejected::state`]), so a forged datagram cannot kill a handshake in progress.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::keys::{JoinSecret, KeyPair, PublicKey};
-use crate::noise::{Curve, DhCounter, Resolver};
+use crate::noise::{Curve, DhCounter, Resolver, WipedHandshake};
 use crate::random::Random;
 use crate::secret::Secret;
 use crate::session::{Role, Session};
+use zeroize::Zeroize;
+
 use crate::wire::{
     FINISH_LEN, Finish, INITIATION_LEN, Initiation, MessageType, PROTOCOL_VERSION, RESPONSE_LEN,
     Response, TIMESTAMP_LEN, Timestamp, WireError,
@@ -33,9 +35,11 @@ const PROLOGUE: &[u8] = b"weft handshake v1";
 /// clocks within seconds (NTP); three minutes leaves room for a laptop that slept.
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(180);
 
-/// At most this many initiations are remembered for replay refusal. Only initiations that
-/// passed the join-secret check are stored, so only a member can fill it; past it, new
-/// initiations are refused rather than forgetting ones that could then be replayed.
+/// At most this many initiations are remembered for replay refusal (32 bytes each). Only
+/// initiations that passed the join-secret check are stored, so only a member can fill it;
+/// past it the oldest are forgotten. Refusing new initiations instead would let one member
+/// lock everyone out, while a forgotten initiation replayed costs three DH operations and
+/// still cannot complete (the replayer lacks the initiator's ephemeral key).
 pub const MAX_RECENT_INITIATIONS: usize = 1 << 16;
 
 /// Why a handshake message was refused.
@@ -74,9 +78,6 @@ pub enum HandshakeError {
         /// The initiator's clock minus ours, in seconds.
         skew_secs: i64,
     },
-    /// Too many initiations within [`MAX_CLOCK_SKEW`] to remember them all.
-    #[error("too many recent handshake initiations; refusing new ones for now")]
-    Overloaded,
     /// Misuse: the message names another handshake than the state it was given to.
     #[error("message is for handshake {got:#x}, this state is {ours:#x}")]
     WrongHandshake {
@@ -104,7 +105,8 @@ fn internal(e: snow::Error) -> HandshakeError {
     HandshakeError::Internal(e.to_string())
 }
 
-/// Maps an error from reading a peer's Noise message.
+/// Maps an error from reading a peer's Noise message, or from writing one with the peer's
+/// keys (a low-order ephemeral key from the peer makes our DH fail).
 fn from_read(e: snow::Error) -> HandshakeError {
     match e {
         // Decrypt: a tag did not verify. Dh: the peer sent a low-order point.
@@ -120,9 +122,10 @@ pub struct Handshaker {
     allowed: Option<HashSet<PublicKey>>,
     counter: Arc<DhCounter>,
     curve: Curve,
-    /// Ephemeral keys of recent initiations that passed the join-secret check, with their
-    /// timestamps: a copy within the skew window is a replay.
-    recent: HashMap<[u8; 32], Timestamp>,
+    /// Ephemeral keys of recent initiations that passed the join-secret check: a copy within
+    /// the skew window is a replay. `recent_order` holds them oldest first, for forgetting.
+    recent: HashSet<[u8; 32]>,
+    recent_order: VecDeque<([u8; 32], Timestamp)>,
     /// The newest initiation timestamp accepted from each peer (WireGuard's rule: a replay
     /// from before our memory began is still older than the last one we completed).
     newest: HashMap<PublicKey, Timestamp>,
@@ -140,8 +143,8 @@ impl std::fmt::Debug for Handshaker {
 
 /// An initiator waiting for the response.
 pub struct Initiator {
-    // Boxed: snow's state is ~1 KiB, and these move through Results.
-    state: Box<snow::HandshakeState>,
+    // Boxed (snow's state is ~1 KiB and moves through Results) and wiped on drop.
+    state: WipedHandshake,
     local_index: u32,
     expected: Option<PublicKey>,
 }
@@ -164,7 +167,7 @@ impl Initiator {
 
 /// A responder that sent its response and waits for the finish.
 pub struct Responding {
-    state: Box<snow::HandshakeState>,
+    state: WipedHandshake,
     local_index: u32,
     remote_index: u32,
     initiated: Timestamp,
@@ -196,11 +199,8 @@ fn header(kind: MessageType, index: u32) -> [u8; 8] {
 
 fn skew_secs(theirs: Timestamp, ours: Timestamp) -> i64 {
     let (t, o) = (theirs.to_unix(), ours.to_unix());
-    if t >= o {
-        (t - o).as_secs() as i64
-    } else {
-        -((o - t).as_secs() as i64)
-    }
+    let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    if t >= o { secs(t - o) } else { -secs(o - t) }
 }
 
 impl Handshaker {
@@ -212,24 +212,33 @@ impl Handshaker {
             allowed: None,
             counter: Arc::default(),
             curve: Curve::X25519,
-            recent: HashMap::new(),
+            recent: HashSet::new(),
+            recent_order: VecDeque::new(),
             newest: HashMap::new(),
         }
     }
 
-    /// A handshaker whose Diffie-Hellman is a hash: **no security at all**, for simulator
-    /// tests that run hundreds of nodes. Both ends of a handshake must use it. The feature
-    /// cannot be built with optimizations (see the crate's `compile_error!`), so no release
-    /// binary can contain it, and nothing but this constructor selects it.
+    /// For simulator tests that run hundreds of nodes: in a build with debug assertions, a
+    /// handshaker whose Diffie-Hellman is a hash, with **no security at all** (both ends of a
+    /// handshake must use it). In a build without debug assertions (any release build) the
+    /// hash is not compiled in and this is [`Handshaker::new`]: no optimised binary can
+    /// contain the insecure curve. Nothing but this constructor selects it; the router never
+    /// calls it.
     #[cfg(feature = "insecure-fast-dh")]
     pub fn new_insecure_for_simulation(keypair: KeyPair, join_secret: JoinSecret) -> Self {
+        #[cfg(debug_assertions)]
+        let curve = Curve::InsecureFast;
+        #[cfg(not(debug_assertions))]
+        let curve = Curve::X25519;
         Self {
-            curve: Curve::InsecureFast,
+            curve,
             ..Self::new(keypair, join_secret)
         }
     }
 
     /// Pins membership further: only these keys complete a handshake (`None`: any member).
+    /// Sessions that already exist are not touched: the caller tears down those of peers that
+    /// are no longer allowed.
     pub fn set_allowed(&mut self, allowed: Option<HashSet<PublicKey>>) {
         self.allowed = allowed;
     }
@@ -256,7 +265,7 @@ impl Handshaker {
         rng: &mut impl Random,
         clear_header: &[u8],
         initiator: bool,
-    ) -> Result<snow::HandshakeState, HandshakeError> {
+    ) -> Result<WipedHandshake, HandshakeError> {
         let mut prologue = Vec::with_capacity(PROLOGUE.len() + clear_header.len());
         prologue.extend_from_slice(PROLOGUE);
         prologue.extend_from_slice(clear_header);
@@ -272,6 +281,7 @@ impl Handshaker {
         } else {
             builder.build_responder()
         }
+        .map(WipedHandshake::new)
         .map_err(internal)
     }
 
@@ -294,7 +304,7 @@ impl Handshaker {
         debug_assert_eq!(8 + n, INITIATION_LEN);
         Ok((
             Initiator {
-                state: Box::new(state),
+                state,
                 local_index,
                 expected,
             },
@@ -313,7 +323,7 @@ impl Handshaker {
         rng: &mut impl Random,
     ) -> Result<(Responding, [u8; RESPONSE_LEN]), HandshakeError> {
         let init = Initiation::parse(message)?;
-        if self.recent.contains_key(init.ephemeral()) {
+        if self.recent.contains(init.ephemeral()) {
             return Err(HandshakeError::Replay);
         }
         let mut state = self.build(rng, init.header(), false)?;
@@ -331,17 +341,17 @@ impl Handshaker {
         if t.abs_diff(w) > MAX_CLOCK_SKEW {
             return Err(HandshakeError::Stale { skew_secs: skew });
         }
-        self.remember(*init.ephemeral(), initiated, wall)?;
+        self.remember(*init.ephemeral(), wall);
 
         let mut out = [0u8; RESPONSE_LEN];
         out[..8].copy_from_slice(&header(MessageType::HandshakeResponse, init.sender_index()));
         let n = state
             .write_message(&local_index.to_le_bytes(), &mut out[8..])
-            .map_err(internal)?;
+            .map_err(from_read)?;
         debug_assert_eq!(8 + n, RESPONSE_LEN);
         Ok((
             Responding {
-                state: Box::new(state),
+                state,
                 local_index,
                 remote_index: init.sender_index(),
                 initiated,
@@ -350,30 +360,32 @@ impl Handshaker {
         ))
     }
 
-    /// Records an initiation's ephemeral key, forgetting those that have aged out of the skew
-    /// window (their replays are refused as stale instead).
-    fn remember(
-        &mut self,
-        ephemeral: [u8; 32],
-        initiated: Timestamp,
-        wall: Timestamp,
-    ) -> Result<(), HandshakeError> {
-        if self.recent.len() >= MAX_RECENT_INITIATIONS {
-            let horizon = wall.to_unix().saturating_sub(MAX_CLOCK_SKEW);
-            self.recent.retain(|_, t| t.to_unix() >= horizon);
-            if self.recent.len() >= MAX_RECENT_INITIATIONS {
-                return Err(HandshakeError::Overloaded);
+    /// Records an initiation's ephemeral key (with our clock's time of arrival, so the order
+    /// is ours), forgetting those that aged out of the skew window (their replays are refused
+    /// as stale instead) and, past [`MAX_RECENT_INITIATIONS`], the oldest.
+    fn remember(&mut self, ephemeral: [u8; 32], wall: Timestamp) {
+        self.expire_initiations(wall);
+        while self.recent_order.len() >= MAX_RECENT_INITIATIONS {
+            if let Some((old, _)) = self.recent_order.pop_front() {
+                self.recent.remove(&old);
             }
         }
-        self.recent.insert(ephemeral, initiated);
-        Ok(())
+        self.recent.insert(ephemeral);
+        self.recent_order.push_back((ephemeral, wall));
     }
 
-    /// Forgets remembered initiations older than the skew window at `wall`. Call it now and
-    /// then (the mesh does on its timer) to keep memory flat.
+    /// Forgets remembered initiations that arrived more than twice the skew window before
+    /// `wall`: any copy of them now carries a timestamp outside the window. The mesh calls it
+    /// on its timer to keep memory flat.
     pub fn expire_initiations(&mut self, wall: Timestamp) {
-        let horizon = wall.to_unix().saturating_sub(MAX_CLOCK_SKEW);
-        self.recent.retain(|_, t| t.to_unix() >= horizon);
+        let horizon = wall.to_unix().saturating_sub(2 * MAX_CLOCK_SKEW);
+        while let Some((old, at)) = self.recent_order.front() {
+            if at.to_unix() >= horizon {
+                break;
+            }
+            self.recent.remove(old);
+            self.recent_order.pop_front();
+        }
     }
 
     /// Completes our handshake with the response: checks the responder's key, writes the
@@ -425,7 +437,7 @@ impl Handshaker {
         let n = initiator
             .state
             .write_message(&[], &mut out[8..])
-            .map_err(|e| done(internal(e)))?;
+            .map_err(|e| done(from_read(e)))?;
         debug_assert_eq!(8 + n, FINISH_LEN);
         let (send, receive) = split(&mut initiator.state).map_err(done)?;
         Ok((
@@ -513,6 +525,9 @@ fn split(state: &mut snow::HandshakeState) -> Result<DirectionalKeys, HandshakeE
             "split before the handshake finished".into(),
         ));
     }
-    let (a, b) = state.dangerously_get_raw_split();
-    Ok((Secret::new(a), Secret::new(b)))
+    let (mut a, mut b) = state.dangerously_get_raw_split();
+    let keys = (Secret::new(a), Secret::new(b));
+    a.zeroize();
+    b.zeroize();
+    Ok(keys)
 }

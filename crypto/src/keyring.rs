@@ -21,12 +21,16 @@ impl Keyring {
     }
 
     /// Makes `session` current; the one it replaces stays usable for opening until
-    /// [`PREVIOUS_SESSION_GRACE`] from `now` (or its own expiry, whichever is first).
-    pub fn install(&mut self, session: Arc<Session>, now: Instant) {
-        if let Some(old) = self.current.replace(session) {
-            let until = (now + PREVIOUS_SESSION_GRACE).min(old.expires_at());
-            self.previous = Some((old, until));
-        }
+    /// [`PREVIOUS_SESSION_GRACE`] from `now` (or its own expiry, whichever is first). Returns
+    /// the local index of a previous session this pushes out early, so the caller can forget
+    /// it.
+    #[must_use = "a returned index must be forgotten by the caller's index map"]
+    pub fn install(&mut self, session: Arc<Session>, now: Instant) -> Option<u32> {
+        let old = self.current.replace(session)?;
+        let until = (now + PREVIOUS_SESSION_GRACE).min(old.expires_at());
+        self.previous
+            .replace((old, until))
+            .map(|(gone, _)| gone.local_index())
     }
 
     /// The session to seal with: the current one once the peer has proven it holds it, else
@@ -83,13 +87,19 @@ impl Keyring {
         released
     }
 
-    /// The next instant something changes: a rekey due, the previous session's end, or the
-    /// current one's expiry.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        let current = self
-            .current
-            .as_ref()
-            .map(|s| s.rekey_at().min(s.expires_at()));
+    /// The next instant after `now` at which something changes: a rekey falling due, the
+    /// previous session's end, or the current one's expiry. A rekey that is already due is
+    /// not repeated (the caller saw it through [`Keyring::needs_rekey`]), so a driver that
+    /// sleeps until this deadline never spins while a rekey is in flight.
+    pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
+        let current = self.current.as_ref().map(|s| {
+            let rekey = s.rekey_at();
+            if rekey > now {
+                rekey.min(s.expires_at())
+            } else {
+                s.expires_at()
+            }
+        });
         let previous = self.previous.as_ref().map(|(_, until)| *until);
         match (current, previous) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -126,9 +136,9 @@ mod tests {
         let (a1, b1) = pair(t0);
         let (a1, b1) = (Arc::new(a1), Arc::new(b1));
         let mut ring_b = Keyring::new();
-        ring_b.install(b1.clone(), t0);
+        assert_eq!(ring_b.install(b1.clone(), t0), None);
         assert!(!ring_b.needs_rekey(t0));
-        assert_eq!(ring_b.poll_timeout(), Some(b1.rekey_at()));
+        assert_eq!(ring_b.poll_timeout(t0), Some(b1.rekey_at()));
 
         // A packet sealed under the first session just before the rekey...
         let t_rekey = t0 + REKEY_AFTER_TIME;
@@ -139,9 +149,9 @@ mod tests {
         // ...the rekey installs a second session (new indices)...
         let (_a2, b2) = pair_with(t_rekey, 11, 21);
         let b2 = Arc::new(b2);
-        ring_b.install(b2.clone(), t_rekey);
+        assert_eq!(ring_b.install(b2.clone(), t_rekey), None);
         assert_eq!(
-            ring_b.poll_timeout(),
+            ring_b.poll_timeout(t_rekey),
             Some(t_rekey + PREVIOUS_SESSION_GRACE)
         );
 
@@ -156,14 +166,16 @@ mod tests {
         assert!(ring_b.for_index(20, after).is_none());
         assert_eq!(ring_b.handle_timeout(after), vec![20]);
         assert!(ring_b.for_index(21, after).is_some());
-        assert_eq!(ring_b.poll_timeout(), Some(b2.rekey_at()));
+        assert_eq!(ring_b.poll_timeout(after), Some(b2.rekey_at()));
+        // Once the rekey is due it is not repeated: the next deadline is the expiry.
+        assert_eq!(ring_b.poll_timeout(b2.rekey_at()), Some(b2.expires_at()));
 
         // The current session expires on its own at REJECT_AFTER_TIME.
         let end = t_rekey + REJECT_AFTER_TIME;
         assert!(ring_b.needs_rekey(end));
         assert_eq!(ring_b.handle_timeout(end), vec![21]);
         assert!(ring_b.current().is_none());
-        assert_eq!(ring_b.poll_timeout(), None);
+        assert_eq!(ring_b.poll_timeout(end), None);
     }
 
     #[test]
@@ -173,8 +185,8 @@ mod tests {
         let (a1, _b1) = pair_with(t0, 10, 20);
         let (a2, b2) = pair_with(t1, 11, 21);
         let mut ring = Keyring::new();
-        ring.install(Arc::new(a1), t0);
-        ring.install(Arc::new(a2), t1);
+        assert_eq!(ring.install(Arc::new(a1), t0), None);
+        assert_eq!(ring.install(Arc::new(a2), t1), None);
         assert_eq!(
             ring.sending(t1).unwrap().local_index(),
             10,
@@ -190,7 +202,8 @@ mod tests {
         assert_eq!(ring.sending(t1).unwrap().local_index(), 11);
         // Once the previous session's grace is over, the current one is used regardless.
         let (a3, _b3) = pair_with(t1, 12, 22);
-        ring.install(Arc::new(a3), t1);
+        // A third session within the grace pushes the first out early: its index is returned.
+        assert_eq!(ring.install(Arc::new(a3), t1), Some(10));
         let later = t1 + PREVIOUS_SESSION_GRACE;
         assert_eq!(ring.sending(later).unwrap().local_index(), 12);
     }

@@ -4,8 +4,8 @@
 
 use std::fmt;
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -13,7 +13,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use curve25519_dalek::montgomery::MontgomeryPoint;
 
-use crate::random::Random;
+use crate::random::{OsRandom, Random};
 use crate::secret::Secret;
 
 /// Length of an X25519 key, public or private.
@@ -63,13 +63,17 @@ pub enum ParseKeyError {
 }
 
 fn decode_key(text: &str) -> Result<[u8; KEY_LEN], ParseKeyError> {
-    let bytes = BASE64
-        .decode(text.trim())
-        .map_err(|e| ParseKeyError::Base64(e.to_string()))?;
+    // The decoded bytes may be a private key: wipe the temporary buffer too.
+    let bytes = Secret::new(
+        BASE64
+            .decode(text.trim())
+            .map_err(|e| ParseKeyError::Base64(e.to_string()))?,
+    );
     bytes
+        .expose()
         .as_slice()
         .try_into()
-        .map_err(|_| ParseKeyError::Length(bytes.len()))
+        .map_err(|_| ParseKeyError::Length(bytes.expose().len()))
 }
 
 impl FromStr for PublicKey {
@@ -123,47 +127,92 @@ impl KeyPair {
 
     /// Reads a key file written by [`KeyPair::save`]: base64 of the private key on one line.
     ///
-    /// A file that group or others may read is refused: the key would already be exposed.
+    /// The file is opened once, without following a symbolic link, and checked through that
+    /// open file: it must be a regular file owned by us that group and others cannot read
+    /// (one they can is refused: the key would already be exposed).
     pub fn load(path: &Path) -> Result<Self, KeyFileError> {
         let at = |source| KeyFileError::Io {
             path: path.to_owned(),
             source,
         };
-        let meta = fs::metadata(path).map_err(at)?;
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc_o_nofollow())
+            .open(path)
+            .map_err(at)?;
+        let meta = file.metadata().map_err(at)?;
         let mode = meta.permissions().mode() & 0o777;
+        if !meta.is_file() {
+            return Err(KeyFileError::Malformed {
+                path: path.to_owned(),
+                source: ParseKeyError::Base64("not a regular file".into()),
+            });
+        }
         if mode & 0o077 != 0 {
             return Err(KeyFileError::Permissions {
                 path: path.to_owned(),
                 mode,
             });
         }
-        let text = Secret::new(fs::read_to_string(path).map_err(at)?);
-        let private = decode_key(text.expose()).map_err(|source| KeyFileError::Malformed {
-            path: path.to_owned(),
-            source,
-        })?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { geteuid() };
+        if meta.uid() != me {
+            return Err(KeyFileError::Owner {
+                path: path.to_owned(),
+                owner: meta.uid(),
+                me,
+            });
+        }
+        // A key file is 45 bytes; read at most a little more, into a buffer wiped on drop.
+        let mut text = Secret::new(Vec::with_capacity(128));
+        (&mut file)
+            .take(4096)
+            .read_to_end(text.expose_mut())
+            .map_err(at)?;
+        let private = std::str::from_utf8(text.expose())
+            .map_err(|_| ParseKeyError::Base64("not text".into()))
+            .and_then(decode_key)
+            .map_err(|source| KeyFileError::Malformed {
+                path: path.to_owned(),
+                source,
+            })?;
         Ok(Self::from_private(private))
     }
 
     /// Writes the private key to `path` with mode 0600, atomically (temporary file, fsync,
     /// rename, fsync of the directory), so a crash leaves either the old file or the new one.
     pub fn save(&self, path: &Path) -> Result<(), KeyFileError> {
+        self.write_file(path, Replace::Yes)
+    }
+
+    fn write_file(&self, path: &Path, replace: Replace) -> Result<(), KeyFileError> {
         let at = |source| KeyFileError::Io {
             path: path.to_owned(),
             source,
         };
-        let text = Secret::new(format!("{}\n", BASE64.encode(self.private.expose())));
-        write_private_file(path, text.expose().as_bytes()).map_err(at)
+        let mut text = Secret::new(String::with_capacity(64));
+        BASE64.encode_string(self.private.expose(), text.expose_mut());
+        text.expose_mut().push('\n');
+        write_private_file(path, text.expose().as_bytes(), replace).map_err(at)
     }
 
-    /// Loads the key at `path`, or makes one and saves it there when no file exists.
+    /// Loads the key at `path`, or makes one and saves it there when no file exists. Two
+    /// processes racing here end up with the same key: the file is created without replacing
+    /// one that appeared meanwhile, and the loser loads the winner's.
     pub fn load_or_generate(path: &Path, rng: &mut impl Random) -> Result<Self, KeyFileError> {
         match fs::symlink_metadata(path) {
             Ok(_) => Self::load(path),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let pair = Self::generate(rng);
-                pair.save(path)?;
-                Ok(pair)
+                match pair.write_file(path, Replace::No) {
+                    Ok(()) => Ok(pair),
+                    Err(KeyFileError::Io { source, .. })
+                        if source.kind() == io::ErrorKind::AlreadyExists =>
+                    {
+                        Self::load(path)
+                    }
+                    Err(e) => Err(e),
+                }
             }
             Err(source) => Err(KeyFileError::Io {
                 path: path.to_owned(),
@@ -173,8 +222,25 @@ impl KeyPair {
     }
 }
 
-/// Writes `bytes` to `path` through a 0600 temporary file in the same directory.
-fn write_private_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Replace {
+    Yes,
+    No,
+}
+
+unsafe extern "C" {
+    fn geteuid() -> u32;
+}
+
+/// `O_NOFOLLOW` on Linux (asm-generic/fcntl.h).
+const fn libc_o_nofollow() -> i32 {
+    0o400000
+}
+
+/// Writes `bytes` to `path` through a 0600 temporary file in the same directory, named with
+/// random bytes (a fixed name such as one with the pid could be left by a crash and block
+/// every later write; in a container the pid is often 1 every time).
+fn write_private_file(path: &Path, bytes: &[u8], replace: Replace) -> io::Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
@@ -182,24 +248,29 @@ fn write_private_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let mut tag = [0u8; 8];
+    OsRandom.fill(&mut tag);
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
-    tmp_name.push(format!(".tmp{}", std::process::id()));
+    tmp_name.push(format!(".tmp-{:016x}", u64::from_le_bytes(tag)));
     let tmp = dir.join(tmp_name);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
     let result = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
-        fs::rename(&tmp, path)?;
+        match replace {
+            Replace::Yes => fs::rename(&tmp, path)?,
+            // link(2) fails if `path` exists: create-if-absent, atomically.
+            Replace::No => fs::hard_link(&tmp, path)?,
+        }
         fs::File::open(&dir)?.sync_all()
     })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
+    // After a rename this finds nothing; after a link, or a failure, it removes the temporary.
+    let _ = fs::remove_file(&tmp);
     result
 }
 
@@ -225,6 +296,16 @@ pub enum KeyFileError {
         /// Its permission bits.
         mode: u32,
     },
+    /// The file belongs to another user.
+    #[error("key file {path} is owned by uid {owner}, not by us (uid {me})")]
+    Owner {
+        /// The key file.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// Our effective uid.
+        me: u32,
+    },
     /// The file does not hold one base64 key.
     #[error("key file {path} does not hold a key: {source}")]
     Malformed {
@@ -237,6 +318,10 @@ pub enum KeyFileError {
 
 /// The cluster join secret: whoever knows it is a member (DESIGN.md §3). Mixed into every
 /// handshake as the Noise PSK.
+///
+/// One captured initiation lets an eavesdropper test guesses of the secret offline (as with
+/// any PSK), and the derivation below is a single hash: use a generated secret
+/// (`weft keygen --join-secret`, 256 random bits), not a passphrase.
 #[derive(Clone, Debug)]
 pub struct JoinSecret {
     /// SHA-256("weft join secret v1\0" || secret): any length of secret becomes a 32-byte PSK.
@@ -360,10 +445,46 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_symlink_is_not_followed_and_racing_generators_agree() {
+        let dir = temp_dir("link");
+        let real = dir.join("real");
+        KeyPair::generate(&mut OsRandom).save(&real).unwrap();
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert!(matches!(KeyPair::load(&link), Err(KeyFileError::Io { .. })));
+        // Many threads create the same key file at once: they all end with the one on disk.
+        let path = dir.join("shared");
+        let keys: Vec<PublicKey> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        KeyPair::load_or_generate(&path, &mut OsRandom)
+                            .unwrap()
+                            .public()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let on_disk = KeyPair::load(&path).unwrap().public();
+        assert!(
+            keys.iter().all(|k| *k == on_disk),
+            "{keys:?} vs {on_disk:?}"
+        );
+        // No temporary files are left behind.
+        let names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn a_malformed_key_file_is_refused() {
         let dir = temp_dir("bad");
         let path = dir.join("key");
-        write_private_file(&path, b"not a key\n").unwrap();
+        write_private_file(&path, b"not a key\n", Replace::Yes).unwrap();
         assert!(matches!(
             KeyPair::load(&path),
             Err(KeyFileError::Malformed { .. })

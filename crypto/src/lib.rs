@@ -26,7 +26,9 @@
 //!   within [`MAX_CLOCK_SKEW`] of the responder's clock, and the responder remembers the
 //!   ephemeral keys of initiations inside that window; both checks come before any DH. Once
 //!   the initiator is known (finish), its timestamp must also be newer than the last one it
-//!   completed with, which holds even across a responder restart.
+//!   completed with (WireGuard's rule). A responder that restarted remembers neither: a
+//!   replay within the window then costs it three DH operations, but cannot complete, since
+//!   the replayer lacks the initiator's ephemeral private key.
 //! - **Initiator's identity hidden from passive observers.** In XX the initiator's static key
 //!   travels only in the finish, encrypted under keys from `ee` and `es`; a passive observer
 //!   (even one who knows the join secret) sees only ephemeral keys. The responder's static key
@@ -39,7 +41,9 @@
 //!   an expected key ([`Handshaker::initiate`]) pins it further.
 //! - **Forward secrecy.** The session keys come from the chaining key after `ee`, `es` and `se`.
 //!   `ee` is a DH of two ephemeral keys that exist only in memory during the handshake and are
-//!   dropped after it (and zeroed: they live in `Secret`). Someone who later steals both static
+//!   dropped after it, zeroed (they live in `Secret`; snow's state, which holds the chaining
+//!   key, is wiped on drop by `noise::WipedHandshake`, and the handshake cipher's key lives in
+//!   a `Secret` too. snow's BLAKE2s hasher is not wiped: it holds only transient HMAC state). Someone who later steals both static
 //!   keys and the join secret can recompute `es`, `se` and the PSK mixing, but not `ee`, and so
 //!   not the session keys of a recorded session. Sessions rekey every two minutes
 //!   ([`REKEY_AFTER_TIME`]), so a session key stolen from memory exposes at most that much.
@@ -54,12 +58,6 @@
 //! ciphertext | tag`, sealed and opened in place with the counter as nonce and the header as
 //! associated data, then passed through an RFC 6479 [`ReplayWindow`]. See [`Session`] and
 //! [`Keyring`].
-
-#[cfg(all(feature = "insecure-fast-dh", not(debug_assertions)))]
-compile_error!(
-    "the insecure-fast-dh feature replaces X25519 with a hash for simulator tests; \
-     it cannot be built with optimizations"
-);
 
 mod handshake;
 mod keyring;
@@ -89,4 +87,10 @@ pub use session::{
     REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME, REKEY_TIMEOUT,
     RESPONDER_REKEY_DELAY, Role, SealError, Session,
 };
+/// Whether this build contains the simulator's insecure hash curve (feature
+/// `insecure-fast-dh` in a build with debug assertions). A router built with it should say so
+/// loudly at start; it still never uses it.
+pub const INSECURE_SIMULATION_CURVE_COMPILED: bool =
+    cfg!(all(feature = "insecure-fast-dh", debug_assertions));
+
 pub use wire::{DATA_HEADER_LEN, DATA_OVERHEAD, MessageType, PayloadKind, TAG_LEN, Timestamp};

@@ -5,7 +5,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::ptr::NonNull;
+
 use curve25519_dalek::montgomery::MontgomeryPoint;
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, Tag, UnboundKey};
 use snow::params::{CipherChoice, DHChoice, HashChoice};
 use snow::resolvers::{CryptoResolver, DefaultResolver};
 use snow::types::{Cipher, Dh, Hash};
@@ -14,6 +17,7 @@ use zeroize::Zeroize;
 use crate::keys::{KEY_LEN, KeyPair};
 use crate::random::Random;
 use crate::secret::Secret;
+use crate::wire::TAG_LEN;
 
 /// Counts X25519 scalar multiplications (key generation, public key derivation, DH). The
 /// handshake tests read it to show a non-member is refused before any of them; routers can
@@ -38,8 +42,9 @@ pub(crate) enum Curve {
     #[default]
     X25519,
     /// A hash standing in for X25519 so a simulator can run hundreds of nodes quickly. Anyone
-    /// who sees two public keys can compute their "shared secret": it protects nothing.
-    #[cfg(feature = "insecure-fast-dh")]
+    /// who sees two public keys can compute their "shared secret": it protects nothing. It
+    /// exists only in builds with debug assertions and the `insecure-fast-dh` feature.
+    #[cfg(all(feature = "insecure-fast-dh", debug_assertions))]
     InsecureFast,
 }
 
@@ -47,7 +52,7 @@ impl Curve {
     fn public(self, private: [u8; KEY_LEN]) -> [u8; KEY_LEN] {
         match self {
             Self::X25519 => MontgomeryPoint::mul_base_clamped(private).to_bytes(),
-            #[cfg(feature = "insecure-fast-dh")]
+            #[cfg(all(feature = "insecure-fast-dh", debug_assertions))]
             Self::InsecureFast => sha256(&[b"weft insecure public", &private[..]]),
         }
     }
@@ -63,7 +68,7 @@ impl Curve {
                 let _ = ours;
                 MontgomeryPoint(theirs).mul_clamped(*private).to_bytes()
             }
-            #[cfg(feature = "insecure-fast-dh")]
+            #[cfg(all(feature = "insecure-fast-dh", debug_assertions))]
             Self::InsecureFast => {
                 let _ = private;
                 let (lo, hi) = if *ours <= theirs {
@@ -77,7 +82,7 @@ impl Curve {
     }
 }
 
-#[cfg(feature = "insecure-fast-dh")]
+#[cfg(all(feature = "insecure-fast-dh", debug_assertions))]
 fn sha256(parts: &[&[u8]]) -> [u8; KEY_LEN] {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     for p in parts {
@@ -137,7 +142,157 @@ impl CryptoResolver for Resolver {
     }
 
     fn resolve_cipher(&self, choice: &CipherChoice) -> Option<Box<dyn Cipher>> {
-        DefaultResolver.resolve_cipher(choice)
+        match choice {
+            CipherChoice::ChaChaPoly => Some(Box::new(RingChaChaPoly {
+                key: Secret::new([0; 32]),
+            })),
+            _ => None,
+        }
+    }
+}
+
+/// The handshake's ChaChaPoly on ring, with its key in a [`Secret`]: snow's own cipher keeps
+/// the key in a box it frees without wiping.
+struct RingChaChaPoly {
+    key: Secret<[u8; 32]>,
+}
+
+impl RingChaChaPoly {
+    /// Runs `f` with a ring key built for this call, wiped afterwards.
+    fn with_key<T>(&self, f: impl FnOnce(&LessSafeKey) -> T) -> T {
+        let mut key = LessSafeKey::new(
+            UnboundKey::new(&CHACHA20_POLY1305, self.key.expose()).expect("32-byte key"),
+        );
+        let out = f(&key);
+        wipe_key(&mut key);
+        out
+    }
+}
+
+fn noise_nonce(n: u64) -> Nonce {
+    // Noise spec §5.1 (ChaChaPoly): 32 bits of zeros, then the 64-bit counter little-endian.
+    let mut b = [0u8; 12];
+    b[4..].copy_from_slice(&n.to_le_bytes());
+    Nonce::assume_unique_for_key(b)
+}
+
+impl Cipher for RingChaChaPoly {
+    fn name(&self) -> &'static str {
+        "ChaChaPoly"
+    }
+
+    fn set(&mut self, key: &[u8; 32]) {
+        self.key.expose_mut().copy_from_slice(key);
+    }
+
+    fn encrypt(&self, nonce: u64, authtext: &[u8], plaintext: &[u8], out: &mut [u8]) -> usize {
+        let n = plaintext.len();
+        out[..n].copy_from_slice(plaintext);
+        let tag = self.with_key(|k| {
+            k.seal_in_place_separate_tag(noise_nonce(nonce), Aad::from(authtext), &mut out[..n])
+                .expect("handshake messages are far below ChaCha20's limit")
+        });
+        out[n..n + TAG_LEN].copy_from_slice(tag.as_ref());
+        n + TAG_LEN
+    }
+
+    fn decrypt(
+        &self,
+        nonce: u64,
+        authtext: &[u8],
+        ciphertext: &[u8],
+        out: &mut [u8],
+    ) -> Result<usize, snow::Error> {
+        let n = ciphertext
+            .len()
+            .checked_sub(TAG_LEN)
+            .ok_or(snow::Error::Decrypt)?;
+        let tag = Tag::try_from(&ciphertext[n..]).map_err(|_| snow::Error::Decrypt)?;
+        out[..n].copy_from_slice(&ciphertext[..n]);
+        let opened = self.with_key(|k| {
+            k.open_in_place_separate_tag(
+                noise_nonce(nonce),
+                Aad::from(authtext),
+                tag,
+                &mut out[..n],
+                0..,
+            )
+            .map(|p| p.len())
+        });
+        opened.map_err(|_| {
+            out[..n].zeroize();
+            snow::Error::Decrypt
+        })
+    }
+}
+
+/// Overwrites a ring key in place. ring keeps ChaCha20 keys as plain bytes and does not wipe
+/// them on drop; the volatile writes cannot be optimised away, and the valid all-zero key
+/// written afterwards keeps the place a valid `LessSafeKey` for whatever drops it.
+pub(crate) fn wipe_key(key: &mut LessSafeKey) {
+    let p = (key as *mut LessSafeKey).cast::<u8>();
+    for i in 0..std::mem::size_of::<LessSafeKey>() {
+        // SAFETY: `p` points to a live, exclusively borrowed `LessSafeKey` of that size.
+        unsafe { std::ptr::write_volatile(p.add(i), 0) };
+    }
+    let blank = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &[0; 32]).expect("32 bytes"));
+    // SAFETY: `key` is valid for writes; the bytes there are not a value that needs dropping
+    // (LessSafeKey has no drop glue, checked by a test), so overwriting without dropping is
+    // sound.
+    unsafe { std::ptr::write(key, blank) };
+}
+
+/// A snow handshake state that wipes itself when dropped. snow 0.10 has no zeroize code: its
+/// chaining key, handshake hash and PSK copy live inline in `HandshakeState` and would be
+/// freed as they are. This box runs the state's destructor, then zeroes its bytes, then frees
+/// the memory.
+pub(crate) struct WipedHandshake(NonNull<snow::HandshakeState>);
+
+// SAFETY: it owns a `HandshakeState`, which is Send and Sync (checked below), exactly as a
+// Box would.
+unsafe impl Send for WipedHandshake {}
+// SAFETY: as above.
+unsafe impl Sync for WipedHandshake {}
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<snow::HandshakeState>();
+};
+
+impl WipedHandshake {
+    pub(crate) fn new(state: snow::HandshakeState) -> Self {
+        Self(NonNull::from(Box::leak(Box::new(state))))
+    }
+}
+
+impl std::ops::Deref for WipedHandshake {
+    type Target = snow::HandshakeState;
+    fn deref(&self) -> &Self::Target {
+        // SAFETY: the pointer came from a live Box we own until Drop.
+        unsafe { self.0.as_ref() }
+    }
+}
+
+impl std::ops::DerefMut for WipedHandshake {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        // SAFETY: as in Deref; `&mut self` gives exclusive access.
+        unsafe { self.0.as_mut() }
+    }
+}
+
+impl Drop for WipedHandshake {
+    fn drop(&mut self) {
+        let p = self.0.as_ptr();
+        // SAFETY: `p` is the Box allocation made in `new`, live and owned by us; after
+        // drop_in_place the bytes are never read as a `HandshakeState` again, only zeroed and
+        // freed with the layout the Box used.
+        unsafe {
+            std::ptr::drop_in_place(p);
+            let bytes = p.cast::<u8>();
+            for i in 0..std::mem::size_of::<snow::HandshakeState>() {
+                std::ptr::write_volatile(bytes.add(i), 0);
+            }
+            std::alloc::dealloc(bytes, std::alloc::Layout::new::<snow::HandshakeState>());
+        }
     }
 }
 
@@ -219,10 +374,11 @@ impl Dh for X25519 {
             .shared(self.private.expose(), &self.public, theirs);
         // A low-order point gives the all-zero secret (RFC 7748 §6.1 says to check): refuse it,
         // or an attacker could force a known key.
-        if shared == [0u8; KEY_LEN] {
+        let mut shared = Secret::new(shared);
+        if *shared.expose() == [0u8; KEY_LEN] {
             return Err(snow::Error::Dh);
         }
-        out[..KEY_LEN].copy_from_slice(&shared);
+        out[..KEY_LEN].copy_from_slice(shared.expose_mut());
         Ok(())
     }
 }

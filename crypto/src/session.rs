@@ -2,14 +2,14 @@
 //! replay window. Sealing and opening work in place and over batches; both take `&self` so
 //! several data-plane workers can share one session (DESIGN.md §2).
 
-use std::mem::ManuallyDrop;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, Tag, UnboundKey};
 
 use crate::keys::PublicKey;
+use crate::noise::wipe_key;
 use crate::replay::ReplayWindow;
 use crate::secret::Secret;
 use crate::wire::{DATA_HEADER_LEN, DATA_OVERHEAD, DataHeader, PayloadKind, TAG_LEN, WireError};
@@ -114,9 +114,10 @@ pub struct Session {
     remote: PublicKey,
     role: Role,
     established: Instant,
-    // ring does not wipe its keys on drop; `Drop for Session` does (see there).
-    sealer: ManuallyDrop<LessSafeKey>,
-    opener: ManuallyDrop<LessSafeKey>,
+    // Boxed so that moving a Session does not leave copies of the keys behind; ring does not
+    // wipe its keys on drop, `Drop for Session` does.
+    sealer: Box<LessSafeKey>,
+    opener: Box<LessSafeKey>,
     send_counter: AtomicU64,
     replay: Mutex<ReplayWindow>,
     /// Set when a packet from the peer opened under this session: proof the peer holds it.
@@ -138,18 +139,9 @@ impl std::fmt::Debug for Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        // Session keys must not outlive the session in memory (DESIGN.md §3), and ring keeps
-        // its ChaCha20 key as plain bytes inside `LessSafeKey` without wiping it. The keys have
-        // no drop glue (a test checks `needs_drop`), so overwriting them and never running
-        // their destructor is sound.
-        for key in [&mut self.sealer, &mut self.opener] {
-            let p = (&mut **key as *mut LessSafeKey).cast::<u8>();
-            for i in 0..std::mem::size_of::<LessSafeKey>() {
-                // SAFETY: `p` points to a live, exclusively borrowed `LessSafeKey` of that
-                // size; it is never used again (ManuallyDrop: no destructor runs on it).
-                unsafe { std::ptr::write_volatile(p.add(i), 0) };
-            }
-        }
+        // Session keys must not outlive the session in memory (DESIGN.md §3).
+        wipe_key(&mut self.sealer);
+        wipe_key(&mut self.opener);
     }
 }
 
@@ -180,8 +172,8 @@ impl Session {
             remote,
             role,
             established: now,
-            sealer: ManuallyDrop::new(aead_key(&send_key)),
-            opener: ManuallyDrop::new(aead_key(&receive_key)),
+            sealer: Box::new(aead_key(&send_key)),
+            opener: Box::new(aead_key(&receive_key)),
             send_counter: AtomicU64::new(0),
             replay: Mutex::new(ReplayWindow::new()),
             // The responder received the authenticated finish under this handshake; the
@@ -326,11 +318,25 @@ impl Session {
         })
     }
 
+    /// The replay window. A worker that panicked while holding it cannot have left it
+    /// inconsistent (every update is one `mark`), so a poisoned lock is used as it is rather
+    /// than taking every other worker down too.
+    fn window(&self) -> MutexGuard<'_, ReplayWindow> {
+        self.replay.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Opens one datagram in place; the plaintext is at [`Opened::range`].
     pub fn open_in_place(&self, datagram: &mut [u8], now: Instant) -> Result<Opened, OpenError> {
-        let mut results = Vec::with_capacity(1);
-        self.open_batch(std::slice::from_mut(&mut &mut *datagram), now, &mut results);
-        results.pop().expect("one result per datagram")
+        let header = DataHeader::parse(datagram)?;
+        if !self.window().check(header.counter) {
+            return Err(OpenError::Replay(header.counter));
+        }
+        let opened = self.open_only(datagram, now)?;
+        if !self.window().mark(opened.counter) {
+            return Err(OpenError::Replay(opened.counter));
+        }
+        self.confirmed.store(true, Ordering::Relaxed);
+        Ok(opened)
     }
 
     /// Opens a batch of datagrams in place, pushing one result per datagram, in order, into
@@ -346,7 +352,7 @@ impl Session {
         results.clear();
         {
             // Cheap early refusal of obvious replays, before spending time on decryption.
-            let window = self.replay.lock().expect("replay window lock");
+            let window = self.window();
             for d in datagrams.iter_mut() {
                 let d = d.as_mut();
                 results.push(match DataHeader::parse(d) {
@@ -365,7 +371,7 @@ impl Session {
                 *r = self.open_only(d.as_mut(), now);
             }
         }
-        let mut window = self.replay.lock().expect("replay window lock");
+        let mut window = self.window();
         let mut any = false;
         for r in results.iter_mut() {
             if let Ok(o) = r {
@@ -587,6 +593,58 @@ pub(crate) mod tests {
     #[test]
     fn ring_keys_have_no_destructor_so_wiping_them_is_sound() {
         assert!(!std::mem::needs_drop::<LessSafeKey>());
+    }
+
+    #[test]
+    fn concurrent_sealers_never_share_a_counter() {
+        let now = Instant::now();
+        let (a, b) = pair(now);
+        let counters: Vec<u64> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut seen = Vec::new();
+                        for _ in 0..200 {
+                            let mut batch = vec![packet(b"x"), packet(b"y"), packet(b"z")];
+                            a.seal_batch(PayloadKind::Data, &mut batch, now).unwrap();
+                            seen.extend(
+                                batch.iter().map(|p| DataHeader::parse(p).unwrap().counter),
+                            );
+                        }
+                        seen
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap())
+                .collect()
+        });
+        let distinct: std::collections::BTreeSet<u64> = counters.iter().copied().collect();
+        assert_eq!(distinct.len(), 4 * 200 * 3);
+        assert_eq!(distinct.last(), Some(&(4 * 200 * 3 - 1)));
+        drop(b);
+    }
+
+    #[test]
+    fn one_datagram_opened_by_racing_workers_is_accepted_once() {
+        let now = Instant::now();
+        let (a, b) = pair(now);
+        for _ in 0..50 {
+            let mut p = packet(b"race");
+            a.seal_in_place(PayloadKind::Data, &mut p, now).unwrap();
+            let accepted: usize = std::thread::scope(|scope| {
+                let workers: Vec<_> = (0..4)
+                    .map(|_| {
+                        let mut copy = p.clone();
+                        let b = &b;
+                        scope.spawn(move || usize::from(b.open_in_place(&mut copy, now).is_ok()))
+                    })
+                    .collect();
+                workers.into_iter().map(|w| w.join().unwrap()).sum()
+            });
+            assert_eq!(accepted, 1);
+        }
     }
 
     #[test]
