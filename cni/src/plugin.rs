@@ -466,6 +466,14 @@ fn check(conf: &NetConf, attachment: &Attachment, netns_path: &Path) -> Result<(
     if !host_link.up {
         return Err(fail(format!("host veth {host_name} is down")));
     }
+    let hairpin = host
+        .hairpin(host_link.index)
+        .map_err(io_error("read hairpin mode"))?;
+    if hairpin != Some(true) {
+        return Err(fail(format!(
+            "hairpin mode is off on host veth {host_name}"
+        )));
+    }
 
     let pod_link = pod
         .link_by_name(ifname)

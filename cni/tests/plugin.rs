@@ -452,3 +452,37 @@ fn example_conflist_is_valid_and_chains() {
     rt.del(&list, t, true).unwrap();
     assert!(lab.leases().is_empty() && lab.host_veths().is_empty());
 }
+
+#[test]
+fn second_in_a_chain_keeps_the_previous_result() {
+    if !can_run("second_in_a_chain_keeps_the_previous_result") {
+        return;
+    }
+    // weft-cni is meant to come first, but a plugin after another must pass the previous
+    // result on: here loopback goes first and reports lo with 127.0.0.1.
+    let lab = Lab::new("wcsecond", Flavor::Weft, "10.32.27.0/24");
+    let list = ConfList {
+        version: "1.0.0".into(),
+        name: "podnet".into(),
+        plugins: vec![json!({"type": "loopback"}), lab.plugin_conf()],
+    };
+    let rt = lab.runtime();
+    let pod = lab.pod("p");
+    let t = Target {
+        container_id: "second",
+        ifname: "eth0",
+        netns: Some(&pod.path()),
+    };
+    let result = rt.add(&list, t).unwrap_or_else(|e| panic!("{e:?}"));
+    let ifaces = result["interfaces"].as_array().unwrap();
+    assert_eq!(ifaces.len(), 4, "{result}");
+    assert_eq!(ifaces[0]["name"], "lo");
+    // loopback's 127.0.0.1/8 and ::1/128 first, ours last, pointing at our pod interface.
+    let ips = result["ips"].as_array().unwrap();
+    assert_eq!(ips[0]["address"], "127.0.0.1/8", "{result}");
+    assert_eq!(ips.last().unwrap()["interface"], 3, "{result}");
+    assert!(lab.block.cidr().contains(&pod_address(&result, "eth0")));
+    rt.check(&list, t).unwrap();
+    rt.del(&list, t, true).unwrap();
+    assert!(lab.leases().is_empty() && lab.host_veths().is_empty());
+}
