@@ -1,0 +1,276 @@
+//! The lab's names and addresses, decided in one place and checked without touching the
+//! system. Everything lives in namespaces named `{prefix}-…`, so labs with different prefixes
+//! (one per test) never meet.
+//!
+//! Address plan (DESIGN.md §7): the underlay switch is `198.18.0.0/16`; a node behind NAT sits
+//! on its own `198.19.N.0/24` behind a NAT box; pods use the cluster range.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, bail, ensure};
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+/// The most nodes a lab holds: node `i` gets `198.18.0.i` and `198.19.i.0/24`.
+pub const MAX_NODES: usize = 200;
+/// The most pods per node.
+pub const MAX_PODS: usize = 50;
+/// Underlay MTU of the lab's veths (the kernel default for veth and bridge).
+pub const UNDERLAY_MTU: u32 = 1500;
+
+/// Loss and delay on a node's underlay link (`tc netem`), in both directions.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct Netem {
+    /// Packet loss, percent.
+    pub loss_percent: f32,
+    /// One-way delay, milliseconds.
+    pub delay_ms: u32,
+}
+
+impl std::str::FromStr for Netem {
+    type Err = anyhow::Error;
+    /// `loss=5%,delay=20ms` (either part may be left out).
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        let mut n = Netem::default();
+        for part in s.split(',').filter(|p| !p.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .with_context(|| format!("netem option {part:?} is not key=value"))?;
+            match k {
+                "loss" => {
+                    let v = v.trim_end_matches('%');
+                    n.loss_percent = v.parse().with_context(|| format!("loss {v:?}"))?;
+                    ensure!(
+                        (0.0..=100.0).contains(&n.loss_percent),
+                        "loss must be 0–100%"
+                    );
+                }
+                "delay" => {
+                    let v = v.trim_end_matches("ms");
+                    n.delay_ms = v.parse().with_context(|| format!("delay {v:?}"))?;
+                }
+                other => bail!("unknown netem option {other:?} (known: loss, delay)"),
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// What to build.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabSpec {
+    /// Namespace name prefix: 1–8 lowercase letters or digits.
+    pub prefix: String,
+    /// Node count, 1–[`MAX_NODES`].
+    pub nodes: usize,
+    /// Pods per node, 0–[`MAX_PODS`].
+    pub pods: usize,
+    /// Nodes (1-based) placed behind a NAT box.
+    pub nat: BTreeSet<usize>,
+    /// Link impairments per node.
+    pub netem: BTreeMap<usize, Netem>,
+    /// Node pairs whose underlay traffic is dropped at the switch.
+    pub blocked: BTreeSet<(usize, usize)>,
+}
+
+impl LabSpec {
+    /// Checks the spec before anything is created.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        validate_prefix(&self.prefix)?;
+        ensure!(
+            (1..=MAX_NODES).contains(&self.nodes),
+            "--nodes must be 1–{MAX_NODES}"
+        );
+        ensure!(self.pods <= MAX_PODS, "--pods must be 0–{MAX_PODS}");
+        let node_ok = |n: usize| (1..=self.nodes).contains(&n);
+        for n in self.nat.iter().chain(self.netem.keys()) {
+            ensure!(
+                node_ok(*n),
+                "node {n} is not in this lab (1–{})",
+                self.nodes
+            );
+        }
+        for (a, b) in &self.blocked {
+            ensure!(node_ok(*a) && node_ok(*b), "block {a}-{b}: no such node");
+            ensure!(
+                a != b,
+                "block {a}-{b}: a node cannot be blocked from itself"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Checks a lab prefix: short and plain, since it names namespaces.
+pub fn validate_prefix(prefix: &str) -> anyhow::Result<()> {
+    ensure!(
+        (1..=8).contains(&prefix.len())
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
+        "lab prefix {prefix:?} must be 1–8 lowercase letters or digits"
+    );
+    Ok(())
+}
+
+/// Parses `A-B` as a pair of node numbers, smaller first.
+pub fn parse_link(s: &str) -> anyhow::Result<(usize, usize)> {
+    let (a, b) = s
+        .split_once('-')
+        .with_context(|| format!("link {s:?} is not A-B (node numbers)"))?;
+    let a: usize = a.parse().with_context(|| format!("node {a:?}"))?;
+    let b: usize = b.parse().with_context(|| format!("node {b:?}"))?;
+    Ok((a.min(b), a.max(b)))
+}
+
+/// `NODE:OPTIONS`, e.g. `2:loss=5%,delay=20ms`.
+pub fn parse_netem(s: &str) -> anyhow::Result<(usize, Netem)> {
+    let (node, opts) = s
+        .split_once(':')
+        .with_context(|| format!("netem {s:?} is not NODE:loss=5%,delay=20ms"))?;
+    Ok((
+        node.parse().with_context(|| format!("node {node:?}"))?,
+        opts.parse()?,
+    ))
+}
+
+/// Names and addresses of one lab.
+#[derive(Debug, Clone)]
+pub struct Names<'a> {
+    prefix: &'a str,
+}
+
+impl<'a> Names<'a> {
+    /// Names under `prefix` (validated by the caller).
+    pub fn new(prefix: &'a str) -> Self {
+        Self { prefix }
+    }
+    /// The switch's namespace.
+    pub fn underlay_ns(&self) -> String {
+        format!("{}-u", self.prefix)
+    }
+    /// Node `i`'s namespace.
+    pub fn node_ns(&self, i: usize) -> String {
+        format!("{}-n{i}", self.prefix)
+    }
+    /// The NAT box in front of node `i`.
+    pub fn nat_ns(&self, i: usize) -> String {
+        format!("{}-x{i}", self.prefix)
+    }
+    /// Pod `j` of node `i`'s namespace.
+    pub fn pod_ns(&self, i: usize, j: usize) -> String {
+        format!("{}-n{i}-p{j}", self.prefix)
+    }
+    /// Whether `ns` belongs to this lab (for sweeping what a crashed run left).
+    pub fn owns(&self, ns: &str) -> bool {
+        ns.strip_prefix(self.prefix)
+            .is_some_and(|rest| rest.starts_with('-'))
+    }
+}
+
+/// A pod's short name, as `weft lab exec` takes it.
+pub fn pod_name(node: usize, pod: usize) -> String {
+    format!("n{node}-p{pod}")
+}
+
+/// Node `i`'s address on the switch (for a NAT node: its NAT box's).
+pub fn underlay_addr(i: usize, behind_nat: bool) -> Ipv4Net {
+    let host = if behind_nat {
+        Ipv4Addr::new(198, 18, 1, i as u8)
+    } else {
+        Ipv4Addr::new(198, 18, 0, i as u8)
+    };
+    Ipv4Net::new(host, 16).expect("valid prefix")
+}
+
+/// The private network behind node `i`'s NAT box: (box address, node address).
+pub fn nat_private(i: usize) -> (Ipv4Net, Ipv4Net) {
+    let net = |h| Ipv4Net::new(Ipv4Addr::new(198, 19, i as u8, h), 24).expect("valid");
+    (net(1), net(2))
+}
+
+/// The pod block a node uses when the lab hands out blocks itself: `10.32.i.0/24`.
+pub fn static_block(i: usize) -> Ipv4Net {
+    Ipv4Net::new(Ipv4Addr::new(10, 32, i as u8, 0), 24).expect("valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> LabSpec {
+        LabSpec {
+            prefix: "t1".into(),
+            nodes: 3,
+            pods: 2,
+            nat: BTreeSet::new(),
+            netem: BTreeMap::new(),
+            blocked: BTreeSet::new(),
+        }
+    }
+
+    #[test]
+    fn names_stay_under_the_prefix_and_addresses_in_the_benchmark_range() {
+        let n = Names::new("t1");
+        assert_eq!(n.node_ns(2), "t1-n2");
+        assert_eq!(n.pod_ns(2, 1), "t1-n2-p1");
+        assert!(n.owns("t1-n2-p1") && n.owns("t1-u"));
+        assert!(!n.owns("t10-n1") && !n.owns("t1") && !n.owns("x-t1-n1"));
+        let underlay: Ipv4Net = "198.18.0.0/15".parse().unwrap();
+        for i in [1, 7, MAX_NODES] {
+            for nat in [false, true] {
+                assert!(underlay.contains(&underlay_addr(i, nat).addr()));
+            }
+            let (a, b) = nat_private(i);
+            assert!(underlay.contains(&a.addr()) && underlay.contains(&b.addr()));
+            assert!(
+                "10.32.0.0/12"
+                    .parse::<Ipv4Net>()
+                    .unwrap()
+                    .contains(&static_block(i))
+            );
+        }
+    }
+
+    #[test]
+    fn specs_are_checked_before_anything_is_made() {
+        assert!(spec().validate().is_ok());
+        let bad = |f: &dyn Fn(&mut LabSpec)| {
+            let mut s = spec();
+            f(&mut s);
+            s.validate().unwrap_err().to_string()
+        };
+        assert!(bad(&|s| s.prefix = "Bad!".into()).contains("prefix"));
+        assert!(bad(&|s| s.prefix = "waytoolongprefix".into()).contains("prefix"));
+        assert!(bad(&|s| s.nodes = 0).contains("--nodes"));
+        assert!(bad(&|s| s.pods = MAX_PODS + 1).contains("--pods"));
+        assert!(
+            bad(&|s| {
+                s.nat.insert(4);
+            })
+            .contains("node 4")
+        );
+        assert!(
+            bad(&|s| {
+                s.blocked.insert((2, 2));
+            })
+            .contains("itself")
+        );
+    }
+
+    #[test]
+    fn options_parse_with_clear_errors() {
+        assert_eq!(parse_link("3-1").unwrap(), (1, 3));
+        assert!(parse_link("13").is_err());
+        let (node, n) = parse_netem("2:loss=5%,delay=20ms").unwrap();
+        assert_eq!((node, n.loss_percent, n.delay_ms), (2, 5.0, 20));
+        assert!(
+            parse_netem("2:jitter=3")
+                .unwrap_err()
+                .to_string()
+                .contains("jitter")
+        );
+        assert!(parse_netem("2:loss=500%").is_err());
+    }
+}
