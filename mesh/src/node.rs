@@ -1577,6 +1577,11 @@ impl Node {
                 }
             }
             ControlMessage::SyncRequest => self.send_full(from, now),
+            ControlMessage::DigestSummary { hash, count } => {
+                if self.table_summary() != (hash, count) {
+                    self.send_digest(from, ShortId(0), ShortId(u64::MAX), false, now);
+                }
+            }
             ControlMessage::Digest {
                 reply,
                 low,
@@ -1661,6 +1666,7 @@ impl Node {
             ControlMessage::Gossip { .. }
                 | ControlMessage::SyncRequest
                 | ControlMessage::Digest { .. }
+                | ControlMessage::DigestSummary { .. }
         );
         self.send_sealed_control(id, &plain, is_gossip, now);
     }
@@ -2270,8 +2276,25 @@ impl Node {
         self.timers[Timer::Digest as usize] = Some(now + DIGEST_INTERVAL + jitter);
         let mut up = self.established_peers();
         if let Some(target) = self.pick(&mut up, 1).first().copied() {
-            self.send_digest(target, ShortId(0), ShortId(u64::MAX), false, now);
+            let (hash, count) = self.table_summary();
+            self.send_control(target, &ControlMessage::DigestSummary { hash, count }, now);
         }
+    }
+
+    /// FNV-1a (64-bit) over the stamps of every record, in id order.
+    fn table_summary(&self) -> (u64, u32) {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut count = 0u32;
+        for r in self.table.records() {
+            count += 1;
+            for word in [r.id.short().0, r.incarnation, r.version] {
+                for b in word.to_le_bytes() {
+                    h ^= u64::from(b);
+                    h = h.wrapping_mul(0x0000_0100_0000_01b3);
+                }
+            }
+        }
+        (h, count)
     }
 
     /// Sends the stamps of our records with short ids in `[low, high]`, in chunks that each

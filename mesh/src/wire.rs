@@ -54,6 +54,7 @@ mod kind {
     pub const BLOCK_GRANT_ACK: u8 = 8;
     pub const BLOCK_DENIED: u8 = 9;
     pub const DIGEST: u8 = 10;
+    pub const DIGEST_SUMMARY: u8 = 11;
 }
 
 /// Why an owner refused to give address space.
@@ -121,6 +122,15 @@ pub enum ControlMessage {
         high: ShortId,
         /// `(short id, incarnation, version)` of each record in the range.
         entries: Vec<(ShortId, u64, u64)>,
+    },
+    /// A hash of every record stamp the sender holds: a receiver whose hash differs answers
+    /// with a full [`ControlMessage::Digest`]. In a settled cluster this is all anti-entropy
+    /// costs (a digest of 500 records is 8 KiB).
+    DigestSummary {
+        /// FNV-1a over the sorted `(short id, incarnation, version)` of every record.
+        hash: u64,
+        /// How many records.
+        count: u32,
     },
     /// "I will not give you space".
     BlockDenied {
@@ -241,6 +251,9 @@ impl ControlMessage {
                 },
             ),
             Self::BlockGrantAck { grant } => put(&mut out, kind::BLOCK_GRANT_ACK, grant),
+            Self::DigestSummary { hash, count } => {
+                put(&mut out, kind::DIGEST_SUMMARY, &(*hash, *count))
+            }
             Self::Digest {
                 reply,
                 low,
@@ -329,6 +342,10 @@ impl ControlMessage {
                     high: b.high,
                     entries: b.entries,
                 }
+            }
+            kind::DIGEST_SUMMARY => {
+                let (hash, count) = body(rest)?;
+                Self::DigestSummary { hash, count }
             }
             kind::BLOCK_DENIED => {
                 let b: DeniedBody = body(rest)?;
@@ -448,5 +465,163 @@ impl<'a> RelayPacket<'a> {
         out.extend_from_slice(&source.0);
         out.extend_from_slice(inner);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Liveness;
+    use proptest::prelude::*;
+
+    fn record() -> PeerRecord {
+        PeerRecord {
+            id: PeerId([0xab; 32]),
+            incarnation: 1_800_000_000_000,
+            version: 3,
+            name: "n1".into(),
+            liveness: Liveness::Alive,
+            announced: vec!["198.18.0.1:6786".parse().unwrap()],
+            seen: vec![],
+            pod_blocks: vec!["10.32.1.0/24".parse().unwrap()],
+            external: false,
+            free_space: vec![],
+            links_down: vec![ShortId(7)],
+        }
+    }
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    /// Frozen bytes: a change here is a wire format change, which needs a new envelope
+    /// version or kind, never a silent edit.
+    #[test]
+    fn golden_bytes() {
+        assert_eq!(
+            hex(&ControlMessage::BlockGrantAck { grant: 300 }.encode()),
+            "0108ac02"
+        );
+        assert_eq!(hex(&ControlMessage::SyncRequest.encode()), "0102");
+        assert_eq!(
+            hex(&ControlMessage::Observed {
+                endpoint: "198.19.0.1:40000".parse().unwrap()
+            }
+            .encode()),
+            "010300c6130001c0b802"
+        );
+        assert_eq!(
+            hex(&ControlMessage::BlockGrant {
+                grant: 1,
+                space: vec!["10.40.0.0/13".parse().unwrap()]
+            }
+            .encode()),
+            "010701010a2800000d"
+        );
+        let gossip = ControlMessage::Gossip {
+            full: true,
+            records: vec![record()],
+        }
+        .encode();
+        assert_eq!(
+            hex(&gossip),
+            format!(
+                // envelope 01 01 | full | 1 record | id (32 bytes, no length: an array) |
+                // incarnation and version (varints) | name | Alive | 1 endpoint: V4,
+                // 198.18.0.1, port 6786 | seen: none | 1 block: 10.32.1.0/24 | external:
+                // false | free: none | links down: [7]
+                "01010101{}{}03026e31000100c6120001823500010a2001001800000107",
+                "ab".repeat(32),
+                "80a0f1c2b134"
+            )
+        );
+        let relay = RelayPacket::encode(RelayKind::Punch, 0, PeerId([1; 32]), PeerId([2; 32]), &[]);
+        assert_eq!(
+            hex(&relay),
+            format!("06010100{}{}", "01".repeat(32), "02".repeat(32))
+        );
+    }
+
+    #[test]
+    fn unknown_versions_and_kinds_are_skippable_errors() {
+        assert_eq!(ControlMessage::decode(&[]), Err(DecodeError::Truncated));
+        assert_eq!(
+            ControlMessage::decode(&[2, 1, 0]),
+            Err(DecodeError::UnknownVersion(2))
+        );
+        assert_eq!(
+            ControlMessage::decode(&[1, 200]),
+            Err(DecodeError::UnknownKind(200))
+        );
+        assert!(matches!(
+            ControlMessage::decode(&[1, 8]),
+            Err(DecodeError::Body(_))
+        ));
+        assert_eq!(
+            ControlMessage::decode(&[1, 2, 0]),
+            Err(DecodeError::Invalid("trailing bytes after the body"))
+        );
+    }
+
+    #[test]
+    fn relay_envelopes_are_checked() {
+        let inner = [4u8; 40];
+        let env = RelayPacket::encode(
+            RelayKind::Forward,
+            3,
+            PeerId([1; 32]),
+            PeerId([2; 32]),
+            &inner,
+        );
+        let p = RelayPacket::parse(&env).unwrap();
+        assert_eq!(
+            (p.kind, p.hops_left, p.inner),
+            (RelayKind::Forward, 3, &inner[..])
+        );
+        assert_eq!(
+            RelayPacket::parse(&env[..67]),
+            Err(RelayError::Truncated(67))
+        );
+        assert!(matches!(
+            RelayPacket::parse(&env[..68]),
+            Err(RelayError::Payload(_))
+        ));
+        let mut nested = env.clone();
+        nested[68] = 6;
+        assert!(matches!(
+            RelayPacket::parse(&nested),
+            Err(RelayError::Payload(_))
+        ));
+        let mut bad = env.clone();
+        bad[1] = 9;
+        assert_eq!(
+            RelayPacket::parse(&bad),
+            Err(RelayError::UnsupportedVersion(9))
+        );
+        bad[1] = 1;
+        bad[2] = 7;
+        assert_eq!(RelayPacket::parse(&bad), Err(RelayError::UnknownKind(7)));
+        assert_eq!(RelayPacket::parse(&[5; 80]), Err(RelayError::NotRelay));
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics_and_round_trips(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            if let Ok(m) = ControlMessage::decode(&bytes) {
+                prop_assert_eq!(ControlMessage::decode(&m.encode()), Ok(m));
+            }
+            let _ = RelayPacket::parse(&bytes);
+        }
+
+        #[test]
+        fn digests_round_trip(entries in proptest::collection::vec((any::<u64>(), any::<u64>(), any::<u64>()), 0..40), reply in any::<bool>()) {
+            let m = ControlMessage::Digest {
+                reply,
+                low: ShortId(0),
+                high: ShortId(u64::MAX),
+                entries: entries.into_iter().map(|(s, i, v)| (ShortId(s), i, v)).collect(),
+            };
+            prop_assert_eq!(ControlMessage::decode(&m.encode()), Ok(m));
+        }
     }
 }
