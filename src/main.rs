@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use weft_crypto::{JoinSecret, KeyPair, OsRandom};
+use weft_router::control::{Request, Response};
 
 /// weft: an encrypted mesh overlay network for Kubernetes.
 #[derive(Parser, Debug)]
@@ -38,9 +39,96 @@ enum Command {
         #[arg(long, env = "WEFT_KEY_FILE")]
         key_file: PathBuf,
     },
+    /// Run the router: this node's end of the encrypted mesh (a daemon; needs root).
+    ///
+    /// Every option can also be set through the environment variable named beside it, as a
+    /// DaemonSet would. The join secret is read from a file or from WEFT_JOIN_SECRET, never
+    /// from the command line, where `ps` would show it.
+    Router(Box<RouterArgs>),
+    /// Show this node and its peers (from the router's control socket).
+    Status {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
+        state_dir: PathBuf,
+    },
+    /// Show this node's peers as a table, like `weave status connections`.
+    Peers {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
+        state_dir: PathBuf,
+    },
+    /// Ask the router to dial an endpoint (address:port).
+    Connect {
+        endpoint: std::net::SocketAddr,
+        #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
+        state_dir: PathBuf,
+    },
+    /// Ask the router to forget a member (its public key).
+    Forget {
+        peer: String,
+        #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
+        state_dir: PathBuf,
+    },
     /// A weft cluster inside network namespaces on this machine (needs root).
     #[command(subcommand)]
     Lab(LabCommand),
+}
+
+#[derive(clap::Args, Debug)]
+struct RouterArgs {
+    /// This node's name (a label: its identity is its key).
+    #[arg(long, env = "WEFT_NAME")]
+    name: Option<String>,
+    /// Address and UDP port to listen on.
+    #[arg(long, env = "WEFT_LISTEN", default_value = "0.0.0.0:6786")]
+    listen: std::net::SocketAddr,
+    /// Endpoints to announce to peers, besides the one they observe (comma-separated).
+    #[arg(long, env = "WEFT_ANNOUNCE", value_delimiter = ',')]
+    announce: Vec<std::net::SocketAddr>,
+    /// Another node to contact at start, address:port (repeatable, or comma-separated).
+    #[arg(long = "seed", env = "WEFT_SEEDS", value_delimiter = ',')]
+    seeds: Vec<std::net::SocketAddr>,
+    /// A file of seeds, one address:port per line (# comments allowed).
+    #[arg(long, env = "WEFT_SEEDS_FILE")]
+    seeds_file: Option<PathBuf>,
+    /// State directory: key, address space, block file, leases, control socket.
+    #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
+    state_dir: PathBuf,
+    /// File holding the cluster join secret (or set WEFT_JOIN_SECRET).
+    #[arg(long, env = "WEFT_JOIN_SECRET_FILE")]
+    join_secret_file: Option<PathBuf>,
+    /// The cluster's pod range.
+    #[arg(long, env = "WEFT_CLUSTER_RANGE", default_value = "10.32.0.0/12")]
+    cluster_range: ipnet::Ipv4Net,
+    /// Prefix length of each node's pod block.
+    #[arg(long, env = "WEFT_BLOCK_PREFIX", default_value_t = 24)]
+    block_prefix: u8,
+    /// Use this block for pods instead of claiming one (a Kubernetes podCIDR).
+    #[arg(long, env = "WEFT_POD_CIDR")]
+    pod_cidr: Option<ipnet::Ipv4Net>,
+    /// Start a new cluster's address space on this node (exactly one node of a new cluster
+    /// without pod CIDRs; the others get blocks from it through gossip).
+    #[arg(long, env = "WEFT_FOUND_ADDRESS_SPACE")]
+    found_address_space: bool,
+    /// The bridge pods attach to.
+    #[arg(long, env = "WEFT_BRIDGE", default_value = "weft")]
+    bridge: String,
+    /// The underlay MTU (default: detected from the default route's interface).
+    #[arg(long, env = "WEFT_UNDERLAY_MTU")]
+    underlay_mtu: Option<u32>,
+    /// Where to serve /metrics, /healthz and /readyz over HTTP ("off" to disable).
+    #[arg(long, env = "WEFT_METRICS_ADDR", default_value = "127.0.0.1:6787")]
+    metrics_addr: String,
+    /// Log format: text or json.
+    #[arg(long, env = "WEFT_LOG_FORMAT", default_value = "text")]
+    log_format: weft_router::logging::LogFormat,
+    /// Log level (RUST_LOG, when set, takes precedence).
+    #[arg(long, env = "WEFT_LOG_LEVEL", default_value = "info")]
+    log_level: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -68,6 +156,9 @@ enum LabCommand {
         /// The weft-cni binary (default: next to this weft binary).
         #[arg(long, env = "WEFT_CNI_BIN")]
         cni_bin: Option<PathBuf>,
+        /// Run no routers: hand each node a static block (pods talk only within a node).
+        #[arg(long)]
+        no_routers: bool,
         #[command(flatten)]
         which: LabName,
     },
@@ -140,8 +231,210 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keygen { .. } => bail!("say what to make: --key-file PATH or --join-secret"),
         Command::Pubkey { key_file } => println!("{}", KeyPair::load(&key_file)?.public()),
         Command::Lab(cmd) => return run_lab(cmd),
+        Command::Router(args) => return run_router(*args),
+        Command::Status { json, state_dir } => return show_status(&state_dir, json, false),
+        Command::Peers { json, state_dir } => return show_status(&state_dir, json, true),
+        Command::Connect {
+            endpoint,
+            state_dir,
+        } => {
+            control_call(&state_dir, &Request::Connect { endpoint })?;
+            println!("asked the router to connect to {endpoint}");
+        }
+        Command::Forget { peer, state_dir } => {
+            control_call(&state_dir, &Request::Forget { peer: peer.clone() })?;
+            println!("asked the router to forget {peer}");
+        }
     }
     Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn run_router(args: RouterArgs) -> anyhow::Result<()> {
+    weft_router::logging::init(args.log_format, &args.log_level);
+    let secret = match (&args.join_secret_file, std::env::var_os("WEFT_JOIN_SECRET")) {
+        (Some(path), _) => std::fs::read(path)
+            .with_context(|| format!("reading the join secret from {}", path.display()))?,
+        (None, Some(v)) => v.into_encoded_bytes(),
+        (None, None) => bail!(
+            "no join secret: pass --join-secret-file FILE or set WEFT_JOIN_SECRET \
+             (make one with `weft keygen --join-secret`)"
+        ),
+    };
+    let join_secret = JoinSecret::new(&secret)?;
+    let mut seeds = args.seeds.clone();
+    if let Some(file) = &args.seeds_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading seeds from {}", file.display()))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if !line.is_empty() {
+                seeds.push(line.parse().with_context(|| {
+                    format!("{}:{}: {line:?} is not address:port", file.display(), n + 1)
+                })?);
+            }
+        }
+    }
+    let name = match args.name {
+        Some(n) => n,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "weft".into()),
+    };
+    let metrics = match args.metrics_addr.as_str() {
+        "off" => None,
+        a => Some(a.parse().with_context(|| format!("--metrics-addr {a:?}"))?),
+    };
+    let config = weft_router::RouterConfig {
+        name,
+        listen: args.listen,
+        announce: args.announce,
+        seeds,
+        state_dir: args.state_dir,
+        join_secret,
+        cluster_range: args.cluster_range,
+        block_prefix: args.block_prefix,
+        pod_cidr: args.pod_cidr,
+        found_address_space: args.found_address_space,
+        bridge: args.bridge,
+        underlay_mtu: args.underlay_mtu,
+        metrics,
+    };
+    runtime()?.block_on(async {
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        };
+        weft_router::run(config, shutdown).await
+    })?;
+    Ok(())
+}
+
+fn control_call(state_dir: &std::path::Path, request: &Request) -> anyhow::Result<Response> {
+    let socket = state_dir.join("control.sock");
+    let response = runtime()?
+        .block_on(weft_router::control::call(&socket, request))
+        .with_context(|| {
+            format!(
+                "cannot reach the router at {} (is `weft router` running with --state-dir {}?)",
+                socket.display(),
+                state_dir.display()
+            )
+        })?;
+    if let Response::Error { message } = &response {
+        bail!("the router refused: {message}");
+    }
+    Ok(response)
+}
+
+fn show_status(state_dir: &std::path::Path, json: bool, peers_only: bool) -> anyhow::Result<()> {
+    let Response::Status(report) = control_call(state_dir, &Request::Status)? else {
+        bail!("the router answered something other than a status");
+    };
+    if json {
+        if peers_only {
+            println!("{}", serde_json::to_string_pretty(&report.peers)?);
+        } else {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        return Ok(());
+    }
+    if !peers_only {
+        print!("{}", status_text(&report));
+    }
+    print!("{}", peers_table(&report.peers));
+    Ok(())
+}
+
+fn status_text(r: &weft_router::control::StatusReport) -> String {
+    let established = r
+        .peers
+        .iter()
+        .filter(|p| p.state == "established" || p.state == "rekeying")
+        .count();
+    let mut rows = vec![
+        ("Name", r.name.clone()),
+        ("Public key", r.id.clone()),
+        ("Listening", r.listen.to_string()),
+        (
+            "Pod block",
+            r.block.clone().unwrap_or_else(|| "none yet".into()),
+        ),
+    ];
+    if let Some(w) = &r.waiting {
+        rows.push(("Waiting", w.clone()));
+    }
+    rows.push(("Pod MTU", r.pod_mtu.to_string()));
+    rows.push(("Members", r.members.to_string()));
+    rows.push((
+        "Peers",
+        format!("{} ({established} established)", r.peers.len()),
+    ));
+    let dropped: u64 = r.drops.values().sum();
+    if dropped > 0 {
+        let reasons: Vec<String> = r.drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        rows.push(("Drops", format!("{dropped} ({})", reasons.join(", "))));
+    }
+    let mut out: String = rows
+        .into_iter()
+        .map(|(k, v)| format!("{k:>12}: {v}\n"))
+        .collect();
+    out.push('\n');
+    out
+}
+
+fn peers_table(peers: &[weft_router::control::PeerReport]) -> String {
+    let mut out = format!(
+        "{:<12} {:<10} {:<12} {:<22} {:<12} {:>8} {:>10} {:>10} {:>9}\n",
+        "PEER", "NAME", "STATE", "ENDPOINT", "PATH", "RTT", "TX", "RX", "HANDSHAKE"
+    );
+    for p in peers {
+        out += &format!(
+            "{:<12} {:<10} {:<12} {:<22} {:<12} {:>8} {:>10} {:>10} {:>9}\n",
+            &p.id[..p.id.len().min(10)],
+            p.name.as_deref().unwrap_or("?"),
+            p.state,
+            p.endpoint
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "-".into()),
+            p.path.as_deref().unwrap_or("-"),
+            p.rtt_ms
+                .map(|r| format!("{r:.2}ms"))
+                .unwrap_or_else(|| "-".into()),
+            human_bytes(p.tx_bytes),
+            human_bytes(p.rx_bytes),
+            p.last_handshake_secs
+                .map(|s| format!("{s}s ago"))
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+    out
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b}B")
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
 }
 
 fn run_lab(cmd: LabCommand) -> anyhow::Result<()> {
@@ -153,6 +446,7 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<()> {
             netem,
             block,
             cni_bin,
+            no_routers,
             which,
         } => {
             let spec = lab::plan::LabSpec {
@@ -162,12 +456,14 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<()> {
                 nat: nat.into_iter().collect::<BTreeSet<_>>(),
                 netem: netem.into_iter().collect::<BTreeMap<_, _>>(),
                 blocked: block.into_iter().collect(),
+                routers: !no_routers,
             };
-            let cni_bin = match cni_bin {
-                Some(p) => p,
-                None => std::env::current_exe()?.with_file_name("weft-cni"),
+            let weft = std::env::current_exe()?;
+            let bins = lab::Binaries {
+                cni: cni_bin.unwrap_or_else(|| weft.with_file_name("weft-cni")),
+                weft,
             };
-            let state = lab::up(&spec, &cni_bin)?;
+            let state = lab::up(&spec, &bins)?;
             print!("{}", lab::render(&state));
         }
         LabCommand::Down { which } => {

@@ -1,4 +1,20 @@
-//! weft-router: the tokio driver around `weft_mesh::Node`.
+//! weft-router: the tokio driver around [`weft_mesh::Node`].
 //!
-//! Owns the UDP socket, the TUN device, netlink, the control API and metrics. Protocol
-//! decisions stay in `weft-mesh`; this crate only moves bytes and timers (DESIGN.md §8).
+//! It owns what touches the machine: the UDP socket, the TUN device, the kernel's routes and
+//! the node's bridge (netlink), the state directory, the control socket, metrics and logs.
+//! Protocol decisions stay in `weft-mesh`; this crate only moves bytes and timers between the
+//! kernel and the Node, and reports what the Node says (DESIGN.md §2, §8).
+//!
+//! One task runs the Node (DESIGN.md §2 allows a simple first version; the Node publishes its
+//! data-plane state for the parallel workers of a later version).
+
+pub mod config;
+pub mod control;
+pub mod driver;
+pub mod logging;
+pub mod metrics;
+pub mod netconf;
+pub mod state;
+
+pub use config::RouterConfig;
+pub use driver::run;

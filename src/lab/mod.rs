@@ -7,8 +7,10 @@
 //! belongs to. `down` removes everything a lab made; `up` first removes what a crashed run of
 //! the same prefix left behind, and undoes its own work if it fails half-way.
 //!
-//! Routers are not started yet: until `weft router` exists the lab hands each node a static
-//! block (`10.32.N.0/24`), so pods on one node talk over its bridge but not across nodes.
+//! Each node runs a real `weft router` (started detached inside its namespace, logging to its
+//! state directory); the first node not behind NAT founds the address space and is every
+//! other node's seed, and pods are attached once their node's router has claimed a block.
+//! With `--no-routers` the lab hands out static blocks (`10.32.N.0/24`) instead.
 
 pub mod plan;
 mod sys;
@@ -27,9 +29,17 @@ use plan::{LabSpec, Names, Netem, UNDERLAY_MTU};
 /// Where labs keep their state: tmpfs, gone after a reboot like the namespaces themselves.
 pub const LAB_ROOT: &str = "/run/weft-lab";
 
-/// Bytes the tunnel adds to a pod packet on the direct path: outer IPv4 (20) and UDP (8)
-/// headers, and weft's sealed-datagram header and tag.
-pub const TUNNEL_OVERHEAD: u32 = 20 + 8 + weft_crypto::DATA_OVERHEAD as u32;
+/// How long a router may take to claim its block before `up` gives up.
+const BLOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The programs a lab runs.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    /// `weft` (its `router` subcommand runs on every node).
+    pub weft: PathBuf,
+    /// `weft-cni`.
+    pub cni: PathBuf,
+}
 
 /// A node as built.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -44,8 +54,10 @@ pub struct NodeState {
     pub behind_nat: bool,
     /// Its pod block.
     pub block: Ipv4Net,
-    /// Its state directory (key, block file, leases).
+    /// Its state directory (key, block file, leases, router log, control socket).
     pub state_dir: PathBuf,
+    /// Its router's process id, when the lab runs routers.
+    pub router_pid: Option<u32>,
 }
 
 /// A pod as attached.
@@ -83,15 +95,16 @@ fn state_file(prefix: &str) -> PathBuf {
 }
 
 /// Builds the lab `spec` describes. Whatever fails, nothing of this prefix is left behind.
-pub fn up(spec: &LabSpec, cni_bin: &Path) -> anyhow::Result<LabState> {
+pub fn up(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState> {
     sys::check_prerequisites()?;
     spec.validate()?;
-    if !cni_bin.is_file() {
-        bail!(
-            "weft-cni not found at {} (build it with `cargo build --workspace --bins`, or \
-             pass --cni-bin)",
-            cni_bin.display()
-        );
+    for (what, path) in [("weft-cni", &bins.cni), ("weft", &bins.weft)] {
+        if !path.is_file() {
+            bail!(
+                "{what} not found at {} (build it with `cargo build --workspace --bins`)",
+                path.display()
+            );
+        }
     }
     let swept = down(&spec.prefix)?;
     if swept > 0 {
@@ -100,7 +113,7 @@ pub fn up(spec: &LabSpec, cni_bin: &Path) -> anyhow::Result<LabState> {
             spec.prefix
         );
     }
-    match build(spec, cni_bin) {
+    match build(spec, bins) {
         Ok(state) => Ok(state),
         Err(e) => {
             if let Err(cleanup) = down(&spec.prefix) {
@@ -111,7 +124,7 @@ pub fn up(spec: &LabSpec, cni_bin: &Path) -> anyhow::Result<LabState> {
     }
 }
 
-fn build(spec: &LabSpec, cni_bin: &Path) -> anyhow::Result<LabState> {
+fn build(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState> {
     let names = Names::new(&spec.prefix);
     let dir = lab_dir(&spec.prefix);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -136,12 +149,23 @@ fn build(spec: &LabSpec, cni_bin: &Path) -> anyhow::Result<LabState> {
         .context("installing the switch's filter")?;
     }
 
-    let pod_mtu = UNDERLAY_MTU - TUNNEL_OVERHEAD;
+    let pod_mtu = weft_router::config::pod_mtu(UNDERLAY_MTU).expect("1500 carries pods");
+    if spec.routers {
+        start_routers(spec, &mut nodes, &bins.weft)?;
+    } else {
+        for node in nodes.iter_mut() {
+            let i: usize = node.name[1..].parse().expect("n<number>");
+            node.block = plan::static_block(i);
+            NodeBlock::new(node.block)
+                .and_then(|b| b.write(&node.state_dir))
+                .with_context(|| format!("writing node {}'s block", node.name))?;
+        }
+    }
     let mut pods = Vec::new();
     for node in &nodes {
         let i: usize = node.name[1..].parse().expect("n<number>");
         for j in 1..=spec.pods {
-            pods.push(attach_pod(&names, node, i, j, pod_mtu, cni_bin)?);
+            pods.push(attach_pod(&names, node, i, j, pod_mtu, &bins.cni)?);
         }
     }
     let state = LabState {
@@ -231,18 +255,104 @@ fn build_node(spec: &LabSpec, names: &Names, i: usize, dir: &Path) -> anyhow::Re
     }
     let state_dir = dir.join(format!("n{i}"));
     fs::create_dir_all(&state_dir)?;
-    let block = plan::static_block(i);
-    NodeBlock::new(block)
-        .and_then(|b| b.write(&state_dir))
-        .with_context(|| format!("writing node n{i}'s block"))?;
     Ok(NodeState {
         name: format!("n{i}"),
         namespace: ns,
         underlay,
         behind_nat,
-        block,
+        block: plan::static_block(i),
         state_dir,
+        router_pid: None,
     })
+}
+
+/// The lab's join secret file (mode 0600), made once per lab.
+pub fn join_secret_file(prefix: &str) -> PathBuf {
+    lab_dir(prefix).join("join-secret")
+}
+
+/// The arguments of node `node`'s router in a lab.
+pub fn router_args(spec: &LabSpec, node: &NodeState, secret: &Path) -> Vec<String> {
+    let founder = (1..=spec.nodes)
+        .find(|n| !spec.nat.contains(n))
+        .unwrap_or(1);
+    let i: usize = node.name[1..].parse().expect("n<number>");
+    let mut args = vec![
+        "router".to_string(),
+        format!("--name={}", node.name),
+        format!("--state-dir={}", node.state_dir.display()),
+        format!("--join-secret-file={}", secret.display()),
+        format!("--underlay-mtu={UNDERLAY_MTU}"),
+    ];
+    if i == founder {
+        args.push("--found-address-space".into());
+    } else {
+        args.push(format!(
+            "--seed={}:{}",
+            plan::underlay_addr(founder, false).addr(),
+            weft_router::config::DEFAULT_PORT
+        ));
+    }
+    args
+}
+
+/// Starts `weft router` in the namespace of `node`, detached, logging to its state directory.
+pub fn start_router(node: &NodeState, weft: &Path, args: &[String]) -> anyhow::Result<u32> {
+    use std::os::unix::process::CommandExt;
+    let log = fs::File::create(node.state_dir.join("router.log"))?;
+    let child = std::process::Command::new("ip")
+        .args(["netns", "exec", &node.namespace])
+        .arg(weft)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Its own process group: the router outlives `weft lab up` and its terminal.
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting the router of {}", node.name))?;
+    Ok(child.id())
+}
+
+/// The last lines of a node's router log, for error messages.
+pub fn router_log_tail(node: &NodeState) -> String {
+    let text = fs::read_to_string(node.state_dir.join("router.log")).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(8)..].join("\n")
+}
+
+/// Waits until `node`'s router has written its block, returning it.
+pub fn wait_for_block(node: &NodeState, timeout: std::time::Duration) -> anyhow::Result<Ipv4Net> {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(b) = NodeBlock::read(&node.state_dir).ok().flatten() {
+            return Ok(b.cidr());
+        }
+        if start.elapsed() > timeout {
+            bail!(
+                "the router of {} claimed no pod block within {}s; its log ends:\n{}",
+                node.name,
+                timeout.as_secs(),
+                router_log_tail(node)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn start_routers(spec: &LabSpec, nodes: &mut [NodeState], weft: &Path) -> anyhow::Result<()> {
+    let secret = join_secret_file(&spec.prefix);
+    let text = weft_crypto::JoinSecret::generate_text(&mut weft_crypto::OsRandom);
+    fs::write(&secret, text.expose()).context("writing the lab's join secret")?;
+    fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    for node in nodes.iter_mut() {
+        let args = router_args(spec, node, &secret);
+        node.router_pid = Some(start_router(node, weft, &args)?);
+    }
+    for node in nodes.iter_mut() {
+        node.block = wait_for_block(node, BLOCK_WAIT)?;
+    }
+    Ok(())
 }
 
 /// Delays a link with `tc netem` (on each side, so both directions).
@@ -394,26 +504,36 @@ pub fn exec(prefix: &str, pod: &str, cmd: &[String]) -> anyhow::Result<i32> {
 
 /// A table for people.
 pub fn render(state: &LabState) -> String {
+    let blocks = if state.spec.routers {
+        "blocks claimed by the routers"
+    } else {
+        "static blocks, no routers: pods reach only their own node"
+    };
     let mut out = format!(
-        "lab {:?}: {} nodes, {} pods, pod MTU {} (blocks handed out by the lab: routers are \
-         not started yet)\n\n",
+        "lab {:?}: {} nodes, {} pods, pod MTU {} ({blocks})\n\n",
         state.spec.prefix,
         state.nodes.len(),
         state.pods.len(),
         state.pod_mtu
     );
     out += &format!(
-        "{:<6} {:<14} {:<18} {:<5} {:<16}\n",
-        "NODE", "NAMESPACE", "UNDERLAY", "NAT", "BLOCK"
+        "{:<6} {:<14} {:<18} {:<5} {:<16} {:<8}\n",
+        "NODE", "NAMESPACE", "UNDERLAY", "NAT", "BLOCK", "ROUTER"
     );
     for n in &state.nodes {
+        let router = match n.router_pid {
+            Some(pid) if Path::new(&format!("/proc/{pid}")).exists() => format!("pid {pid}"),
+            Some(_) => "exited".into(),
+            None => "-".into(),
+        };
         out += &format!(
-            "{:<6} {:<14} {:<18} {:<5} {:<16}\n",
+            "{:<6} {:<14} {:<18} {:<5} {:<16} {:<8}\n",
             n.name,
             n.namespace,
             n.underlay.to_string(),
             if n.behind_nat { "yes" } else { "" },
-            n.block.to_string()
+            n.block.to_string(),
+            router
         );
     }
     out += &format!("\n{:<8} {:<6} {:<16}\n", "POD", "NODE", "ADDRESS");
@@ -427,6 +547,3 @@ pub fn render(state: &LabState) -> String {
     }
     out
 }
-
-#[cfg(test)]
-mod tests;

@@ -72,6 +72,13 @@ pub struct LabSpec {
     pub netem: BTreeMap<usize, Netem>,
     /// Node pairs whose underlay traffic is dropped at the switch.
     pub blocked: BTreeSet<(usize, usize)>,
+    /// Whether to run a `weft router` on every node (else blocks are handed out statically).
+    #[serde(default = "yes")]
+    pub routers: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl LabSpec {
@@ -207,6 +214,7 @@ mod tests {
             nat: BTreeSet::new(),
             netem: BTreeMap::new(),
             blocked: BTreeSet::new(),
+            routers: true,
         }
     }
 

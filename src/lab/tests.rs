@@ -19,20 +19,22 @@ fn can_run(test: &str) -> bool {
     }
 }
 
-/// The weft-cni built beside this test binary (target/debug/weft-cni).
-fn cni_bin() -> PathBuf {
+/// The weft and weft-cni built beside this test binary (target/debug/).
+fn bins() -> Binaries {
     let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("weft-cni");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `cargo build --workspace --bins` before these tests",
-        bin.display()
-    );
-    bin
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let bins = Binaries {
+        weft: dir.join("weft"),
+        cni: dir.join("weft-cni"),
+    };
+    for b in [&bins.weft, &bins.cni] {
+        assert!(
+            b.is_file(),
+            "{} is missing: run `cargo build --workspace --bins` before these tests",
+            b.display()
+        );
+    }
+    bins
 }
 
 /// Removes the lab when the test ends, passed or failed.
@@ -54,6 +56,7 @@ fn spec(prefix: &str, nodes: usize, pods: usize) -> LabSpec {
         nat: BTreeSet::new(),
         netem: BTreeMap::new(),
         blocked: BTreeSet::new(),
+        routers: false,
     }
 }
 
@@ -77,7 +80,7 @@ fn up_attaches_pods_with_weft_cni_and_down_removes_everything() {
     }
     let prefix = "tlab1";
     let _guard = LabGuard(prefix);
-    let state = up(&spec(prefix, 2, 2), &cni_bin()).unwrap();
+    let state = up(&spec(prefix, 2, 2), &bins()).unwrap();
     assert_eq!(state.nodes.len(), 2);
     assert_eq!(state.pods.len(), 4);
     let addrs: BTreeSet<_> = state.pods.iter().map(|p| p.address).collect();
@@ -122,7 +125,7 @@ fn the_switch_blocks_links_and_nat_nodes_reach_out() {
     let mut s = spec(prefix, 3, 0);
     s.nat.insert(3);
     s.blocked.insert((1, 2));
-    let state = up(&s, &cni_bin()).unwrap();
+    let state = up(&s, &bins()).unwrap();
     let ns = |i: usize| state.nodes[i - 1].namespace.clone();
     let addr = |i: usize| state.nodes[i - 1].underlay.addr().to_string();
     assert!(!ping(&ns(1), &addr(2)), "1-2 is blocked");
@@ -141,7 +144,11 @@ fn a_failed_up_leaves_nothing_and_up_sweeps_a_crashed_run() {
     // A crashed run left a namespace behind.
     sys::run("ip", &["netns", "add", "tlab3-n9"]).unwrap();
     // weft-cni that always fails: up must fail, and remove both its work and the leftover.
-    let err = up(&spec(prefix, 2, 1), Path::new("/bin/false")).unwrap_err();
+    let broken = Binaries {
+        cni: PathBuf::from("/bin/false"),
+        ..bins()
+    };
+    let err = up(&spec(prefix, 2, 1), &broken).unwrap_err();
     assert!(format!("{err:#}").contains("attaching pod"), "{err:#}");
     assert!(leftovers(prefix).is_empty(), "{:?}", leftovers(prefix));
     assert!(!lab_dir(prefix).exists());

@@ -1,0 +1,205 @@
+//! The control API: one JSON request and one JSON response per connection on a unix socket
+//! in the state directory (mode 0600 through the directory's 0700). `weft status`, `weft
+//! peers`, `weft connect` and `weft forget` are its clients; the types here are shared.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+/// The largest request accepted: requests are a few dozen bytes.
+pub const MAX_REQUEST: usize = 4096;
+
+/// A request to the router.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// The node and its peers.
+    Status,
+    /// Dial an endpoint.
+    Connect {
+        /// `address:port`.
+        endpoint: SocketAddr,
+    },
+    /// Forget a member (its public key, base64).
+    Forget {
+        /// The member's key.
+        peer: String,
+    },
+}
+
+/// The answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    /// The status report.
+    Status(StatusReport),
+    /// The command was accepted (it runs asynchronously; watch `status`).
+    Accepted,
+    /// The request was refused.
+    Error {
+        /// Why, for people.
+        message: String,
+    },
+}
+
+/// The node, as `weft status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// Our public key.
+    pub id: String,
+    /// Our name.
+    pub name: String,
+    /// Our incarnation.
+    pub incarnation: u64,
+    /// Where we listen.
+    pub listen: SocketAddr,
+    /// Our pod block.
+    pub block: Option<String>,
+    /// Why we have no block yet.
+    pub waiting: Option<String>,
+    /// Address space we own but have not handed out.
+    pub free_space: Vec<String>,
+    /// The MTU pods get.
+    pub pod_mtu: u32,
+    /// Members known, ourselves included.
+    pub members: usize,
+    /// Every peer with a tunnel.
+    pub peers: Vec<PeerReport>,
+    /// Dropped packets and datagrams by reason.
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// A peer, as `weft peers` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerReport {
+    /// Its public key.
+    pub id: String,
+    /// Its name.
+    pub name: Option<String>,
+    /// Tunnel state: idle, handshaking, established, rekeying.
+    pub state: String,
+    /// Its endpoint, or the relay's.
+    pub endpoint: Option<SocketAddr>,
+    /// `direct`, or `via NAME` when relayed.
+    pub path: Option<String>,
+    /// Round-trip time of the last handshake we initiated, in milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// Bytes sent to it.
+    pub tx_bytes: u64,
+    /// Bytes received from it.
+    pub rx_bytes: u64,
+    /// Seconds since the last handshake.
+    pub last_handshake_secs: Option<u64>,
+}
+
+/// A request with the channel its answer goes back on.
+pub type Call = (Request, oneshot::Sender<Response>);
+
+/// Serves the socket at `path` (replacing a stale one), handing requests to `calls`.
+pub async fn serve(path: &Path, calls: mpsc::Sender<Call>) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let calls = calls.clone();
+        tokio::spawn(async move {
+            if let Err(e) = answer(stream, calls).await {
+                tracing::debug!(error = %e, "control connection");
+            }
+        });
+    }
+}
+
+async fn answer(stream: UnixStream, calls: mpsc::Sender<Call>) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = Vec::new();
+    let mut reader = BufReader::new(read.take(MAX_REQUEST as u64 + 1));
+    let response =
+        match tokio::time::timeout(Duration::from_secs(5), reader.read_until(b'\n', &mut line))
+            .await
+        {
+            Err(_) => Response::Error {
+                message: "timed out waiting for a request".into(),
+            },
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(_)) if line.len() > MAX_REQUEST => Response::Error {
+                message: format!("request longer than {MAX_REQUEST} bytes"),
+            },
+            Ok(Ok(_)) => match parse_request(&line) {
+                Err(message) => Response::Error { message },
+                Ok(request) => {
+                    let (tx, rx) = oneshot::channel();
+                    if calls.send((request, tx)).await.is_err() {
+                        Response::Error {
+                            message: "the router is shutting down".into(),
+                        }
+                    } else {
+                        rx.await.unwrap_or(Response::Error {
+                            message: "the router dropped the request".into(),
+                        })
+                    }
+                }
+            },
+        };
+    let mut bytes = serde_json::to_vec(&response).expect("responses serialize");
+    bytes.push(b'\n');
+    write.write_all(&bytes).await?;
+    write.shutdown().await
+}
+
+/// Parses one request line; the error says what is wrong, for the caller to read.
+pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    serde_json::from_slice(line.trim_ascii()).map_err(|e| {
+        format!(
+            "cannot parse the request ({e}); send one JSON object such as \
+             {{\"command\":\"status\"}}, {{\"command\":\"connect\",\"endpoint\":\"198.18.0.1:6786\"}} \
+             or {{\"command\":\"forget\",\"peer\":\"BASE64KEY\"}}"
+        )
+    })
+}
+
+/// Sends `request` to the router whose state directory holds `socket`.
+pub async fn call(socket: &Path, request: &Request) -> std::io::Result<Response> {
+    let mut stream = UnixStream::connect(socket).await?;
+    let mut bytes = serde_json::to_vec(request).expect("requests serialize");
+    bytes.push(b'\n');
+    stream.write_all(&bytes).await?;
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out).await?;
+    serde_json::from_slice(&out).map_err(std::io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_and_garbage_gets_a_message() {
+        assert_eq!(
+            parse_request(br#"{"command":"status"}"#),
+            Ok(Request::Status)
+        );
+        assert_eq!(
+            parse_request(b"{\"command\":\"connect\",\"endpoint\":\"198.18.0.1:6786\"}\n"),
+            Ok(Request::Connect {
+                endpoint: "198.18.0.1:6786".parse().unwrap()
+            })
+        );
+        for bad in [
+            &b"hello"[..],
+            b"{}",
+            br#"{"command":"reboot"}"#,
+            br#"{"command":"connect"}"#,
+            br#"{"command":"status","x":1}"#,
+        ] {
+            let err = parse_request(bad).unwrap_err();
+            assert!(err.contains("cannot parse the request"), "{err}");
+        }
+    }
+}

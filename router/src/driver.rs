@@ -1,0 +1,375 @@
+//! The router's main loop: kernel and network in, `mesh::Node` in the middle, kernel and
+//! network out. It follows the Node's documented drain order after every input: events (the
+//! state is saved before anything is sent), transmits, TUN packets, then the next deadline.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+use weft_crypto::{Handshaker, OsRandom, PublicKey, Timestamp};
+use weft_mesh::{Command, Event, NextHop, Node, PeerId};
+
+use crate::config::{RouterConfig, TUN_NAME, pod_mtu};
+use crate::control::{self, Call, PeerReport, Request, Response, StatusReport};
+use crate::metrics::{self, Snapshot};
+use crate::netconf;
+use crate::state::{StateDir, StateError};
+
+/// Datagrams or TUN packets taken per wake-up: the Node is fed batches (DESIGN.md §2).
+const BATCH: usize = 64;
+/// Room for the largest datagram (jumbo underlays) and TUN packet.
+const BUFFER: usize = 65536;
+
+/// Why a router could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The state directory is unusable.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The kernel could not be configured.
+    #[error(transparent)]
+    Netconf(#[from] netconf::NetconfError),
+    /// A socket or device could not be opened or used.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The configuration cannot work.
+    #[error("{0}")]
+    Config(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
+    let what = what.into();
+    move |source| RunError::Io { what, source }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, netconf::NetconfError> + Send + 'static,
+) -> Result<T, RunError> {
+    Ok(tokio::task::spawn_blocking(f)
+        .await
+        .expect("netlink task panicked")?)
+}
+
+fn wall_now() -> Timestamp {
+    Timestamp::from_unix(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
+}
+
+/// Runs a router until `shutdown` completes. On the way out the TUN device goes (and with it
+/// the cluster route); the bridge and the pods stay, so an upgrade does not cut pods off.
+pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    let state = StateDir::open(&config.state_dir)?;
+    let key = state.key(&mut OsRandom)?;
+    let persisted = state.load_mesh()?;
+    let bridge = config.bridge.clone();
+    let underlay = match config.underlay_mtu {
+        Some(m) => m,
+        None => blocking(move || netconf::underlay_mtu(&[TUN_NAME, &bridge])).await?,
+    };
+    let pod_mtu = pod_mtu(underlay).ok_or_else(|| {
+        RunError::Config(format!(
+            "an underlay MTU of {underlay} leaves less than 576 bytes for pods"
+        ))
+    })?;
+
+    let socket = UdpSocket::bind(config.listen)
+        .await
+        .map_err(io(format!("bind UDP {}", config.listen)))?;
+    let listen = socket.local_addr().map_err(io("read the socket address"))?;
+    let tun = tun_rs::DeviceBuilder::new()
+        .name(TUN_NAME)
+        .mtu(pod_mtu as u16)
+        .enable(true)
+        .build_async()
+        .map_err(io(format!(
+            "create TUN device {TUN_NAME} (is another router running in this namespace?)"
+        )))?;
+    let range = config.cluster_range;
+    blocking(move || netconf::route_cluster_range(TUN_NAME, range)).await?;
+
+    let now = Instant::now();
+    let mut mesh_config = weft_mesh::Config::new(config.name.clone());
+    mesh_config.announce = config.announce.clone();
+    mesh_config.seeds = config.seeds.clone();
+    mesh_config.cluster_range = config.cluster_range;
+    mesh_config.block_prefix = config.block_prefix;
+    mesh_config.pod_cidr = config.pod_cidr;
+    mesh_config.found_address_space = config.found_address_space;
+    let handshaker = Handshaker::new(key.clone(), config.join_secret.clone());
+    let node = Node::new(
+        mesh_config,
+        handshaker,
+        persisted,
+        Box::new(OsRandom),
+        now,
+        wall_now(),
+    );
+    info!(
+        id = %key.public(),
+        name = %config.name,
+        %listen,
+        underlay_mtu = underlay,
+        pod_mtu,
+        "router started"
+    );
+    if weft_crypto::INSECURE_SIMULATION_CURVE_COMPILED {
+        warn!(
+            "this debug build contains the simulator's insecure curve (feature insecure-fast-dh); \
+             the router does not use it, but do not ship this build"
+        );
+    }
+
+    let (calls_tx, mut calls) = mpsc::channel::<Call>(16);
+    let socket_path = state.control_socket();
+    let control_path = socket_path.clone();
+    let control_task = tokio::spawn(async move {
+        if let Err(e) = control::serve(&control_path, calls_tx).await {
+            error!(error = %e, path = %control_path.display(), "control socket failed");
+        }
+    });
+    let snapshot = metrics::Shared::default();
+    let ready = Arc::new(AtomicBool::new(false));
+    let metrics_task = match config.metrics {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(io(format!("bind metrics {addr}")))?;
+            let (snapshot, ready) = (snapshot.clone(), ready.clone());
+            Some(tokio::spawn(async move {
+                if let Err(e) = metrics::serve(listener, snapshot, ready).await {
+                    error!(error = %e, "metrics server failed");
+                }
+            }))
+        }
+        None => None,
+    };
+
+    let mut driver = Driver {
+        node,
+        state,
+        socket,
+        tun,
+        config,
+        listen,
+        pod_mtu,
+        snapshot,
+        ready,
+    };
+    let result = driver.run(&mut calls, shutdown).await;
+    control_task.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    let _ = std::fs::remove_file(&socket_path);
+    if let Err(e) = driver.state.save_mesh(&driver.node.persistent_state()) {
+        warn!(error = %e, "saving the mesh state on the way out");
+    }
+    info!("router stopped; the TUN device and its route are gone, the bridge and pods stay");
+    result
+}
+
+struct Driver {
+    node: Node,
+    state: StateDir,
+    socket: UdpSocket,
+    tun: tun_rs::AsyncDevice,
+    config: RouterConfig,
+    listen: SocketAddr,
+    pod_mtu: u32,
+    snapshot: metrics::Shared,
+    ready: Arc<AtomicBool>,
+}
+
+impl Driver {
+    async fn run(
+        &mut self,
+        calls: &mut mpsc::Receiver<Call>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), RunError> {
+        tokio::pin!(shutdown);
+        let mut udp_buf = vec![0u8; BUFFER];
+        let mut tun_buf = vec![0u8; BUFFER];
+        self.drain().await?;
+        loop {
+            let deadline = self.node.poll_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                r = self.socket.recv_from(&mut udp_buf) => {
+                    let (n, from) = r.map_err(io("receive UDP"))?;
+                    let mut batch: Vec<(SocketAddr, Vec<u8>)> = vec![(from, udp_buf[..n].to_vec())];
+                    while batch.len() < BATCH {
+                        match self.socket.try_recv_from(&mut udp_buf) {
+                            Ok((n, from)) => batch.push((from, udp_buf[..n].to_vec())),
+                            Err(_) => break,
+                        }
+                    }
+                    let now = Instant::now();
+                    self.node.handle_datagrams(now, batch.iter().map(|(f, b)| (*f, b.as_slice())));
+                }
+                r = self.tun.recv(&mut tun_buf) => {
+                    let n = r.map_err(io("read the TUN device"))?;
+                    let mut batch = vec![tun_buf[..n].to_vec()];
+                    while batch.len() < BATCH {
+                        match self.tun.try_recv(&mut tun_buf) {
+                            Ok(n) => batch.push(tun_buf[..n].to_vec()),
+                            Err(_) => break,
+                        }
+                    }
+                    self.node.handle_tun_packets(Instant::now(), batch);
+                }
+                _ = sleep => self.node.handle_timeout(Instant::now()),
+                Some((request, reply)) = calls.recv() => {
+                    let response = self.handle_request(request);
+                    let _ = reply.send(response);
+                }
+            }
+            self.drain().await?;
+        }
+    }
+
+    /// Drains the Node in its documented order.
+    async fn drain(&mut self) -> Result<(), RunError> {
+        while let Some(event) = self.node.poll_event() {
+            self.handle_event(event).await?;
+        }
+        while let Some(t) = self.node.poll_transmit() {
+            if let Err(e) = self.socket.send_to(&t.bytes, t.destination).await {
+                // An unreachable peer must not stop the router; the mesh notices by itself.
+                debug!(endpoint = %t.destination, error = %e, "send failed");
+            }
+        }
+        while let Some(packet) = self.node.poll_tun() {
+            if let Err(e) = self.tun.send(&packet).await {
+                debug!(error = %e, "TUN write failed");
+            }
+        }
+        self.snapshot.update(self.metrics_snapshot());
+        Ok(())
+    }
+
+    async fn handle_event(&mut self, event: Event) -> Result<(), RunError> {
+        match event {
+            Event::StateChanged => self.state.save_mesh(&self.node.persistent_state())?,
+            Event::BlockClaimed { block } => {
+                info!(%block, "pod block ready");
+                self.state.write_block(block)?;
+                let (bridge, mtu) = (self.config.bridge.clone(), self.pod_mtu);
+                blocking(move || netconf::ensure_bridge(&bridge, block, mtu)).await?;
+                self.ready.store(true, Ordering::Relaxed);
+            }
+            Event::BlockWaiting { reason } => warn!(%reason, "waiting for a pod block"),
+            Event::PeerUp { peer, path } => {
+                info!(peer = %peer, path = %describe_path(&self.node, &path), "peer up")
+            }
+            Event::PeerDown { peer, reason } => info!(peer = %peer, ?reason, "peer down"),
+            Event::MemberJoined { peer, name } => info!(peer = %peer, %name, "member joined"),
+            Event::MemberDeparted { peer } => info!(peer = %peer, "member departed"),
+            Event::CommandRefused { command, reason } => warn!(?command, reason, "command refused"),
+            Event::BlocksTakenOver { from, space } => {
+                info!(from = %from, ?space, "blocks taken over")
+            }
+            Event::RoutesChanged => debug!("routes changed"),
+        }
+        Ok(())
+    }
+
+    fn handle_request(&mut self, request: Request) -> Response {
+        let now = Instant::now();
+        match request {
+            Request::Status => Response::Status(self.status_report()),
+            Request::Connect { endpoint } => {
+                self.node.handle_command(now, Command::Connect(endpoint));
+                Response::Accepted
+            }
+            Request::Forget { peer } => match peer.parse::<PublicKey>() {
+                Ok(key) => {
+                    self.node
+                        .handle_command(now, Command::Forget(PeerId::from(key)));
+                    Response::Accepted
+                }
+                Err(e) => Response::Error {
+                    message: format!("peer {peer:?} is not a public key: {e}"),
+                },
+            },
+        }
+    }
+
+    fn status_report(&self) -> StatusReport {
+        let status = self.node.status();
+        let now = Instant::now();
+        StatusReport {
+            id: status.id.to_string(),
+            name: status.name,
+            incarnation: status.incarnation,
+            listen: self.listen,
+            block: status.block.map(|b| b.to_string()),
+            waiting: status.waiting.map(|w| w.to_string()),
+            free_space: status.free_space.iter().map(|n| n.to_string()).collect(),
+            pod_mtu: self.pod_mtu,
+            members: status.members,
+            peers: status
+                .peers
+                .into_iter()
+                .map(|p| PeerReport {
+                    id: p.id.to_string(),
+                    name: p.name,
+                    state: format!("{:?}", p.state).to_lowercase(),
+                    endpoint: p.path.as_ref().map(|h| match h {
+                        NextHop::Direct(e) => *e,
+                        NextHop::Relay { endpoint, .. } => *endpoint,
+                    }),
+                    path: p.path.as_ref().map(|h| describe_path(&self.node, h)),
+                    rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                    tx_bytes: p.tx_bytes,
+                    rx_bytes: p.rx_bytes,
+                    last_handshake_secs: p.last_handshake.map(|t| now.duration_since(t).as_secs()),
+                })
+                .collect(),
+            drops: self
+                .node
+                .drops()
+                .iter()
+                .map(|(r, n)| (format!("{r:?}"), *n))
+                .collect(),
+        }
+    }
+
+    fn metrics_snapshot(&self) -> Snapshot {
+        let report = self.status_report();
+        let stats = self.node.stats();
+        Snapshot::from_report(&report, stats)
+    }
+}
+
+fn describe_path(node: &Node, hop: &NextHop) -> String {
+    match hop {
+        NextHop::Direct(_) => "direct".into(),
+        NextHop::Relay { via, .. } => {
+            let name = node
+                .members()
+                .get(via)
+                .map(|r| r.name.clone())
+                .unwrap_or_else(|| format!("{via:?}"));
+            format!("via {name}")
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! Metrics in Prometheus text format, and health for probes, over HTTP.
+//!
+//! The driver publishes a [`Snapshot`] after every turn of its loop; scrapes read the last one
+//! through a prometheus-client [`Collector`], so the Node is never touched from the HTTP
+//! task. Metric names are listed in `docs/observability.md`... in one place: [`NAMES`].
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use weft_mesh::NodeStats;
+
+use crate::control::StatusReport;
+
+/// Every metric the router exports, with its help text: the one list of names.
+pub const NAMES: [(&str, &str); 8] = [
+    ("weft_peers", "Peers by tunnel state."),
+    ("weft_handshakes", "Handshakes completed."),
+    (
+        "weft_peer_bytes",
+        "Bytes sent (tx) and received (rx) per peer.",
+    ),
+    ("weft_drops", "Packets and datagrams dropped, by reason."),
+    ("weft_members", "Members known, this node included."),
+    ("weft_block_ready", "1 when this node has a pod block."),
+    (
+        "weft_control_bytes",
+        "Bytes of control datagrams sent (gossip, keepalives, IPAM, NAT).",
+    ),
+    ("weft_relayed", "Datagrams forwarded for other peers."),
+];
+
+/// What a scrape reports.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    peers_by_state: BTreeMap<String, i64>,
+    handshakes: u64,
+    peer_bytes: Vec<(String, u64, u64)>,
+    drops: BTreeMap<String, u64>,
+    members: i64,
+    block_ready: i64,
+    control_bytes: u64,
+    relayed: u64,
+}
+
+impl Snapshot {
+    /// Builds the snapshot from the status the control API reports.
+    pub fn from_report(report: &StatusReport, stats: NodeStats) -> Self {
+        let mut peers_by_state: BTreeMap<String, i64> =
+            ["idle", "handshaking", "established", "rekeying"]
+                .iter()
+                .map(|s| (s.to_string(), 0))
+                .collect();
+        for p in &report.peers {
+            *peers_by_state.entry(p.state.clone()).or_default() += 1;
+        }
+        Self {
+            peers_by_state,
+            handshakes: stats.handshakes,
+            peer_bytes: report
+                .peers
+                .iter()
+                .map(|p| {
+                    (
+                        p.name.clone().unwrap_or_else(|| p.id.clone()),
+                        p.tx_bytes,
+                        p.rx_bytes,
+                    )
+                })
+                .collect(),
+            drops: report.drops.clone(),
+            members: report.members as i64,
+            block_ready: i64::from(report.block.is_some()),
+            control_bytes: stats.control_bytes,
+            relayed: stats.relayed,
+        }
+    }
+}
+
+/// The snapshot shared between the driver and the HTTP task.
+#[derive(Debug, Clone, Default)]
+pub struct Shared(Arc<RwLock<Snapshot>>);
+
+impl Shared {
+    /// Replaces the snapshot.
+    pub fn update(&self, s: Snapshot) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = s;
+    }
+}
+
+fn help(name: &str) -> &'static str {
+    NAMES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, h)| *h)
+        .expect("every metric is listed in NAMES")
+}
+
+impl Collector for Shared {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let gauge = |v: i64| ConstGauge::new(v);
+        let counter = |v: u64| ConstCounter::new(v);
+
+        let g = gauge(0);
+        let mut family =
+            encoder.encode_descriptor("weft_peers", help("weft_peers"), None, g.metric_type())?;
+        for (state, n) in &s.peers_by_state {
+            gauge(*n).encode(family.encode_family(&[("state", state.as_str())])?)?;
+        }
+        let c = counter(s.handshakes);
+        c.encode(encoder.encode_descriptor(
+            "weft_handshakes",
+            help("weft_handshakes"),
+            None,
+            c.metric_type(),
+        )?)?;
+        let mut family = encoder.encode_descriptor(
+            "weft_peer_bytes",
+            help("weft_peer_bytes"),
+            None,
+            counter(0).metric_type(),
+        )?;
+        for (peer, tx, rx) in &s.peer_bytes {
+            counter(*tx)
+                .encode(family.encode_family(&[("peer", peer.as_str()), ("direction", "tx")])?)?;
+            counter(*rx)
+                .encode(family.encode_family(&[("peer", peer.as_str()), ("direction", "rx")])?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "weft_drops",
+            help("weft_drops"),
+            None,
+            counter(0).metric_type(),
+        )?;
+        for (reason, n) in &s.drops {
+            counter(*n).encode(family.encode_family(&[("reason", reason.as_str())])?)?;
+        }
+        for (name, v) in [
+            ("weft_members", s.members),
+            ("weft_block_ready", s.block_ready),
+        ] {
+            let g = gauge(v);
+            g.encode(encoder.encode_descriptor(name, help(name), None, g.metric_type())?)?;
+        }
+        for (name, v) in [
+            ("weft_control_bytes", s.control_bytes),
+            ("weft_relayed", s.relayed),
+        ] {
+            let c = counter(v);
+            c.encode(encoder.encode_descriptor(name, help(name), None, c.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Renders the metrics in Prometheus text format.
+pub fn render(shared: &Shared) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(shared.clone()));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String");
+    out
+}
+
+#[derive(Clone)]
+struct AppState {
+    shared: Shared,
+    ready: Arc<AtomicBool>,
+}
+
+/// Serves `/metrics`, `/healthz` (the router runs) and `/readyz` (its pod block is known).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Shared,
+    ready: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(|State(s): State<AppState>| async move { render(&s.shared) }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(|State(s): State<AppState>| async move {
+                if s.ready.load(Ordering::Relaxed) {
+                    (StatusCode::OK, "ready\n")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "waiting for a pod block\n")
+                }
+            }),
+        )
+        .with_state(AppState { shared, ready });
+    axum::serve(listener, app).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::PeerReport;
+
+    #[test]
+    fn renders_every_listed_metric_in_text_format() {
+        let report = StatusReport {
+            id: "k".into(),
+            name: "n1".into(),
+            incarnation: 1,
+            listen: "198.18.0.1:6786".parse().unwrap(),
+            block: Some("10.32.1.0/24".into()),
+            waiting: None,
+            free_space: vec![],
+            pod_mtu: 1375,
+            members: 2,
+            peers: vec![PeerReport {
+                id: "p".into(),
+                name: Some("n2".into()),
+                state: "established".into(),
+                endpoint: None,
+                path: Some("direct".into()),
+                rtt_ms: Some(0.2),
+                tx_bytes: 10,
+                rx_bytes: 20,
+                last_handshake_secs: Some(1),
+            }],
+            drops: BTreeMap::from([("Malformed".to_string(), 3)]),
+        };
+        let shared = Shared::default();
+        shared.update(Snapshot::from_report(&report, NodeStats::default()));
+        let text = render(&shared);
+        for (name, _) in NAMES {
+            assert!(
+                text.contains(&format!("# TYPE {name} ")),
+                "{name} missing:\n{text}"
+            );
+        }
+        assert!(
+            text.contains("weft_peers{state=\"established\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("weft_peer_bytes_total{peer=\"n2\",direction=\"rx\"} 20"),
+            "{text}"
+        );
+        assert!(
+            text.contains("weft_drops_total{reason=\"Malformed\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("weft_block_ready 1"), "{text}");
+    }
+}

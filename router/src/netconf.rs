@@ -1,0 +1,128 @@
+//! The kernel's side of a node: routes for the cluster range through the TUN device, the
+//! bridge holding the node's gateway, and the underlay MTU. Netlink requests go through
+//! weft-cni's small blocking client (the packet crates rtnetlink is built on): these are a
+//! handful of requests at start and when the block changes, so the router runs them on a
+//! blocking thread instead of carrying a second netlink stack.
+
+use std::io;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use weft_cni::netlink::{self, Link, Netlink, Route4};
+
+/// Why the kernel could not be configured.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct NetconfError {
+    what: String,
+    source: io::Error,
+}
+
+fn ctx(what: impl Into<String>) -> impl FnOnce(io::Error) -> NetconfError {
+    let what = what.into();
+    move |source| NetconfError { what, source }
+}
+
+/// The underlay MTU: that of the interface holding the default route, or else the smallest
+/// MTU among the up interfaces that carry an IPv4 address and are not weft's own (a lab node
+/// has no default route).
+pub fn underlay_mtu(ours: &[&str]) -> Result<u32, NetconfError> {
+    let mut nl = Netlink::new().map_err(ctx("open netlink"))?;
+    let links = nl.links().map_err(ctx("list links"))?;
+    let routes = nl.routes().map_err(ctx("list routes"))?;
+    let by_index = |i: u32| links.iter().find(|l| l.index == i);
+    if let Some(mtu) = routes
+        .iter()
+        .filter(|r| r.dst.prefix_len() == 0)
+        .filter_map(|r| by_index(r.oif?)?.mtu)
+        .min()
+    {
+        return Ok(mtu);
+    }
+    let mut best: Option<u32> = None;
+    for l in &links {
+        if !l.up || l.name == "lo" || ours.contains(&l.name.as_str()) || l.master.is_some() {
+            continue;
+        }
+        let has_v4 = !nl
+            .addresses(l.index)
+            .map_err(ctx(format!("addresses of {}", l.name)))?
+            .is_empty();
+        if let (true, Some(mtu)) = (has_v4, l.mtu) {
+            best = Some(best.map_or(mtu, |b| b.min(mtu)));
+        }
+    }
+    best.ok_or_else(|| NetconfError {
+        what: "detect the underlay MTU".into(),
+        source: io::Error::other("no up interface with an IPv4 address; pass --underlay-mtu"),
+    })
+}
+
+/// Routes the cluster range into the TUN device (the node's own block is more specific and
+/// stays on the bridge). Idempotent.
+pub fn route_cluster_range(tun: &str, range: Ipv4Net) -> Result<(), NetconfError> {
+    let mut nl = Netlink::new().map_err(ctx("open netlink"))?;
+    let link = find(&mut nl, tun)?;
+    let route = Route4 {
+        dst: range,
+        gw: None,
+        oif: Some(link.index),
+    };
+    match nl.add_route(route, false) {
+        Err(e) if netlink::is_exists(&e) => Ok(()),
+        other => other.map_err(ctx(format!("route {range} dev {tun}"))),
+    }
+}
+
+/// Makes sure the bridge exists, is up and holds the block's gateway (the first address).
+/// weft-cni does the same on every ADD; the router does it as soon as the block is known so
+/// the node can reach its pods' gateway before the first pod starts.
+pub fn ensure_bridge(name: &str, block: Ipv4Net, mtu: u32) -> Result<(), NetconfError> {
+    let mut nl = Netlink::new().map_err(ctx("open netlink"))?;
+    if nl
+        .link_by_name(name)
+        .map_err(ctx(format!("look up {name}")))?
+        .is_none()
+    {
+        match nl.add_bridge(name, mtu) {
+            Err(e) if netlink::is_exists(&e) => {}
+            other => other.map_err(ctx(format!("create bridge {name}")))?,
+        }
+    }
+    let link = find(&mut nl, name)?;
+    if link.kind.as_deref() != Some("bridge") {
+        return Err(NetconfError {
+            what: format!("bridge {name}"),
+            source: io::Error::other(format!(
+                "a link of this name exists and is a {}, not a bridge",
+                link.kind.as_deref().unwrap_or("device of unknown kind")
+            )),
+        });
+    }
+    if !link.up {
+        nl.set_up(link.index)
+            .map_err(ctx(format!("set {name} up")))?;
+    }
+    let gateway = Ipv4Net::new(
+        Ipv4Addr::from(u32::from(block.network()) + 1),
+        block.prefix_len(),
+    )
+    .expect("valid prefix");
+    let addresses = nl.addresses(link.index).map_err(ctx("list addresses"))?;
+    if !addresses.contains(&gateway) {
+        match nl.add_address(link.index, gateway) {
+            Err(e) if netlink::is_exists(&e) => {}
+            other => other.map_err(ctx(format!("add {gateway} to {name}")))?,
+        }
+    }
+    Ok(())
+}
+
+fn find(nl: &mut Netlink, name: &str) -> Result<Link, NetconfError> {
+    nl.link_by_name(name)
+        .map_err(ctx(format!("look up {name}")))?
+        .ok_or_else(|| NetconfError {
+            what: format!("look up {name}"),
+            source: io::Error::from(io::ErrorKind::NotFound),
+        })
+}
