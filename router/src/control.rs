@@ -155,13 +155,23 @@ async fn answer(stream: UnixStream, calls: mpsc::Sender<Call>) -> std::io::Resul
 
 /// Parses one request line; the error says what is wrong, for the caller to read.
 pub fn parse_request(line: &[u8]) -> Result<Request, String> {
-    serde_json::from_slice(line.trim_ascii()).map_err(|e| {
+    let explain = |e: String| {
         format!(
             "cannot parse the request ({e}); send one JSON object such as \
              {{\"command\":\"status\"}}, {{\"command\":\"connect\",\"endpoint\":\"198.18.0.1:6786\"}} \
              or {{\"command\":\"forget\",\"peer\":\"BASE64KEY\"}}"
         )
-    })
+    };
+    let value: serde_json::Value =
+        serde_json::from_slice(line.trim_ascii()).map_err(|e| explain(e.to_string()))?;
+    let request: Request =
+        serde_json::from_value(value.clone()).map_err(|e| explain(e.to_string()))?;
+    // serde ignores unknown fields of internally tagged unit variants: a request must be
+    // exactly what it parsed to, so a misspelt option is an error, not silently dropped.
+    if serde_json::to_value(&request).ok().as_ref() != Some(&value) {
+        return Err(explain("unknown or malformed fields".into()));
+    }
+    Ok(request)
 }
 
 /// Sends `request` to the router whose state directory holds `socket`.
