@@ -443,8 +443,22 @@ impl Peer {
     }
 }
 
+/// A session we initiated must be confirmed (a packet from the peer opened under it) within
+/// this: if not, our finish was lost and the peer has no session; handshake again.
+pub const CONFIRM_TIMEOUT: Duration = REKEY_TIMEOUT;
+
+/// Whether the current session is ours, unconfirmed, and past [`CONFIRM_TIMEOUT`].
+fn unconfirmed_since(keys: &Keyring) -> Option<Instant> {
+    keys.current()
+        .filter(|s| s.role() == Role::Initiator && !s.is_confirmed())
+        .map(|s| s.established() + CONFIRM_TIMEOUT)
+}
+
 fn up_deadline(p: &Peer, keys: &Keyring) -> Instant {
     let mut d = (p.last_tx + KEEPALIVE_TIMEOUT).min(p.last_rx + DEAD_AFTER);
+    if let (Tunnel::Established { .. }, Some(t)) = (&p.tunnel, unconfirmed_since(keys)) {
+        d = d.min(t);
+    }
     if let Some(s) = keys.current() {
         // While rekeying, the rekey time has passed already: wake for the expiry instead.
         d = d.min(if matches!(p.tunnel, Tunnel::Rekeying { .. }) {
@@ -1284,7 +1298,7 @@ impl Node {
         p.tunnel = match tunnel {
             Tunnel::Idle { .. } => {
                 let mut keys = Keyring::new();
-                keys.install(session, now);
+                released.extend(keys.install(session, now));
                 Tunnel::Established { keys }
             }
             Tunnel::Handshaking { attempt, .. } => {
@@ -1293,11 +1307,11 @@ impl Node {
                     released.push(attempt.index);
                 }
                 let mut keys = Keyring::new();
-                keys.install(session, now);
+                released.extend(keys.install(session, now));
                 Tunnel::Established { keys }
             }
             Tunnel::Established { mut keys } => {
-                keys.install(session, now);
+                released.extend(keys.install(session, now));
                 Tunnel::Established { keys }
             }
             Tunnel::Rekeying {
@@ -1306,7 +1320,7 @@ impl Node {
                 if role == Role::Responder {
                     released.push(attempt.index);
                 }
-                keys.install(session, now);
+                released.extend(keys.install(session, now));
                 Tunnel::Established { keys }
             }
         };
@@ -1329,6 +1343,8 @@ impl Node {
             own_changed = true;
         }
         let queued: Vec<Vec<u8>> = p.queue.drain(..).collect();
+        // Our abandoned initiation, and a previous session pushed out early by this one.
+        p.indices.retain(|i| !released.contains(i));
         for i in released {
             self.indices.remove(&i);
         }
@@ -1345,10 +1361,11 @@ impl Node {
                 self.events.push_back(Event::PeerUp { peer: id, path });
             }
             self.routes_dirty = true;
-            // Our record and the address it came from: this confirms the session to an
-            // initiator (it is unconfirmed until a packet arrives under it) and tells the peer
-            // where we see it (NAT discovery).
-            if let Some(own) = self.table.get(&self.id).cloned() {
+            // As responder, our record: it confirms the session to the initiator (unconfirmed
+            // until a packet arrives under it). The initiator's record travels by gossip.
+            if role == Role::Responder
+                && let Some(own) = self.table.get(&self.id).cloned()
+            {
                 self.send_control(
                     id,
                     &ControlMessage::Gossip {
@@ -1377,8 +1394,15 @@ impl Node {
         }
     }
 
+    /// Tells a peer where we see it, unless its record says it knows (NAT discovery).
     fn report_observed(&mut self, id: PeerId, source: Source, now: Instant) {
         if source.relayed_from.is_some() {
+            return;
+        }
+        let known = self.table.get(&id).is_some_and(|r| {
+            r.announced.contains(&source.endpoint) || r.seen.contains(&source.endpoint)
+        });
+        if known {
             return;
         }
         let changed = self
@@ -2195,7 +2219,9 @@ impl Node {
             return self.close_peer(id, DownReason::Dead, now, false);
         }
         let rekey_due = match &p.tunnel {
-            Tunnel::Established { keys } => keys.needs_rekey(now),
+            Tunnel::Established { keys } => {
+                keys.needs_rekey(now) || unconfirmed_since(keys).is_some_and(|t| now >= t)
+            }
             Tunnel::Rekeying { attempt, .. } => now >= attempt.resend_at,
             _ => false,
         };

@@ -60,11 +60,11 @@ fn i_five_hundred_nodes_converge() {
     });
     let heap = IN_USE.load(Ordering::Relaxed).saturating_sub(heap_before);
 
-    // Steady state: gossip bytes over 30 virtual seconds.
+    // Steady state: bytes over one keepalive period (10 s, also two digest rounds).
     let gossip = |s: &Sim| -> u64 { (0..n).map(|i| s.node(i).stats().gossip_bytes).sum() };
     let control = |s: &Sim| -> u64 { (0..n).map(|i| s.node(i).stats().control_bytes).sum() };
     let (g0, c0) = (gossip(&sim), control(&sim));
-    let window = Duration::from_secs(30);
+    let window = weft_crypto::KEEPALIVE_TIMEOUT;
     sim.run_for(window);
     let (g1, c1) = (gossip(&sim), control(&sim));
     assert!(sim.full_mesh(), "still a full mesh in steady state");
