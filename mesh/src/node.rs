@@ -1733,7 +1733,7 @@ impl Node {
             .cloned();
         let Some(session) = session else {
             // Wait for the handshake, within bounds.
-            if self.peers.get(&id).is_none() {
+            if !self.peers.contains_key(&id) {
                 self.ensure_peer(id, now);
             }
             let Some(p) = self.peers.get_mut(&id) else {
@@ -2262,7 +2262,7 @@ impl Node {
         self.up_peers().collect()
     }
 
-    fn pick(&mut self, from: &mut Vec<PeerId>, n: usize) -> Vec<PeerId> {
+    fn pick(&mut self, from: &mut [PeerId], n: usize) -> Vec<PeerId> {
         // Partial Fisher-Yates with our (seeded, in tests) generator.
         let n = n.min(from.len());
         for i in 0..n {
