@@ -169,8 +169,9 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
                 .await
                 .map_err(io(format!("bind metrics {addr}")))?;
             let (snapshot, ready) = (snapshot.clone(), ready.clone());
+            let dir = state.path().to_owned();
             Some(tokio::spawn(async move {
-                if let Err(e) = metrics::serve(listener, snapshot, ready).await {
+                if let Err(e) = metrics::serve(listener, snapshot, ready, dir).await {
                     error!(error = %e, "metrics server failed");
                 }
             }))

@@ -2,9 +2,11 @@
 //!
 //! The driver publishes a [`Snapshot`] after every turn of its loop; scrapes read the last one
 //! through a prometheus-client [`Collector`], so the Node is never touched from the HTTP
-//! task. Metric names are listed in `docs/observability.md`... in one place: [`NAMES`].
+//! task. Every metric name is listed in one place: [`NAMES`].
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -22,7 +24,7 @@ use weft_mesh::NodeStats;
 use crate::control::StatusReport;
 
 /// Every metric the router exports, with its help text: the one list of names.
-pub const NAMES: [(&str, &str); 8] = [
+pub const NAMES: [(&str, &str); 10] = [
     ("weft_peers", "Peers by tunnel state."),
     ("weft_handshakes", "Handshakes completed."),
     (
@@ -37,6 +39,14 @@ pub const NAMES: [(&str, &str); 8] = [
         "Bytes of control datagrams sent (gossip, keepalives, IPAM, NAT).",
     ),
     ("weft_relayed", "Datagrams forwarded for other peers."),
+    (
+        "weft_block_addresses",
+        "Pod addresses in this node's block (the gateway excluded).",
+    ),
+    (
+        "weft_addresses_in_use",
+        "Pod addresses leased by weft-cni on this node.",
+    ),
 ];
 
 /// What a scrape reports.
@@ -50,6 +60,9 @@ pub struct Snapshot {
     block_ready: i64,
     control_bytes: u64,
     relayed: u64,
+    block_addresses: i64,
+    /// Filled in at scrape time from the lease files.
+    addresses_in_use: i64,
 }
 
 impl Snapshot {
@@ -82,6 +95,12 @@ impl Snapshot {
             block_ready: i64::from(report.block.is_some()),
             control_bytes: stats.control_bytes,
             relayed: stats.relayed,
+            block_addresses: report
+                .block
+                .as_deref()
+                .and_then(|b| b.parse::<ipnet::Ipv4Net>().ok())
+                .map_or(0, |b| (1i64 << (32 - b.prefix_len())) - 3),
+            addresses_in_use: 0,
         }
     }
 }
@@ -148,6 +167,8 @@ impl Collector for Shared {
         for (name, v) in [
             ("weft_members", s.members),
             ("weft_block_ready", s.block_ready),
+            ("weft_block_addresses", s.block_addresses),
+            ("weft_addresses_in_use", s.addresses_in_use),
         ] {
             let g = gauge(v);
             g.encode(encoder.encode_descriptor(name, help(name), None, g.metric_type())?)?;
@@ -163,10 +184,29 @@ impl Collector for Shared {
     }
 }
 
-/// Renders the metrics in Prometheus text format.
-pub fn render(shared: &Shared) -> String {
+/// Counts the leases weft-cni holds under `state_dir` (one file per address, named by it).
+pub fn count_leases(state_dir: &Path) -> i64 {
+    std::fs::read_dir(state_dir.join("cni").join("leases"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.parse::<Ipv4Addr>().is_ok())
+                })
+                .count() as i64
+        })
+        .unwrap_or(0)
+}
+
+/// Renders the metrics in Prometheus text format, with `addresses_in_use` as counted now.
+pub fn render(shared: &Shared, addresses_in_use: i64) -> String {
+    let snapshot = Shared::default();
+    let mut s = shared.0.read().unwrap_or_else(|e| e.into_inner()).clone();
+    s.addresses_in_use = addresses_in_use;
+    snapshot.update(s);
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(shared.clone()));
+    registry.register_collector(Box::new(snapshot));
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry).expect("writing to a String");
     out
@@ -176,6 +216,7 @@ pub fn render(shared: &Shared) -> String {
 struct AppState {
     shared: Shared,
     ready: Arc<AtomicBool>,
+    state_dir: PathBuf,
 }
 
 /// Serves `/metrics`, `/healthz` (the router runs) and `/readyz` (its pod block is known).
@@ -183,11 +224,18 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: Shared,
     ready: Arc<AtomicBool>,
+    state_dir: PathBuf,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route(
             "/metrics",
-            get(|State(s): State<AppState>| async move { render(&s.shared) }),
+            get(|State(s): State<AppState>| async move {
+                let dir = s.state_dir.clone();
+                let leases = tokio::task::spawn_blocking(move || count_leases(&dir))
+                    .await
+                    .unwrap_or(0);
+                render(&s.shared, leases)
+            }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
@@ -200,7 +248,11 @@ pub async fn serve(
                 }
             }),
         )
-        .with_state(AppState { shared, ready });
+        .with_state(AppState {
+            shared,
+            ready,
+            state_dir,
+        });
     axum::serve(listener, app).await
 }
 
@@ -236,7 +288,7 @@ mod tests {
         };
         let shared = Shared::default();
         shared.update(Snapshot::from_report(&report, NodeStats::default()));
-        let text = render(&shared);
+        let text = render(&shared, 4);
         for (name, _) in NAMES {
             assert!(
                 text.contains(&format!("# TYPE {name} ")),
@@ -256,5 +308,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("weft_block_ready 1"), "{text}");
+        assert!(text.contains("weft_block_addresses 253"), "{text}");
+        assert!(text.contains("weft_addresses_in_use 4"), "{text}");
     }
 }
