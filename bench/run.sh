@@ -31,6 +31,7 @@
 #                     1: require it
 #   NO_BUILD=0        1: skip `cargo build` and use the binaries already built
 #   CARGO_TARGET_DIR  where cargo builds (default: target/ in the repository)
+#   WEFT_REV=         what to call the source in the report when it is not a git checkout
 #   OUT=              a directory to keep the raw results in (iperf3 JSON, ping output,
 #                     router status and logs); by default they go to a temporary directory
 #                     that is removed at the end
@@ -287,8 +288,11 @@ maximum() { sort -g | tail -n1; }
 
 BARE=$(median <"$WORK/bps-bare")
 cpu=$(awk -F: '/model name/ { sub(/^ +/, "", $2); print $2; exit }' /proc/cpuinfo)
-rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
-git -C "$REPO" diff --quiet HEAD -- 2>/dev/null || rev="$rev+changes"
+if rev=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null); then
+    git -C "$REPO" diff --quiet HEAD -- || rev="$rev + uncommitted changes"
+else
+    rev="${WEFT_REV:-unknown (not a git checkout; set WEFT_REV)}"
+fi
 
 echo
 echo "weft benchmark: $(date -u '+%Y-%m-%d %H:%M UTC'), weft $rev"
