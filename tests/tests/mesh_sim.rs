@@ -65,3 +65,65 @@ fn packets_wait_for_the_handshake_and_overflow_is_counted() {
         "the queue is delivered"
     );
 }
+
+/// With no owner of free space anywhere (nobody founded the address space), nodes wait, say
+/// why (an event and their status), and never guess a block; a block given from outside
+/// (podCIDR) is used at once and routed to by the others.
+#[test]
+fn without_an_owner_nodes_wait_and_say_why_external_blocks_bypass() {
+    use weft_mesh::{Event, WaitReason};
+    let mut sim = Sim::new(weft_tests::seed_from_env(14));
+    for i in 0..3 {
+        sim.add(weft_tests::NodeSpec::new(
+            format!("node-{i}"),
+            if i == 0 { vec![] } else { vec![0] },
+        ));
+    }
+    let mut ext = weft_tests::NodeSpec::new("external", vec![0]);
+    ext.pod_cidr = Some("10.200.7.0/24".parse().unwrap());
+    let e = sim.add(ext);
+    sim.run_for(Duration::from_secs(20));
+    assert!(sim.full_mesh());
+    for i in 0..3 {
+        let n = sim.node(i);
+        assert_eq!(n.block(), None, "node {i} never guesses");
+        assert_eq!(n.waiting(), Some(&WaitReason::NoOwnerWithFreeSpace));
+        assert_eq!(n.status().waiting, Some(WaitReason::NoOwnerWithFreeSpace));
+        assert!(sim.events(i).iter().any(|ev| matches!(
+            ev,
+            Event::BlockWaiting {
+                reason: WaitReason::NoOwnerWithFreeSpace
+            }
+        )));
+    }
+    assert_eq!(sim.node(e).block(), Some("10.200.7.0/24".parse().unwrap()));
+    let routes = sim.node(1).routes();
+    assert_eq!(routes.owner("10.200.7.9".parse().unwrap()), Some(sim.id(e)));
+    assert!(
+        sim.ownership().is_empty(),
+        "nobody owns anything under the protocol"
+    );
+}
+
+/// Wall clocks: a node 20 s off still joins; one 5 minutes off (past the handshake's
+/// `MAX_CLOCK_SKEW`) is refused and counted, and never gets a tunnel.
+#[test]
+fn clock_skew_within_bounds_joins_beyond_is_refused() {
+    let mut sim = Sim::new(weft_tests::seed_from_env(15));
+    star(&mut sim, 3);
+    let mut near = weft_tests::NodeSpec::new("skewed-20s", vec![0]);
+    near.skew_secs = 20;
+    let near = sim.add(near);
+    let mut far = weft_tests::NodeSpec::new("skewed-300s", vec![0]);
+    far.skew_secs = -300;
+    let far = sim.add(far);
+    sim.run_for(Duration::from_secs(30));
+    assert!(sim.node(near).is_up(&sim.id(0)));
+    assert_eq!(sim.node(far).up_peers().count(), 0);
+    assert!(
+        sim.node(0)
+            .drops()
+            .get(&DropReason::HandshakeRejected)
+            .is_some_and(|n| *n > 0)
+    );
+}
