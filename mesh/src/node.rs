@@ -261,6 +261,8 @@ pub enum DropReason {
     NoPath,
     /// A data packet whose source address is not in the sender's block.
     SpoofedSource,
+    /// A data packet from a peer whose record (and so block) we do not know yet.
+    UnknownSender,
     /// A grant overlapping space we own, or outside the cluster range.
     BadGrant,
     /// A message from a peer that is not (or no longer) a member.
@@ -1363,7 +1365,9 @@ impl Node {
             self.routes_dirty = true;
             // As responder, our record: it confirms the session to the initiator (unconfirmed
             // until a packet arrives under it). The initiator's record travels by gossip.
-            if role == Role::Responder
+            // An initiator with packets waiting sends its record first, so the peer knows
+            // the block they come from.
+            if (role == Role::Responder || !queued.is_empty())
                 && let Some(own) = self.table.get(&self.id).cloned()
             {
                 self.send_control(
@@ -1480,6 +1484,15 @@ impl Node {
             self.report_observed(id, source, now);
         }
         self.touched.insert(id);
+        // The first packet under a session we initiated confirms it: send what waited.
+        let waiting: Vec<Vec<u8>> = self
+            .peers
+            .get_mut(&id)
+            .map(|p| p.queue.drain(..).collect())
+            .unwrap_or_default();
+        for packet in waiting {
+            self.send_data(id, packet, now);
+        }
         let plain = &buf[opened.range()];
         match opened.kind {
             PayloadKind::Data => self.on_data(id, plain),
@@ -1502,11 +1515,10 @@ impl Node {
             return self.drop_for(DropReason::NotIpv4);
         };
         // Like WireGuard's allowed IPs: a peer may only send from its own block.
-        let owns = self
-            .table
-            .get(&id)
-            .is_some_and(|r| r.is_alive() && r.pod_blocks.iter().any(|b| b.contains(&src)));
-        if !owns {
+        let Some(record) = self.table.get(&id).filter(|r| r.is_alive()) else {
+            return self.drop_for(DropReason::UnknownSender);
+        };
+        if !record.pod_blocks.iter().any(|b| b.contains(&src)) {
             return self.drop_for(DropReason::SpoofedSource);
         }
         self.tun.push_back(packet.to_vec());
@@ -1725,11 +1737,14 @@ impl Node {
     }
 
     fn send_data(&mut self, id: PeerId, packet: Vec<u8>, now: Instant) {
+        // A session we initiated is not used for data until the peer confirms it: our finish
+        // may still be on its way (or lost), and data overtaking it would be dropped there.
         let session = self
             .peers
             .get(&id)
             .and_then(|p| p.tunnel.keys())
             .and_then(|k| k.sending(now))
+            .filter(|s| s.is_confirmed())
             .cloned();
         let Some(session) = session else {
             // Wait for the handshake, within bounds.

@@ -59,10 +59,13 @@ fn packets_wait_for_the_handshake_and_overflow_is_counted() {
     );
     sim.restart(2, false);
     sim.run_for(Duration::from_secs(15));
+    let delivered = sim.take_tun(2).len() as u64;
     assert_eq!(
-        sim.take_tun(2).len() as u64,
+        delivered,
         limit,
-        "the queue is delivered"
+        "the queue is delivered; drops at 1: {:?}, at 2: {:?}",
+        sim.node(1).drops(),
+        sim.node(2).drops()
     );
 }
 
