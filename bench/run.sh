@@ -2,8 +2,9 @@
 # bench/run.sh: weft's data-path benchmark (issue 5, item 7).
 #
 # In one run it builds the release binaries, brings up a 2-node lab (one pod per node) and
-# measures TCP throughput (iperf3, one stream, RUNS runs of DURATION seconds each, median) and
-# ping round-trip time across the two nodes, on up to three paths:
+# measures TCP throughput (iperf3, one stream, RUNS runs of DURATION seconds each, median),
+# ping round-trip time across the two nodes (idle, and alongside the transfers), and packets
+# dropped inside the nodes, on up to three paths:
 #
 #   weft       pod n1-p1 -> pod n2-p1, through both weft routers (TUN + encrypted UDP 6786)
 #   bare veth  node n1 -> node n2 over the underlay switch (198.18.0.1 -> 198.18.0.2), the
@@ -236,17 +237,27 @@ drop_counter() {
     echo "$total"
 }
 
+LOADED_PINGS=$(((DURATION - 1) * 10)); ((LOADED_PINGS > 0)) || LOADED_PINGS=1
 iperf_once() {
     local p=$1 r=$2 f="$RAW/iperf3-$1-$2.json" try
     local before
     before=$(drop_counter "$p")
     for try in 1 2 3; do
+        # Round-trip time under load: pings alongside the transfer, from 1.5 s in (past the
+        # omitted warm-up second) to 0.5 s before its end, 10 a second.
+        (sleep 1.5 && exec ip netns exec "${CLIENT[$p]}" ping -n -c "$LOADED_PINGS" -i 0.1 -W 2 \
+            "${SERVER[$p]}") >"$RAW/ping-loaded-$p-$r.txt" 2>&1 &
+        local pinger=$!
         if in_ns "${CLIENT[$p]}" iperf3 -c "${SERVER[$p]}" -t "$DURATION" -O 1 -J >"$f" 2>&1; then
+            wait "$pinger" || true
+            sed -n 's/.* time=\([0-9.]*\) ms.*/\1/p' "$RAW/ping-loaded-$p-$r.txt" >>"$WORK/lrtt-$p"
             jq -er '.end.sum_received.bits_per_second' "$f" >>"$WORK/bps-$p"
             jq -er '.end.sum_sent.retransmits // 0' "$f" >>"$WORK/retr-$p"
             echo $(($(drop_counter "$p") - before)) >>"$WORK/drops-$p"
             return 0
         fi
+        kill "$pinger" 2>/dev/null || true
+        wait "$pinger" 2>/dev/null || true
         log "iperf3 $p run $r failed (try $try): $(jq -r '.error // empty' "$f" 2>/dev/null || head -c 300 "$f")"
         sleep 1
     done
@@ -261,7 +272,7 @@ ping_once() {
     echo "$PINGS" >>"$WORK/sent-$p"
 }
 
-for p in "${PATHS[@]}"; do : >"$WORK/bps-$p"; : >"$WORK/retr-$p"; : >"$WORK/drops-$p"; : >"$WORK/rtt-$p"; : >"$WORK/sent-$p"; done
+for p in "${PATHS[@]}"; do : >"$WORK/bps-$p"; : >"$WORK/retr-$p"; : >"$WORK/drops-$p"; : >"$WORK/lrtt-$p"; : >"$WORK/rtt-$p"; : >"$WORK/sent-$p"; done
 for ((r = 1; r <= RUNS; r++)); do
     for p in "${PATHS[@]}"; do
         log "round $r/$RUNS: $p"
@@ -297,27 +308,29 @@ fi
 echo
 echo "weft benchmark: $(date -u '+%Y-%m-%d %H:%M UTC'), weft $rev"
 echo "machine: $(nproc) CPUs ($cpu), kernel $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "iperf3: 1 TCP stream, $RUNS runs x ${DURATION} s (+1 s omitted) per path; ping: $RUNS x $PINGS at ${PING_INTERVAL} s"
+echo "iperf3: 1 TCP stream, $RUNS runs x ${DURATION} s (+1 s omitted) per path; ping: $RUNS x $PINGS at ${PING_INTERVAL} s idle, $RUNS x $LOADED_PINGS at 0.1 s loaded"
 echo "pod MTU $POD_MTU; boringtun MTU $BT_MTU; underlay MTU 1500"
 echo
-printf '%-24s %14s %15s %9s %8s %8s %12s %8s\n' PATH "Gbit/s median" "min-max" "vs bare" "retr" "drops" "ping ms med" "loss"
+printf '%-24s %14s %15s %9s %8s %8s %10s %7s %10s\n' PATH "Gbit/s median" "min-max" "vs bare" "retr" "drops" "ping ms" "loss" "loaded ms"
 for p in "${PATHS[@]}"; do
     med=$(median <"$WORK/bps-$p")
     lo=$(minimum <"$WORK/bps-$p")
     hi=$(maximum <"$WORK/bps-$p")
     retr=$(median <"$WORK/retr-$p")
     drops=$(median <"$WORK/drops-$p")
+    lrtt=$(median <"$WORK/lrtt-$p")
     rtt=$(median <"$WORK/rtt-$p")
     sent=$(awk '{ s += $1 } END { print s }' "$WORK/sent-$p")
     got=$(wc -l <"$WORK/rtt-$p")
     awk -v l="${LABEL[$p]}" -v m="$med" -v lo="$lo" -v hi="$hi" -v b="$BARE" -v retr="$retr" \
-        -v drops="$drops" -v rtt="$rtt" -v sent="$sent" -v got="$got" 'BEGIN {
-        printf "%-24s %14.2f %7.2f-%-7.2f %8.1f%% %8d %8d %12.3f %7.1f%%\n",
-            l, m / 1e9, lo / 1e9, hi / 1e9, 100 * m / b, retr, drops, rtt, 100 * (sent - got) / sent }'
+        -v drops="$drops" -v lrtt="$lrtt" -v rtt="$rtt" -v sent="$sent" -v got="$got" 'BEGIN {
+        printf "%-24s %14.2f %7.2f-%-7.2f %8.1f%% %8d %8d %10.3f %6.1f%% %10.3f\n",
+            l, m / 1e9, lo / 1e9, hi / 1e9, 100 * m / b, retr, drops, rtt, 100 * (sent - got) / sent, lrtt }'
 done
 echo
 echo "(vs bare: throughput median / bare veth median; retr: median TCP retransmissions per run;"
 echo " drops: median per run of UDP receive-buffer drops + tunnel-device queue drops on both nodes;"
-echo " ping: median RTT over all rounds; loss: ping loss)"
+echo " ping: median RTT of an idle path over all rounds; loss: its ping loss;"
+echo " loaded: median RTT of pings sent alongside the iperf3 transfers, 10 a second)"
 [[ $BORINGTUN == 1 ]] || echo "(boringtun row skipped: boringtun-cli or wg not found, or BORINGTUN=0)"
 [[ -z $OUT ]] || echo "(raw results in $OUT)"
