@@ -135,8 +135,9 @@ pub struct PersistentState {
 pub enum Command {
     /// Dial this endpoint (a seed, or `weft connect`).
     Connect(Endpoint),
-    /// Remove a member: close its tunnel and spread a tombstone (a live node refutes it by
-    /// restarting its incarnation, as SWIM does).
+    /// Remove a member: close its tunnel and spread a tombstone. This node refuses its
+    /// handshakes from then on; if it is in fact alive, it refutes the tombstone with a new
+    /// incarnation through the other members (SWIM's rule), which revives it here too.
     Forget(PeerId),
     /// Take over the address space of a member gone for good (Weave's `rmpeer`): the operator
     /// asserts it will not come back with its old state.
@@ -1194,7 +1195,7 @@ impl Node {
                         if id == self.id || self.forgotten.contains(&id) {
                             return;
                         }
-                        self.ensure_peer(id, now);
+                        self.ensure_session_peer(id, now);
                         self.on_session(id, session, source, now);
                     }
                     Err(rejected) => {
@@ -1251,10 +1252,12 @@ impl Node {
                 {
                     return self.drop_for(DropReason::RelaySourceMismatch);
                 }
-                if id == self.id || self.forgotten.contains(&id) || self.is_departed(&id) {
+                if id == self.id || self.forgotten.contains(&id) {
                     return self.drop_for(DropReason::NotMember);
                 }
-                self.ensure_peer(id, now);
+                // A tombstoned peer that knows the join secret may come back: its record,
+                // sent at once over this session, carries a new incarnation that revives it.
+                self.ensure_session_peer(id, now);
                 self.on_session(id, session, source, now);
             }
             Err(rejected) => {
@@ -1947,6 +1950,17 @@ impl Node {
             self.own_dirty = true;
             self.events.push_back(Event::StateChanged);
         }
+    }
+
+    /// A peer entry for a handshake that completed, even with a tombstoned peer (see
+    /// `on_finish`); we do not dial tombstoned peers ourselves.
+    fn ensure_session_peer(&mut self, id: PeerId, now: Instant) {
+        if id == self.id || self.forgotten.contains(&id) || self.peers.contains_key(&id) {
+            return;
+        }
+        self.peers
+            .insert(id, Peer::new(now, now + INITIATE_FALLBACK));
+        self.touched.insert(id);
     }
 
     /// Makes sure we try to keep a tunnel to a member.

@@ -150,3 +150,26 @@ fn d_restart_with_same_key_keeps_block_new_key_is_new_member() {
     );
     sim.assert_single_owners();
 }
+
+/// Forgetting a live member: it is tombstoned everywhere, refutes the tombstone with a new
+/// incarnation through the others, and the full mesh comes back.
+#[test]
+fn forgetting_a_live_member_is_refuted_and_it_comes_back() {
+    let mut sim = Sim::new(seed_from_env(17));
+    star(&mut sim, 6);
+    settle(&mut sim, Duration::from_secs(30), "start");
+    let victim = sim.id(4);
+    let before = sim.node(4).status().incarnation;
+    sim.with_node(1, |n, now| n.handle_command(now, Command::Forget(victim)));
+    assert!(!sim.node(1).is_up(&victim));
+    settle(&mut sim, Duration::from_secs(60), "after forget");
+    assert!(sim.node(4).status().incarnation > before, "refuted");
+    for i in 0..6 {
+        assert!(
+            sim.node(i)
+                .members()
+                .get(&victim)
+                .is_some_and(|r| r.is_alive())
+        );
+    }
+}
