@@ -286,6 +286,10 @@ pub struct NodeStats {
     pub relayed: u64,
     /// Handshakes completed.
     pub handshakes: u64,
+    /// Introductions made for two other peers (as the mutual peer).
+    pub introductions: u64,
+    /// Hole punches sent.
+    pub punches: u64,
 }
 
 /// A peer, as a status API shows it.
@@ -1597,6 +1601,7 @@ impl Node {
             debug!(peer = ?from_peer, %endpoint, "punch received: initiating");
             self.start_handshake(from_peer, now);
         } else {
+            self.stats.punches += 1;
             let punch = RelayPacket::encode(RelayKind::Punch, 0, from_peer, self.id, &[]);
             self.transmit(endpoint, punch);
         }
@@ -1643,6 +1648,7 @@ impl Node {
                     return;
                 };
                 // Both at once, so both punch at about the same time.
+                self.stats.introductions += 1;
                 self.send_control(
                     target,
                     &ControlMessage::Introduce {
@@ -1668,6 +1674,7 @@ impl Node {
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.punch_endpoint = Some(endpoint);
                     p.punch_at = Some(now);
+                    self.stats.punches += 1;
                     let punch = RelayPacket::encode(RelayKind::Punch, 0, peer, self.id, &[]);
                     self.transmit(endpoint, punch);
                     if self.id < peer {

@@ -98,6 +98,15 @@ fn f_endpoint_independent_nats_punch_a_direct_path() {
         0,
         "nothing went through the public node"
     );
+    let (intro, punches) = (
+        sim.node(0).stats().introductions,
+        sim.node(a).stats().punches + sim.node(c).stats().punches,
+    );
+    eprintln!("introductions by the public node: {intro}, punches by A and C: {punches}");
+    assert!(
+        intro > 0 && punches > 0,
+        "the public node introduced them and they punched"
+    );
 }
 
 /// f. Behind symmetric NATs no punch can work: they relay through the public node.
