@@ -46,11 +46,14 @@ fn b_fifty_nodes_converge_with_loss_and_reordering_within_60s() {
         reorder: 0.05,
         duplicate: 0.01,
         jitter: Duration::from_millis(5),
+        // The IPv6 minimum (RFC 8200 §5): no control datagram may need more.
+        mtu: 1280,
         ..LinkConfig::default()
     };
     star(&mut sim, 50);
     converge(&mut sim, Duration::from_secs(60));
     assert!(sim.underlay.lost > 0, "the links did lose packets");
+    assert_eq!(sim.underlay.too_big, 0, "nothing exceeded the MTU");
     sim.assert_single_owners();
 }
 
