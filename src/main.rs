@@ -1,4 +1,4 @@
-//! `weft`: the command-line tool (and, later, the router daemon and the lab).
+//! `weft`: the command-line tool, the router daemon (`weft router`) and the lab.
 
 mod lab;
 
@@ -50,6 +50,7 @@ enum Command {
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
+        /// The router's state directory (its control socket is there).
         #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
         state_dir: PathBuf,
     },
@@ -58,18 +59,23 @@ enum Command {
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
+        /// The router's state directory (its control socket is there).
         #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
         state_dir: PathBuf,
     },
     /// Ask the router to dial an endpoint (address:port).
     Connect {
+        /// The endpoint to dial, address:port (e.g. 198.18.0.2:6786).
         endpoint: std::net::SocketAddr,
+        /// The router's state directory (its control socket is there).
         #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
         state_dir: PathBuf,
     },
     /// Ask the router to forget a member (its public key).
     Forget {
+        /// The member's public key (base64, as `weft peers --json` shows it).
         peer: String,
+        /// The router's state directory (its control socket is there).
         #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
         state_dir: PathBuf,
     },
@@ -120,7 +126,9 @@ struct RouterArgs {
     /// The underlay MTU (default: detected from the default route's interface).
     #[arg(long, env = "WEFT_UNDERLAY_MTU")]
     underlay_mtu: Option<u32>,
-    /// Where to serve /metrics, /healthz and /readyz over HTTP ("off" to disable).
+    /// Where to serve /metrics, /healthz and /readyz over HTTP ("off" to disable). The
+    /// default keeps them on the node itself; kubelet probes of a hostNetwork pod go to the
+    /// node's address, so set httpGet.host: 127.0.0.1 in the probes or bind another address.
     #[arg(long, env = "WEFT_METRICS_ADDR", default_value = "127.0.0.1:6787")]
     metrics_addr: String,
     /// Log format: text or json.
@@ -148,8 +156,17 @@ enum LabCommand {
         #[arg(long = "nat", value_name = "NODE")]
         nat: Vec<usize>,
         /// Impair node N's underlay link both ways, e.g. `2:loss=5%,delay=20ms` (repeatable).
+        /// Loss is an nftables rule on the switch; delay is `tc netem`, or, on kernels without
+        /// netem, a userspace delay line in a namespace between the node and the switch.
         #[arg(long = "netem", value_name = "NODE:OPTS", value_parser = lab::plan::parse_netem)]
         netem: Vec<(usize, lab::plan::Netem)>,
+        /// Delay links with the userspace delay line even where `tc netem` works.
+        #[arg(long)]
+        delay_line: bool,
+        /// Give node N's router a join secret of its own (repeatable): it must never get a
+        /// tunnel. It uses its static block (10.32.N.0/24) for its pods.
+        #[arg(long = "wrong-secret", value_name = "NODE")]
+        wrong_secret: Vec<usize>,
         /// Drop all underlay traffic between two nodes, e.g. `1-3` (repeatable).
         #[arg(long = "block", value_name = "A-B", value_parser = lab::plan::parse_link)]
         block: Vec<(usize, usize)>,
@@ -161,6 +178,44 @@ enum LabCommand {
         no_routers: bool,
         #[command(flatten)]
         which: LabName,
+    },
+    /// Stop, kill (SIGKILL, a crash) or start again one node's router, keeping its state
+    /// directory: `weft lab router kill n3`, then `weft lab router start n3`.
+    Router {
+        /// What to do.
+        #[arg(value_enum)]
+        action: lab::RouterAction,
+        /// The node, `n3` or `3`.
+        node: String,
+        #[command(flatten)]
+        which: LabName,
+    },
+    /// Drop all underlay traffic between two nodes from now on, e.g. `weft lab block 1-3`.
+    Block {
+        /// The two nodes, `A-B`.
+        #[arg(value_parser = lab::plan::parse_link)]
+        link: (usize, usize),
+        #[command(flatten)]
+        which: LabName,
+    },
+    /// Lift a block made by `weft lab block` or `weft lab up --block`.
+    Unblock {
+        /// The two nodes, `A-B`.
+        #[arg(value_parser = lab::plan::parse_link)]
+        link: (usize, usize),
+        #[command(flatten)]
+        which: LabName,
+    },
+    /// The lab's userspace delay line (run by `weft lab up` inside a delay namespace).
+    #[command(hide = true)]
+    DelayLine {
+        /// One end.
+        a: String,
+        /// The other end.
+        b: String,
+        /// How long each frame is held, both ways.
+        #[arg(long)]
+        delay_ms: u64,
     },
     /// Remove a lab and everything it made.
     Down {
@@ -257,17 +312,38 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn run_router(args: RouterArgs) -> anyhow::Result<()> {
-    weft_router::logging::init(args.log_format, &args.log_level);
+    weft_router::logging::init(args.log_format, &args.log_level).map_err(anyhow::Error::msg)?;
     let secret = match (&args.join_secret_file, std::env::var_os("WEFT_JOIN_SECRET")) {
-        (Some(path), _) => std::fs::read(path)
-            .with_context(|| format!("reading the join secret from {}", path.display()))?,
-        (None, Some(v)) => v.into_encoded_bytes(),
+        (Some(_), Some(_)) => bail!(
+            "both --join-secret-file (or WEFT_JOIN_SECRET_FILE) and WEFT_JOIN_SECRET are set; \
+             give the join secret one way"
+        ),
+        (Some(path), None) => {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(path)
+                .with_context(|| format!("reading the join secret from {}", path.display()))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                eprintln!(
+                    "weft: warning: the join secret file {} has mode {:04o}; others can read it \
+                     (chmod 600 it)",
+                    path.display(),
+                    mode & 0o777
+                );
+            }
+            weft_crypto::Secret::new(
+                std::fs::read(path)
+                    .with_context(|| format!("reading the join secret from {}", path.display()))?,
+            )
+        }
+        (None, Some(v)) => weft_crypto::Secret::new(v.into_encoded_bytes()),
         (None, None) => bail!(
             "no join secret: pass --join-secret-file FILE or set WEFT_JOIN_SECRET \
              (make one with `weft keygen --join-secret`)"
         ),
     };
-    let join_secret = JoinSecret::new(&secret)?;
+    let join_secret = JoinSecret::new(secret.expose())?;
     let mut seeds = args.seeds.clone();
     if let Some(file) = &args.seeds_file {
         let text = std::fs::read_to_string(file)
@@ -322,14 +398,21 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
 }
 
 fn control_call(state_dir: &std::path::Path, request: &Request) -> anyhow::Result<Response> {
-    let socket = state_dir.join("control.sock");
+    let socket = state_dir.join(weft_router::state::CONTROL_SOCKET);
     let response = runtime()?
         .block_on(weft_router::control::call(&socket, request))
-        .with_context(|| {
-            format!(
-                "cannot reach the router at {} (is `weft router` running with --state-dir {}?)",
-                socket.display(),
-                state_dir.display()
+        .map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                "the control socket is root's: run this as root".to_string()
+            } else {
+                format!(
+                    "is `weft router` running with --state-dir {}?",
+                    state_dir.display()
+                )
+            };
+            anyhow::anyhow!(
+                "cannot reach the router at {}: {e} ({hint})",
+                socket.display()
             )
         })?;
     if let Response::Error { message } = &response {
@@ -402,8 +485,8 @@ fn peers_table(peers: &[weft_router::control::PeerReport]) -> String {
     for p in peers {
         out += &format!(
             "{:<12} {:<10} {:<12} {:<22} {:<12} {:>8} {:>10} {:>10} {:>9}\n",
-            &p.id[..p.id.len().min(10)],
-            p.name.as_deref().unwrap_or("?"),
+            p.id.chars().take(10).collect::<String>(),
+            printable(p.name.as_deref().unwrap_or("?")),
             p.state,
             p.endpoint
                 .map(|e| e.to_string())
@@ -420,6 +503,12 @@ fn peers_table(peers: &[weft_router::control::PeerReport]) -> String {
         );
     }
     out
+}
+
+/// A name another node chose, made safe for a terminal: control characters (escape
+/// sequences) are shown escaped, not sent to the terminal.
+fn printable(s: &str) -> String {
+    s.chars().flat_map(char::escape_debug).collect()
 }
 
 fn human_bytes(b: u64) -> String {
@@ -444,6 +533,8 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<()> {
             pods,
             nat,
             netem,
+            delay_line,
+            wrong_secret,
             block,
             cni_bin,
             no_routers,
@@ -457,6 +548,8 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<()> {
                 netem: netem.into_iter().collect::<BTreeMap<_, _>>(),
                 blocked: block.into_iter().collect(),
                 routers: !no_routers,
+                wrong_secret: wrong_secret.into_iter().collect(),
+                delay_line,
             };
             let weft = std::env::current_exe()?;
             let bins = lab::Binaries {
@@ -465,6 +558,28 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<()> {
             };
             let state = lab::up(&spec, &bins)?;
             print!("{}", lab::render(&state));
+        }
+        LabCommand::Router {
+            action,
+            node,
+            which,
+        } => {
+            let weft = std::env::current_exe()?;
+            match lab::router(&which.prefix, &node, action, &weft)? {
+                Some(pid) => println!("started the router of {node} (pid {pid})"),
+                None => println!("the router of {node} has stopped"),
+            }
+        }
+        LabCommand::Block { link, which } => {
+            lab::set_blocked(&which.prefix, link, true)?;
+            println!("blocked {}-{}", link.0, link.1);
+        }
+        LabCommand::Unblock { link, which } => {
+            lab::set_blocked(&which.prefix, link, false)?;
+            println!("unblocked {}-{}", link.0, link.1);
+        }
+        LabCommand::DelayLine { a, b, delay_ms } => {
+            lab::delay::run(&a, &b, std::time::Duration::from_millis(delay_ms))?;
         }
         LabCommand::Down { which } => {
             let n = lab::down(&which.prefix)?;

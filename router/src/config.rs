@@ -57,9 +57,100 @@ pub struct RouterConfig {
     pub metrics: Option<SocketAddr>,
 }
 
+impl RouterConfig {
+    /// Checks what would otherwise fail later, half-way, or silently: prefix lengths, the pod
+    /// block inside the range, underlay addresses outside it.
+    pub fn validate(&self) -> Result<(), String> {
+        let range = self.cluster_range;
+        if range.trunc() != range {
+            return Err(format!("--cluster-range {range} has host bits set"));
+        }
+        if !(range.prefix_len()..=30).contains(&self.block_prefix) {
+            return Err(format!(
+                "--block-prefix {} must be between the cluster range's /{} and /30 (a block needs \
+                 a gateway and at least one pod)",
+                self.block_prefix,
+                range.prefix_len()
+            ));
+        }
+        if let Some(cidr) = self.pod_cidr {
+            if !range.contains(&cidr) {
+                return Err(format!(
+                    "--pod-cidr {cidr} is outside --cluster-range {range}"
+                ));
+            }
+            if cidr.prefix_len() > 30 || cidr.trunc() != cidr {
+                return Err(format!(
+                    "--pod-cidr {cidr} must be a network of /30 or larger"
+                ));
+            }
+        }
+        let underlay = self
+            .seeds
+            .iter()
+            .chain(&self.announce)
+            .chain(std::iter::once(&self.listen));
+        for addr in underlay {
+            if let std::net::IpAddr::V4(ip) = addr.ip()
+                && range.contains(&ip)
+            {
+                return Err(format!(
+                    "{addr} is inside --cluster-range {range}: underlay traffic would be routed \
+                     into the tunnel"
+                ));
+            }
+        }
+        if self.underlay_mtu.is_some_and(|m| m > 65535) {
+            return Err("--underlay-mtu is at most 65535".into());
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config() -> RouterConfig {
+        RouterConfig {
+            name: "n1".into(),
+            listen: "0.0.0.0:6786".parse().unwrap(),
+            announce: vec![],
+            seeds: vec!["198.18.0.1:6786".parse().unwrap()],
+            state_dir: "/nonexistent".into(),
+            join_secret: JoinSecret::new(b"0123456789abcdef").unwrap(),
+            cluster_range: "10.32.0.0/12".parse().unwrap(),
+            block_prefix: 24,
+            pod_cidr: None,
+            found_address_space: false,
+            bridge: "weft".into(),
+            underlay_mtu: None,
+            metrics: None,
+        }
+    }
+
+    #[test]
+    fn configs_that_cannot_work_are_refused_up_front() {
+        assert_eq!(config().validate(), Ok(()));
+        let refused = |f: &dyn Fn(&mut RouterConfig)| {
+            let mut c = config();
+            f(&mut c);
+            c.validate().unwrap_err()
+        };
+        assert!(refused(&|c| c.block_prefix = 33).contains("--block-prefix"));
+        assert!(refused(&|c| c.block_prefix = 31).contains("--block-prefix"));
+        assert!(refused(&|c| c.block_prefix = 8).contains("--block-prefix"));
+        assert!(
+            refused(&|c| c.pod_cidr = Some("10.64.0.0/24".parse().unwrap())).contains("outside")
+        );
+        assert!(
+            refused(&|c| c.cluster_range = "198.18.0.0/15".parse().unwrap()).contains("inside")
+        );
+        assert!(
+            refused(&|c| c.cluster_range = "10.32.0.1/12".parse().unwrap()).contains("host bits")
+        );
+        assert!(refused(&|c| c.underlay_mtu = Some(70000)).contains("65535"));
+    }
 
     #[test]
     fn pod_mtu_leaves_room_for_the_relay_path() {

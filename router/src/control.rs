@@ -1,5 +1,5 @@
 //! The control API: one JSON request and one JSON response per connection on a unix socket
-//! in the state directory (mode 0600 through the directory's 0700). `weft status`, `weft
+//! in the state directory (the socket 0600 inside the directory's 0700). `weft status`, `weft
 //! peers`, `weft connect` and `weft forget` are its clients; the types here are shared.
 
 use std::collections::BTreeMap;
@@ -101,10 +101,21 @@ pub struct PeerReport {
 /// A request with the channel its answer goes back on.
 pub type Call = (Request, oneshot::Sender<Response>);
 
-/// Serves the socket at `path` (replacing a stale one), handing requests to `calls`.
-pub async fn serve(path: &Path, calls: mpsc::Sender<Call>) -> std::io::Result<()> {
-    let _ = std::fs::remove_file(path);
+/// Binds the socket at `path` (replacing a stale one), mode 0600: only root may command the
+/// router.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves the bound socket, handing requests to `calls`.
+pub async fn serve(listener: UnixListener, calls: mpsc::Sender<Call>) -> std::io::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         let calls = calls.clone();
@@ -174,16 +185,30 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
     Ok(request)
 }
 
-/// Sends `request` to the router whose state directory holds `socket`.
+/// Sends `request` to the router whose state directory holds `socket`, waiting at most
+/// [`CALL_TIMEOUT`] (a router whose loop is stuck does not hang its CLI).
 pub async fn call(socket: &Path, request: &Request) -> std::io::Result<Response> {
-    let mut stream = UnixStream::connect(socket).await?;
-    let mut bytes = serde_json::to_vec(request).expect("requests serialize");
-    bytes.push(b'\n');
-    stream.write_all(&bytes).await?;
-    let mut out = Vec::new();
-    stream.read_to_end(&mut out).await?;
-    serde_json::from_slice(&out).map_err(std::io::Error::other)
+    let exchange = async {
+        let mut stream = UnixStream::connect(socket).await?;
+        let mut bytes = serde_json::to_vec(request).expect("requests serialize");
+        bytes.push(b'\n');
+        stream.write_all(&bytes).await?;
+        let mut out = Vec::new();
+        stream.read_to_end(&mut out).await?;
+        serde_json::from_slice(&out).map_err(std::io::Error::other)
+    };
+    tokio::time::timeout(CALL_TIMEOUT, exchange)
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {}s", CALL_TIMEOUT.as_secs()),
+            )
+        })?
 }
+
+/// How long a client waits for the router's answer.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {

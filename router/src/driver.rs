@@ -30,6 +30,8 @@ const SOCKET_BUFFER: usize = 8 << 20;
 /// Packets the kernel may queue on the TUN device for the router (default 500: it dropped
 /// under one TCP stream in the lab).
 const TUN_QUEUE: u32 = 4096;
+/// How often the metrics snapshot is rebuilt, at most.
+const SNAPSHOT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why a router could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -61,9 +63,10 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, netconf::NetconfError> + Send + 'static,
 ) -> Result<T, RunError> {
-    Ok(tokio::task::spawn_blocking(f)
+    tokio::task::spawn_blocking(f)
         .await
-        .expect("netlink task panicked")?)
+        .map_err(|e| RunError::Config(format!("a netlink task failed: {e}")))?
+        .map_err(RunError::from)
 }
 
 /// Enlarges the socket's buffers, past `net.core.[rw]mem_max` when we have the privilege
@@ -90,6 +93,7 @@ fn wall_now() -> Timestamp {
 /// Runs a router until `shutdown` completes. On the way out the TUN device goes (and with it
 /// the cluster route); the bridge and the pods stay, so an upgrade does not cut pods off.
 pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    config.validate().map_err(RunError::Config)?;
     let state = StateDir::open(&config.state_dir)?;
     let key = state.key(&mut OsRandom)?;
     let persisted = state.load_mesh()?;
@@ -104,6 +108,21 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
         ))
     })?;
 
+    // Everything that can fail to bind is bound before the kernel is touched, so a failure
+    // leaves nothing behind.
+    let socket_path = state.control_socket();
+    let control_listener = control::bind(&socket_path).map_err(io(format!(
+        "bind the control socket {}",
+        socket_path.display()
+    )))?;
+    let metrics_listener = match config.metrics {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(io(format!("bind metrics {addr}")))?,
+        ),
+        None => None,
+    };
     let socket = UdpSocket::bind(config.listen)
         .await
         .map_err(io(format!("bind UDP {}", config.listen)))?;
@@ -111,7 +130,11 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
     let listen = socket.local_addr().map_err(io("read the socket address"))?;
     let tun = tun_rs::DeviceBuilder::new()
         .name(TUN_NAME)
-        .mtu(pod_mtu as u16)
+        .mtu(u16::try_from(pod_mtu).map_err(|_| {
+            RunError::Config(format!(
+                "pod MTU {pod_mtu} is larger than a TUN device takes"
+            ))
+        })?)
         .tx_queue_len(TUN_QUEUE)
         .enable(true)
         .build_async()
@@ -154,41 +177,42 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
     }
 
     let (calls_tx, mut calls) = mpsc::channel::<Call>(16);
-    let socket_path = state.control_socket();
-    let control_path = socket_path.clone();
     let control_task = tokio::spawn(async move {
-        if let Err(e) = control::serve(&control_path, calls_tx).await {
-            error!(error = %e, path = %control_path.display(), "control socket failed");
+        if let Err(e) = control::serve(control_listener, calls_tx).await {
+            error!(error = %e, "control socket failed");
         }
     });
     let snapshot = metrics::Shared::default();
     let ready = Arc::new(AtomicBool::new(false));
-    let metrics_task = match config.metrics {
-        Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(io(format!("bind metrics {addr}")))?;
-            let (snapshot, ready) = (snapshot.clone(), ready.clone());
-            let dir = state.path().to_owned();
-            Some(tokio::spawn(async move {
-                if let Err(e) = metrics::serve(listener, snapshot, ready, dir).await {
-                    error!(error = %e, "metrics server failed");
-                }
-            }))
-        }
-        None => None,
-    };
+    let metrics_task = metrics_listener.map(|listener| {
+        let (snapshot, ready) = (snapshot.clone(), ready.clone());
+        let dir = state.path().to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(listener, snapshot, ready, dir).await {
+                error!(error = %e, "metrics server failed");
+            }
+        })
+    });
+    // A block file left by an earlier run whose state is gone must not keep weft-cni handing
+    // out addresses the mesh no longer gives us.
+    let written_block = weft_cni::node_block::NodeBlock::read(state.path())
+        .ok()
+        .flatten()
+        .map(|b| b.cidr());
 
     let mut driver = Driver {
         node,
         state,
         socket,
         tun,
-        config,
         listen,
         pod_mtu,
         snapshot,
+        metrics_on: config.metrics.is_some(),
+        last_snapshot: None,
         ready,
+        written_block,
+        config,
     };
     let result = driver.run(&mut calls, shutdown).await;
     control_task.abort();
@@ -212,7 +236,11 @@ struct Driver {
     listen: SocketAddr,
     pod_mtu: u32,
     snapshot: metrics::Shared,
+    metrics_on: bool,
+    last_snapshot: Option<Instant>,
     ready: Arc<AtomicBool>,
+    /// The block weft-cni was last told about (the file on disk).
+    written_block: Option<ipnet::Ipv4Net>,
 }
 
 impl Driver {
@@ -236,7 +264,14 @@ impl Driver {
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
                 r = self.socket.recv_from(&mut udp_buf) => {
-                    let (n, from) = r.map_err(io("receive UDP"))?;
+                    let (n, from) = match r {
+                        Ok(x) => x,
+                        // Transient (ENOBUFS, an ICMP error surfacing): the router goes on.
+                        Err(e) => {
+                            warn!(error = %e, "UDP receive failed");
+                            continue;
+                        }
+                    };
                     let mut batch: Vec<(SocketAddr, Vec<u8>)> = vec![(from, udp_buf[..n].to_vec())];
                     while batch.len() < BATCH {
                         match self.socket.try_recv_from(&mut udp_buf) {
@@ -284,20 +319,54 @@ impl Driver {
                 debug!(error = %e, "TUN write failed");
             }
         }
-        self.snapshot.update(self.metrics_snapshot());
+        self.sync_block().await?;
+        // Metrics are a view for scrapes: refreshed at most once a second, not per batch.
+        let now = Instant::now();
+        if self.metrics_on
+            && self
+                .last_snapshot
+                .is_none_or(|t| now.duration_since(t) >= SNAPSHOT_EVERY)
+        {
+            self.snapshot.update(self.metrics_snapshot());
+            self.last_snapshot = Some(now);
+        }
         Ok(())
     }
 
-    async fn handle_event(&mut self, event: Event) -> Result<(), RunError> {
-        match event {
-            Event::StateChanged => self.state.save_mesh(&self.node.persistent_state())?,
-            Event::BlockClaimed { block } => {
+    /// Keeps weft-cni's block file, the bridge and readiness in step with the Node's block:
+    /// a block the mesh took back (or one left from a run whose state is gone) is withdrawn
+    /// from weft-cni at once, so no address of it is handed out again.
+    async fn sync_block(&mut self) -> Result<(), RunError> {
+        let block = self.node.block();
+        if block == self.written_block {
+            return Ok(());
+        }
+        match block {
+            Some(block) => {
                 info!(%block, "pod block ready");
                 self.state.write_block(block)?;
                 let (bridge, mtu) = (self.config.bridge.clone(), self.pod_mtu);
                 blocking(move || netconf::ensure_bridge(&bridge, block, mtu)).await?;
                 self.ready.store(true, Ordering::Relaxed);
             }
+            None => {
+                warn!(
+                    old = ?self.written_block,
+                    "no pod block any more: withdrawn from weft-cni until one is claimed"
+                );
+                self.state.remove_block()?;
+                self.ready.store(false, Ordering::Relaxed);
+            }
+        }
+        self.written_block = block;
+        Ok(())
+    }
+
+    async fn handle_event(&mut self, event: Event) -> Result<(), RunError> {
+        match event {
+            Event::StateChanged => self.state.save_mesh(&self.node.persistent_state())?,
+            // Acted on in `sync_block`, after every drain, from the Node's current block.
+            Event::BlockClaimed { block } => debug!(%block, "block claimed"),
             Event::BlockWaiting { reason } => warn!(%reason, "waiting for a pod block"),
             Event::PeerUp { peer, path } => {
                 info!(peer = %peer, path = %describe_path(&self.node, &path), "peer up")
@@ -370,7 +439,7 @@ impl Driver {
                 .node
                 .drops()
                 .iter()
-                .map(|(r, n)| (format!("{r:?}"), *n))
+                .map(|(r, n)| (drop_reason_name(*r), *n))
                 .collect(),
         }
     }
@@ -380,6 +449,23 @@ impl Driver {
         let stats = self.node.stats();
         Snapshot::from_report(&report, stats)
     }
+}
+
+/// A drop reason as metrics and the status API name it: the variant in snake_case
+/// (`SpoofedSource` → `spoofed_source`), one fixed spelling for dashboards.
+pub fn drop_reason_name(reason: weft_mesh::DropReason) -> String {
+    let mut out = String::new();
+    for (i, c) in format!("{reason:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn describe_path(node: &Node, hop: &NextHop) -> String {

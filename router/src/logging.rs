@@ -23,10 +23,16 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
-/// Installs the global subscriber (once per process).
-pub fn init(format: LogFormat, default_level: &str) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+/// Installs the global subscriber (once per process). A filter that does not parse, from
+/// `RUST_LOG` or the level given, is an error rather than silently ignored.
+pub fn init(format: LogFormat, default_level: &str) -> Result<(), String> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.is_empty() => {
+            EnvFilter::try_new(&spec).map_err(|e| format!("RUST_LOG={spec:?}: {e}"))?
+        }
+        _ => EnvFilter::try_new(default_level)
+            .map_err(|e| format!("log level {default_level:?}: {e}"))?,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -34,4 +40,5 @@ pub fn init(format: LogFormat, default_level: &str) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+    Ok(())
 }

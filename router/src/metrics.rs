@@ -54,7 +54,8 @@ pub const NAMES: [(&str, &str); 10] = [
 pub struct Snapshot {
     peers_by_state: BTreeMap<String, i64>,
     handshakes: u64,
-    peer_bytes: Vec<(String, u64, u64)>,
+    /// (peer id, peer name, tx, rx): labelled by id, since names are only labels.
+    peer_bytes: Vec<(String, String, u64, u64)>,
     drops: BTreeMap<String, u64>,
     members: i64,
     block_ready: i64,
@@ -83,11 +84,8 @@ impl Snapshot {
                 .peers
                 .iter()
                 .map(|p| {
-                    (
-                        p.name.clone().unwrap_or_else(|| p.id.clone()),
-                        p.tx_bytes,
-                        p.rx_bytes,
-                    )
+                    let name = p.name.clone().unwrap_or_default();
+                    (p.id.clone(), name, p.tx_bytes, p.rx_bytes)
                 })
                 .collect(),
             drops: report.drops.clone(),
@@ -105,14 +103,30 @@ impl Snapshot {
     }
 }
 
-/// The snapshot shared between the driver and the HTTP task.
+/// The snapshot shared between the driver and the HTTP task, with when it was last replaced.
 #[derive(Debug, Clone, Default)]
-pub struct Shared(Arc<RwLock<Snapshot>>);
+pub struct Shared(
+    Arc<RwLock<Snapshot>>,
+    Arc<RwLock<Option<std::time::Instant>>>,
+);
+
+/// `/healthz` fails when the driver has not refreshed the snapshot for this long: its loop
+/// wakes at least every second (gossip), so this means it is stuck.
+pub const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl Shared {
     /// Replaces the snapshot.
     pub fn update(&self, s: Snapshot) {
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = s;
+        *self.1.write().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+    }
+
+    /// Whether the driver refreshed the snapshot recently.
+    pub fn is_fresh(&self) -> bool {
+        self.1
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|t| t.elapsed() < STALE_AFTER)
     }
 }
 
@@ -149,11 +163,15 @@ impl Collector for Shared {
             None,
             counter(0).metric_type(),
         )?;
-        for (peer, tx, rx) in &s.peer_bytes {
-            counter(*tx)
-                .encode(family.encode_family(&[("peer", peer.as_str()), ("direction", "tx")])?)?;
-            counter(*rx)
-                .encode(family.encode_family(&[("peer", peer.as_str()), ("direction", "rx")])?)?;
+        for (peer, name, tx, rx) in &s.peer_bytes {
+            for (direction, v) in [("tx", tx), ("rx", rx)] {
+                let labels = [
+                    ("peer", peer.as_str()),
+                    ("name", name.as_str()),
+                    ("direction", direction),
+                ];
+                counter(*v).encode(family.encode_family(&labels)?)?;
+            }
         }
         let mut family = encoder.encode_descriptor(
             "weft_drops",
@@ -219,7 +237,8 @@ struct AppState {
     state_dir: PathBuf,
 }
 
-/// Serves `/metrics`, `/healthz` (the router runs) and `/readyz` (its pod block is known).
+/// Serves `/metrics`, `/healthz` (the router's loop turns) and `/readyz` (its pod block is
+/// known).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: Shared,
@@ -237,7 +256,19 @@ pub async fn serve(
                 render(&s.shared, leases)
             }),
         )
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/healthz",
+            get(|State(s): State<AppState>| async move {
+                if s.shared.is_fresh() {
+                    (StatusCode::OK, "ok\n")
+                } else {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the router's loop is not turning\n",
+                    )
+                }
+            }),
+        )
         .route(
             "/readyz",
             get(|State(s): State<AppState>| async move {
@@ -284,7 +315,7 @@ mod tests {
                 rx_bytes: 20,
                 last_handshake_secs: Some(1),
             }],
-            drops: BTreeMap::from([("Malformed".to_string(), 3)]),
+            drops: BTreeMap::from([("malformed".to_string(), 3)]),
         };
         let shared = Shared::default();
         shared.update(Snapshot::from_report(&report, NodeStats::default()));
@@ -300,11 +331,11 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("weft_peer_bytes_total{peer=\"n2\",direction=\"rx\"} 20"),
+            text.contains("weft_peer_bytes_total{peer=\"p\",name=\"n2\",direction=\"rx\"} 20"),
             "{text}"
         );
         assert!(
-            text.contains("weft_drops_total{reason=\"Malformed\"} 3"),
+            text.contains("weft_drops_total{reason=\"malformed\"} 3"),
             "{text}"
         );
         assert!(text.contains("weft_block_ready 1"), "{text}");

@@ -59,7 +59,8 @@ pub fn underlay_mtu(ours: &[&str]) -> Result<u32, NetconfError> {
 }
 
 /// Routes the cluster range into the TUN device (the node's own block is more specific and
-/// stays on the bridge). Idempotent.
+/// stays on the bridge). A route for the range through another device is an error that
+/// names it: pod traffic would silently go there instead.
 pub fn route_cluster_range(tun: &str, range: Ipv4Net) -> Result<(), NetconfError> {
     let mut nl = Netlink::new().map_err(ctx("open netlink"))?;
     let link = find(&mut nl, tun)?;
@@ -69,7 +70,28 @@ pub fn route_cluster_range(tun: &str, range: Ipv4Net) -> Result<(), NetconfError
         oif: Some(link.index),
     };
     match nl.add_route(route, false) {
-        Err(e) if netlink::is_exists(&e) => Ok(()),
+        Err(e) if netlink::is_exists(&e) => {
+            let routes = nl.routes().map_err(ctx("list routes"))?;
+            let links = nl.links().map_err(ctx("list links"))?;
+            match routes.iter().find(|r| r.dst == range) {
+                Some(r) if r.oif == Some(link.index) => Ok(()),
+                other => {
+                    let holder = other
+                        .and_then(|r| r.oif)
+                        .and_then(|i| links.iter().find(|l| l.index == i))
+                        .map_or("another route".to_string(), |l| {
+                            format!("device {}", l.name)
+                        });
+                    Err(NetconfError {
+                        what: format!("route {range} dev {tun}"),
+                        source: io::Error::other(format!(
+                            "the cluster range is already routed through {holder} (another \
+                             network plugin?); remove that route or pick another --cluster-range"
+                        )),
+                    })
+                }
+            }
+        }
         other => other.map_err(ctx(format!("route {range} dev {tun}"))),
     }
 }

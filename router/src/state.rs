@@ -12,6 +12,18 @@ use weft_cni::node_block::NodeBlock;
 use weft_crypto::{KeyFileError, KeyPair, Random};
 use weft_mesh::PersistentState;
 
+/// Whether `name` is one of the files weft keeps in a state directory (the router's, weft-cni's
+/// leases, a log the lab writes there, temporary files of atomic writes).
+fn is_weft_file(name: &str) -> bool {
+    matches!(
+        name,
+        "key" | "mesh.json" | "node-block.json" | CONTROL_SOCKET | "cni" | "router.log"
+    ) || (name.starts_with('.') && name.contains(".tmp"))
+}
+
+/// The control socket's file name in the state directory.
+pub const CONTROL_SOCKET: &str = "control.sock";
+
 /// Why the state directory could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -34,6 +46,17 @@ pub enum StateError {
         /// The parser's message.
         why: String,
     },
+    /// The state directory is not a directory only we may enter.
+    #[error(
+        "state directory {path} (mode {mode:04o}) is not a directory, or is one others may \
+         enter that holds other things than weft's state; pick an empty or weft directory"
+    )]
+    Unsafe {
+        /// The directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// The block could not be written for weft-cni.
     #[error(transparent)]
     Block(#[from] weft_cni::node_block::NodeBlockError),
@@ -46,14 +69,44 @@ pub struct StateDir {
 }
 
 impl StateDir {
-    /// Opens (creating, mode 0700) the directory.
+    /// Opens the directory, creating it with mode 0700: it holds the key and the control
+    /// socket. An existing directory that others may enter is tightened to 0700 when it holds
+    /// nothing but weft's own files (kubelet's `DirectoryOrCreate` makes 0755 ones). Anything
+    /// else (a mistyped `--state-dir /var/lib`) is refused, not changed.
     pub fn open(path: &Path) -> Result<Self, StateError> {
         let at = |source| StateError::Io {
             path: path.to_owned(),
             source,
         };
-        fs::create_dir_all(path).map_err(at)?;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(at)?;
+        match fs::metadata(path) {
+            Ok(meta) => {
+                let mode = meta.permissions().mode() & 0o777;
+                if !meta.is_dir() {
+                    return Err(StateError::Unsafe {
+                        path: path.to_owned(),
+                        mode,
+                    });
+                }
+                if mode & 0o077 != 0 {
+                    let ours = fs::read_dir(path)
+                        .map_err(at)?
+                        .filter_map(Result::ok)
+                        .all(|e| e.file_name().to_str().is_some_and(is_weft_file));
+                    if !ours {
+                        return Err(StateError::Unsafe {
+                            path: path.to_owned(),
+                            mode,
+                        });
+                    }
+                    fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(at)?;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(path).map_err(at)?;
+                fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(at)?;
+            }
+            Err(e) => return Err(at(e)),
+        }
         Ok(Self {
             path: path.to_owned(),
         })
@@ -104,8 +157,57 @@ impl StateDir {
         Ok(())
     }
 
+    /// Withdraws the block from weft-cni (it answers STATUS with "not ready" again).
+    pub fn remove_block(&self) -> Result<(), StateError> {
+        let path = NodeBlock::path(&self.path);
+        durable::remove(&path)
+            .map(drop)
+            .map_err(|source| StateError::Io { path, source })
+    }
+
     /// The control socket's path.
     pub fn control_socket(&self) -> PathBuf {
-        self.path.join("control.sock")
+        self.path.join(CONTROL_SOCKET)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shared_directory_is_refused_and_an_empty_one_tightened() {
+        let base = std::env::temp_dir().join(format!("weft-state-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        fs::create_dir_all(&base).unwrap();
+        let shared = base.join("shared");
+        fs::create_dir(&shared).unwrap();
+        fs::write(shared.join("somebody-else"), b"x").unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(matches!(
+            StateDir::open(&shared),
+            Err(StateError::Unsafe { .. })
+        ));
+        assert_eq!(
+            fs::metadata(&shared).unwrap().permissions().mode() & 0o777,
+            0o755
+        );
+
+        let empty = base.join("empty");
+        fs::create_dir(&empty).unwrap();
+        fs::set_permissions(&empty, fs::Permissions::from_mode(0o755)).unwrap();
+        StateDir::open(&empty).unwrap();
+        assert_eq!(
+            fs::metadata(&empty).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+
+        let fresh = base.join("fresh");
+        StateDir::open(&fresh).unwrap();
+        assert_eq!(
+            fs::metadata(&fresh).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        fs::remove_dir_all(base).unwrap();
     }
 }
