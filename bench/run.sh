@@ -9,6 +9,10 @@
 #   weft       pod n1-p1 -> pod n2-p1, through both weft routers (TUN + encrypted UDP 6786)
 #   bare veth  node n1 -> node n2 over the underlay switch (198.18.0.1 -> 198.18.0.2), the
 #              ceiling any overlay on this lab can reach
+#   bare veth, 1 seg/packet
+#              the same with n1's eth0 set to gso_max_segs 1, so that TCP crosses the veth
+#              in MTU-sized packets instead of 64 KB offload segments: what the kernel alone
+#              costs per packet, the ceiling of a tunnel without segmentation offloads
 #   boringtun  node n1 -> node n2 through a userspace WireGuard tunnel (boringtun-cli, one
 #              interface per node namespace, 198.19.254.1 <-> 198.19.254.2 over the underlay,
 #              UDP 51820); only when boringtun-cli is on PATH
@@ -204,9 +208,15 @@ start_server "$P2" pod
 start_server "$N2" node
 
 # path key -> (client namespace, server address, label)
-PATHS=(bare weft)
-declare -A CLIENT=([bare]=$N1 [weft]=$P1) SERVER=([bare]=$N2_ADDR [weft]=$P2_ADDR)
-declare -A LABEL=([bare]="bare veth (node->node)" [weft]="weft (pod->pod)")
+# bare1 is the bare veth with node n1's eth0 limited to one segment per GSO packet
+# (gso_max_segs 1), so that TCP crosses it in MTU-sized packets as it crosses a tunnel that
+# has no segmentation offload: the kernel's own per-packet ceiling on this machine.
+PATHS=(bare bare1 weft)
+declare -A CLIENT=([bare]=$N1 [bare1]=$N1 [weft]=$P1)
+declare -A SERVER=([bare]=$N2_ADDR [bare1]=$N2_ADDR [weft]=$P2_ADDR)
+declare -A LABEL=([bare]="bare veth (node->node)" [bare1]="bare veth, 1 seg/packet"
+    [weft]="weft (pod->pod)")
+GSO_SEGS=$(ip -n "$N1" -d -j link show eth0 | jq -r '.[0].gso_max_segs')
 if [[ $BORINGTUN == 1 ]]; then
     PATHS+=(boringtun)
     CLIENT[boringtun]=$N1 SERVER[boringtun]=${BT_ADDR[2]}
@@ -276,8 +286,10 @@ for p in "${PATHS[@]}"; do : >"$WORK/bps-$p"; : >"$WORK/retr-$p"; : >"$WORK/drop
 for ((r = 1; r <= RUNS; r++)); do
     for p in "${PATHS[@]}"; do
         log "round $r/$RUNS: $p"
+        [[ $p != bare1 ]] || ip -n "$N1" link set eth0 gso_max_segs 1
         ping_once "$p" "$r"
         iperf_once "$p" "$r"
+        [[ $p != bare1 ]] || ip -n "$N1" link set eth0 gso_max_segs "$GSO_SEGS"
     done
 done
 
