@@ -12,8 +12,11 @@
 //! other node's seed, and pods are attached once their node's router has claimed a block.
 //! With `--no-routers` the lab hands out static blocks (`10.32.N.0/24`) instead.
 
+pub mod delay;
 pub mod plan;
 mod sys;
+#[cfg(test)]
+mod tests;
 
 use std::fs;
 use std::net::Ipv4Addr;
@@ -136,7 +139,7 @@ fn build(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState> {
 
     let mut nodes = Vec::new();
     for i in 1..=spec.nodes {
-        nodes.push(build_node(spec, &names, i, &dir)?);
+        nodes.push(build_node(spec, &names, i, &dir, bins)?);
     }
     if !spec.blocked.is_empty() || spec.netem.values().any(|n| n.loss_percent > 0.0) {
         let rules = switch_rules(spec);
@@ -193,7 +196,89 @@ fn switch_port(spec: &LabSpec, i: usize) -> String {
     }
 }
 
-fn build_node(spec: &LabSpec, names: &Names, i: usize, dir: &Path) -> anyhow::Result<NodeState> {
+/// Whether delays go through the userspace delay line: asked for, or the kernel has no netem
+/// (probed on the switch namespace's own loopback, so nothing outside the lab is touched).
+fn uses_delay_line(spec: &LabSpec, names: &Names) -> anyhow::Result<bool> {
+    if spec.delay_line {
+        return Ok(true);
+    }
+    let u = names.underlay_ns();
+    let probe = ["qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"];
+    if sys::exec_in(&u, "tc", &probe).is_ok() {
+        sys::exec_in(&u, "tc", &["qdisc", "del", "dev", "lo", "root"])?;
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// Joins `far_dev` in namespace `far_ns` to the switch as port `port`: one veth, or, when node
+/// `i`'s link is delayed and netem is missing, two veths with a delay line between them in a
+/// namespace of its own.
+fn plug(
+    spec: &LabSpec,
+    names: &Names,
+    i: usize,
+    port: &str,
+    far_ns: &str,
+    far_dev: &str,
+    bins: &Binaries,
+) -> anyhow::Result<()> {
+    let u = names.underlay_ns();
+    let delay = spec.netem.get(&i).map_or(0, |n| n.delay_ms);
+    if delay == 0 || !uses_delay_line(spec, names)? {
+        sys::ip_in(
+            &u,
+            &[
+                "link", "add", port, "type", "veth", "peer", "name", far_dev, "netns", far_ns,
+            ],
+        )?;
+        sys::ip_in(&u, &["link", "set", port, "master", "sw", "up"])?;
+        return Ok(());
+    }
+    let d = names.delay_ns(i);
+    add_ns(&d)?;
+    sys::ip_in(
+        &u,
+        &[
+            "link", "add", "name", port, "type", "veth", "peer", "name", "toswitch", "netns", &d,
+        ],
+    )?;
+    sys::ip_in(&u, &["link", "set", port, "master", "sw", "up"])?;
+    sys::ip_in(
+        &d,
+        &[
+            "link", "add", "name", "tonode", "type", "veth", "peer", "name", far_dev, "netns",
+            far_ns,
+        ],
+    )?;
+    for dev in ["tonode", "toswitch"] {
+        // The delay line is a wire: it must not answer or originate anything itself.
+        sys::sysctl_in(&d, &format!("net.ipv6.conf.{dev}.disable_ipv6"), "1")?;
+        sys::ip_in(&d, &["link", "set", dev, "up"])?;
+    }
+    let log = fs::File::create(lab_dir(&spec.prefix).join(format!("d{i}.log")))?;
+    use std::os::unix::process::CommandExt;
+    std::process::Command::new("ip")
+        .args(["netns", "exec", &d])
+        .arg(&bins.weft)
+        .args(["lab", "delay-line", "tonode", "toswitch"])
+        .arg(format!("--delay-ms={delay}"))
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting the delay line of node {i}"))?;
+    Ok(())
+}
+
+fn build_node(
+    spec: &LabSpec,
+    names: &Names,
+    i: usize,
+    dir: &Path,
+    bins: &Binaries,
+) -> anyhow::Result<NodeState> {
     let ns = names.node_ns(i);
     let u = names.underlay_ns();
     let behind_nat = spec.nat.contains(&i);
@@ -205,13 +290,7 @@ fn build_node(spec: &LabSpec, names: &Names, i: usize, dir: &Path) -> anyhow::Re
         let x = names.nat_ns(i);
         add_ns(&x)?;
         sys::sysctl_in(&x, "net.ipv4.ip_forward", "1")?;
-        sys::ip_in(
-            &u,
-            &[
-                "link", "add", &port, "type", "veth", "peer", "name", "wan", "netns", &x,
-            ],
-        )?;
-        sys::ip_in(&u, &["link", "set", &port, "master", "sw", "up"])?;
+        plug(spec, names, i, &port, &x, "wan", bins)?;
         sys::ip_in(&x, &["addr", "add", &underlay.to_string(), "dev", "wan"])?;
         sys::ip_in(&x, &["link", "set", "wan", "up"])?;
         let (gw, host) = plan::nat_private(i);
@@ -239,22 +318,29 @@ fn build_node(spec: &LabSpec, names: &Names, i: usize, dir: &Path) -> anyhow::Re
             Some(rules.as_bytes()),
         )?;
     } else {
-        sys::ip_in(
-            &u,
-            &[
-                "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-            ],
-        )?;
-        sys::ip_in(&u, &["link", "set", &port, "master", "sw", "up"])?;
+        plug(spec, names, i, &port, &ns, "eth0", bins)?;
         sys::ip_in(&ns, &["addr", "add", &underlay.to_string(), "dev", "eth0"])?;
         sys::ip_in(&ns, &["link", "set", "eth0", "up"])?;
     }
-    if let Some(netem) = spec.netem.get(&i).filter(|n| n.delay_ms > 0) {
+    if let Some(netem) = spec.netem.get(&i).filter(|n| n.delay_ms > 0)
+        && !uses_delay_line(spec, names)?
+    {
         apply_delay(&u, &port, netem)?;
-        apply_delay(&ns, "eth0", netem)?;
+        let (far_ns, far_dev) = if behind_nat {
+            (names.nat_ns(i), "wan")
+        } else {
+            (ns.clone(), "eth0")
+        };
+        apply_delay(&far_ns, far_dev, netem)?;
     }
     let state_dir = dir.join(format!("n{i}"));
     fs::create_dir_all(&state_dir)?;
+    // 0700 as the router wants it: it holds the node key and the control socket (and, in
+    // the lab, the router's log beside them).
+    fs::set_permissions(
+        &state_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )?;
     Ok(NodeState {
         name: format!("n{i}"),
         namespace: ns,
@@ -271,12 +357,21 @@ pub fn join_secret_file(prefix: &str) -> PathBuf {
     lab_dir(prefix).join("join-secret")
 }
 
+/// The secret handed to nodes started with a wrong one (made per lab, never the cluster's).
+fn wrong_secret_file(prefix: &str) -> PathBuf {
+    lab_dir(prefix).join("wrong-join-secret")
+}
+
 /// The arguments of node `node`'s router in a lab.
 pub fn router_args(spec: &LabSpec, node: &NodeState, secret: &Path) -> Vec<String> {
-    let founder = (1..=spec.nodes)
-        .find(|n| !spec.nat.contains(n))
-        .unwrap_or(1);
+    let founder = spec.founder();
     let i: usize = node.name[1..].parse().expect("n<number>");
+    let wrong = spec.wrong_secret.contains(&i);
+    let secret = if wrong {
+        wrong_secret_file(&spec.prefix)
+    } else {
+        secret.to_owned()
+    };
     let mut args = vec![
         "router".to_string(),
         format!("--name={}", node.name),
@@ -284,6 +379,10 @@ pub fn router_args(spec: &LabSpec, node: &NodeState, secret: &Path) -> Vec<Strin
         format!("--join-secret-file={}", secret.display()),
         format!("--underlay-mtu={UNDERLAY_MTU}"),
     ];
+    if wrong {
+        // No member will grant it space: give it its static block, so its pods exist.
+        args.push(format!("--pod-cidr={}", plan::static_block(i)));
+    }
     if i == founder {
         args.push("--found-address-space".into());
     } else {
@@ -299,7 +398,11 @@ pub fn router_args(spec: &LabSpec, node: &NodeState, secret: &Path) -> Vec<Strin
 /// Starts `weft router` in the namespace of `node`, detached, logging to its state directory.
 pub fn start_router(node: &NodeState, weft: &Path, args: &[String]) -> anyhow::Result<u32> {
     use std::os::unix::process::CommandExt;
-    let log = fs::File::create(node.state_dir.join("router.log"))?;
+    // Appended to, so the log of a run before a restart stays readable.
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(node.state_dir.join("router.log"))?;
     let child = std::process::Command::new("ip")
         .args(["netns", "exec", &node.namespace])
         .arg(weft)
@@ -345,6 +448,12 @@ fn start_routers(spec: &LabSpec, nodes: &mut [NodeState], weft: &Path) -> anyhow
     let text = weft_crypto::JoinSecret::generate_text(&mut weft_crypto::OsRandom);
     fs::write(&secret, text.expose()).context("writing the lab's join secret")?;
     fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    if !spec.wrong_secret.is_empty() {
+        let wrong = wrong_secret_file(&spec.prefix);
+        let text = weft_crypto::JoinSecret::generate_text(&mut weft_crypto::OsRandom);
+        fs::write(&wrong, text.expose()).context("writing the wrong join secret")?;
+        fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    }
     for node in nodes.iter_mut() {
         let args = router_args(spec, node, &secret);
         node.router_pid = Some(start_router(node, weft, &args)?);
@@ -371,10 +480,12 @@ fn apply_delay(ns: &str, dev: &str, netem: &Netem) -> anyhow::Result<()> {
 }
 
 /// The switch's filter: blocked node pairs, and random loss on impaired ports (nftables
-/// bridge family, so it works on kernels without netem).
+/// bridge family, so it works on kernels without netem). The text first deletes an earlier
+/// table, so applying it again replaces the rules in one transaction.
 fn switch_rules(spec: &LabSpec) -> String {
     let mut rules = String::from(
-        "table bridge weftlab {\n chain forward {\n  type filter hook forward priority 0;\n",
+        "table bridge weftlab\ndelete table bridge weftlab\n\
+         table bridge weftlab {\n chain forward {\n  type filter hook forward priority 0;\n",
     );
     for (a, b) in &spec.blocked {
         let (pa, pb) = (switch_port(spec, *a), switch_port(spec, *b));
@@ -500,6 +611,144 @@ pub fn exec(prefix: &str, pod: &str, cmd: &[String]) -> anyhow::Result<i32> {
         .status()
         .context("running ip netns exec")?;
     Ok(status.code().unwrap_or(128))
+}
+
+fn save(state: &LabState) -> anyhow::Result<()> {
+    let json = serde_json::to_vec_pretty(state)?;
+    let path = state_file(&state.spec.prefix);
+    let tmp = path.with_extension("json.tmp");
+    fs::write(&tmp, json).context("saving the lab's state")?;
+    fs::rename(&tmp, &path).context("saving the lab's state")
+}
+
+fn find_node<'s>(state: &'s mut LabState, node: &str) -> anyhow::Result<&'s mut NodeState> {
+    // `3` and `n3` both name node 3.
+    let name = if node.starts_with('n') {
+        node.to_owned()
+    } else {
+        format!("n{node}")
+    };
+    let known: Vec<String> = state.nodes.iter().map(|n| n.name.clone()).collect();
+    state
+        .nodes
+        .iter_mut()
+        .find(|n| n.name == name)
+        .with_context(|| format!("no node {node:?} (nodes: {})", known.join(", ")))
+}
+
+/// What `weft lab router` does to one node's router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RouterAction {
+    /// SIGTERM, and wait until it has exited (it removes its TUN device on the way out).
+    Stop,
+    /// SIGKILL, a crash: nothing is cleaned up. Waits until it is gone.
+    Kill,
+    /// Start it again with the same arguments and state directory (it must not be running).
+    Start,
+}
+
+/// Stops, kills or starts the router of `node` in lab `prefix`, keeping its state directory.
+/// Returns the new process id for `Start`.
+pub fn router(
+    prefix: &str,
+    node: &str,
+    action: RouterAction,
+    weft: &Path,
+) -> anyhow::Result<Option<u32>> {
+    let mut state = status(prefix)?;
+    ensure_routers(&state)?;
+    let spec = state.spec.clone();
+    let n = find_node(&mut state, node)?;
+    let running = n
+        .router_pid
+        .filter(|pid| Path::new(&format!("/proc/{pid}")).exists());
+    let started = match action {
+        RouterAction::Stop | RouterAction::Kill => {
+            let Some(pid) = running else {
+                bail!("the router of {} is not running", n.name);
+            };
+            // The pid is `ip netns exec`, which execs the router: it is the router itself.
+            let signal = if action == RouterAction::Kill {
+                "-KILL"
+            } else {
+                "-TERM"
+            };
+            sys::run("kill", &[signal, &pid.to_string()])?;
+            let start = std::time::Instant::now();
+            while is_alive(pid) {
+                if start.elapsed() > std::time::Duration::from_secs(10) {
+                    bail!("the router of {} (pid {pid}) did not exit", n.name);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            n.router_pid = None;
+            None
+        }
+        RouterAction::Start => {
+            if let Some(pid) = running {
+                bail!("the router of {} is running (pid {pid})", n.name);
+            }
+            let mut args = router_args(&spec, n, &join_secret_file(prefix));
+            // A restarted router is seeded with every node it can reach directly, as under
+            // Kubernetes, where every Node's address is a seed: the founder was started with
+            // no seed at all, and would otherwise wait to be found.
+            let me: usize = n.name[1..].parse().expect("n<number>");
+            for other in (1..=spec.nodes).filter(|o| *o != me && !spec.nat.contains(o)) {
+                let seed = format!(
+                    "--seed={}:{}",
+                    plan::underlay_addr(other, false).addr(),
+                    weft_router::config::DEFAULT_PORT
+                );
+                if !args.contains(&seed) {
+                    args.push(seed);
+                }
+            }
+            let pid = start_router(n, weft, &args)?;
+            n.router_pid = Some(pid);
+            Some(pid)
+        }
+    };
+    save(&state)?;
+    Ok(started)
+}
+
+/// Whether `pid` runs (a zombie counts as gone: its router has stopped).
+fn is_alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn ensure_routers(state: &LabState) -> anyhow::Result<()> {
+    if !state.spec.routers {
+        bail!("lab {:?} runs no routers", state.spec.prefix);
+    }
+    Ok(())
+}
+
+/// Blocks (or, with `blocked` false, unblocks) the underlay between nodes `a` and `b` at the
+/// switch, while the lab runs.
+pub fn set_blocked(prefix: &str, link: (usize, usize), blocked: bool) -> anyhow::Result<()> {
+    let mut state = status(prefix)?;
+    if blocked {
+        state.spec.blocked.insert(link);
+    } else if !state.spec.blocked.remove(&link) {
+        bail!("link {}-{} is not blocked", link.0, link.1);
+    }
+    state.spec.validate()?;
+    let u = Names::new(prefix).underlay_ns();
+    let rules = switch_rules(&state.spec);
+    sys::run_with(
+        "ip",
+        &["netns", "exec", &u, "nft", "-f", "-"],
+        &[],
+        Some(rules.as_bytes()),
+    )
+    .context("replacing the switch's filter")?;
+    save(&state)
 }
 
 /// A table for people.

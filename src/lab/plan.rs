@@ -75,6 +75,14 @@ pub struct LabSpec {
     /// Whether to run a `weft router` on every node (else blocks are handed out statically).
     #[serde(default = "yes")]
     pub routers: bool,
+    /// Nodes (1-based) whose router gets a join secret of its own, not the cluster's: they
+    /// must never form a tunnel. They use their static block as `--pod-cidr`, since no member
+    /// will grant them one.
+    #[serde(default)]
+    pub wrong_secret: BTreeSet<usize>,
+    /// Delay links with the userspace delay line even where `tc netem` works.
+    #[serde(default)]
+    pub delay_line: bool,
 }
 
 fn yes() -> bool {
@@ -91,7 +99,12 @@ impl LabSpec {
         );
         ensure!(self.pods <= MAX_PODS, "--pods must be 0–{MAX_PODS}");
         let node_ok = |n: usize| (1..=self.nodes).contains(&n);
-        for n in self.nat.iter().chain(self.netem.keys()) {
+        for n in self
+            .nat
+            .iter()
+            .chain(self.netem.keys())
+            .chain(&self.wrong_secret)
+        {
             ensure!(
                 node_ok(*n),
                 "node {n} is not in this lab (1–{})",
@@ -105,7 +118,22 @@ impl LabSpec {
                 "block {a}-{b}: a node cannot be blocked from itself"
             );
         }
+        if self.routers {
+            ensure!(
+                (1..=self.nodes).any(|n| !self.nat.contains(&n) && !self.wrong_secret.contains(&n)),
+                "a lab needs a node that is neither behind NAT nor given a wrong secret, to found \
+                 the address space"
+            );
+        }
         Ok(())
+    }
+
+    /// The node that founds the address space and seeds the others: the first one reachable
+    /// without NAT that holds the cluster's secret.
+    pub fn founder(&self) -> usize {
+        (1..=self.nodes)
+            .find(|n| !self.nat.contains(n) && !self.wrong_secret.contains(n))
+            .unwrap_or(1)
     }
 }
 
@@ -161,6 +189,10 @@ impl<'a> Names<'a> {
     pub fn node_ns(&self, i: usize) -> String {
         format!("{}-n{i}", self.prefix)
     }
+    /// The delay line between node `i` (or its NAT box) and the switch.
+    pub fn delay_ns(&self, i: usize) -> String {
+        format!("{}-d{i}", self.prefix)
+    }
     /// The NAT box in front of node `i`.
     pub fn nat_ns(&self, i: usize) -> String {
         format!("{}-x{i}", self.prefix)
@@ -215,6 +247,8 @@ mod tests {
             netem: BTreeMap::new(),
             blocked: BTreeSet::new(),
             routers: true,
+            wrong_secret: BTreeSet::new(),
+            delay_line: false,
         }
     }
 
@@ -265,6 +299,23 @@ mod tests {
             })
             .contains("itself")
         );
+        assert!(
+            bad(&|s| {
+                s.wrong_secret.insert(5);
+            })
+            .contains("node 5")
+        );
+        assert!(
+            bad(&|s| {
+                s.nodes = 2;
+                s.nat.insert(1);
+                s.wrong_secret.insert(2);
+            })
+            .contains("found")
+        );
+        let mut s = spec();
+        s.wrong_secret.insert(1);
+        assert_eq!(s.founder(), 2, "a node with a wrong secret founds nothing");
     }
 
     #[test]

@@ -57,6 +57,8 @@ fn spec(prefix: &str, nodes: usize, pods: usize) -> LabSpec {
         netem: BTreeMap::new(),
         blocked: BTreeSet::new(),
         routers: false,
+        wrong_secret: BTreeSet::new(),
+        delay_line: false,
     }
 }
 
