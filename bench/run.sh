@@ -318,6 +318,9 @@ else
 fi
 
 echo
+if [[ $NO_BUILD == 1 ]]; then
+    rev="binaries not rebuilt (NO_BUILD=1; weft built $(date -u -r "$WEFT" '+%Y-%m-%d %H:%M UTC')), source here: $rev"
+fi
 echo "weft benchmark: $(date -u '+%Y-%m-%d %H:%M UTC'), weft $rev"
 echo "machine: $(nproc) CPUs ($cpu), kernel $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "iperf3: 1 TCP stream, $RUNS runs x ${DURATION} s (+1 s omitted) per path; ping: $RUNS x $PINGS at ${PING_INTERVAL} s idle, $RUNS x $LOADED_PINGS at 0.1 s loaded"
