@@ -205,11 +205,10 @@ impl Lab {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("weft {args:?}: {e}: {out}"))
     }
 
-    /// `weft lab ARGS… --prefix PREFIX`.
+    /// `weft lab SUBCOMMAND --prefix PREFIX REST…` (the prefix before any `--`).
     pub fn lab(&self, args: &[&str]) -> String {
-        let mut full = vec!["lab"];
-        full.extend_from_slice(args);
-        full.extend_from_slice(&["--prefix", &self.prefix]);
+        let mut full = vec!["lab", args[0], "--prefix", &self.prefix];
+        full.extend_from_slice(&args[1..]);
         self.weft(&full)
     }
 
@@ -285,6 +284,26 @@ impl Lab {
             ],
         );
         ok
+    }
+
+    /// Pings from `pod` until a reply comes, for up to `within`; returns the attempts it
+    /// took (reported when more than one), or None.
+    pub fn reaches(&self, pod: &str, to: Ipv4Addr, within: Duration) -> Option<u32> {
+        let start = Instant::now();
+        let mut attempts = 0;
+        while attempts == 0 || start.elapsed() < within {
+            attempts += 1;
+            if self.ping(pod, to) {
+                if attempts > 1 {
+                    report(&format!(
+                        "{}: {pod} -> {to} answered only at attempt {attempts}",
+                        self.prefix
+                    ));
+                }
+                return Some(attempts);
+            }
+        }
+        None
     }
 
     /// The last lines of a node's router log, for failure messages.
