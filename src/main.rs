@@ -187,6 +187,10 @@ enum LabCommand {
         action: lab::RouterAction,
         /// The node, `n3` or `3`.
         node: String,
+        /// On `start`, pass only the seeds of the first start (the founder has none) instead
+        /// of every other reachable node, as under Kubernetes.
+        #[arg(long)]
+        original_seeds: bool,
         #[command(flatten)]
         which: LabName,
     },
@@ -562,10 +566,11 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<()> {
         LabCommand::Router {
             action,
             node,
+            original_seeds,
             which,
         } => {
             let weft = std::env::current_exe()?;
-            match lab::router(&which.prefix, &node, action, &weft)? {
+            match lab::router(&which.prefix, &node, action, original_seeds, &weft)? {
                 Some(pid) => println!("started the router of {node} (pid {pid})"),
                 None => println!("the router of {node} has stopped"),
             }

@@ -649,10 +649,13 @@ pub enum RouterAction {
 
 /// Stops, kills or starts the router of `node` in lab `prefix`, keeping its state directory.
 /// Returns the new process id for `Start`.
+/// With `original_seeds`, `Start` passes exactly the seeds of the first start (the founder:
+/// none), to see whether the others find a restarted router by themselves.
 pub fn router(
     prefix: &str,
     node: &str,
     action: RouterAction,
+    original_seeds: bool,
     weft: &Path,
 ) -> anyhow::Result<Option<u32>> {
     let mut state = status(prefix)?;
@@ -693,7 +696,8 @@ pub fn router(
             // Kubernetes, where every Node's address is a seed: the founder was started with
             // no seed at all, and would otherwise wait to be found.
             let me: usize = n.name[1..].parse().expect("n<number>");
-            for other in (1..=spec.nodes).filter(|o| *o != me && !spec.nat.contains(o)) {
+            let others = (1..=spec.nodes).filter(|o| *o != me && !spec.nat.contains(o));
+            for other in others.filter(|_| !original_seeds) {
                 let seed = format!(
                     "--seed={}:{}",
                     plan::underlay_addr(other, false).addr(),
