@@ -339,8 +339,42 @@ impl Lab {
         }
     }
 
-    /// Waits until every node has an established tunnel to every other node.
+    /// Waits until every node has an established tunnel to every other node, and knows
+    /// every other node's pod block: a pod on each node answers a pod on every other node.
+    /// (A tunnel comes up before the records carrying the blocks have spread by gossip, about
+    /// a second, during which pod packets are dropped as `no_route`.)
     pub fn wait_full_mesh(&self, timeout: Duration) {
+        let start = Instant::now();
+        self.wait_tunnels(timeout);
+        for a in &self.nodes {
+            for b in &self.nodes {
+                let (Some(pa), Some(pb)) = (
+                    self.pods.iter().find(|p| p.node == a.name),
+                    self.pods.iter().find(|p| p.node == b.name),
+                ) else {
+                    continue;
+                };
+                if a.name != b.name {
+                    let left = timeout.saturating_sub(start.elapsed());
+                    assert!(
+                        self.reaches(&pa.name, pb.address, left).is_some(),
+                        "{} does not reach {} within {timeout:?}: {}",
+                        pa.name,
+                        pb.name,
+                        self.status(&a.name)
+                    );
+                }
+            }
+        }
+        report(&format!(
+            "{}: full mesh, every node's pods reachable, {:.1}s after up",
+            self.prefix,
+            start.elapsed().as_secs_f64()
+        ));
+    }
+
+    /// Waits until every node has an established tunnel to every other node.
+    pub fn wait_tunnels(&self, timeout: Duration) {
         let start = Instant::now();
         for a in &self.nodes {
             for b in &self.nodes {
