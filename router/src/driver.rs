@@ -136,12 +136,16 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
             ))
         })?)
         .tx_queue_len(TUN_QUEUE)
-        .enable(true)
+        // Up only after IPv6 is off on it, or the kernel's first solicitation gets through.
+        .enable(false)
         .build_async()
         .map_err(io(format!(
             "create TUN device {TUN_NAME} (is another router running in this namespace?)"
         )))?;
     let range = config.cluster_range;
+    blocking(|| netconf::disable_ipv6(TUN_NAME)).await?;
+    tun.enabled(true)
+        .map_err(io(format!("bring {TUN_NAME} up")))?;
     blocking(move || netconf::route_cluster_range(TUN_NAME, range)).await?;
 
     let now = Instant::now();
