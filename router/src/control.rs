@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -98,6 +100,28 @@ pub struct PeerReport {
     pub last_handshake_secs: Option<u64>,
 }
 
+/// Control requests refused, by reason; reported with the Node's drops (`control_*`).
+#[derive(Debug, Default)]
+pub struct RefusedRequests {
+    /// Not a request we know (bad JSON, unknown command or field, bad value).
+    pub malformed: AtomicU64,
+    /// Longer than [`MAX_REQUEST`].
+    pub too_long: AtomicU64,
+    /// No complete request within the timeout.
+    pub timeout: AtomicU64,
+}
+
+impl RefusedRequests {
+    /// The counts by reason name, as `drops` shows them.
+    pub fn by_reason(&self) -> [(&'static str, u64); 3] {
+        [
+            ("control_malformed", self.malformed.load(Ordering::Relaxed)),
+            ("control_too_long", self.too_long.load(Ordering::Relaxed)),
+            ("control_timeout", self.timeout.load(Ordering::Relaxed)),
+        ]
+    }
+}
+
 /// A request with the channel its answer goes back on.
 pub type Call = (Request, oneshot::Sender<Response>);
 
@@ -114,20 +138,32 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves the bound socket, handing requests to `calls`.
-pub async fn serve(listener: UnixListener, calls: mpsc::Sender<Call>) -> std::io::Result<()> {
+/// Serves the bound socket, handing requests to `calls` and counting refusals in `refused`.
+pub async fn serve(
+    listener: UnixListener,
+    calls: mpsc::Sender<Call>,
+    refused: Arc<RefusedRequests>,
+) -> std::io::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         let calls = calls.clone();
+        let refused = refused.clone();
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, calls).await {
+            if let Err(e) = answer(stream, calls, &refused).await {
                 tracing::debug!(error = %e, "control connection");
             }
         });
     }
 }
 
-async fn answer(stream: UnixStream, calls: mpsc::Sender<Call>) -> std::io::Result<()> {
+async fn answer(
+    stream: UnixStream,
+    calls: mpsc::Sender<Call>,
+    refused: &RefusedRequests,
+) -> std::io::Result<()> {
+    let count = |c: &AtomicU64| {
+        c.fetch_add(1, Ordering::Relaxed);
+    };
     let (read, mut write) = stream.into_split();
     let mut line = Vec::new();
     let mut reader = BufReader::new(read.take(MAX_REQUEST as u64 + 1));
@@ -135,15 +171,24 @@ async fn answer(stream: UnixStream, calls: mpsc::Sender<Call>) -> std::io::Resul
         match tokio::time::timeout(Duration::from_secs(5), reader.read_until(b'\n', &mut line))
             .await
         {
-            Err(_) => Response::Error {
-                message: "timed out waiting for a request".into(),
-            },
+            Err(_) => {
+                count(&refused.timeout);
+                Response::Error {
+                    message: "timed out waiting for a request".into(),
+                }
+            }
             Ok(Err(e)) => return Err(e),
-            Ok(Ok(_)) if line.len() > MAX_REQUEST => Response::Error {
-                message: format!("request longer than {MAX_REQUEST} bytes"),
-            },
+            Ok(Ok(_)) if line.len() > MAX_REQUEST => {
+                count(&refused.too_long);
+                Response::Error {
+                    message: format!("request longer than {MAX_REQUEST} bytes"),
+                }
+            }
             Ok(Ok(_)) => match parse_request(&line) {
-                Err(message) => Response::Error { message },
+                Err(message) => {
+                    count(&refused.malformed);
+                    Response::Error { message }
+                }
                 Ok(request) => {
                     let (tx, rx) = oneshot::channel();
                     if calls.send((request, tx)).await.is_err() {

@@ -181,8 +181,10 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
     }
 
     let (calls_tx, mut calls) = mpsc::channel::<Call>(16);
+    let refused = Arc::new(control::RefusedRequests::default());
+    let refused_counts = refused.clone();
     let control_task = tokio::spawn(async move {
-        if let Err(e) = control::serve(control_listener, calls_tx).await {
+        if let Err(e) = control::serve(control_listener, calls_tx, refused_counts).await {
             error!(error = %e, "control socket failed");
         }
     });
@@ -216,6 +218,7 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
         last_snapshot: None,
         ready,
         written_block,
+        refused,
         config,
     };
     let result = driver.run(&mut calls, shutdown).await;
@@ -245,6 +248,8 @@ struct Driver {
     ready: Arc<AtomicBool>,
     /// The block weft-cni was last told about (the file on disk).
     written_block: Option<ipnet::Ipv4Net>,
+    /// Control requests refused, counted by the control task.
+    refused: Arc<control::RefusedRequests>,
 }
 
 impl Driver {
@@ -444,6 +449,13 @@ impl Driver {
                 .drops()
                 .iter()
                 .map(|(r, n)| (drop_reason_name(*r), *n))
+                .chain(
+                    self.refused
+                        .by_reason()
+                        .into_iter()
+                        .filter(|(_, n)| *n > 0)
+                        .map(|(r, n)| (r.to_string(), n)),
+                )
                 .collect(),
         }
     }

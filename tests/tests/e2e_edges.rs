@@ -446,8 +446,6 @@ fn garbage_crashes_nothing_and_is_counted_by_reason() {
 
 /// h, second part: malformed control requests are counted by reason too, like datagrams.
 #[test]
-#[ignore = "product gap: the control API answers a malformed request with an error but \
-            counts it nowhere (router/src/control.rs, answer(): no counter, not in drops)"]
 fn malformed_control_requests_are_counted_by_reason() {
     if !can_run("malformed_control_requests_are_counted_by_reason", &[]) {
         return;
