@@ -23,7 +23,7 @@ echo "== node n1 and its peers (weft status, from inside node n1)"
 ip netns exec weft-n1 weft status --state-dir /run/weft-lab/weft/n1
 
 echo "== ping from pod n1-p1 (node n1) to pod n3-p2 ($far, node n3)"
-weft lab exec n1-p1 -- ping -c 3 -i 0.2 "$far" | tail -2
+weft lab exec n1-p1 -- ping -c 3 -i 0.2 -W 2 "$far" | tail -2
 
 echo
 echo "== TCP from n1-p1 to n3-p2 through the tunnel (iperf3, 3 s)"

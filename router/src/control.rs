@@ -39,8 +39,8 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
-    /// The status report.
-    Status(StatusReport),
+    /// The status report (boxed: it is large, the other answers are small).
+    Status(Box<StatusReport>),
     /// The command was accepted (it runs asynchronously; watch `status`).
     Accepted,
     /// The request was refused.
@@ -75,6 +75,20 @@ pub struct StatusReport {
     pub peers: Vec<PeerReport>,
     /// Dropped packets and datagrams by reason.
     pub drops: BTreeMap<String, u64>,
+    /// The overlay routes: every block this node knows, and which member owns it.
+    #[serde(default)]
+    pub routes: Vec<RouteReport>,
+}
+
+/// One block of the route table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteReport {
+    /// The block.
+    pub block: String,
+    /// Its owner's public key.
+    pub peer: String,
+    /// Its owner's name, when known.
+    pub name: Option<String>,
 }
 
 /// A peer, as `weft peers` shows it.

@@ -15,7 +15,7 @@ use weft_crypto::{Handshaker, OsRandom, PublicKey, Timestamp};
 use weft_mesh::{Command, Event, NextHop, Node, PeerId};
 
 use crate::config::{RouterConfig, TUN_NAME, pod_mtu};
-use crate::control::{self, Call, PeerReport, Request, Response, StatusReport};
+use crate::control::{self, Call, PeerReport, Request, Response, RouteReport, StatusReport};
 use crate::metrics::{self, Snapshot};
 use crate::netconf;
 use crate::state::{StateDir, StateError};
@@ -395,7 +395,7 @@ impl Driver {
     fn handle_request(&mut self, request: Request) -> Response {
         let now = Instant::now();
         match request {
-            Request::Status => Response::Status(self.status_report()),
+            Request::Status => Response::Status(Box::new(self.status_report())),
             Request::Connect { endpoint } => {
                 self.node.handle_command(now, Command::Connect(endpoint));
                 Response::Accepted
@@ -456,6 +456,17 @@ impl Driver {
                         .filter(|(_, n)| *n > 0)
                         .map(|(r, n)| (r.to_string(), n)),
                 )
+                .collect(),
+            routes: self
+                .node
+                .routes()
+                .blocks()
+                .iter()
+                .map(|(block, owner)| RouteReport {
+                    block: block.to_string(),
+                    peer: owner.to_string(),
+                    name: self.node.members().get(owner).map(|r| r.name.clone()),
+                })
                 .collect(),
         }
     }

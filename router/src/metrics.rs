@@ -316,6 +316,7 @@ mod tests {
                 last_handshake_secs: Some(1),
             }],
             drops: BTreeMap::from([("malformed".to_string(), 3)]),
+            routes: vec![],
         };
         let shared = Shared::default();
         shared.update(Snapshot::from_report(&report, NodeStats::default()));

@@ -461,7 +461,62 @@ fn start_routers(spec: &LabSpec, nodes: &mut [NodeState], weft: &Path) -> anyhow
     for node in nodes.iter_mut() {
         node.block = wait_for_block(node, BLOCK_WAIT)?;
     }
+    wait_for_routes(spec, nodes, weft, BLOCK_WAIT)
+}
+
+/// Waits until every member's router routes every member's block, so a lab that `up`
+/// returns carries pod traffic at once (blocks spread by gossip within a second or two).
+fn wait_for_routes(
+    spec: &LabSpec,
+    nodes: &[NodeState],
+    weft: &Path,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    let member = |n: &NodeState| {
+        let i: usize = n.name[1..].parse().expect("n<number>");
+        !spec.wrong_secret.contains(&i)
+    };
+    let wanted: std::collections::BTreeSet<String> = nodes
+        .iter()
+        .filter(|n| member(n))
+        .map(|n| n.block.to_string())
+        .collect();
+    let start = std::time::Instant::now();
+    for node in nodes.iter().filter(|n| member(n)) {
+        loop {
+            let known = routed_blocks(node, weft).unwrap_or_default();
+            if wanted.is_subset(&known) {
+                break;
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "the router of {} knows routes to {known:?} but not yet all of {wanted:?} \
+                     after {}s; its log ends:\n{}",
+                    node.name,
+                    timeout.as_secs(),
+                    router_log_tail(node)
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
     Ok(())
+}
+
+/// The blocks a node's router has routes for, read through its control socket.
+fn routed_blocks(
+    node: &NodeState,
+    weft: &Path,
+) -> anyhow::Result<std::collections::BTreeSet<String>> {
+    let weft = weft.to_str().context("weft path is not UTF-8")?;
+    let dir = node.state_dir.to_str().context("state dir is not UTF-8")?;
+    let out = sys::exec_in(
+        &node.namespace,
+        weft,
+        &["status", "--json", "--state-dir", dir],
+    )?;
+    let report: weft_router::control::StatusReport = serde_json::from_str(&out)?;
+    Ok(report.routes.into_iter().map(|r| r.block).collect())
 }
 
 /// Delays a link with `tc netem` (on each side, so both directions).
