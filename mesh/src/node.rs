@@ -83,6 +83,22 @@ pub const RESPONDING_TIMEOUT: Duration = Duration::from_secs(2 * REKEY_TIMEOUT.a
 pub const ROUTE_INTERVAL: Duration = Duration::from_secs(1);
 /// The minimum time between two punches or punch-triggered initiations towards one peer.
 pub const PUNCH_INTERVAL: Duration = Duration::from_millis(500);
+/// Data sent over a direct path and nothing received on it for this long: the path may be
+/// dead, so a handshake goes out as a probe (it must be answered). WireGuard waits
+/// `KEEPALIVE_TIMEOUT + REKEY_TIMEOUT` because it has no other way round a dead path; we have
+/// relays, and the bound for failover is 15 s, so we probe after one `REKEY_TIMEOUT`
+/// and give the probe one more `REKEY_TIMEOUT` before relaying.
+pub const SILENT_PROBE_AFTER: Duration = REKEY_TIMEOUT;
+/// While a session runs through a relay because its direct path went silent, a keepalive is
+/// sent straight to the peer this often: when it gets through, the peer roams back to the
+/// direct path (and so do we when its answer arrives directly).
+pub const DIRECT_PROBE_INTERVAL: Duration = REKEY_TIMEOUT;
+/// A sealed datagram for a receiver index we do not hold (we restarted and lost the session,
+/// or dropped it) makes us handshake with its sender at most this often per endpoint.
+pub const UNKNOWN_INDEX_INTERVAL: Duration = REKEY_TIMEOUT;
+/// Endpoints remembered for [`UNKNOWN_INDEX_INTERVAL`]; past this, unknown-index datagrams
+/// from new endpoints are only counted (a flood of forged sources cannot make us dial them).
+pub const UNKNOWN_INDEX_ENDPOINTS: usize = 64;
 
 /// What a node is told at start.
 #[derive(Debug, Clone)]
@@ -372,6 +388,9 @@ struct Dial {
     retry_at: Instant,
     tries: u32,
     failures: u32,
+    /// Dialled because it sent us data under a session we do not hold: one round of
+    /// attempts, then forgotten (it is not a seed).
+    once: bool,
 }
 
 /// Our state for one peer.
@@ -401,6 +420,16 @@ struct Peer {
     punch_endpoint: Option<Endpoint>,
     /// The source endpoint we last reported to it.
     observed_sent: Option<Endpoint>,
+    /// The incarnation of the run the current session was formed with, from the peer's own
+    /// record sent under that session (None until it arrives).
+    session_incarnation: Option<u64>,
+    /// Since when data went out on the direct path with nothing received on it.
+    unanswered_since: Option<Instant>,
+    /// The direct endpoint of a session moved to a relay because the path went silent.
+    lost_direct: Option<Endpoint>,
+    /// When to send the next keepalive straight to `lost_direct` (and the record's
+    /// endpoints), to find out whether the direct path is back.
+    direct_probe_at: Option<Instant>,
 }
 
 impl Peer {
@@ -425,6 +454,10 @@ impl Peer {
             punch_at: None,
             punch_endpoint: None,
             observed_sent: None,
+            session_incarnation: None,
+            unanswered_since: None,
+            lost_direct: None,
+            direct_probe_at: None,
         }
     }
 
@@ -464,6 +497,14 @@ fn unconfirmed_since(keys: &Keyring) -> Option<Instant> {
 fn up_deadline(p: &Peer, keys: &Keyring) -> Instant {
     let mut d = (p.last_tx + KEEPALIVE_TIMEOUT).min(p.last_rx + DEAD_AFTER);
     if let (Tunnel::Established { .. }, Some(t)) = (&p.tunnel, unconfirmed_since(keys)) {
+        d = d.min(t);
+    }
+    if let (Tunnel::Established { .. }, Some(t), Some(NextHop::Direct(_))) =
+        (&p.tunnel, p.unanswered_since, p.path)
+    {
+        d = d.min(t + SILENT_PROBE_AFTER);
+    }
+    if let Some(t) = p.direct_probe_at {
         d = d.min(t);
     }
     if let Some(s) = keys.current() {
@@ -521,6 +562,8 @@ pub struct Node {
     space: AddressSpace,
     waiting: Option<WaitReason>,
     denied: BTreeMap<PeerId, Instant>,
+    /// Endpoints that sent us data for an unknown index, and when we last acted on it.
+    unknown_index_from: HashMap<Endpoint, Instant>,
     routes: Arc<RouteTable>,
     routes_dirty: bool,
     routes_computed: Option<Instant>,
@@ -619,6 +662,7 @@ impl Node {
             space,
             waiting: None,
             denied: BTreeMap::new(),
+            unknown_index_from: HashMap::new(),
             routes: Arc::default(),
             routes_dirty: true,
             routes_computed: None,
@@ -1285,6 +1329,165 @@ impl Node {
         }
     }
 
+    /// Whether our session with `id` is with its run `incarnation` (or a later one): formed
+    /// after the restart, so the restart must not close it. A session whose record has not
+    /// arrived yet gets the benefit of the doubt while it is young (the record is the first
+    /// thing sent under it); if it was the old run's, the peer's probe or DEAD_AFTER ends it.
+    fn session_with_run(&self, id: PeerId, incarnation: u64, now: Instant) -> bool {
+        let Some(p) = self.peers.get(&id) else {
+            return false;
+        };
+        let Some(current) = p.tunnel.keys().and_then(|k| k.current()) else {
+            return false;
+        };
+        match p.session_incarnation {
+            Some(i) => i >= incarnation,
+            None => now.saturating_duration_since(current.established()) < REKEY_TIMEOUT,
+        }
+    }
+
+    /// The peer's own record arrived under our current session: the session is with that run.
+    /// If we already know of a later run, this session is with a dead one: close it.
+    fn note_session_incarnation(&mut self, id: PeerId, incarnation: u64, now: Instant) {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        p.session_incarnation = Some(incarnation);
+        let later = self
+            .table
+            .get(&id)
+            .is_some_and(|r| r.is_alive() && r.incarnation > incarnation);
+        if later {
+            self.close_peer(id, DownReason::Restarted, now, false);
+        }
+    }
+
+    /// A sealed datagram for an index we do not hold. Its sender believes in a session we
+    /// lost (we restarted) or dropped: handshake with it now rather than let it send into the
+    /// void until DEAD_AFTER. Rate limited per endpoint and bounded in endpoints, and only
+    /// for direct sources (a forged source costs us at most one initiation per interval).
+    fn on_unknown_index(&mut self, now: Instant, source: Source) {
+        self.drop_for(DropReason::UnknownIndex);
+        if source.relayed_from.is_some() {
+            return;
+        }
+        let ep = source.endpoint;
+        if self
+            .unknown_index_from
+            .get(&ep)
+            .is_some_and(|t| now.saturating_duration_since(*t) < UNKNOWN_INDEX_INTERVAL)
+        {
+            return;
+        }
+        if self.unknown_index_from.len() >= UNKNOWN_INDEX_ENDPOINTS {
+            self.unknown_index_from
+                .retain(|_, t| now.saturating_duration_since(*t) < UNKNOWN_INDEX_INTERVAL);
+            if self.unknown_index_from.len() >= UNKNOWN_INDEX_ENDPOINTS {
+                return;
+            }
+        }
+        self.unknown_index_from.insert(ep, now);
+        match self.by_endpoint.get(&ep).copied() {
+            Some(id) if self.peers.contains_key(&id) => {
+                let Some(p) = self.peers.get(&id) else {
+                    return;
+                };
+                // A packet under a session we just replaced is no news.
+                let hears_it = p.tunnel.is_up()
+                    && now.saturating_duration_since(p.last_rx) < UNKNOWN_INDEX_INTERVAL;
+                if hears_it || p.tunnel.attempt().is_some() {
+                    return;
+                }
+                debug!(peer = ?id, endpoint = %ep, "data for an unknown index: handshaking");
+                self.start_handshake(id, now);
+            }
+            _ => {
+                if self.dials.contains_key(&ep) || self.config.announce.contains(&ep) {
+                    return;
+                }
+                debug!(endpoint = %ep, "data for an unknown index from a stranger: dialling it");
+                self.dials.insert(
+                    ep,
+                    Dial {
+                        attempt: None,
+                        retry_at: now,
+                        tries: 0,
+                        failures: 0,
+                        once: true,
+                    },
+                );
+                self.dial(ep, now);
+            }
+        }
+    }
+
+    /// Moves the session with `id` off its silent direct path onto `relay` (or the route
+    /// table's relay): the session is end to end, so the relay needs no keys. The peer is
+    /// listed as unreachable directly (so every node routes the pair through relays) and the
+    /// direct path is probed in the background.
+    fn relay_session(&mut self, id: PeerId, relay: Option<NextHop>, now: Instant) {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let old = p.path;
+        if let Some(NextHop::Direct(ep)) = old {
+            p.lost_direct = Some(ep);
+        }
+        p.unanswered_since = None;
+        p.direct_probe_at = Some(now + DIRECT_PROBE_INTERVAL);
+        if !p.unreachable {
+            p.unreachable = true;
+            self.own_dirty = true;
+            self.routes_dirty = true;
+        }
+        let hop = match relay {
+            Some(hop) => Some(hop),
+            None => {
+                // Our record and routes now, not at the next slot: traffic waits on them.
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.path = None;
+                }
+                self.publish_own(now);
+                self.compute_routes(now);
+                self.relay_hop(&id)
+            }
+        };
+        info!(peer = ?id, via = ?hop, "direct path silent: relaying");
+        if let Some(p) = self.peers.get_mut(&id) {
+            // With no relay at all, the direct path stays the only hope.
+            p.path = hop.or(old);
+        }
+        self.data_plane = None;
+        self.touched.insert(id);
+    }
+
+    /// A keepalive under the current session straight to where the peer was last reached
+    /// directly (and where its record says it is), past the relay it is reached through now.
+    fn send_direct_probe(&mut self, id: PeerId, now: Instant) {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        p.direct_probe_at = Some(now + DIRECT_PROBE_INTERVAL);
+        let mut targets: BTreeSet<Endpoint> = p.lost_direct.into_iter().collect();
+        let Some(session) = p.tunnel.keys().and_then(|k| k.sending(now)).cloned() else {
+            return;
+        };
+        if let Some(r) = self.table.get(&id) {
+            targets.extend(r.announced.iter().chain(&r.seen));
+        }
+        for ep in targets {
+            let mut buf = vec![0u8; DATA_OVERHEAD];
+            if session
+                .seal_in_place(PayloadKind::Control, &mut buf, now)
+                .is_err()
+            {
+                return;
+            }
+            self.stats.control_bytes += buf.len() as u64;
+            self.transmit(ep, buf);
+        }
+    }
+
     fn is_departed(&self, id: &PeerId) -> bool {
         self.table.get(id).is_some_and(|r| !r.is_alive())
     }
@@ -1292,6 +1495,7 @@ impl Node {
     /// A handshake completed with `id`.
     fn on_session(&mut self, id: PeerId, session: Session, source: Source, now: Instant) {
         let session = Arc::new(session);
+        let sealing = session.clone();
         let local = session.local_index();
         let role = session.role();
         self.indices.insert(local, IndexUse::Session(id));
@@ -1335,11 +1539,21 @@ impl Node {
         };
         p.last_rx = now;
         p.last_handshake = Some(now);
+        // Which run of the peer this session is with is told by its record, sent under it.
+        p.session_incarnation = None;
         if let Some(path) = path {
             p.path = Some(path);
         }
+        if !matches!(p.path, Some(NextHop::Direct(_))) {
+            p.unanswered_since = None;
+        }
         if matches!(path, Some(NextHop::Direct(_))) {
             p.last_direct_rx = Some(now);
+            p.unanswered_since = None;
+            p.lost_direct = None;
+            p.direct_probe_at = None;
+        } else if p.direct_probe_at.is_none() {
+            p.direct_probe_at = Some(now + DIRECT_PROBE_INTERVAL);
         }
         let mut own_changed = false;
         if !was_up {
@@ -1370,27 +1584,23 @@ impl Node {
                 self.events.push_back(Event::PeerUp { peer: id, path });
             }
             self.routes_dirty = true;
-            // As responder, our record: it confirms the session to the initiator (unconfirmed
-            // until a packet arrives under it). The initiator's record travels by gossip.
-            // An initiator with packets waiting sends its record first, so the peer knows
-            // the block they come from.
-            if (role == Role::Responder || !queued.is_empty())
-                && let Some(own) = self.table.get(&self.id).cloned()
-            {
-                self.send_control(
-                    id,
-                    &ControlMessage::Gossip {
-                        full: false,
-                        records: vec![own],
-                    },
-                    now,
-                );
-            }
-            if !self.synced {
-                self.send_control(id, &ControlMessage::SyncRequest, now);
-            }
-        } else if role == Role::Responder {
-            self.send_keepalive(id, now);
+        }
+        // Both sides send their own record first under every new session: it tells the peer
+        // which run of ours the session is with (a restart learned later by gossip closes
+        // only sessions with an older run), it confirms the session to an initiator
+        // (unconfirmed until a packet arrives under it), and packets waiting behind it come
+        // from a block the peer then knows. Sealed under the new session even while it is
+        // unconfirmed here: a restarted peer holds no other.
+        if let Some(own) = self.table.get(&self.id).cloned() {
+            let msg = ControlMessage::Gossip {
+                full: false,
+                records: vec![own],
+            };
+            self.send_sealed_control_with(id, &sealing, &msg.encode(), true, now);
+        }
+        // A peer we have no record of (it found us, we lost our state): ask for everything.
+        if (!was_up && !self.synced) || !self.table.get(&id).is_some_and(|r| r.is_alive()) {
+            self.send_control_with(id, &sealing, &ControlMessage::SyncRequest, now);
         }
         self.report_observed(id, source, now);
         for packet in queued {
@@ -1439,7 +1649,7 @@ impl Node {
             return self.drop_for(DropReason::Malformed);
         };
         let Some(IndexUse::Session(id)) = self.indices.get(&header.receiver_index).copied() else {
-            return self.drop_for(DropReason::UnknownIndex);
+            return self.on_unknown_index(now, source);
         };
         let Some(session) = self
             .peers
@@ -1448,8 +1658,14 @@ impl Node {
             .and_then(|k| k.for_index(header.receiver_index, now))
             .cloned()
         else {
-            return self.drop_for(DropReason::UnknownIndex);
+            return self.on_unknown_index(now, source);
         };
+        let under_current = self
+            .peers
+            .get(&id)
+            .and_then(|p| p.tunnel.keys())
+            .and_then(|k| k.current())
+            .is_some_and(|c| c.local_index() == header.receiver_index);
         let mut buf = bytes.to_vec();
         let opened = match session.open_in_place(&mut buf, now) {
             Ok(o) => o,
@@ -1461,29 +1677,48 @@ impl Node {
         // Authenticated: the peer is alive and this is a way to reach it.
         let path = self.path_of(source);
         let mut new_direct = None;
+        let mut relay_now = None;
         if let Some(p) = self.peers.get_mut(&id) {
             p.last_rx = now;
             p.rx_bytes += bytes.len() as u64;
             match path {
                 Some(NextHop::Direct(ep)) => {
                     p.last_direct_rx = Some(now);
+                    p.unanswered_since = None;
+                    p.direct_probe_at = None;
                     if p.path != path {
                         // Roaming (WireGuard's rule): the latest authenticated source wins.
                         p.path = path;
                         new_direct = Some(ep);
                     }
+                    if p.lost_direct.is_some() || p.unreachable {
+                        // The direct path works again (a probe of ours or the peer's got
+                        // through): stop listing it as down.
+                        p.lost_direct = None;
+                        p.direct_probe_at = None;
+                        if p.unreachable {
+                            p.unreachable = false;
+                            self.own_dirty = true;
+                            self.routes_dirty = true;
+                        }
+                        self.data_plane = None;
+                    }
                 }
                 Some(relay) => {
+                    // The peer relays: its direct path went silent. Unless ours still hears
+                    // it, follow (the session is end to end; only the path changes).
                     let direct_fresh = p
                         .last_direct_rx
-                        .is_some_and(|t| now.saturating_duration_since(t) < DEAD_AFTER);
+                        .is_some_and(|t| now.saturating_duration_since(t) < SILENT_PROBE_AFTER);
                     if !direct_fresh && p.path != Some(relay) {
-                        p.path = Some(relay);
-                        self.data_plane = None;
+                        relay_now = Some(relay);
                     }
                 }
                 None => {}
             }
+        }
+        if let Some(relay) = relay_now {
+            self.relay_session(id, Some(relay), now);
         }
         if let Some(ep) = new_direct {
             self.data_plane = None;
@@ -1505,7 +1740,7 @@ impl Node {
             PayloadKind::Data => self.on_data(id, plain),
             PayloadKind::Control if plain.is_empty() => {} // keepalive
             PayloadKind::Control => match ControlMessage::decode(plain) {
-                Ok(msg) => self.on_control(now, id, msg),
+                Ok(msg) => self.on_control(now, id, msg, under_current),
                 Err(DecodeError::UnknownKind(_) | DecodeError::UnknownVersion(_)) => {
                     self.drop_for(DropReason::ControlUnknown)
                 }
@@ -1610,10 +1845,15 @@ impl Node {
 
     // ---------------------------------------------------------------- control messages
 
-    fn on_control(&mut self, now: Instant, from: PeerId, msg: ControlMessage) {
+    /// A control message from `from`; `under_current`: it opened under our current session
+    /// with it.
+    fn on_control(&mut self, now: Instant, from: PeerId, msg: ControlMessage, under_current: bool) {
         match msg {
             ControlMessage::Gossip { full, records } => {
                 for r in records {
+                    if r.id == from && under_current {
+                        self.note_session_incarnation(from, r.incarnation, now);
+                    }
                     self.merge_record(r, now);
                 }
                 if full {
@@ -1721,6 +1961,17 @@ impl Node {
         self.send_sealed_control(id, &[], false, now);
     }
 
+    /// Sends a control message sealed under `session` (a new one, before it is confirmed).
+    fn send_control_with(
+        &mut self,
+        id: PeerId,
+        session: &Arc<Session>,
+        msg: &ControlMessage,
+        now: Instant,
+    ) {
+        self.send_sealed_control_with(id, session, &msg.encode(), true, now);
+    }
+
     fn send_sealed_control(&mut self, id: PeerId, plain: &[u8], gossip: bool, now: Instant) {
         let Some(session) = self
             .peers
@@ -1731,6 +1982,17 @@ impl Node {
         else {
             return;
         };
+        self.send_sealed_control_with(id, &session, plain, gossip, now);
+    }
+
+    fn send_sealed_control_with(
+        &mut self,
+        id: PeerId,
+        session: &Arc<Session>,
+        plain: &[u8],
+        gossip: bool,
+        now: Instant,
+    ) {
         let mut buf = vec![0u8; DATA_OVERHEAD + plain.len()];
         buf[DATA_HEADER_LEN..DATA_HEADER_LEN + plain.len()].copy_from_slice(plain);
         if session
@@ -1768,6 +2030,14 @@ impl Node {
                 return self.drop_for(DropReason::QueueFull);
             }
             p.queue.push_back(packet);
+            // Waiting on a session the peer has not confirmed over the direct path: the
+            // silence clock runs, as it would for data sent.
+            if p.tunnel.is_up()
+                && matches!(p.path, Some(NextHop::Direct(_)))
+                && p.unanswered_since.is_none()
+            {
+                p.unanswered_since = Some(now);
+            }
             if let Tunnel::Idle { retry_at } = &mut p.tunnel {
                 // Traffic waits: do not sit out the backoff or the fallback delay.
                 *retry_at = (*retry_at).min(now);
@@ -1782,6 +2052,12 @@ impl Node {
             .is_err()
         {
             return self.drop_for(DropReason::NoPath);
+        }
+        if let Some(p) = self.peers.get_mut(&id)
+            && matches!(p.path, Some(NextHop::Direct(_)))
+            && p.unanswered_since.is_none()
+        {
+            p.unanswered_since = Some(now);
         }
         self.send_to_peer(id, buf, now);
     }
@@ -1853,7 +2129,8 @@ impl Node {
                     info!(peer = ?id, "member departed");
                     self.events.push_back(Event::MemberDeparted { peer: id });
                     self.close_peer(id, DownReason::Departed, now, true);
-                } else if restarted && !revived {
+                } else if restarted && !revived && !self.session_with_run(id, rec.incarnation, now)
+                {
                     self.close_peer(id, DownReason::Restarted, now, false);
                 }
                 if revived {
@@ -2014,6 +2291,10 @@ impl Node {
         p.wanted_since = Some(now);
         p.intro_at = None;
         p.observed_sent = None;
+        p.session_incarnation = None;
+        p.unanswered_since = None;
+        p.lost_direct = None;
+        p.direct_probe_at = None;
         let failures = p.failures;
         for i in released {
             self.indices.remove(&i);
@@ -2057,12 +2338,14 @@ impl Node {
     // ---------------------------------------------------------------- handshakes
 
     fn add_dial(&mut self, endpoint: Endpoint, now: Instant) {
-        self.dials.entry(endpoint).or_insert(Dial {
+        let dial = self.dials.entry(endpoint).or_insert(Dial {
             attempt: None,
             retry_at: now,
             tries: 0,
             failures: 0,
+            once: false,
         });
+        dial.once = false;
         self.timers[Timer::Maintenance as usize] = Some(now);
     }
 
@@ -2176,6 +2459,13 @@ impl Node {
         }
         if let Some(p) = self.peers.get_mut(&id) {
             p.last_tx = now;
+            // An initiation must be answered: like data, it starts the silence clock.
+            if p.tunnel.is_up()
+                && matches!(p.path, Some(NextHop::Direct(_)))
+                && p.unanswered_since.is_none()
+            {
+                p.unanswered_since = Some(now);
+            }
         }
         self.touched.insert(id);
     }
@@ -2254,12 +2544,53 @@ impl Node {
         if now.saturating_duration_since(p.last_rx) >= DEAD_AFTER {
             return self.close_peer(id, DownReason::Dead, now, false);
         }
+        // Data went out directly and nothing came back: a handshake probes the path; if
+        // that is not answered on it either, the session moves to a relay.
+        let silent = p
+            .unanswered_since
+            .is_some_and(|t| now >= t + SILENT_PROBE_AFTER)
+            && matches!(p.path, Some(NextHop::Direct(_)));
+        let mut direct_dead = false;
         let rekey_due = match &p.tunnel {
             Tunnel::Established { keys } => {
-                keys.needs_rekey(now) || unconfirmed_since(keys).is_some_and(|t| now >= t)
+                silent || keys.needs_rekey(now) || unconfirmed_since(keys).is_some_and(|t| now >= t)
             }
-            Tunnel::Rekeying { attempt, .. } => now >= attempt.resend_at,
+            Tunnel::Rekeying { attempt, .. } => {
+                let due = now >= attempt.resend_at;
+                direct_dead = due && silent && p.last_direct_rx.is_none_or(|t| t < attempt.sent_at);
+                due
+            }
             _ => false,
+        };
+        // A session on a relay path (the direct one went silent, or the handshake itself went
+        // through a relay before we knew the peer's endpoints) probes the direct path.
+        if matches!(p.path, Some(NextHop::Relay { .. })) && p.direct_probe_at.is_none() {
+            p.direct_probe_at = Some(now + DIRECT_PROBE_INTERVAL);
+        }
+        let probe_due = p.direct_probe_at.is_some_and(|t| now >= t)
+            && !matches!(p.path, Some(NextHop::Direct(_)));
+        let mut rekey_due = rekey_due;
+        if direct_dead {
+            // The session stays (it is end to end); only its path moves. The probe is
+            // abandoned rather than resent through the relay: the peer may be doing the same,
+            // and two handshakes crossing there would leave each side on a different session.
+            let p = self.peers.get_mut(&id).expect("present");
+            let tunnel = std::mem::replace(&mut p.tunnel, Tunnel::Idle { retry_at: now });
+            p.tunnel = match tunnel {
+                Tunnel::Rekeying { keys, attempt, .. } => {
+                    self.indices.remove(&attempt.index);
+                    Tunnel::Established { keys }
+                }
+                other => other,
+            };
+            rekey_due = false;
+            self.relay_session(id, None, now);
+        }
+        if probe_due {
+            self.send_direct_probe(id, now);
+        }
+        let Some(p) = self.peers.get(&id) else {
+            return;
         };
         let keepalive_due = now.saturating_duration_since(p.last_tx) >= KEEPALIVE_TIMEOUT;
         if rekey_due {
@@ -2448,6 +2779,12 @@ impl Node {
                 continue;
             };
             if d.attempt.is_some() && d.tries >= HANDSHAKE_ATTEMPTS {
+                if d.once {
+                    if let Some(a) = self.dials.remove(&ep).and_then(|d| d.attempt) {
+                        self.indices.remove(&a.index);
+                    }
+                    continue;
+                }
                 d.failures += 1;
                 d.tries = 0;
                 let b = backoff(d.failures);
@@ -2484,9 +2821,13 @@ impl Node {
         if !self.routes_dirty {
             return;
         }
-        self.routes_dirty = false;
         // At most once per interval: the next change waits for the next slot.
         self.timers[Timer::Routes as usize] = None;
+        self.compute_routes(now);
+    }
+
+    fn compute_routes(&mut self, now: Instant) {
+        self.routes_dirty = false;
         let direct: BTreeSet<PeerId> = self
             .peers
             .iter()

@@ -92,10 +92,6 @@ fn a_killed_router_restarts_with_its_addresses_and_answers_within_10s() {
 /// (20 probe replies in a row) and a paced 40 MB TCP flow across the crash arrives intact.
 /// Done for a plain node (n3) and for the node that founded the address space (n1).
 #[test]
-#[ignore = "product bug: a member that learns by gossip that a peer restarted closes the \
-            session it already formed with the new run (mesh/src/node.rs, Merge::Updated \
-            restarted -> close_peer(Restarted)); the restarted side keeps it, and traffic \
-            stops again for about 30 s (DEAD_AFTER) after resuming"]
 fn a_killed_router_restarts_and_traffic_stays_up() {
     if !can_run("a_killed_router_restarts_and_traffic_stays_up", &["ping"]) {
         return;
@@ -199,9 +195,6 @@ fn a_killed_router_restarts_and_traffic_stays_up() {
 /// e. With the underlay between node 1 and node 3 blocked, traffic between their pods
 /// continues through node 2 within 15 s; after the block is lifted it goes direct again.
 #[test]
-#[ignore = "product bug: a dead direct path under an established session is noticed only \
-            by DEAD_AFTER (30 s) and then DIRECT_PATH_BOUND (10 s) before relaying; measured \
-            26-40 s, over the issue's 15 s (mesh/src/node.rs up_timer, on_peer_timer)"]
 fn a_blocked_link_is_routed_through_a_relay_and_back() {
     if !can_run(
         "a_blocked_link_is_routed_through_a_relay_and_back",
@@ -264,6 +257,12 @@ fn a_blocked_link_is_routed_through_a_relay_and_back() {
         "n3's path to n1: {:?}",
         lab.peer("n3", "n1")
     );
+    // The metrics snapshot is rebuilt at most once a second and the failover is now about a
+    // second old here: give the count a few seconds to show it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while relayed(&lab) <= relayed_before + 50 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+    }
     assert!(
         relayed(&lab) > relayed_before + 50,
         "n2 forwarded the probes: weft_relayed_total {} -> {}",
@@ -310,9 +309,6 @@ fn metric(text: &str, name: &str) -> Option<u64> {
 /// (none) must be found again by the nodes that know it, as a node whose seeds are gone
 /// would be.
 #[test]
-#[ignore = "product bug: peers keep sending under the dead session (the restarted router \
-            drops it as unknown_index) and notice only after DEAD_AFTER (30 s); a router \
-            without seeds stayed cut off for over 40 s (see the report)"]
 fn a_restarted_router_without_seeds_is_found_again_within_10s() {
     if !can_run(
         "a_restarted_router_without_seeds_is_found_again_within_10s",
