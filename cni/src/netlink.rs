@@ -393,6 +393,66 @@ impl Netlink {
     }
 }
 
+/// Why a bridge could not be made ready.
+#[derive(Debug)]
+pub enum BridgeError {
+    /// A link of that name exists and is not a bridge; its kind, as the kernel names it.
+    NotABridge(String),
+    /// A request failed while doing `what` ("look up", "create", "set up", …).
+    Io { what: String, source: io::Error },
+}
+
+impl Netlink {
+    /// Makes sure bridge `name` exists (made with `mtu` if not), is a bridge, is up and holds
+    /// `gateway`. Idempotent, and safe against a concurrent creator: the plugin runs it on
+    /// every ADD, the router as soon as it knows its block.
+    pub fn ensure_bridge(
+        &mut self,
+        name: &str,
+        mtu: u32,
+        gateway: Ipv4Net,
+    ) -> Result<Link, BridgeError> {
+        let io = |what: &str| {
+            let what = what.to_string();
+            move |source| BridgeError::Io { what, source }
+        };
+        let mut link = match self.link_by_name(name).map_err(io("look up"))? {
+            Some(l) => l,
+            None => {
+                match self.add_bridge(name, mtu) {
+                    Ok(()) => {}
+                    // Another plugin run made it between our look-up and our create.
+                    Err(e) if is_exists(&e) => {}
+                    Err(e) => return Err(io("create")(e)),
+                }
+                self.link_by_name(name)
+                    .map_err(io("look up"))?
+                    .ok_or_else(|| io("look up after creating")(io::ErrorKind::NotFound.into()))?
+            }
+        };
+        if link.kind.as_deref() != Some("bridge") {
+            return Err(BridgeError::NotABridge(
+                link.kind
+                    .clone()
+                    .unwrap_or_else(|| "link of unknown kind".into()),
+            ));
+        }
+        if !link.up {
+            self.set_up(link.index).map_err(io("set up"))?;
+            link.up = true;
+        }
+        let have = self.addresses(link.index).map_err(io("list addresses"))?;
+        if !have.contains(&gateway) {
+            match self.add_address(link.index, gateway) {
+                Ok(()) => {}
+                Err(e) if is_exists(&e) => {}
+                Err(e) => return Err(io(&format!("add gateway {gateway}"))(e)),
+            }
+        }
+        Ok(link)
+    }
+}
+
 fn to_link(l: LinkMessage) -> Link {
     let mut link = Link {
         index: l.header.index,

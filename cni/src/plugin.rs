@@ -147,52 +147,16 @@ fn pod_routes(conf: &NetConf, block: &NodeBlock) -> Vec<Route4> {
 /// Makes sure the bridge exists, is a bridge, is up and holds the gateway address.
 fn ensure_bridge(host: &mut Netlink, conf: &NetConf, block: &NodeBlock) -> Result<Link, CniError> {
     let name = conf.bridge.as_str();
-    let ctx = |what: &str| format!("bridge {name}: {what}");
-    let mut link = match host.link_by_name(name).map_err(io_error(ctx("look up")))? {
-        Some(l) => l,
-        None => {
-            match host.add_bridge(name, conf.mtu) {
-                Ok(()) => {}
-                // Another plugin run made it between our look-up and our create.
-                Err(e) if netlink::is_exists(&e) => {}
-                Err(e) => return Err(io_error(ctx("create"))(e)),
+    host.ensure_bridge(name, conf.mtu, block.gateway_net())
+        .map_err(|e| match e {
+            netlink::BridgeError::NotABridge(kind) => CniError::new(
+                ErrorCode::InvalidConfig,
+                format!("bridge {name}: a link of this name exists and is a {kind}, not a bridge"),
+            ),
+            netlink::BridgeError::Io { what, source } => {
+                io_error(format!("bridge {name}: {what}"))(source)
             }
-            host.link_by_name(name)
-                .map_err(io_error(ctx("look up")))?
-                .ok_or_else(|| {
-                    CniError::new(ErrorCode::IoFailure, ctx("vanished after creation"))
-                })?
-        }
-    };
-    if link.kind.as_deref() != Some("bridge") {
-        return Err(CniError::new(
-            ErrorCode::InvalidConfig,
-            ctx(&format!(
-                "a link of this name exists and is a {}, not a bridge",
-                link.kind.as_deref().unwrap_or("link of unknown kind")
-            )),
-        ));
-    }
-    if !link.up {
-        host.set_up(link.index).map_err(io_error(ctx("set up")))?;
-        link.up = true;
-    }
-    let have = host
-        .addresses(link.index)
-        .map_err(io_error(ctx("list addresses")))?;
-    if !have.contains(&block.gateway_net()) {
-        match host.add_address(link.index, block.gateway_net()) {
-            Ok(()) => {}
-            Err(e) if netlink::is_exists(&e) => {}
-            Err(e) => {
-                return Err(io_error(ctx(&format!(
-                    "add gateway {}",
-                    block.gateway_net()
-                )))(e));
-            }
-        }
-    }
-    Ok(link)
+        })
 }
 
 fn add(conf: &NetConf, attachment: &Attachment, netns_path: &Path) -> Result<Value, CniError> {

@@ -259,7 +259,11 @@ impl Driver {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), RunError> {
         tokio::pin!(shutdown);
-        let mut udp_buf = vec![0u8; BUFFER];
+        // One receive buffer per datagram of a batch, made once: the Node only borrows
+        // datagrams, so nothing is copied or allocated per datagram. (Zeroed allocations are
+        // mapped lazily; only the pages datagrams touch become resident.)
+        let mut udp_bufs = vec![vec![0u8; BUFFER]; BATCH];
+        let mut udp_meta: Vec<(SocketAddr, usize)> = Vec::with_capacity(BATCH);
         let mut tun_buf = vec![0u8; BUFFER];
         self.drain().await?;
         loop {
@@ -272,7 +276,7 @@ impl Driver {
             };
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
-                r = self.socket.recv_from(&mut udp_buf) => {
+                r = self.socket.recv_from(&mut udp_bufs[0]) => {
                     let (n, from) = match r {
                         Ok(x) => x,
                         // Transient (ENOBUFS, an ICMP error surfacing): the router goes on.
@@ -281,16 +285,19 @@ impl Driver {
                             continue;
                         }
                     };
-                    let mut batch: Vec<(SocketAddr, Vec<u8>)> = vec![(from, udp_buf[..n].to_vec())];
-                    while batch.len() < BATCH {
-                        match self.socket.try_recv_from(&mut udp_buf) {
-                            Ok((n, from)) => batch.push((from, udp_buf[..n].to_vec())),
+                    udp_meta.clear();
+                    udp_meta.push((from, n));
+                    while udp_meta.len() < BATCH {
+                        match self.socket.try_recv_from(&mut udp_bufs[udp_meta.len()]) {
+                            Ok((n, from)) => udp_meta.push((from, n)),
                             Err(_) => break,
                         }
                     }
-                    let now = Instant::now();
-                    self.node.handle_datagrams(now, batch.iter().map(|(f, b)| (*f, b.as_slice())));
+                    let batch = udp_meta.iter().zip(&udp_bufs).map(|((f, n), b)| (*f, &b[..*n]));
+                    self.node.handle_datagrams(Instant::now(), batch);
                 }
+                // The Node takes TUN packets by value (it may queue them while a handshake
+                // runs), so each is handed over as its own Vec.
                 r = self.tun.recv(&mut tun_buf) => {
                     let n = r.map_err(io("read the TUN device"))?;
                     let mut batch = vec![tun_buf[..n].to_vec()];

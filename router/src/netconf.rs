@@ -96,48 +96,30 @@ pub fn route_cluster_range(tun: &str, range: Ipv4Net) -> Result<(), NetconfError
     }
 }
 
-/// Makes sure the bridge exists, is up and holds the block's gateway (the first address).
-/// weft-cni does the same on every ADD; the router does it as soon as the block is known so
-/// the node can reach its pods' gateway before the first pod starts.
+/// Makes sure the bridge exists, is up and holds the block's gateway (the first address),
+/// with weft-cni's own code: the plugin does the same on every ADD, the router does it as
+/// soon as the block is known so the node reaches its pods' gateway before the first pod.
 pub fn ensure_bridge(name: &str, block: Ipv4Net, mtu: u32) -> Result<(), NetconfError> {
     let mut nl = Netlink::new().map_err(ctx("open netlink"))?;
-    if nl
-        .link_by_name(name)
-        .map_err(ctx(format!("look up {name}")))?
-        .is_none()
-    {
-        match nl.add_bridge(name, mtu) {
-            Err(e) if netlink::is_exists(&e) => {}
-            other => other.map_err(ctx(format!("create bridge {name}")))?,
-        }
-    }
-    let link = find(&mut nl, name)?;
-    if link.kind.as_deref() != Some("bridge") {
-        return Err(NetconfError {
-            what: format!("bridge {name}"),
-            source: io::Error::other(format!(
-                "a link of this name exists and is a {}, not a bridge",
-                link.kind.as_deref().unwrap_or("device of unknown kind")
-            )),
-        });
-    }
-    if !link.up {
-        nl.set_up(link.index)
-            .map_err(ctx(format!("set {name} up")))?;
-    }
     let gateway = Ipv4Net::new(
         Ipv4Addr::from(u32::from(block.network()) + 1),
         block.prefix_len(),
     )
     .expect("valid prefix");
-    let addresses = nl.addresses(link.index).map_err(ctx("list addresses"))?;
-    if !addresses.contains(&gateway) {
-        match nl.add_address(link.index, gateway) {
-            Err(e) if netlink::is_exists(&e) => {}
-            other => other.map_err(ctx(format!("add {gateway} to {name}")))?,
-        }
-    }
-    Ok(())
+    nl.ensure_bridge(name, mtu, gateway)
+        .map(drop)
+        .map_err(|e| match e {
+            netlink::BridgeError::NotABridge(kind) => NetconfError {
+                what: format!("bridge {name}"),
+                source: io::Error::other(format!(
+                    "a link of this name exists and is a {kind}, not a bridge"
+                )),
+            },
+            netlink::BridgeError::Io { what, source } => NetconfError {
+                what: format!("bridge {name}: {what}"),
+                source,
+            },
+        })
 }
 
 fn find(nl: &mut Netlink, name: &str) -> Result<Link, NetconfError> {
