@@ -53,6 +53,14 @@ impl Keyring {
         self.current.as_ref()
     }
 
+    /// The previous session while its grace lasts at `now`.
+    pub fn previous(&self, now: Instant) -> Option<&Arc<Session>> {
+        self.previous
+            .as_ref()
+            .filter(|(_, until)| now < *until)
+            .map(|(s, _)| s)
+    }
+
     /// The session that opens datagrams addressed to `local_index`, if it is still held.
     pub fn for_index(&self, local_index: u32, now: Instant) -> Option<&Arc<Session>> {
         if let Some(s) = self

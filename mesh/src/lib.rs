@@ -27,6 +27,6 @@ pub use node::{
     PeerStatus, PersistentState, Transmit,
 };
 pub use record::{Liveness, PeerRecord, PeerTable};
-pub use routes::{DataPlane, NextHop, PeerPath, RouteTable};
+pub use routes::{DataActivity, DataPlane, NextHop, PeerPath, Receiving, RouteTable};
 pub use tunnel::TunnelState;
 pub use wire::ControlMessage;

@@ -43,7 +43,7 @@ use weft_crypto::{
 use crate::id::{Endpoint, PeerId, ShortId};
 use crate::ipam::{AddressSpace, WaitReason, overlaps};
 use crate::record::{Liveness, MAX_ENDPOINTS, MAX_LINKS_DOWN, Merge, PeerRecord, PeerTable};
-use crate::routes::{DataPlane, NextHop, PeerPath, RouteTable};
+use crate::routes::{DataActivity, DataPlane, NextHop, PeerPath, Receiving, RouteTable};
 use crate::tunnel::{
     Attempt, DEAD_AFTER, HANDSHAKE_ATTEMPTS, STABLE_AFTER, Tunnel, TunnelState, backoff,
 };
@@ -814,33 +814,90 @@ impl Node {
         }
     }
 
-    /// The read-mostly state for data-plane workers: rebuilt when something it holds changed
-    /// (the same `Arc` otherwise, so a router can compare pointers and swap).
+    /// The read-mostly state for data-plane workers. It is rebuilt after any input changed
+    /// the Node (the same `Arc` otherwise, so a router can compare pointers and swap): only
+    /// confirmed sessions are in it, exactly those [`Node::handle_tun_packets`] would seal
+    /// with, and a worker hands the Node anything the snapshot does not cover.
     pub fn data_plane(&mut self, now: Instant) -> Arc<DataPlane> {
         if let Some(dp) = &self.data_plane {
             return dp.clone();
         }
-        let peers = self
-            .peers
-            .iter()
-            .filter_map(|(id, p)| {
-                let session = p.tunnel.keys()?.sending(now)?.clone();
-                Some((
-                    *id,
-                    PeerPath {
-                        session,
-                        next_hop: p.path?,
-                    },
-                ))
-            })
-            .collect();
+        let mut peers = BTreeMap::new();
+        let mut receiving = HashMap::new();
+        for (id, p) in &self.peers {
+            let Some(keys) = p.tunnel.keys() else {
+                continue;
+            };
+            if let (Some(session), Some(next_hop)) = (
+                keys.sending(now)
+                    .filter(|s| s.is_confirmed() && !s.is_expired(now)),
+                p.path,
+            ) {
+                let session = session.clone();
+                peers.insert(*id, PeerPath { session, next_hop });
+            }
+            let direct = match p.path {
+                Some(NextHop::Direct(ep)) => Some(ep),
+                _ => None,
+            };
+            for session in keys.current().into_iter().chain(keys.previous(now)) {
+                if session.is_confirmed() {
+                    receiving.insert(
+                        session.local_index(),
+                        Receiving {
+                            peer: *id,
+                            session: session.clone(),
+                            direct,
+                        },
+                    );
+                }
+            }
+        }
         let dp = Arc::new(DataPlane {
             local: Some(self.id),
             routes: (*self.routes).clone(),
             peers,
+            receiving,
         });
         self.data_plane = Some(dp.clone());
         dp
+    }
+
+    /// What data-plane workers sealed and opened outside the Node since their last report:
+    /// keeps the liveness, keepalive and silent-path clocks as if the Node had done it.
+    pub fn handle_data_activity(&mut self, now: Instant, activity: &[DataActivity]) {
+        for a in activity {
+            let Some(p) = self.peers.get_mut(&a.peer) else {
+                continue;
+            };
+            if let Some((first, last)) = a.sent {
+                p.last_tx = p.last_tx.max(last);
+                p.tx_bytes += a.sent_bytes;
+                if matches!(p.path, Some(NextHop::Direct(_))) && p.unanswered_since.is_none() {
+                    p.unanswered_since = Some(first);
+                }
+            }
+            if let Some((last, from)) = a.received {
+                p.last_rx = p.last_rx.max(last);
+                p.rx_bytes += a.received_bytes;
+                if p.path == Some(NextHop::Direct(from)) {
+                    p.last_direct_rx = Some(p.last_direct_rx.map_or(last, |t| t.max(last)));
+                    if p.unanswered_since.is_some_and(|t| t <= last) {
+                        p.unanswered_since = None;
+                    }
+                    p.direct_probe_at = None;
+                }
+            }
+            self.touched.insert(a.peer);
+        }
+        self.finish(now);
+    }
+
+    /// Drops counted by a data-plane worker (the Node's [`Node::drops`] stays the one tally).
+    pub fn count_drops(&mut self, reason: DropReason, n: u64) {
+        if n > 0 {
+            *self.drops.entry(reason).or_default() += n;
+        }
     }
 
     // ---------------------------------------------------------------- outputs
@@ -1010,6 +1067,10 @@ impl Node {
 
     /// Ends every input: reschedules touched peers, refreshes routes and our record.
     fn finish(&mut self, now: Instant) {
+        // Any input may have moved a session, path or route: the data plane's snapshot is
+        // rebuilt on next request rather than tracked change by change (a missed case there
+        // would seal with a stale session).
+        self.data_plane = None;
         if self.own_dirty {
             // Our record changes are published at the next gossip tick (batched), but the
             // local table and routes see them at once.
