@@ -131,6 +131,11 @@ struct RouterArgs {
     /// node's address, so set httpGet.host: 127.0.0.1 in the probes or bind another address.
     #[arg(long, env = "WEFT_METRICS_ADDR", default_value = "127.0.0.1:6787")]
     metrics_addr: String,
+    /// The kernel's segmentation offloads on the data path: auto (use what the kernel
+    /// supports: TUN TSO/GRO with virtio headers, UDP GSO/GRO), on (refuse to start without
+    /// TUN offloads), off (one packet per system call; for comparison and old kernels).
+    #[arg(long, env = "WEFT_OFFLOAD", default_value = "auto")]
+    offload: weft_router::dataplane::Offload,
     /// Log format: text or json.
     #[arg(long, env = "WEFT_LOG_FORMAT", default_value = "text")]
     log_format: weft_router::logging::LogFormat,
@@ -170,6 +175,10 @@ enum LabCommand {
         /// Drop all underlay traffic between two nodes, e.g. `1-3` (repeatable).
         #[arg(long = "block", value_name = "A-B", value_parser = lab::plan::parse_link)]
         block: Vec<(usize, usize)>,
+        /// The routers' data path: auto, on or off (see `weft router --help`). Default: the
+        /// routers' own, which follows WEFT_OFFLOAD when it is set.
+        #[arg(long)]
+        offload: Option<weft_router::dataplane::Offload>,
         /// The weft-cni binary (default: next to this weft binary).
         #[arg(long, env = "WEFT_CNI_BIN")]
         cni_bin: Option<PathBuf>,
@@ -385,6 +394,7 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
         bridge: args.bridge,
         underlay_mtu: args.underlay_mtu,
         metrics,
+        offload: args.offload,
     };
     runtime()?.block_on(async {
         let shutdown = async {
@@ -463,6 +473,19 @@ fn status_text(r: &weft_router::control::StatusReport) -> String {
         rows.push(("Waiting", w.clone()));
     }
     rows.push(("Pod MTU", r.pod_mtu.to_string()));
+    if let Some(d) = &r.data_path {
+        let offloads = |on: bool| if on { "on" } else { "off" };
+        rows.push((
+            "Data path",
+            format!(
+                "TUN offload {}, UDP GSO {} ({} segments), UDP GRO {}",
+                offloads(d.tun_offload),
+                offloads(d.gso_segments > 1),
+                d.gso_segments,
+                offloads(d.gro_segments > 1),
+            ),
+        ));
+    }
     rows.push(("Members", r.members.to_string()));
     rows.push((
         "Peers",
@@ -540,6 +563,7 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<()> {
             delay_line,
             wrong_secret,
             block,
+            offload,
             cni_bin,
             no_routers,
             which,
@@ -554,6 +578,7 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<()> {
                 routers: !no_routers,
                 wrong_secret: wrong_secret.into_iter().collect(),
                 delay_line,
+                offload,
             };
             let weft = std::env::current_exe()?;
             let bins = lab::Binaries {

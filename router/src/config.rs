@@ -55,6 +55,8 @@ pub struct RouterConfig {
     pub underlay_mtu: Option<u32>,
     /// Where to serve metrics and health over HTTP.
     pub metrics: Option<SocketAddr>,
+    /// Whether the data path uses the kernel's segmentation offloads.
+    pub offload: crate::dataplane::Offload,
 }
 
 impl RouterConfig {
@@ -126,6 +128,7 @@ mod tests {
             bridge: "weft".into(),
             underlay_mtu: None,
             metrics: None,
+            offload: Default::default(),
         }
     }
 

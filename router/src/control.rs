@@ -78,6 +78,20 @@ pub struct StatusReport {
     /// The overlay routes: every block this node knows, and which member owns it.
     #[serde(default)]
     pub routes: Vec<RouteReport>,
+    /// Which data path the kernel gave the router (offloads probed at start).
+    #[serde(default)]
+    pub data_path: Option<DataPathReport>,
+}
+
+/// The data path in use, as probed at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataPathReport {
+    /// The TUN device carries virtio headers: 64 KiB TSO frames in, coalesced writes out.
+    pub tun_offload: bool,
+    /// Datagrams per UDP GSO send (1: no GSO).
+    pub gso_segments: usize,
+    /// Datagrams per UDP GRO receive (1: no GRO).
+    pub gro_segments: usize,
 }
 
 /// One block of the route table.

@@ -16,14 +16,13 @@ use weft_mesh::{Command, Event, NextHop, Node, PeerId};
 
 use crate::config::{RouterConfig, TUN_NAME, pod_mtu};
 use crate::control::{self, Call, PeerReport, Request, Response, RouteReport, StatusReport};
+use crate::dataplane::{self, Offload, Paths, Shared, ToNode};
 use crate::metrics::{self, Snapshot};
 use crate::netconf;
 use crate::state::{StateDir, StateError};
 
-/// Datagrams or TUN packets taken per wake-up: the Node is fed batches (DESIGN.md §2).
-const BATCH: usize = 64;
-/// Room for the largest datagram (jumbo underlays) and TUN packet.
-const BUFFER: usize = 65536;
+/// Messages from the data-plane workers waiting for the control task.
+const TO_NODE_QUEUE: usize = 1024;
 /// Socket buffers: the default 208 KiB overflows within a millisecond at a gigabit while the
 /// single loop is busy sealing a batch (RcvbufErrors seen in the lab before this).
 const SOCKET_BUFFER: usize = 8 << 20;
@@ -82,6 +81,46 @@ fn grow_buffers(socket: &UdpSocket) {
     }
 }
 
+/// Turns UDP GRO off again (quinn-udp turns it on): `--offload off` means one datagram per
+/// receive too.
+fn disable_gro(socket: &UdpSocket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if let Err(e) = setsockopt(socket, sockopt::UdpGroSegment, &false) {
+        warn!(error = %e, "could not turn UDP GRO off");
+    }
+}
+
+/// Creates the TUN device, with virtio headers (TSO in, GSO out) unless `offload` is off;
+/// `auto` falls back to plain packets when the kernel refuses them.
+fn open_tun(offload: Offload, pod_mtu: u32) -> Result<tun_rs::AsyncDevice, RunError> {
+    let mtu = u16::try_from(pod_mtu).map_err(|_| {
+        RunError::Config(format!(
+            "pod MTU {pod_mtu} is larger than a TUN device takes"
+        ))
+    })?;
+    let build = |vnet: bool| {
+        tun_rs::DeviceBuilder::new()
+            .name(TUN_NAME)
+            .mtu(mtu)
+            .tx_queue_len(TUN_QUEUE)
+            .offload(vnet)
+            // Up only after IPv6 is off on it, or the kernel's first solicitation gets
+            // through.
+            .enable(false)
+            .build_async()
+    };
+    let what =
+        || format!("create TUN device {TUN_NAME} (is another router running in this namespace?)");
+    match offload {
+        Offload::Off => build(false).map_err(io(what())),
+        Offload::On => build(true).map_err(io(format!("{} with offloads (--offload on)", what()))),
+        Offload::Auto => build(true).or_else(|e| {
+            warn!(error = %e, "TUN offloads refused; one packet per read and write");
+            build(false).map_err(io(what()))
+        }),
+    }
+}
+
 fn wall_now() -> Timestamp {
     Timestamp::from_unix(
         SystemTime::now()
@@ -128,20 +167,19 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
         .map_err(io(format!("bind UDP {}", config.listen)))?;
     grow_buffers(&socket);
     let listen = socket.local_addr().map_err(io("read the socket address"))?;
-    let tun = tun_rs::DeviceBuilder::new()
-        .name(TUN_NAME)
-        .mtu(u16::try_from(pod_mtu).map_err(|_| {
-            RunError::Config(format!(
-                "pod MTU {pod_mtu} is larger than a TUN device takes"
-            ))
-        })?)
-        .tx_queue_len(TUN_QUEUE)
-        // Up only after IPv6 is off on it, or the kernel's first solicitation gets through.
-        .enable(false)
-        .build_async()
-        .map_err(io(format!(
-            "create TUN device {TUN_NAME} (is another router running in this namespace?)"
-        )))?;
+    let udp = quinn_udp::UdpSocketState::new((&socket).into())
+        .map_err(io("configure the UDP socket (GSO/GRO probe)"))?;
+    let gso = config.offload != Offload::Off && udp.max_gso_segments() > 1;
+    let gro = config.offload != Offload::Off && udp.gro_segments() > 1;
+    if !gro && udp.gro_segments() > 1 {
+        disable_gro(&socket);
+    }
+    let tun = open_tun(config.offload, pod_mtu)?;
+    let paths = Paths {
+        tun_offload: tun.tcp_gso(),
+        gso_segments: if gso { udp.max_gso_segments() } else { 1 },
+        gro_segments: if gro { udp.gro_segments() } else { 1 },
+    };
     let range = config.cluster_range;
     blocking(|| netconf::disable_ipv6(TUN_NAME)).await?;
     tun.enabled(true)
@@ -172,6 +210,20 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
         underlay_mtu = underlay,
         pod_mtu,
         "router started"
+    );
+    info!(
+        offload = ?config.offload,
+        tun_offload = paths.tun_offload,
+        udp_gso_segments = paths.gso_segments,
+        udp_gro_segments = paths.gro_segments,
+        "data path: {}",
+        if paths.tun_offload && gso && gro {
+            "64 KiB batches (TUN TSO/GRO, UDP GSO/GRO)"
+        } else if paths.tun_offload || gso || gro {
+            "partly batched (see the flags)"
+        } else {
+            "one packet per system call"
+        }
     );
     if weft_crypto::INSECURE_SIMULATION_CURVE_COMPILED {
         warn!(
@@ -206,11 +258,41 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
         .flatten()
         .map(|b| b.cidr());
 
+    // The data plane: two workers beside the control task (DESIGN.md §2).
+    let socket = Arc::new(socket);
+    let tun = Arc::new(tun);
+    let udp = Arc::new(udp);
+    let shared = Arc::new(Shared::default());
+    let (to_node, from_workers) = mpsc::channel(TO_NODE_QUEUE);
+    let tx = dataplane::tx::Tx {
+        tun: tun.clone(),
+        socket: socket.clone(),
+        udp: udp.clone(),
+        shared: shared.clone(),
+        to_node: to_node.clone(),
+        offload: paths.tun_offload,
+        gso,
+        pod_mtu: pod_mtu as usize,
+    };
+    let rx = dataplane::rx::Rx {
+        tun: tun.clone(),
+        socket: socket.clone(),
+        udp,
+        shared: shared.clone(),
+        to_node: to_node.clone(),
+    };
+    let workers =
+        dataplane::Workers::start(tx, rx, to_node).map_err(io("start the data-plane threads"))?;
+
     let mut driver = Driver {
         node,
         state,
         socket,
         tun,
+        tun_offload: paths.tun_offload,
+        paths,
+        shared,
+        published: None,
         listen,
         pod_mtu,
         snapshot,
@@ -221,7 +303,10 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
         refused,
         config,
     };
-    let result = driver.run(&mut calls, shutdown).await;
+    let result = driver.run(&mut calls, from_workers, shutdown).await;
+    // Stops and joins the workers: their descriptors close, and with the last one the TUN
+    // device and its route go.
+    drop(workers);
     control_task.abort();
     if let Some(t) = metrics_task {
         t.abort();
@@ -237,8 +322,15 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
 struct Driver {
     node: Node,
     state: StateDir,
-    socket: UdpSocket,
-    tun: tun_rs::AsyncDevice,
+    socket: Arc<UdpSocket>,
+    tun: Arc<tun_rs::AsyncDevice>,
+    /// Whether TUN writes carry a virtio header.
+    tun_offload: bool,
+    /// The data path probed at start, for status.
+    paths: Paths,
+    /// Where the Node's data-plane snapshot is published for the workers.
+    shared: Arc<Shared>,
+    published: Option<Arc<weft_mesh::DataPlane>>,
     config: RouterConfig,
     listen: SocketAddr,
     pod_mtu: u32,
@@ -256,66 +348,52 @@ impl Driver {
     async fn run(
         &mut self,
         calls: &mut mpsc::Receiver<Call>,
+        mut from_workers: mpsc::Receiver<ToNode>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), RunError> {
         tokio::pin!(shutdown);
-        // One receive buffer per datagram of a batch, made once: the Node only borrows
-        // datagrams, so nothing is copied or allocated per datagram. (Zeroed allocations are
-        // mapped lazily; only the pages datagrams touch become resident.)
-        let mut udp_bufs = vec![vec![0u8; BUFFER]; BATCH];
-        let mut udp_meta: Vec<(SocketAddr, usize)> = Vec::with_capacity(BATCH);
-        let mut tun_buf = vec![0u8; BUFFER];
-        self.drain().await?;
-        loop {
-            let deadline = self.node.poll_timeout();
-            let sleep = async {
-                match deadline {
-                    Some(t) => tokio::time::sleep_until(t.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = &mut shutdown => return Ok(()),
-                r = self.socket.recv_from(&mut udp_bufs[0]) => {
-                    let (n, from) = match r {
-                        Ok(x) => x,
-                        // Transient (ENOBUFS, an ICMP error surfacing): the router goes on.
-                        Err(e) => {
-                            warn!(error = %e, "UDP receive failed");
-                            continue;
-                        }
-                    };
-                    udp_meta.clear();
-                    udp_meta.push((from, n));
-                    while udp_meta.len() < BATCH {
-                        match self.socket.try_recv_from(&mut udp_bufs[udp_meta.len()]) {
-                            Ok((n, from)) => udp_meta.push((from, n)),
-                            Err(_) => break,
-                        }
-                    }
-                    let batch = udp_meta.iter().zip(&udp_bufs).map(|((f, n), b)| (*f, &b[..*n]));
-                    self.node.handle_datagrams(Instant::now(), batch);
-                }
-                // The Node takes TUN packets by value (it may queue them while a handshake
-                // runs), so each is handed over as its own Vec.
-                r = self.tun.recv(&mut tun_buf) => {
-                    let n = r.map_err(io("read the TUN device"))?;
-                    let mut batch = vec![tun_buf[..n].to_vec()];
-                    while batch.len() < BATCH {
-                        match self.tun.try_recv(&mut tun_buf) {
-                            Ok(n) => batch.push(tun_buf[..n].to_vec()),
-                            Err(_) => break,
-                        }
-                    }
-                    self.node.handle_tun_packets(Instant::now(), batch);
-                }
-                _ = sleep => self.node.handle_timeout(Instant::now()),
-                Some((request, reply)) = calls.recv() => {
-                    let response = self.handle_request(request);
-                    let _ = reply.send(response);
-                }
-            }
+        {
             self.drain().await?;
+            loop {
+                let deadline = self.node.poll_timeout();
+                let sleep = async {
+                    match deadline {
+                        Some(t) => tokio::time::sleep_until(t.into()).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(()),
+                    Some(message) = from_workers.recv() => {
+                        let now = Instant::now();
+                        match message {
+                            ToNode::Packets(packets) => self.node.handle_tun_packets(now, packets),
+                            ToNode::Datagrams(datagrams) => self.node.handle_datagrams(
+                                now,
+                                datagrams.iter().map(|(from, d)| (*from, d.as_slice())),
+                            ),
+                            ToNode::Activity { activity, drops } => {
+                                for (reason, n) in drops {
+                                    self.node.count_drops(reason, n);
+                                }
+                                self.node.handle_data_activity(now, &activity);
+                            }
+                            ToNode::Stopped { worker, error } => {
+                                return Err(RunError::Io {
+                                    what: format!("the data-plane worker {worker}"),
+                                    source: error,
+                                });
+                            }
+                        }
+                    }
+                    _ = sleep => self.node.handle_timeout(Instant::now()),
+                    Some((request, reply)) = calls.recv() => {
+                        let response = self.handle_request(request);
+                        let _ = reply.send(response);
+                    }
+                }
+                self.drain().await?;
+            }
         }
     }
 
@@ -331,9 +409,23 @@ impl Driver {
             }
         }
         while let Some(packet) = self.node.poll_tun() {
-            if let Err(e) = self.tun.send(&packet).await {
+            let written = if self.tun_offload {
+                // A device with virtio headers takes one in front of every packet; zero
+                // means "no offload" for this one.
+                let mut framed = vec![0u8; tun_rs::VIRTIO_NET_HDR_LEN + packet.len()];
+                framed[tun_rs::VIRTIO_NET_HDR_LEN..].copy_from_slice(&packet);
+                self.tun.send(&framed).await
+            } else {
+                self.tun.send(&packet).await
+            };
+            if let Err(e) = written {
                 debug!(error = %e, "TUN write failed");
             }
+        }
+        let dp = self.node.data_plane(Instant::now());
+        if !self.published.as_ref().is_some_and(|p| Arc::ptr_eq(p, &dp)) {
+            self.shared.store(dp.clone());
+            self.published = Some(dp);
         }
         self.sync_block().await?;
         // Metrics are a view for scrapes: refreshed at most once a second, not per batch.
@@ -475,6 +567,11 @@ impl Driver {
                     name: self.node.members().get(owner).map(|r| r.name.clone()),
                 })
                 .collect(),
+            data_path: Some(control::DataPathReport {
+                tun_offload: self.paths.tun_offload,
+                gso_segments: self.paths.gso_segments,
+                gro_segments: self.paths.gro_segments,
+            }),
         }
     }
 

@@ -5,11 +5,12 @@
 //! Protocol decisions stay in `weft-mesh`; this crate only moves bytes and timers between the
 //! kernel and the Node, and reports what the Node says (DESIGN.md §2, §8).
 //!
-//! One task runs the Node (DESIGN.md §2 allows a simple first version; the Node publishes its
-//! data-plane state for the parallel workers of a later version).
+//! One task runs the Node; two data-plane workers ([`dataplane`]) move pod traffic beside it
+//! on the state the Node publishes (DESIGN.md §2).
 
 pub mod config;
 pub mod control;
+pub mod dataplane;
 pub mod driver;
 pub mod logging;
 pub mod metrics;

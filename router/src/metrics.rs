@@ -317,6 +317,7 @@ mod tests {
             }],
             drops: BTreeMap::from([("malformed".to_string(), 3)]),
             routes: vec![],
+            data_path: None,
         };
         let shared = Shared::default();
         shared.update(Snapshot::from_report(&report, NodeStats::default()));

@@ -251,6 +251,11 @@ fn plug(
             far_ns,
         ],
     )?;
+    // A packet socket takes a GSO frame (a router's 64 KiB UDP GSO send, a TCP TSO segment)
+    // whole, and cannot write it back out: make the kernel cut frames to the MTU before
+    // they reach the delay line, as a real NIC does before the wire.
+    sys::ip_in(&u, &["link", "set", port, "gso_max_segs", "1"])?;
+    sys::ip_in(far_ns, &["link", "set", far_dev, "gso_max_segs", "1"])?;
     for dev in ["tonode", "toswitch"] {
         // The delay line is a wire: it must not answer or originate anything itself.
         sys::sysctl_in(&d, &format!("net.ipv6.conf.{dev}.disable_ipv6"), "1")?;
@@ -379,6 +384,9 @@ pub fn router_args(spec: &LabSpec, node: &NodeState, secret: &Path) -> Vec<Strin
         format!("--join-secret-file={}", secret.display()),
         format!("--underlay-mtu={UNDERLAY_MTU}"),
     ];
+    if let Some(offload) = spec.offload {
+        args.push(format!("--offload={offload}"));
+    }
     if wrong {
         // No member will grant it space: give it its static block, so its pods exist.
         args.push(format!("--pod-cidr={}", plan::static_block(i)));

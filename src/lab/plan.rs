@@ -83,6 +83,9 @@ pub struct LabSpec {
     /// Delay links with the userspace delay line even where `tc netem` works.
     #[serde(default)]
     pub delay_line: bool,
+    /// The routers' `--offload` (None: theirs, or `WEFT_OFFLOAD` from the environment).
+    #[serde(default)]
+    pub offload: Option<weft_router::dataplane::Offload>,
 }
 
 fn yes() -> bool {
@@ -249,6 +252,7 @@ mod tests {
             routers: true,
             wrong_secret: BTreeSet::new(),
             delay_line: false,
+            offload: None,
         }
     }
 

@@ -23,6 +23,7 @@ fn every_pod_reaches_every_pod_by_icmp_and_50mb_tcp() {
     let lab = Lab::up("e2ea", &["--nodes", "3", "--pods", "2"]);
     assert_eq!(lab.pods.len(), 6);
     lab.wait_full_mesh(Duration::from_secs(30));
+    let path = lab.assert_data_path();
 
     let mut unreachable = Vec::new();
     for a in &lab.pods {
@@ -78,7 +79,7 @@ fn every_pod_reaches_every_pod_by_icmp_and_50mb_tcp() {
     let secs = start.elapsed().as_secs_f64();
     report(&format!(
         "a: 30 ordered pod pairs pinged; 30 TCP transfers of {} MB intact, {:.0} MB in {secs:.1}s \
-         ({:.1} MB/s aggregate, 6 flows at a time)",
+         ({:.1} MB/s aggregate, 6 flows at a time; data path {path})",
         TRANSFER / 1_000_000,
         total as f64 / 1e6,
         total as f64 / 1e6 / secs

@@ -394,6 +394,42 @@ impl Lab {
         }
     }
 
+    /// Checks that every router runs the data path the test run asks for, and names it. The
+    /// suite runs twice (scripts/test-all.sh): with `WEFT_OFFLOAD=off`, which the lab's
+    /// routers inherit, every offload must be off; otherwise (auto) the TUN offloads, UDP GSO
+    /// and GRO must all be on, which every kernel these tests run on supports.
+    #[allow(dead_code)] // not every e2e test binary asks
+    pub fn assert_data_path(&self) -> &'static str {
+        let off = std::env::var("WEFT_OFFLOAD").is_ok_and(|v| v == "off");
+        for node in &self.nodes {
+            let d = &self.status(&node.name)["data_path"];
+            let (tun, gso, gro) = (
+                d["tun_offload"].as_bool(),
+                d["gso_segments"].as_u64(),
+                d["gro_segments"].as_u64(),
+            );
+            if off {
+                assert_eq!(
+                    (tun, gso, gro),
+                    (Some(false), Some(1), Some(1)),
+                    "{}: WEFT_OFFLOAD=off, but the data path is {d}",
+                    node.name
+                );
+            } else {
+                assert!(
+                    tun == Some(true) && gso.is_some_and(|n| n > 1) && gro.is_some_and(|n| n > 1),
+                    "{}: offloads expected on (auto), but the data path is {d}",
+                    node.name
+                );
+            }
+        }
+        if off {
+            "without offloads"
+        } else {
+            "with offloads"
+        }
+    }
+
     /// `GET /metrics` from the router of `node`, inside its namespace.
     pub fn metrics(&self, node: &str) -> String {
         in_netns(&self.node(node).namespace, || {

@@ -1,0 +1,316 @@
+//! The per-packet path (DESIGN.md §2: "the mesh decides, the data plane executes").
+//!
+//! Two workers move pod traffic without waiting on the Node: [`tx`] reads the TUN device,
+//! seals and sends; [`rx`] receives, opens and writes to the TUN device. They run in parallel
+//! (one per core on a 2-core node) on a read-mostly [`DataPlane`] snapshot the Node publishes
+//! (routes, confirmed sessions, direct endpoints) and hand the Node everything the snapshot
+//! does not cover: handshakes, control messages, relayed or roaming datagrams, packets for
+//! peers without a session. They report what they sealed and opened ([`DataActivity`]) so the
+//! Node's liveness and keepalive clocks run as if it had seen every packet.
+//!
+//! The cost of a userspace tunnel is per system call, not per byte (docs/performance.md), so
+//! both workers move 64 KiB at a time where the kernel lets them:
+//! - the TUN device is opened with `IFF_VNET_HDR` and TSO, so a pod's TCP hands over whole
+//!   64 KiB segments, which are split into MTU-sized packets in userspace (tun-rs), sealed in
+//!   place into one buffer and sent with one UDP GSO `sendmsg` per destination run;
+//! - the UDP socket receives with GRO and `recvmmsg` (quinn-udp); opened packets are coalesced
+//!   again (tun-rs's GRO table) and written to the TUN with a virtio header.
+//!
+//! Each of these is probed at start and logged; without them (old kernels, `--offload off`)
+//! the same workers move one packet per call.
+
+pub mod rx;
+pub mod tx;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use tokio::sync::mpsc;
+use weft_mesh::{DataActivity, DataPlane, DropReason, PeerId};
+
+/// How often a worker reports its activity to the Node while traffic flows. The Node's
+/// clocks work in seconds (keepalives, silent paths), so a tenth of one is plenty.
+pub const REPORT_EVERY: Duration = Duration::from_millis(100);
+
+/// Whether to use the kernel's segmentation offloads (`--offload`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Offload {
+    /// Use what the kernel supports; fall back silently to one packet per call.
+    #[default]
+    Auto,
+    /// Require TUN offloads; refuse to start without them.
+    On,
+    /// One packet per system call (the fallback path, for tests and comparison).
+    Off,
+}
+
+impl std::fmt::Display for Offload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::On => "on",
+            Self::Off => "off",
+        })
+    }
+}
+
+impl std::str::FromStr for Offload {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "on" => Ok(Self::On),
+            "off" => Ok(Self::Off),
+            other => Err(format!("offload must be auto, on or off, not {other:?}")),
+        }
+    }
+}
+
+/// Which paths the kernel gave us, as probed at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Paths {
+    /// The TUN device carries virtio headers (TSO in, GSO out).
+    pub tun_offload: bool,
+    /// Datagrams per UDP GSO `sendmsg` (1: none).
+    pub gso_segments: usize,
+    /// Datagrams per UDP GRO receive (1: none).
+    pub gro_segments: usize,
+}
+
+/// The snapshot the workers read: swapped by the control task when the Node publishes a new
+/// one, read once per batch by each worker.
+#[derive(Debug, Default)]
+pub struct Shared {
+    snapshot: RwLock<Arc<DataPlane>>,
+}
+
+impl Shared {
+    /// The current snapshot.
+    pub fn load(&self) -> Arc<DataPlane> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Publishes a new snapshot.
+    pub fn store(&self, dp: Arc<DataPlane>) {
+        *self
+            .snapshot
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = dp;
+    }
+}
+
+/// What a worker hands the control task (and so the Node).
+#[derive(Debug)]
+pub enum ToNode {
+    /// A worker stopped for good (its device or socket failed); the router stops too.
+    Stopped {
+        /// Which worker.
+        worker: &'static str,
+        /// Why.
+        error: io::Error,
+    },
+    /// TUN packets the snapshot has no direct session for.
+    Packets(Vec<Vec<u8>>),
+    /// Datagrams that are not confirmed-session data from a peer's direct endpoint.
+    Datagrams(Vec<(SocketAddr, Vec<u8>)>),
+    /// What was sealed and opened, and dropped, since the last report.
+    Activity {
+        /// Per peer.
+        activity: Vec<DataActivity>,
+        /// Per reason.
+        drops: Vec<(DropReason, u64)>,
+    },
+}
+
+/// A worker's running tally between reports.
+#[derive(Debug, Default)]
+struct Tally {
+    peers: HashMap<PeerId, DataActivity>,
+    drops: HashMap<DropReason, u64>,
+    since: Option<Instant>,
+}
+
+impl Tally {
+    fn entry(&mut self, peer: PeerId, now: Instant) -> &mut DataActivity {
+        self.since.get_or_insert(now);
+        self.peers.entry(peer).or_insert(DataActivity {
+            peer,
+            sent_bytes: 0,
+            sent: None,
+            received_bytes: 0,
+            received: None,
+        })
+    }
+
+    fn sent(&mut self, peer: PeerId, bytes: usize, now: Instant) {
+        let a = self.entry(peer, now);
+        a.sent_bytes += bytes as u64;
+        a.sent = Some((a.sent.map_or(now, |(first, _)| first), now));
+    }
+
+    fn received(&mut self, peer: PeerId, bytes: usize, now: Instant, from: SocketAddr) {
+        let a = self.entry(peer, now);
+        a.received_bytes += bytes as u64;
+        a.received = Some((now, from));
+    }
+
+    fn drop_for(&mut self, reason: DropReason, now: Instant) {
+        self.since.get_or_insert(now);
+        *self.drops.entry(reason).or_default() += 1;
+    }
+
+    /// When the pending report is due, if anything is pending.
+    fn due(&self) -> Option<Instant> {
+        self.since.map(|t| t + REPORT_EVERY)
+    }
+
+    fn take(&mut self) -> Option<ToNode> {
+        self.since.take()?;
+        Some(ToNode::Activity {
+            activity: self.peers.drain().map(|(_, a)| a).collect(),
+            drops: self.drops.drain().collect(),
+        })
+    }
+}
+
+/// Source and destination of an IPv4 packet, if it is one.
+fn ipv4_addrs(packet: &[u8]) -> Option<(Ipv4Addr, Ipv4Addr)> {
+    if packet.len() < 20 || packet[0] >> 4 != 4 {
+        return None;
+    }
+    let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
+    let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
+    Some((src, dst))
+}
+
+/// The longest a worker sleeps before it looks at its stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(200);
+
+/// Blocks until `fd` is ready for `events`, `until` passes, or [`STOP_CHECK`] elapses. The
+/// workers are threads that sleep in the kernel on their own descriptor: a packet wakes the
+/// one thread that handles it (one context switch per crossing, no executor hand-off), which
+/// is what a tunnel's added round-trip time is made of.
+fn wait(fd: impl AsFd, events: PollFlags, until: Option<Instant>) -> io::Result<()> {
+    let timeout = until
+        .map_or(STOP_CHECK, |t| t.saturating_duration_since(Instant::now()))
+        .min(STOP_CHECK);
+    // At most STOP_CHECK (200 ms), so it fits; at least 1 ms, so a due report cannot spin.
+    let timeout = PollTimeout::from(timeout.as_millis().clamp(1, 200) as u16);
+    let mut fds = [PollFd::new(fd.as_fd(), events)];
+    match poll(&mut fds, timeout) {
+        Ok(_) | Err(Errno::EINTR) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Runs `work` on a named thread; when it returns (an error, or `stop` was set) the control
+/// task is told.
+fn spawn(
+    worker: &'static str,
+    to_node: mpsc::Sender<ToNode>,
+    stop: Arc<AtomicBool>,
+    work: impl FnOnce(&AtomicBool) -> io::Result<()> + Send + 'static,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("weft-{worker}"))
+        .spawn(move || {
+            let error = match work(&stop) {
+                Ok(()) if stop.load(Ordering::Relaxed) => return,
+                Ok(()) => io::Error::other("stopped"),
+                Err(e) => e,
+            };
+            let _ = to_node.blocking_send(ToNode::Stopped { worker, error });
+        })
+}
+
+/// The two workers' threads, stopped and joined on drop (the TUN device goes only when the
+/// last holder of its descriptor does).
+pub struct Workers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Starts the sending and the receiving worker.
+    pub fn start(tx: tx::Tx, rx: rx::Rx, to_node: mpsc::Sender<ToNode>) -> io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut workers = Self {
+            stop: stop.clone(),
+            threads: Vec::new(),
+        };
+        workers
+            .threads
+            .push(spawn("tx", to_node.clone(), stop.clone(), move |s| {
+                tx.run(s)
+            })?);
+        workers
+            .threads
+            .push(spawn("rx", to_node, stop, move |s| rx.run(s))?);
+        Ok(workers)
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tally_reports_first_and_last_send_and_the_last_receive() {
+        let t0 = Instant::now();
+        let peer = PeerId([7; 32]);
+        let from: SocketAddr = "198.18.0.2:6786".parse().unwrap();
+        let mut tally = Tally::default();
+        assert!(tally.due().is_none());
+        tally.sent(peer, 100, t0);
+        tally.sent(peer, 50, t0 + Duration::from_millis(5));
+        tally.received(peer, 70, t0 + Duration::from_millis(7), from);
+        tally.drop_for(DropReason::SpoofedSource, t0);
+        assert_eq!(tally.due(), Some(t0 + REPORT_EVERY));
+        let Some(ToNode::Activity { activity, drops }) = tally.take() else {
+            panic!("a report was pending");
+        };
+        assert_eq!(activity.len(), 1);
+        let a = activity[0];
+        assert_eq!(a.sent_bytes, 150);
+        assert_eq!(a.sent, Some((t0, t0 + Duration::from_millis(5))));
+        assert_eq!(a.received_bytes, 70);
+        assert_eq!(a.received, Some((t0 + Duration::from_millis(7), from)));
+        assert_eq!(drops, vec![(DropReason::SpoofedSource, 1)]);
+        assert!(tally.take().is_none(), "nothing is reported twice");
+    }
+
+    #[test]
+    fn only_ipv4_packets_have_addresses() {
+        let mut p = [0u8; 20];
+        p[0] = 0x45;
+        p[12..16].copy_from_slice(&[10, 32, 1, 2]);
+        p[16..20].copy_from_slice(&[10, 32, 2, 3]);
+        assert_eq!(
+            ipv4_addrs(&p),
+            Some((Ipv4Addr::new(10, 32, 1, 2), Ipv4Addr::new(10, 32, 2, 3)))
+        );
+        p[0] = 0x60;
+        assert_eq!(ipv4_addrs(&p), None);
+        assert_eq!(ipv4_addrs(&[0x45; 19]), None);
+    }
+}

@@ -1,0 +1,201 @@
+//! UDP → open → TUN.
+//!
+//! `recvmmsg` with GRO (quinn-udp) fills a few 64 KiB buffers with runs of datagrams. Each
+//! confirmed-session data datagram from its peer's direct endpoint is opened in place, its
+//! source address checked against the peer's blocks, and the packet copied once into a
+//! reusable buffer with room for a virtio header in front, so that tun-rs can coalesce TCP
+//! segments again and write 64 KiB at a time. Everything else goes to the Node unopened.
+
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use nix::poll::PollFlags;
+use quinn_udp::{RecvMeta, UdpSocketState};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tracing::debug;
+use tun_rs::{AsyncDevice, GROTable};
+use weft_crypto::wire::DataHeader;
+use weft_crypto::{DATA_HEADER_LEN, MessageType, PayloadKind};
+use weft_mesh::{DataPlane, DropReason};
+
+use super::{Shared, Tally, ToNode, ipv4_addrs, wait};
+
+/// Messages per `recvmmsg`.
+const MESSAGES: usize = 16;
+/// One message's buffer: a whole GRO run.
+const MESSAGE_BUFFER: usize = 65_536;
+/// Opened packets per TUN write batch (tun-rs coalesces within one batch).
+const OUT_BATCH: usize = 64;
+/// An opened packet's buffer: room for a whole coalesced 64 KiB segment, because tun-rs
+/// coalesces only into buffers that need no reallocation (wireguard-go's rule). Pages are
+/// touched only as far as packets fill them.
+const OUT_BUFFER: usize = 2 * DATA_HEADER_LEN + 65_535;
+/// Consecutive failed receives after which the socket is taken to be gone.
+const MAX_RECV_ERRORS: u32 = 100;
+
+/// The receiving worker.
+pub struct Rx {
+    /// The TUN device.
+    pub tun: Arc<AsyncDevice>,
+    /// The router's UDP socket.
+    pub socket: Arc<UdpSocket>,
+    /// quinn-udp's view of it (GRO, recvmmsg).
+    pub udp: Arc<UdpSocketState>,
+    /// The Node's snapshot.
+    pub shared: Arc<Shared>,
+    /// Where datagrams the snapshot does not cover go.
+    pub to_node: mpsc::Sender<ToNode>,
+}
+
+/// Opened packets waiting for the TUN write: each `[DATA_HEADER_LEN bytes | packet]`; the
+/// bytes in front hold the virtio header tun-rs writes. Buffers are kept across batches.
+struct Out {
+    bufs: Vec<Vec<u8>>,
+    len: usize,
+}
+
+impl Out {
+    fn push(&mut self, packet: &[u8]) {
+        if self.len == self.bufs.len() {
+            self.bufs.push(Vec::with_capacity(OUT_BUFFER));
+        }
+        let b = &mut self.bufs[self.len];
+        b.clear();
+        b.resize(DATA_HEADER_LEN, 0);
+        b.extend_from_slice(packet);
+        self.len += 1;
+    }
+}
+
+impl Rx {
+    /// The device's own (non-blocking, system-call) methods, not tokio's async ones.
+    fn device(&self) -> &tun_rs::DeviceImpl {
+        &self.tun
+    }
+
+    /// Runs on its own thread until `stop` is set or the socket fails for good.
+    pub fn run(self, stop: &AtomicBool) -> io::Result<()> {
+        let mut bufs: [Vec<u8>; MESSAGES] = std::array::from_fn(|_| vec![0u8; MESSAGE_BUFFER]);
+        let mut metas = [RecvMeta::default(); MESSAGES];
+        let mut out = Out {
+            bufs: Vec::new(),
+            len: 0,
+        };
+        let mut gro = GROTable::new();
+        let mut tally = Tally::default();
+        let mut errors = 0u32;
+        while !stop.load(Ordering::Relaxed) {
+            let received = {
+                let mut iovs = bufs.each_mut().map(|b| IoSliceMut::new(b));
+                self.udp.recv((&*self.socket).into(), &mut iovs, &mut metas)
+            };
+            match received {
+                Ok(n) => {
+                    errors = 0;
+                    let now = Instant::now();
+                    let dp = self.shared.load();
+                    let mut slow = Vec::new();
+                    for (buf, meta) in bufs.iter_mut().zip(&metas).take(n) {
+                        if meta.len == 0 {
+                            // An empty datagram: no chunk below sees it, the Node counts it.
+                            slow.push((meta.addr, Vec::new()));
+                            continue;
+                        }
+                        let stride = meta.stride.max(1);
+                        for datagram in buf[..meta.len].chunks_mut(stride) {
+                            if !open(&dp, datagram, meta.addr, now, &mut out, &mut tally) {
+                                slow.push((meta.addr, datagram.to_vec()));
+                            }
+                            if out.len == OUT_BATCH {
+                                self.write(&mut gro, &mut out);
+                            }
+                        }
+                    }
+                    self.write(&mut gro, &mut out);
+                    if !slow.is_empty() && self.to_node.try_send(ToNode::Datagrams(slow)).is_err() {
+                        debug!("control task busy: datagrams dropped");
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Idle: sleep until a datagram comes or the pending report is due.
+                    wait(&*self.socket, PollFlags::POLLIN, tally.due())?;
+                }
+                Err(e) => {
+                    // Transient (ENOBUFS, an ICMP error surfacing) unless it keeps failing.
+                    errors += 1;
+                    if errors >= MAX_RECV_ERRORS {
+                        return Err(e);
+                    }
+                    debug!(error = %e, "UDP receive failed");
+                }
+            }
+            if tally.due().is_some_and(|t| t <= Instant::now())
+                && let Some(report) = tally.take()
+            {
+                let _ = self.to_node.try_send(report);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the opened packets to the TUN device (coalesced when it takes virtio headers)
+    /// and empties `out`.
+    fn write(&self, gro: &mut GROTable, out: &mut Out) {
+        if out.len == 0 {
+            return;
+        }
+        if let Err(e) = self
+            .device()
+            .send_multiple(gro, &mut out.bufs[..out.len], DATA_HEADER_LEN)
+        {
+            debug!(error = %e, "TUN write failed");
+        }
+        out.len = 0;
+    }
+}
+
+/// Opens `datagram` if it is data under a confirmed session from the peer's direct endpoint,
+/// queueing the packet (or counting its drop). Returns false when the Node must see it.
+fn open(
+    dp: &DataPlane,
+    datagram: &mut [u8],
+    from: SocketAddr,
+    now: Instant,
+    out: &mut Out,
+    tally: &mut Tally,
+) -> bool {
+    if datagram.first() != Some(&(MessageType::Data as u8)) {
+        return false;
+    }
+    let Ok(header) = DataHeader::parse(datagram) else {
+        return false;
+    };
+    debug_assert_eq!(header.kind, PayloadKind::Data);
+    let Some(r) = dp.receiving.get(&header.receiver_index) else {
+        return false;
+    };
+    if r.direct != Some(from) {
+        return false;
+    }
+    let len = datagram.len();
+    let Ok(opened) = r.session.open_in_place(datagram, now) else {
+        // Forged, replayed or expired: counted, never shown to the Node (whose own open
+        // would fail the same way).
+        tally.drop_for(DropReason::OpenFailed, now);
+        return true;
+    };
+    tally.received(r.peer, len, now, from);
+    let packet = &datagram[opened.range()];
+    // Like WireGuard's allowed IPs: a peer may only send from its own block.
+    match ipv4_addrs(packet).map(|(src, _)| dp.routes.owner(src)) {
+        None => tally.drop_for(DropReason::NotIpv4, now),
+        Some(None) => tally.drop_for(DropReason::UnknownSender, now),
+        Some(Some(owner)) if owner != r.peer => tally.drop_for(DropReason::SpoofedSource, now),
+        Some(Some(_)) => out.push(packet),
+    }
+    true
+}

@@ -1,0 +1,289 @@
+//! TUN → seal → UDP.
+//!
+//! Packets are split (from the TUN's 64 KiB TSO frames) straight into fixed-size slots of one
+//! buffer, `DATA_HEADER_LEN` bytes in, and sealed in place. A slot is as long as a sealed
+//! datagram of a full pod-MTU packet, which is what TCP sends in bulk, so consecutive full
+//! datagrams to one endpoint lie back to back and leave in one GSO `sendmsg` without being
+//! copied again.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use nix::poll::PollFlags;
+use quinn_udp::{Transmit, UdpSocketState};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+use tun_rs::AsyncDevice;
+use weft_crypto::{DATA_HEADER_LEN, DATA_OVERHEAD, PayloadKind};
+use weft_mesh::{DataPlane, NextHop, PeerId, PeerPath};
+
+use super::{Shared, Tally, ToNode, ipv4_addrs, wait};
+
+/// Packet slots per batch.
+const SLOTS: usize = 256;
+/// Slots an offloaded TUN frame may need (64 KiB in segments of at least 512 bytes); another
+/// frame is read into the same batch only while this many are free.
+const FRAME_SLOTS: usize = 128;
+/// The largest UDP GSO send the kernel takes: an IPv4 datagram's 64 KiB less its headers.
+const MAX_GSO_BYTES: usize = 65_535 - 20 - 8;
+/// Consecutive failed TUN reads after which the device is taken to be gone.
+const MAX_READ_ERRORS: u32 = 100;
+
+/// The sending worker.
+pub struct Tx {
+    /// The TUN device (a queue of it).
+    pub tun: Arc<AsyncDevice>,
+    /// The router's UDP socket.
+    pub socket: Arc<UdpSocket>,
+    /// quinn-udp's view of it (GSO support).
+    pub udp: Arc<UdpSocketState>,
+    /// The Node's snapshot.
+    pub shared: Arc<Shared>,
+    /// Where packets the snapshot does not cover go.
+    pub to_node: mpsc::Sender<ToNode>,
+    /// Whether the TUN device carries virtio headers.
+    pub offload: bool,
+    /// Whether to send runs with UDP GSO.
+    pub gso: bool,
+    /// The pod MTU: the largest packet the TUN device hands over.
+    pub pod_mtu: usize,
+}
+
+/// One batch's working memory, made once.
+struct Batch {
+    /// `SLOTS` slots of `stride` bytes.
+    out: Vec<u8>,
+    stride: usize,
+    /// Plaintext length in each slot.
+    sizes: Vec<usize>,
+    /// Where each slot's sealed datagram goes (`None`: not sealed).
+    dest: Vec<Option<SocketAddr>>,
+    /// The TUN frame as read (virtio header and unsplit packet).
+    raw: Vec<u8>,
+}
+
+impl Tx {
+    /// The device's own (non-blocking, system-call) methods, not tokio's async ones: the
+    /// worker is a thread that waits in `poll` itself.
+    fn device(&self) -> &tun_rs::DeviceImpl {
+        &self.tun
+    }
+
+    /// Runs on its own thread until `stop` is set or the TUN device fails for good.
+    pub fn run(self, stop: &AtomicBool) -> io::Result<()> {
+        let stride = DATA_OVERHEAD + self.pod_mtu;
+        let mut b = Batch {
+            out: vec![0u8; stride * SLOTS],
+            stride,
+            sizes: vec![0; SLOTS],
+            dest: vec![None; SLOTS],
+            raw: vec![0u8; tun_rs::VIRTIO_NET_HDR_LEN + 65_536],
+        };
+        let mut tally = Tally::default();
+        let mut errors = 0u32;
+        while !stop.load(Ordering::Relaxed) {
+            let read = {
+                // Slot views are rebuilt per batch (one small allocation per batch, none per
+                // packet): they borrow `out`, which the send below reads as a whole.
+                let mut slots: Vec<&mut [u8]> = b.out.chunks_mut(stride).collect();
+                self.device()
+                    .recv_multiple(&mut b.raw, &mut slots, &mut b.sizes, DATA_HEADER_LEN)
+                    .map(|n| self.read_more(&mut b.raw, &mut slots, &mut b.sizes, n))
+            };
+            let now = Instant::now();
+            match read {
+                Ok(n) => {
+                    errors = 0;
+                    self.seal(&mut b, n, &mut tally, now);
+                    self.send(&b, n)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Idle: sleep until a packet comes or the pending report is due.
+                    wait(self.device(), PollFlags::POLLIN, tally.due())?;
+                }
+                Err(e) => {
+                    // A frame tun-rs cannot split (a malformed GSO header) costs that frame;
+                    // a device that keeps failing is gone.
+                    errors += 1;
+                    if errors >= MAX_READ_ERRORS {
+                        return Err(e);
+                    }
+                    debug!(error = %e, "TUN read failed");
+                }
+            }
+            if tally.due().is_some_and(|t| t <= Instant::now())
+                && let Some(report) = tally.take()
+            {
+                let _ = self.to_node.try_send(report);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads further frames that are already waiting, while the batch has room for them.
+    fn read_more(
+        &self,
+        raw: &mut [u8],
+        slots: &mut [&mut [u8]],
+        sizes: &mut [usize],
+        mut n: usize,
+    ) -> usize {
+        let need = if self.offload { FRAME_SLOTS } else { 1 };
+        while SLOTS - n >= need {
+            match self.device().recv_multiple(
+                raw,
+                &mut slots[n..],
+                &mut sizes[n..],
+                DATA_HEADER_LEN,
+            ) {
+                Ok(k) => n += k,
+                Err(_) => break,
+            }
+        }
+        n
+    }
+
+    /// Seals every slot the snapshot has a direct session for, in place; hands the rest to
+    /// the Node.
+    fn seal(&self, b: &mut Batch, n: usize, tally: &mut Tally, now: Instant) {
+        let dp = self.shared.load();
+        let mut slow = Vec::new();
+        // TCP sends runs to one destination: look each address up once per run.
+        let mut last: Option<(Ipv4Addr, Option<(PeerId, &PeerPath)>)> = None;
+        for i in 0..n {
+            b.dest[i] = None;
+            let len = b.sizes[i];
+            let slot = &mut b.out[i * b.stride..i * b.stride + DATA_OVERHEAD + len];
+            let target = match ipv4_addrs(&slot[DATA_HEADER_LEN..DATA_HEADER_LEN + len]) {
+                Some((_, dst)) => match last {
+                    Some((addr, t)) if addr == dst => t,
+                    _ => {
+                        let t = lookup(&dp, dst);
+                        last = Some((dst, t));
+                        t
+                    }
+                },
+                None => None,
+            };
+            if let Some((peer, path)) = target
+                && let NextHop::Direct(endpoint) = path.next_hop
+                && path
+                    .session
+                    .seal_in_place(PayloadKind::Data, slot, now)
+                    .is_ok()
+            {
+                b.dest[i] = Some(endpoint);
+                tally.sent(peer, slot.len(), now);
+                continue;
+            }
+            // No route, a relay, no confirmed session, or a session past its limits: the
+            // Node decides (it queues, relays, rekeys or counts the drop).
+            slow.push(slot[DATA_HEADER_LEN..DATA_HEADER_LEN + len].to_vec());
+        }
+        if !slow.is_empty() && self.to_node.try_send(ToNode::Packets(slow)).is_err() {
+            debug!("control task busy: packets without a session dropped");
+        }
+    }
+
+    /// Sends the sealed slots: each run of full datagrams to one endpoint in one `sendmsg`.
+    fn send(&self, b: &Batch, n: usize) -> io::Result<()> {
+        let gso = if self.gso {
+            self.udp
+                .max_gso_segments()
+                .min(MAX_GSO_BYTES / b.stride)
+                .max(1)
+        } else {
+            1
+        };
+        let datagram_len = |k: usize| DATA_OVERHEAD + b.sizes[k];
+        let mut i = 0;
+        while i < n {
+            let Some(endpoint) = b.dest[i] else {
+                i += 1;
+                continue;
+            };
+            let mut j = i;
+            while j + 1 < n
+                && j + 1 - i < gso
+                && b.dest[j + 1] == Some(endpoint)
+                && datagram_len(j) == b.stride
+            {
+                j += 1;
+            }
+            let contents = &b.out[i * b.stride..j * b.stride + datagram_len(j)];
+            let segment = (j > i).then_some(b.stride);
+            self.transmit(endpoint, contents, segment)?;
+            i = j + 1;
+        }
+        Ok(())
+    }
+
+    /// Sends one datagram or GSO run. Only a failure to wait for the socket is an error:
+    /// a refused send must not stop the worker (the mesh notices an unreachable peer).
+    fn transmit(
+        &self,
+        destination: SocketAddr,
+        contents: &[u8],
+        segment: Option<usize>,
+    ) -> io::Result<()> {
+        match self.send_one(destination, contents, segment) {
+            Ok(()) => {}
+            Err(e) if segment.is_some() && gso_refused(&e) => {
+                // The kernel refused GSO on this path (quinn-udp now reports 1 segment):
+                // this run goes one datagram at a time, later ones are built that way.
+                warn!(error = %e, "UDP GSO refused; sending one datagram per call from now on");
+                for d in contents.chunks(segment.unwrap_or(contents.len())) {
+                    if let Err(e) = self.send_one(destination, d, None) {
+                        debug!(%destination, error = %e, "send failed");
+                    }
+                }
+            }
+            Err(e) => debug!(%destination, error = %e, "send failed"),
+        }
+        Ok(())
+    }
+
+    /// One `sendmsg`, waiting while the socket buffer is full.
+    fn send_one(
+        &self,
+        destination: SocketAddr,
+        contents: &[u8],
+        segment_size: Option<usize>,
+    ) -> io::Result<()> {
+        let transmit = Transmit {
+            destination,
+            ecn: None,
+            contents,
+            segment_size,
+            src_ip: None,
+        };
+        loop {
+            match self.udp.try_send((&*self.socket).into(), &transmit) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    wait(&*self.socket, PollFlags::POLLOUT, None)?;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// EIO or EINVAL: what Linux answers a GSO send the egress device cannot segment.
+fn gso_refused(e: &io::Error) -> bool {
+    use nix::errno::Errno;
+    e.raw_os_error()
+        .is_some_and(|c| c == Errno::EIO as i32 || c == Errno::EINVAL as i32)
+}
+
+/// The peer owning `dst` and how to reach it, if a worker can send there itself.
+fn lookup(dp: &DataPlane, dst: Ipv4Addr) -> Option<(PeerId, &PeerPath)> {
+    let owner = dp.routes.owner(dst)?;
+    if Some(owner) == dp.local {
+        return None;
+    }
+    dp.peers.get(&owner).map(|p| (owner, p))
+}
