@@ -3,7 +3,8 @@
 //! It owns the peer table and its gossip ([`record`]), the tunnel state machine per peer
 //! ([`tunnel`]), routes through relays ([`routes`]), NAT traversal, the address blocks
 //! ([`ipam`]) and the mesh's wire formats ([`wire`]); [`Node`] ties them together in the
-//! `handle_*` in, `poll_*` out shape of quinn-proto (see [`node`] for the call order).
+//! `handle_*` in, `poll_*` out shape of quinn-proto (see [`node`] for the call order), and
+//! publishes what data-plane workers need to seal and open without it ([`dataplane`]).
 //!
 //! It must never do I/O: no tokio, no sockets, no netlink, no clock reads, no OS randomness.
 //! Time (`Instant` for timers, `Timestamp` for the wall clock) and randomness
@@ -12,6 +13,7 @@
 //! network is parsed once by checked code and a malformed datagram is a counted drop
 //! ([`DropReason`]), never a panic.
 
+pub mod dataplane;
 pub mod id;
 pub mod ipam;
 pub mod node;
@@ -20,6 +22,7 @@ pub mod routes;
 pub mod tunnel;
 pub mod wire;
 
+pub use dataplane::{DataActivity, DataPlane, PeerPath, Received, Receiving};
 pub use id::{Endpoint, PeerId, ShortId};
 pub use ipam::{AddressSpace, WaitReason};
 pub use node::{
@@ -27,6 +30,6 @@ pub use node::{
     PeerStatus, PersistentState, Transmit,
 };
 pub use record::{Liveness, PeerRecord, PeerTable};
-pub use routes::{DataActivity, DataPlane, NextHop, PeerPath, Receiving, RouteTable};
+pub use routes::{NextHop, RouteTable};
 pub use tunnel::TunnelState;
 pub use wire::ControlMessage;

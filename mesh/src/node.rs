@@ -40,10 +40,11 @@ use weft_crypto::{
     PayloadKind, REKEY_TIMEOUT, Random, Role, Session, TAG_LEN, Timestamp,
 };
 
+use crate::dataplane::{DataActivity, DataPlane, PeerPath, Receiving};
 use crate::id::{Endpoint, PeerId, ShortId};
 use crate::ipam::{AddressSpace, WaitReason, overlaps};
 use crate::record::{Liveness, MAX_ENDPOINTS, MAX_LINKS_DOWN, Merge, PeerRecord, PeerTable};
-use crate::routes::{DataActivity, DataPlane, NextHop, PeerPath, Receiving, RouteTable};
+use crate::routes::{NextHop, RouteTable};
 use crate::tunnel::{
     Attempt, DEAD_AFTER, HANDSHAKE_ATTEMPTS, STABLE_AFTER, Tunnel, TunnelState, backoff,
 };

@@ -2,12 +2,10 @@
 //! relays), computed deterministically from the gossiped records: the same records and the
 //! same local sessions give the same routes on every run.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 
 use ipnet::Ipv4Net;
-use weft_crypto::Session;
 
 use crate::id::{Endpoint, PeerId, ShortId};
 use crate::record::PeerRecord;
@@ -139,60 +137,6 @@ impl RouteTable {
         }
         Self { blocks, relays }
     }
-}
-
-/// What a data-plane worker needs to send to one peer, without asking the Node.
-#[derive(Debug, Clone)]
-pub struct PeerPath {
-    /// The session to seal with.
-    pub session: Arc<Session>,
-    /// Where the sealed datagram goes.
-    pub next_hop: NextHop,
-}
-
-/// The read-mostly state the per-packet path uses (DESIGN.md §2, "the mesh decides, the data
-/// plane executes"): a router swaps its `Arc` when [`crate::Node::data_plane`] returns a new
-/// one, and workers seal with it in parallel; control datagrams still go to the Node.
-#[derive(Debug, Clone, Default)]
-pub struct DataPlane {
-    /// This node.
-    pub local: Option<PeerId>,
-    /// Address → peer.
-    pub routes: RouteTable,
-    /// Peer → session and next hop, for peers with a session the peer has confirmed.
-    pub peers: BTreeMap<PeerId, PeerPath>,
-    /// Local session index → the session that opens datagrams sent to it, for confirmed
-    /// sessions only: the first packet under a new session goes to the Node, which learns
-    /// from it that the peer holds the keys.
-    pub receiving: HashMap<u32, Receiving>,
-}
-
-/// What a data-plane worker needs to open a datagram without asking the Node.
-#[derive(Debug, Clone)]
-pub struct Receiving {
-    /// Who sealed it.
-    pub peer: PeerId,
-    /// The session that opens it.
-    pub session: Arc<Session>,
-    /// The peer's direct endpoint: datagrams from anywhere else (roaming, relays) go to the
-    /// Node, which owns path changes.
-    pub direct: Option<Endpoint>,
-}
-
-/// What a data-plane worker did for one peer since its last report: the Node keeps liveness,
-/// keepalive and path-silence timers from it ([`crate::Node::handle_data_activity`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DataActivity {
-    /// The peer.
-    pub peer: PeerId,
-    /// Datagram bytes sealed and sent to it.
-    pub sent_bytes: u64,
-    /// When the first and the last of them went out.
-    pub sent: Option<(std::time::Instant, std::time::Instant)>,
-    /// Datagram bytes opened from it.
-    pub received_bytes: u64,
-    /// When the last of them arrived, and from where.
-    pub received: Option<(std::time::Instant, Endpoint)>,
 }
 
 #[cfg(test)]

@@ -17,7 +17,12 @@ fn two_nodes(seed: u64) -> Sim {
     let ok = sim.run_until(Duration::from_secs(30), Duration::from_millis(500), |s| {
         s.full_mesh() && s.all_know_all_blocks()
     });
-    assert!(ok.is_some(), "seed {}: not settled\n{}", sim.seed, summary(&sim));
+    assert!(
+        ok.is_some(),
+        "seed {}: not settled\n{}",
+        sim.seed,
+        summary(&sim)
+    );
     // Let both sides confirm their sessions (the gossip under them does).
     sim.run_for(Duration::from_secs(3));
     sim
@@ -37,7 +42,10 @@ fn a_packet_sealed_from_one_snapshot_opens_with_the_peers() {
     let dst = std::net::Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
     assert_eq!(dp_a.routes.owner(dst), Some(idb), "a routes b's block to b");
     let path = &dp_a.peers[&idb];
-    assert!(path.session.is_confirmed(), "only confirmed sessions are published");
+    assert!(
+        path.session.is_confirmed(),
+        "only confirmed sessions are published"
+    );
     let NextHop::Direct(endpoint) = path.next_hop else {
         panic!("a reaches b directly: {:?}", path.next_hop);
     };

@@ -18,11 +18,10 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::debug;
 use tun_rs::{AsyncDevice, GROTable};
-use weft_crypto::wire::DataHeader;
-use weft_crypto::{DATA_HEADER_LEN, MessageType, PayloadKind};
-use weft_mesh::{DataPlane, DropReason};
+use weft_crypto::DATA_HEADER_LEN;
+use weft_mesh::{DataPlane, DropReason, Received};
 
-use super::{Shared, Tally, ToNode, ipv4_addrs, wait};
+use super::{Shared, Tally, ToNode, wait};
 
 /// Messages per `recvmmsg`.
 const MESSAGES: usize = 16;
@@ -158,8 +157,8 @@ impl Rx {
     }
 }
 
-/// Opens `datagram` if it is data under a confirmed session from the peer's direct endpoint,
-/// queueing the packet (or counting its drop). Returns false when the Node must see it.
+/// Opens `datagram` when the snapshot covers it, queueing the packet or counting its drop.
+/// Returns false when the Node must see it.
 fn open(
     dp: &DataPlane,
     datagram: &mut [u8],
@@ -168,34 +167,18 @@ fn open(
     out: &mut Out,
     tally: &mut Tally,
 ) -> bool {
-    if datagram.first() != Some(&(MessageType::Data as u8)) {
-        return false;
-    }
-    let Ok(header) = DataHeader::parse(datagram) else {
-        return false;
-    };
-    debug_assert_eq!(header.kind, PayloadKind::Data);
-    let Some(r) = dp.receiving.get(&header.receiver_index) else {
-        return false;
-    };
-    if r.direct != Some(from) {
-        return false;
-    }
     let len = datagram.len();
-    let Ok(opened) = r.session.open_in_place(datagram, now) else {
-        // Forged, replayed or expired: counted, never shown to the Node (whose own open
-        // would fail the same way).
-        tally.drop_for(DropReason::OpenFailed, now);
-        return true;
-    };
-    tally.received(r.peer, len, now, from);
-    let packet = &datagram[opened.range()];
-    // Like WireGuard's allowed IPs: a peer may only send from its own block.
-    match ipv4_addrs(packet).map(|(src, _)| dp.routes.owner(src)) {
-        None => tally.drop_for(DropReason::NotIpv4, now),
-        Some(None) => tally.drop_for(DropReason::UnknownSender, now),
-        Some(Some(owner)) if owner != r.peer => tally.drop_for(DropReason::SpoofedSource, now),
-        Some(Some(_)) => out.push(packet),
+    match dp.open(datagram, from, now) {
+        Received::ToNode => return false,
+        Received::Failed => tally.drop_for(DropReason::OpenFailed, now),
+        Received::Refused { peer, reason } => {
+            tally.received(peer, len, now, from);
+            tally.drop_for(reason, now);
+        }
+        Received::Deliver { peer, range } => {
+            tally.received(peer, len, now, from);
+            out.push(&datagram[range]);
+        }
     }
     true
 }

@@ -18,8 +18,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 use tun_rs::AsyncDevice;
-use weft_crypto::{DATA_HEADER_LEN, DATA_OVERHEAD, PayloadKind};
-use weft_mesh::{DataPlane, NextHop, PeerId, PeerPath};
+use weft_crypto::{DATA_HEADER_LEN, DATA_OVERHEAD};
+use weft_mesh::{PeerId, PeerPath};
 
 use super::{Shared, Tally, ToNode, ipv4_addrs, wait};
 
@@ -162,7 +162,7 @@ impl Tx {
                 Some((_, dst)) => match last {
                     Some((addr, t)) if addr == dst => t,
                     _ => {
-                        let t = lookup(&dp, dst);
+                        let t = dp.route(dst);
                         last = Some((dst, t));
                         t
                     }
@@ -170,11 +170,7 @@ impl Tx {
                 None => None,
             };
             if let Some((peer, path)) = target
-                && let NextHop::Direct(endpoint) = path.next_hop
-                && path
-                    .session
-                    .seal_in_place(PayloadKind::Data, slot, now)
-                    .is_ok()
+                && let Some(endpoint) = path.seal(slot, now)
             {
                 b.dest[i] = Some(endpoint);
                 tally.sent(peer, slot.len(), now);
@@ -277,13 +273,4 @@ fn gso_refused(e: &io::Error) -> bool {
     use nix::errno::Errno;
     e.raw_os_error()
         .is_some_and(|c| c == Errno::EIO as i32 || c == Errno::EINVAL as i32)
-}
-
-/// The peer owning `dst` and how to reach it, if a worker can send there itself.
-fn lookup(dp: &DataPlane, dst: Ipv4Addr) -> Option<(PeerId, &PeerPath)> {
-    let owner = dp.routes.owner(dst)?;
-    if Some(owner) == dp.local {
-        return None;
-    }
-    dp.peers.get(&owner).map(|p| (owner, p))
 }
