@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test weft has: formatting, lints, unit, property, simulator, CNI, lab and
-# end-to-end tests, and a short bounded run of every fuzz target. Run it as root: the
-# namespace tests need it. Missing Debian packages and cargo-fuzz are installed first.
+# end-to-end tests (twice: with the data path's offloads and without), and a short bounded
+# run of every fuzz target. Run it as root: the namespace tests need it. Missing Debian
+# packages and cargo-fuzz are installed first.
 # With CI=true a test that cannot run (no root, no namespaces) fails instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,11 @@ echo "== cargo clippy (-D warnings)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo build (the binaries the lab tests run)"
 cargo build --workspace --bins --locked
-echo "== cargo test"
+echo "== cargo test (routers with offloads: TUN TSO/GRO, UDP GSO/GRO)"
 cargo test --workspace --locked
+# The end-to-end tests again on the fallback path (one packet per system call), which a
+# kernel without the offloads gets (e2e test a checks which path the routers run).
+echo "== end-to-end tests again, routers with WEFT_OFFLOAD=off"
+WEFT_OFFLOAD=off cargo test -p weft-tests --locked --test 'e2e_*'
 echo "== fuzz smoke (bounded)"
 scripts/fuzz-smoke.sh
