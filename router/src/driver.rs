@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 use weft_crypto::{Handshaker, OsRandom, PublicKey, Timestamp};
@@ -70,7 +69,7 @@ async fn blocking<T: Send + 'static>(
 
 /// Enlarges the socket's buffers, past `net.core.[rw]mem_max` when we have the privilege
 /// (the router runs with CAP_NET_ADMIN), else as far as the limit allows.
-fn grow_buffers(socket: &UdpSocket) {
+fn grow_buffers(socket: &std::net::UdpSocket) {
     use nix::sys::socket::{setsockopt, sockopt};
     let size = SOCKET_BUFFER;
     if setsockopt(socket, sockopt::RcvBufForce, &size).is_err() {
@@ -81,9 +80,25 @@ fn grow_buffers(socket: &UdpSocket) {
     }
 }
 
+/// Sends one of the Node's datagrams on the shared non-blocking socket. When the data plane
+/// has filled the send buffer it waits a moment for room (these are few and small: handshakes,
+/// gossip, keepalives) rather than drop them.
+fn send_control(socket: &std::net::UdpSocket, bytes: &[u8], to: SocketAddr) -> std::io::Result<()> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    match socket.send_to(bytes, to) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLOUT)];
+            let _ = poll(&mut fds, PollTimeout::from(10u8));
+            socket.send_to(bytes, to).map(drop)
+        }
+        r => r.map(drop),
+    }
+}
+
 /// Turns UDP GRO off again (quinn-udp turns it on): `--offload off` means one datagram per
 /// receive too.
-fn disable_gro(socket: &UdpSocket) {
+fn disable_gro(socket: &std::net::UdpSocket) {
     use nix::sys::socket::{setsockopt, sockopt};
     if let Err(e) = setsockopt(socket, sockopt::UdpGroSegment, &false) {
         warn!(error = %e, "could not turn UDP GRO off");
@@ -92,7 +107,7 @@ fn disable_gro(socket: &UdpSocket) {
 
 /// Creates the TUN device, with virtio headers (TSO in, GSO out) unless `offload` is off;
 /// `auto` falls back to plain packets when the kernel refuses them.
-fn open_tun(offload: Offload, pod_mtu: u32) -> Result<tun_rs::AsyncDevice, RunError> {
+fn open_tun(offload: Offload, pod_mtu: u32) -> Result<tun_rs::SyncDevice, RunError> {
     let mtu = u16::try_from(pod_mtu).map_err(|_| {
         RunError::Config(format!(
             "pod MTU {pod_mtu} is larger than a TUN device takes"
@@ -107,7 +122,8 @@ fn open_tun(offload: Offload, pod_mtu: u32) -> Result<tun_rs::AsyncDevice, RunEr
             // Up only after IPv6 is off on it, or the kernel's first solicitation gets
             // through.
             .enable(false)
-            .build_async()
+            .build_sync()
+            .and_then(|d| d.set_nonblocking(true).map(|()| d))
     };
     let what =
         || format!("create TUN device {TUN_NAME} (is another router running in this namespace?)");
@@ -162,9 +178,14 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
         ),
         None => None,
     };
-    let socket = UdpSocket::bind(config.listen)
-        .await
+    // A std socket and a sync TUN device, registered with no epoll: the data-plane thread
+    // waits on them itself, and a tokio registration would wake the runtime on every
+    // arrival for nothing (thousands of wake-ups a second under load, measured).
+    let socket = std::net::UdpSocket::bind(config.listen)
         .map_err(io(format!("bind UDP {}", config.listen)))?;
+    socket
+        .set_nonblocking(true)
+        .map_err(io("make the UDP socket non-blocking"))?;
     grow_buffers(&socket);
     let listen = socket.local_addr().map_err(io("read the socket address"))?;
     let udp = quinn_udp::UdpSocketState::new((&socket).into())
@@ -322,8 +343,8 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
 struct Driver {
     node: Node,
     state: StateDir,
-    socket: Arc<UdpSocket>,
-    tun: Arc<tun_rs::AsyncDevice>,
+    socket: Arc<std::net::UdpSocket>,
+    tun: Arc<tun_rs::SyncDevice>,
     /// Whether TUN writes carry a virtio header.
     tun_offload: bool,
     /// The data path probed at start, for status.
@@ -403,7 +424,7 @@ impl Driver {
             self.handle_event(event).await?;
         }
         while let Some(t) = self.node.poll_transmit() {
-            if let Err(e) = self.socket.send_to(&t.bytes, t.destination).await {
+            if let Err(e) = send_control(&self.socket, &t.bytes, t.destination) {
                 // An unreachable peer must not stop the router; the mesh notices by itself.
                 debug!(endpoint = %t.destination, error = %e, "send failed");
             }
@@ -414,9 +435,9 @@ impl Driver {
                 // means "no offload" for this one.
                 let mut framed = vec![0u8; tun_rs::VIRTIO_NET_HDR_LEN + packet.len()];
                 framed[tun_rs::VIRTIO_NET_HDR_LEN..].copy_from_slice(&packet);
-                self.tun.send(&framed).await
+                self.tun.send(&framed)
             } else {
-                self.tun.send(&packet).await
+                self.tun.send(&packet)
             };
             if let Err(e) = written {
                 debug!(error = %e, "TUN write failed");

@@ -1,12 +1,14 @@
 //! The per-packet path (DESIGN.md §2: "the mesh decides, the data plane executes").
 //!
-//! Two workers move pod traffic without waiting on the Node: [`tx`] reads the TUN device,
-//! seals and sends; [`rx`] receives, opens and writes to the TUN device. They run in parallel
-//! (one per core on a 2-core node) on a read-mostly [`DataPlane`] snapshot the Node publishes
-//! (routes, confirmed sessions, direct endpoints) and hand the Node everything the snapshot
-//! does not cover: handshakes, control messages, relayed or roaming datagrams, packets for
-//! peers without a session. They report what they sealed and opened ([`DataActivity`]) so the
-//! Node's liveness and keepalive clocks run as if it had seen every packet.
+//! A data-plane thread moves pod traffic without waiting on the Node, in two halves: [`tx`]
+//! reads the TUN device, seals and sends; [`rx`] receives, opens and writes to the TUN
+//! device. It works on a read-mostly [`DataPlane`] snapshot the Node publishes (routes,
+//! confirmed sessions, direct endpoints; the per-packet decisions are `weft_mesh::dataplane`'s)
+//! and hands the Node everything the snapshot does not cover: handshakes, control messages,
+//! relayed or roaming datagrams, packets for peers without a session. It reports what it
+//! sealed and opened ([`DataActivity`]) so the Node's liveness and keepalive clocks run as if
+//! it had seen every packet. The socket and the TUN device are registered with no tokio
+//! reactor: the thread sleeps in `poll` on them itself.
 //!
 //! The cost of a userspace tunnel is per system call, not per byte (docs/performance.md), so
 //! both workers move 64 KiB at a time where the kernel lets them:
@@ -25,7 +27,7 @@ pub mod tx;
 use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -165,6 +167,15 @@ impl Tally {
         a.received = Some((now, from));
     }
 
+    /// The pending report, when it is due at `now`.
+    fn take_if_due(&mut self, now: Instant) -> Option<ToNode> {
+        if self.due().is_some_and(|t| t <= now) {
+            self.take()
+        } else {
+            None
+        }
+    }
+
     fn drop_for(&mut self, reason: DropReason, now: Instant) {
         self.since.get_or_insert(now);
         *self.drops.entry(reason).or_default() += 1;
@@ -197,74 +208,83 @@ fn ipv4_addrs(packet: &[u8]) -> Option<(Ipv4Addr, Ipv4Addr)> {
 /// The longest a worker sleeps before it looks at its stop flag.
 const STOP_CHECK: Duration = Duration::from_millis(200);
 
-/// Blocks until `fd` is ready for `events`, `until` passes, or [`STOP_CHECK`] elapses. The
-/// workers are threads that sleep in the kernel on their own descriptor: a packet wakes the
-/// one thread that handles it (one context switch per crossing, no executor hand-off), which
-/// is what a tunnel's added round-trip time is made of.
-fn wait(fd: impl AsFd, events: PollFlags, until: Option<Instant>) -> io::Result<()> {
+/// Blocks until one of `fds` is ready for its events, `until` passes, or [`STOP_CHECK`]
+/// elapses.
+fn wait(fds: &[(BorrowedFd<'_>, PollFlags)], until: Option<Instant>) -> io::Result<()> {
     let timeout = until
         .map_or(STOP_CHECK, |t| t.saturating_duration_since(Instant::now()))
         .min(STOP_CHECK);
     // At most STOP_CHECK (200 ms), so it fits; at least 1 ms, so a due report cannot spin.
     let timeout = PollTimeout::from(timeout.as_millis().clamp(1, 200) as u16);
-    let mut fds = [PollFd::new(fd.as_fd(), events)];
+    let mut fds: Vec<PollFd<'_>> = fds.iter().map(|(fd, ev)| PollFd::new(*fd, *ev)).collect();
     match poll(&mut fds, timeout) {
         Ok(_) | Err(Errno::EINTR) => Ok(()),
         Err(e) => Err(e.into()),
     }
 }
 
-/// Runs `work` on a named thread; when it returns (an error, or `stop` was set) the control
-/// task is told.
-fn spawn(
-    worker: &'static str,
-    to_node: mpsc::Sender<ToNode>,
-    stop: Arc<AtomicBool>,
-    work: impl FnOnce(&AtomicBool) -> io::Result<()> + Send + 'static,
-) -> io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name(format!("weft-{worker}"))
-        .spawn(move || {
-            let error = match work(&stop) {
-                Ok(()) if stop.load(Ordering::Relaxed) => return,
-                Ok(()) => io::Error::other("stopped"),
-                Err(e) => e,
-            };
-            let _ = to_node.blocking_send(ToNode::Stopped { worker, error });
-        })
-}
-
-/// The two workers' threads, stopped and joined on drop (the TUN device goes only when the
-/// last holder of its descriptor does).
+/// The data-plane thread: one per router, both directions.
+///
+/// It takes a batch from the TUN device and one from the socket in turn, and sleeps in
+/// `poll` on both only when neither has anything. One thread rather than one per direction:
+/// a router's traffic is mostly one way (data one way, acknowledgements the other), and on
+/// the small nodes weft targets a second thread cost more in wake-ups than it gave back in
+/// parallelism (measured in docs/performance.md); a packet still wakes exactly the thread
+/// that handles it, one context switch per crossing.
 pub struct Workers {
     stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Workers {
-    /// Starts the sending and the receiving worker.
+    /// Starts the data-plane thread; it tells the control task through `to_node` if it
+    /// stops on an error.
     pub fn start(tx: tx::Tx, rx: rx::Rx, to_node: mpsc::Sender<ToNode>) -> io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
-        let mut workers = Self {
-            stop: stop.clone(),
-            threads: Vec::new(),
-        };
-        workers
-            .threads
-            .push(spawn("tx", to_node.clone(), stop.clone(), move |s| {
-                tx.run(s)
-            })?);
-        workers
-            .threads
-            .push(spawn("rx", to_node, stop, move |s| rx.run(s))?);
-        Ok(workers)
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("weft-data".into())
+            .spawn(move || {
+                if let Err(error) = run(&tx, &rx, &flag) {
+                    let _ = to_node.blocking_send(ToNode::Stopped {
+                        worker: "weft-data",
+                        error,
+                    });
+                }
+            })?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
     }
+}
+
+fn run(tx: &tx::Tx, rx: &rx::Rx, stop: &AtomicBool) -> io::Result<()> {
+    let (mut ts, mut rs) = (tx.state(), rx.state());
+    while !stop.load(Ordering::Relaxed) {
+        let sent = tx.step(&mut ts)?;
+        let received = rx.step(&mut rs)?;
+        if !sent && !received {
+            let due = match (ts.due(), rs.due()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            wait(
+                &[
+                    (tx.tun.as_fd(), PollFlags::POLLIN),
+                    (rx.socket.as_fd(), PollFlags::POLLIN),
+                ],
+                due,
+            )?;
+        }
+    }
+    Ok(())
 }
 
 impl Drop for Workers {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
+        if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }

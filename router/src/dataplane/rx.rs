@@ -9,19 +9,16 @@
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use nix::poll::PollFlags;
 use quinn_udp::{RecvMeta, UdpSocketState};
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::debug;
-use tun_rs::{AsyncDevice, GROTable};
+use tun_rs::{GROTable, SyncDevice};
 use weft_crypto::DATA_HEADER_LEN;
 use weft_mesh::{DataPlane, DropReason, Received};
 
-use super::{Shared, Tally, ToNode, wait};
+use super::{Shared, Tally, ToNode};
 
 /// Messages per `recvmmsg`.
 const MESSAGES: usize = 16;
@@ -39,9 +36,9 @@ const MAX_RECV_ERRORS: u32 = 100;
 /// The receiving worker.
 pub struct Rx {
     /// The TUN device.
-    pub tun: Arc<AsyncDevice>,
+    pub tun: Arc<SyncDevice>,
     /// The router's UDP socket.
-    pub socket: Arc<UdpSocket>,
+    pub socket: Arc<std::net::UdpSocket>,
     /// quinn-udp's view of it (GRO, recvmmsg).
     pub udp: Arc<UdpSocketState>,
     /// The Node's snapshot.
@@ -70,75 +67,96 @@ impl Out {
     }
 }
 
+/// A receiving worker's buffers, made once, and its running tally.
+pub struct RxState {
+    bufs: [Vec<u8>; MESSAGES],
+    metas: [RecvMeta; MESSAGES],
+    out: Out,
+    gro: GROTable,
+    tally: Tally,
+    errors: u32,
+}
+
+impl RxState {
+    /// When its pending activity report is due.
+    pub fn due(&self) -> Option<Instant> {
+        self.tally.due()
+    }
+}
+
 impl Rx {
-    /// The device's own (non-blocking, system-call) methods, not tokio's async ones.
+    /// The device's batch methods (non-blocking system calls).
     fn device(&self) -> &tun_rs::DeviceImpl {
         &self.tun
     }
 
-    /// Runs on its own thread until `stop` is set or the socket fails for good.
-    pub fn run(self, stop: &AtomicBool) -> io::Result<()> {
-        let mut bufs: [Vec<u8>; MESSAGES] = std::array::from_fn(|_| vec![0u8; MESSAGE_BUFFER]);
-        let mut metas = [RecvMeta::default(); MESSAGES];
-        let mut out = Out {
-            bufs: Vec::new(),
-            len: 0,
-        };
-        let mut gro = GROTable::new();
-        let mut tally = Tally::default();
-        let mut errors = 0u32;
-        while !stop.load(Ordering::Relaxed) {
-            let received = {
-                let mut iovs = bufs.each_mut().map(|b| IoSliceMut::new(b));
-                self.udp.recv((&*self.socket).into(), &mut iovs, &mut metas)
-            };
-            match received {
-                Ok(n) => {
-                    errors = 0;
-                    let now = Instant::now();
-                    let dp = self.shared.load();
-                    let mut slow = Vec::new();
-                    for (buf, meta) in bufs.iter_mut().zip(&metas).take(n) {
-                        if meta.len == 0 {
-                            // An empty datagram: no chunk below sees it, the Node counts it.
-                            slow.push((meta.addr, Vec::new()));
-                            continue;
-                        }
-                        let stride = meta.stride.max(1);
-                        for datagram in buf[..meta.len].chunks_mut(stride) {
-                            if !open(&dp, datagram, meta.addr, now, &mut out, &mut tally) {
-                                slow.push((meta.addr, datagram.to_vec()));
-                            }
-                            if out.len == OUT_BATCH {
-                                self.write(&mut gro, &mut out);
-                            }
-                        }
-                    }
-                    self.write(&mut gro, &mut out);
-                    if !slow.is_empty() && self.to_node.try_send(ToNode::Datagrams(slow)).is_err() {
-                        debug!("control task busy: datagrams dropped");
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Idle: sleep until a datagram comes or the pending report is due.
-                    wait(&*self.socket, PollFlags::POLLIN, tally.due())?;
-                }
-                Err(e) => {
-                    // Transient (ENOBUFS, an ICMP error surfacing) unless it keeps failing.
-                    errors += 1;
-                    if errors >= MAX_RECV_ERRORS {
-                        return Err(e);
-                    }
-                    debug!(error = %e, "UDP receive failed");
-                }
-            }
-            if tally.due().is_some_and(|t| t <= Instant::now())
-                && let Some(report) = tally.take()
-            {
-                let _ = self.to_node.try_send(report);
-            }
+    /// A fresh working state for [`Rx::step`].
+    pub fn state(&self) -> RxState {
+        RxState {
+            bufs: std::array::from_fn(|_| vec![0u8; MESSAGE_BUFFER]),
+            metas: [RecvMeta::default(); MESSAGES],
+            out: Out {
+                bufs: Vec::new(),
+                len: 0,
+            },
+            gro: GROTable::new(),
+            tally: Tally::default(),
+            errors: 0,
         }
-        Ok(())
+    }
+
+    /// Receives, opens and writes one `recvmmsg` worth of datagrams if any are waiting;
+    /// reports activity when due. `Ok(false)`: nothing was waiting. An error: the socket is
+    /// gone.
+    pub fn step(&self, st: &mut RxState) -> io::Result<bool> {
+        let received = {
+            let mut iovs = st.bufs.each_mut().map(|b| IoSliceMut::new(b));
+            self.udp
+                .recv((&*self.socket).into(), &mut iovs, &mut st.metas)
+        };
+        let now = Instant::now();
+        let busy = match received {
+            Ok(n) => {
+                st.errors = 0;
+                let dp = self.shared.load();
+                let mut slow = Vec::new();
+                for (buf, meta) in st.bufs.iter_mut().zip(&st.metas).take(n) {
+                    if meta.len == 0 {
+                        // An empty datagram: no chunk below sees it, the Node counts it.
+                        slow.push((meta.addr, Vec::new()));
+                        continue;
+                    }
+                    let stride = meta.stride.max(1);
+                    for datagram in buf[..meta.len].chunks_mut(stride) {
+                        if !open(&dp, datagram, meta.addr, now, &mut st.out, &mut st.tally) {
+                            slow.push((meta.addr, datagram.to_vec()));
+                        }
+                        if st.out.len == OUT_BATCH {
+                            self.write(&mut st.gro, &mut st.out);
+                        }
+                    }
+                }
+                self.write(&mut st.gro, &mut st.out);
+                if !slow.is_empty() && self.to_node.try_send(ToNode::Datagrams(slow)).is_err() {
+                    debug!("control task busy: datagrams dropped");
+                }
+                true
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            Err(e) => {
+                // Transient (ENOBUFS, an ICMP error surfacing) unless it keeps failing.
+                st.errors += 1;
+                if st.errors >= MAX_RECV_ERRORS {
+                    return Err(e);
+                }
+                debug!(error = %e, "UDP receive failed");
+                true
+            }
+        };
+        if let Some(report) = st.tally.take_if_due(now) {
+            let _ = self.to_node.try_send(report);
+        }
+        Ok(busy)
     }
 
     /// Writes the opened packets to the TUN device (coalesced when it takes virtio headers)

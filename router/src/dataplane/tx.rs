@@ -8,16 +8,15 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use nix::poll::PollFlags;
 use quinn_udp::{Transmit, UdpSocketState};
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
-use tun_rs::AsyncDevice;
+use tun_rs::SyncDevice;
 use weft_crypto::{DATA_HEADER_LEN, DATA_OVERHEAD};
 use weft_mesh::{PeerId, PeerPath};
 
@@ -36,9 +35,9 @@ const MAX_READ_ERRORS: u32 = 100;
 /// The sending worker.
 pub struct Tx {
     /// The TUN device (a queue of it).
-    pub tun: Arc<AsyncDevice>,
+    pub tun: Arc<SyncDevice>,
     /// The router's UDP socket.
-    pub socket: Arc<UdpSocket>,
+    pub socket: Arc<std::net::UdpSocket>,
     /// quinn-udp's view of it (GSO support).
     pub udp: Arc<UdpSocketState>,
     /// The Node's snapshot.
@@ -53,7 +52,21 @@ pub struct Tx {
     pub pod_mtu: usize,
 }
 
-/// One batch's working memory, made once.
+/// A sending worker's working memory, made once, and its running tally.
+pub struct TxState {
+    b: Batch,
+    tally: Tally,
+    errors: u32,
+}
+
+impl TxState {
+    /// When its pending activity report is due.
+    pub fn due(&self) -> Option<Instant> {
+        self.tally.due()
+    }
+}
+
+/// One batch's working memory.
 struct Batch {
     /// `SLOTS` slots of `stride` bytes.
     out: Vec<u8>,
@@ -67,61 +80,63 @@ struct Batch {
 }
 
 impl Tx {
-    /// The device's own (non-blocking, system-call) methods, not tokio's async ones: the
-    /// worker is a thread that waits in `poll` itself.
+    /// The device's batch methods (non-blocking system calls).
     fn device(&self) -> &tun_rs::DeviceImpl {
         &self.tun
     }
 
-    /// Runs on its own thread until `stop` is set or the TUN device fails for good.
-    pub fn run(self, stop: &AtomicBool) -> io::Result<()> {
+    /// A fresh working state for [`Tx::step`].
+    pub fn state(&self) -> TxState {
         let stride = DATA_OVERHEAD + self.pod_mtu;
-        let mut b = Batch {
-            out: vec![0u8; stride * SLOTS],
-            stride,
-            sizes: vec![0; SLOTS],
-            dest: vec![None; SLOTS],
-            raw: vec![0u8; tun_rs::VIRTIO_NET_HDR_LEN + 65_536],
-        };
-        let mut tally = Tally::default();
-        let mut errors = 0u32;
-        while !stop.load(Ordering::Relaxed) {
-            let read = {
-                // Slot views are rebuilt per batch (one small allocation per batch, none per
-                // packet): they borrow `out`, which the send below reads as a whole.
-                let mut slots: Vec<&mut [u8]> = b.out.chunks_mut(stride).collect();
-                self.device()
-                    .recv_multiple(&mut b.raw, &mut slots, &mut b.sizes, DATA_HEADER_LEN)
-                    .map(|n| self.read_more(&mut b.raw, &mut slots, &mut b.sizes, n))
-            };
-            let now = Instant::now();
-            match read {
-                Ok(n) => {
-                    errors = 0;
-                    self.seal(&mut b, n, &mut tally, now);
-                    self.send(&b, n)?;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Idle: sleep until a packet comes or the pending report is due.
-                    wait(self.device(), PollFlags::POLLIN, tally.due())?;
-                }
-                Err(e) => {
-                    // A frame tun-rs cannot split (a malformed GSO header) costs that frame;
-                    // a device that keeps failing is gone.
-                    errors += 1;
-                    if errors >= MAX_READ_ERRORS {
-                        return Err(e);
-                    }
-                    debug!(error = %e, "TUN read failed");
-                }
-            }
-            if tally.due().is_some_and(|t| t <= Instant::now())
-                && let Some(report) = tally.take()
-            {
-                let _ = self.to_node.try_send(report);
-            }
+        TxState {
+            b: Batch {
+                out: vec![0u8; stride * SLOTS],
+                stride,
+                sizes: vec![0; SLOTS],
+                dest: vec![None; SLOTS],
+                raw: vec![0u8; tun_rs::VIRTIO_NET_HDR_LEN + 65_536],
+            },
+            tally: Tally::default(),
+            errors: 0,
         }
-        Ok(())
+    }
+
+    /// Reads, seals and sends one batch if packets are waiting; reports activity when due.
+    /// `Ok(false)`: nothing was waiting. An error: the TUN device is gone.
+    pub fn step(&self, st: &mut TxState) -> io::Result<bool> {
+        let b = &mut st.b;
+        let read = {
+            // Slot views are rebuilt per batch (one small allocation per batch, none per
+            // packet): they borrow `out`, which the send below reads as a whole.
+            let mut slots: Vec<&mut [u8]> = b.out.chunks_mut(b.stride).collect();
+            self.device()
+                .recv_multiple(&mut b.raw, &mut slots, &mut b.sizes, DATA_HEADER_LEN)
+                .map(|n| self.read_more(&mut b.raw, &mut slots, &mut b.sizes, n))
+        };
+        let now = Instant::now();
+        let busy = match read {
+            Ok(n) => {
+                st.errors = 0;
+                self.seal(b, n, &mut st.tally, now);
+                self.send(b, n)?;
+                true
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            Err(e) => {
+                // A frame tun-rs cannot split (a malformed GSO header) costs that frame;
+                // a device that keeps failing is gone.
+                st.errors += 1;
+                if st.errors >= MAX_READ_ERRORS {
+                    return Err(e);
+                }
+                debug!(error = %e, "TUN read failed");
+                true
+            }
+        };
+        if let Some(report) = st.tally.take_if_due(now) {
+            let _ = self.to_node.try_send(report);
+        }
+        Ok(busy)
     }
 
     /// Reads further frames that are already waiting, while the batch has room for them.
@@ -260,7 +275,7 @@ impl Tx {
         loop {
             match self.udp.try_send((&*self.socket).into(), &transmit) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    wait(&*self.socket, PollFlags::POLLOUT, None)?;
+                    wait(&[(self.socket.as_fd(), PollFlags::POLLOUT)], None)?;
                 }
                 other => return other,
             }
