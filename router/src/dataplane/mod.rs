@@ -138,7 +138,11 @@ pub enum ToNode {
 /// A worker's running tally between reports.
 #[derive(Debug, Default)]
 struct Tally {
-    peers: HashMap<PeerId, DataActivity>,
+    peers: Vec<DataActivity>,
+    /// Where each peer is in `peers`; consecutive packets mostly share a peer, so the last
+    /// hit is tried before hashing.
+    index: HashMap<PeerId, usize>,
+    last: usize,
     drops: HashMap<DropReason, u64>,
     since: Option<Instant>,
 }
@@ -146,13 +150,20 @@ struct Tally {
 impl Tally {
     fn entry(&mut self, peer: PeerId, now: Instant) -> &mut DataActivity {
         self.since.get_or_insert(now);
-        self.peers.entry(peer).or_insert(DataActivity {
-            peer,
-            sent_bytes: 0,
-            sent: None,
-            received_bytes: 0,
-            received: None,
-        })
+        if self.peers.get(self.last).is_none_or(|a| a.peer != peer) {
+            let peers = &mut self.peers;
+            self.last = *self.index.entry(peer).or_insert_with(|| {
+                peers.push(DataActivity {
+                    peer,
+                    sent_bytes: 0,
+                    sent: None,
+                    received_bytes: 0,
+                    received: None,
+                });
+                peers.len() - 1
+            });
+        }
+        &mut self.peers[self.last]
     }
 
     fn sent(&mut self, peer: PeerId, bytes: usize, now: Instant) {
@@ -188,8 +199,9 @@ impl Tally {
 
     fn take(&mut self) -> Option<ToNode> {
         self.since.take()?;
+        self.index.clear();
         Some(ToNode::Activity {
-            activity: self.peers.drain().map(|(_, a)| a).collect(),
+            activity: std::mem::take(&mut self.peers),
             drops: self.drops.drain().collect(),
         })
     }
@@ -317,6 +329,18 @@ mod tests {
         assert_eq!(a.received, Some((t0 + Duration::from_millis(7), from)));
         assert_eq!(drops, vec![(DropReason::SpoofedSource, 1)]);
         assert!(tally.take().is_none(), "nothing is reported twice");
+
+        // Peers interleaved: each keeps its own sums.
+        let other = PeerId([8; 32]);
+        for i in 0..10 {
+            tally.sent(if i % 3 == 0 { other } else { peer }, 10, t0);
+        }
+        let Some(ToNode::Activity { mut activity, .. }) = tally.take() else {
+            panic!("a report was pending");
+        };
+        activity.sort_by_key(|a| a.peer);
+        let sums: Vec<_> = activity.iter().map(|a| (a.peer, a.sent_bytes)).collect();
+        assert_eq!(sums, vec![(peer, 60), (other, 40)]);
     }
 
     #[test]
