@@ -215,33 +215,59 @@ pub fn install(o: &Options) -> anyhow::Result<Vec<Action>> {
 /// The conflist for this node, checked by weft-cni's own parser the way a runtime hands it the
 /// first plugin (with the list's cniVersion and name added).
 pub fn render_conflist(o: &Options, portmap: bool) -> anyhow::Result<Vec<u8>> {
+    // Structs rather than a JSON value: they keep the field order a reader expects (type
+    // first), where a serde_json map would sort the keys.
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ConfList<'a> {
+        cni_version: &'a str,
+        name: &'a str,
+        plugins: Vec<Plugin<'a>>,
+    }
+    #[derive(serde::Serialize)]
+    #[serde(untagged)]
+    enum Plugin<'a> {
+        Weft {
+            #[serde(rename = "type")]
+            kind: &'a str,
+            bridge: &'a str,
+            mtu: u32,
+            #[serde(rename = "stateDir")]
+            state_dir: &'a str,
+        },
+        Portmap {
+            #[serde(rename = "type")]
+            kind: &'a str,
+            capabilities: serde_json::Value,
+        },
+    }
     let state_dir = o
         .state_dir
         .to_str()
         .with_context(|| format!("--state-dir {} is not UTF-8", o.state_dir.display()))?;
-    let weft = serde_json::json!({
-        "type": PLUGIN_NAME,
-        "bridge": o.bridge,
-        "mtu": o.pod_mtu,
-        "stateDir": state_dir,
-    });
-    let mut as_run = weft.clone();
+    let weft = Plugin::Weft {
+        kind: PLUGIN_NAME,
+        bridge: &o.bridge,
+        mtu: o.pod_mtu,
+        state_dir,
+    };
+    let mut as_run = serde_json::to_value(&weft)?;
     as_run["cniVersion"] = CNI_VERSION.into();
     as_run["name"] = NETWORK_NAME.into();
     NetConf::parse(as_run.to_string().as_bytes())
         .map_err(|e| anyhow::anyhow!("the configuration weft-cni would get is refused: {e}"))?;
     let mut plugins = vec![weft];
     if portmap {
-        plugins.push(serde_json::json!({
-            "type": "portmap",
-            "capabilities": { "portMappings": true },
-        }));
+        plugins.push(Plugin::Portmap {
+            kind: "portmap",
+            capabilities: serde_json::json!({ "portMappings": true }),
+        });
     }
-    let list = serde_json::json!({
-        "cniVersion": CNI_VERSION,
-        "name": NETWORK_NAME,
-        "plugins": plugins,
-    });
+    let list = ConfList {
+        cni_version: CNI_VERSION,
+        name: NETWORK_NAME,
+        plugins,
+    };
     let mut bytes = serde_json::to_vec_pretty(&list)?;
     bytes.push(b'\n');
     Ok(bytes)
