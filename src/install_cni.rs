@@ -336,8 +336,12 @@ fn ensure_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<Action> {
 fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().unwrap_or_default().to_string_lossy();
+    // The pid alone is not unique across containers (each init container may be pid 1).
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
     let tmp = dir.join(format!(
-        "{TEMP_PREFIX}{name}.{}{TEMP_SUFFIX}",
+        "{TEMP_PREFIX}{name}.{}.{nanos}{TEMP_SUFFIX}",
         std::process::id()
     ));
     let result = (|| {
