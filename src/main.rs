@@ -1,5 +1,6 @@
 //! `weft`: the command-line tool, the router daemon (`weft router`) and the lab.
 
+mod install_cni;
 mod lab;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -82,6 +83,9 @@ enum Command {
     /// A weft cluster inside network namespaces on this machine (needs root).
     #[command(subcommand)]
     Lab(LabCommand),
+    /// Install weft-cni and this node's conflist for the container runtime (the DaemonSet's
+    /// init step): atomic, idempotent, removes stale weft configs, chains portmap if present.
+    InstallCni(install_cni::Args),
 }
 
 #[derive(clap::Args, Debug)]
@@ -299,6 +303,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keygen { .. } => bail!("say what to make: --key-file PATH or --join-secret"),
         Command::Pubkey { key_file } => println!("{}", KeyPair::load(&key_file)?.public()),
         Command::Lab(cmd) => return run_lab(cmd),
+        Command::InstallCni(args) => return install_cni::run(args),
         Command::Router(args) => return run_router(*args),
         Command::Status { json, state_dir } => return show_status(&state_dir, json, false),
         Command::Peers { json, state_dir } => return show_status(&state_dir, json, true),

@@ -133,11 +133,17 @@ fn find(nl: &mut Netlink, name: &str) -> Result<Link, NetconfError> {
 
 /// Turns IPv6 off on `dev`: weft carries IPv4 only (DESIGN.md §5), and the kernel's own IPv6
 /// chatter on the TUN (router solicitations) would otherwise be counted as drops. A kernel
-/// without IPv6 has no such file, which is fine.
+/// without IPv6 has no such file, which is fine. In an unprivileged container (the
+/// DaemonSet) the runtime mounts /proc/sys read-only: the chatter is then only counted, which
+/// is no reason to need `privileged: true`.
 pub fn disable_ipv6(dev: &str) -> Result<(), NetconfError> {
     let path = format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6");
     match std::fs::write(&path, b"1") {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::ReadOnlyFilesystem => {
+            tracing::warn!(%path, "read-only /proc/sys: IPv6 stays on for {dev}");
+            Ok(())
+        }
         other => other.map_err(ctx(format!("write {path}"))),
     }
 }

@@ -1,0 +1,759 @@
+//! `weft install-cni`: puts `weft-cni` and its network configuration where the container
+//! runtime looks for them (DESIGN.md §6). Run by the DaemonSet's init container on every node,
+//! before the router starts, and again on every pod restart, so it must be idempotent.
+//!
+//! What it guarantees:
+//! - everything is checked before anything is written (the plugin is an ELF file, the
+//!   directories exist, the conflist passes weft-cni's own config parser): bad input changes
+//!   nothing;
+//! - each file is written atomically (temporary file in the same directory, fsync, rename,
+//!   directory fsync): a runtime never reads a torn conflist, and replacing the binary while a
+//!   CNI call runs it is safe (the running process keeps the old inode; an in-place write would
+//!   fail with ETXTBSY or corrupt it);
+//! - a file whose content and mode are already right is not rewritten (reported "unchanged"),
+//!   so a restart does not make the runtime reload its configuration;
+//! - stale weft configurations (another file name whose first plugin is `weft-cni`) are
+//!   removed; other vendors' files are never touched.
+//!
+//! Chaining. A conflist is the chain the runtime runs for the pod's `eth0`. `portmap` belongs
+//! in it: it implements `hostPort` through the `portMappings` capability, which the runtime
+//! only passes to plugins that declare it. `loopback` does not: the CNI spec leaves `lo` to
+//! the runtime, and containerd (and CRI-O's older versions) run the `loopback` binary from the
+//! bin directory themselves, as a separate network, for every pod. Chaining it again in our
+//! list would run it twice, and its DEL in our chain would take `lo` down under the runtime's
+//! own loopback network. So `portmap` is chained when its binary is there, `loopback` is only
+//! looked for, and a missing binary of either is reported with what stops working.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use weft_cni::config::NetConf;
+use weft_cni::durable;
+
+/// The conflist's file name. Runtimes load the first configuration in name order (containerd
+/// loads exactly one), so a low number puts weft ahead of leftovers with later names.
+pub const CONFLIST_NAME: &str = "10-weft.conflist";
+/// The network name pods are attached under (the runtime's cache is keyed by it).
+pub const NETWORK_NAME: &str = "weft";
+/// The plugin's file name in the bin directory: the conflist's `type`.
+pub const PLUGIN_NAME: &str = "weft-cni";
+/// cniVersion of the list. A conflist gives every plugin the list's version, and the
+/// reference plugins of many distributions (Debian's 1.1.1) stop at 1.0.0.
+pub const CNI_VERSION: &str = "1.0.0";
+/// Our temporary files: a leading dot and a `.tmp` suffix, so libcni (which reads only
+/// `.conf`, `.conflist` and `.json`) never loads a half-written one, and a crashed run's
+/// leftovers are recognisably ours.
+const TEMP_PREFIX: &str = ".weft-install.";
+const TEMP_SUFFIX: &str = ".tmp";
+/// The extensions libcni loads from the conf directory.
+const CONF_EXTENSIONS: [&str; 3] = ["conf", "conflist", "json"];
+/// Configurations larger than this are not ours and not read (a real one is a few hundred
+/// bytes).
+const MAX_CONF_BYTES: u64 = 1 << 20;
+
+/// `weft install-cni`'s options (each also an environment variable, as the DaemonSet sets them).
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The weft-cni binary to install (default: `weft-cni` beside this `weft` binary).
+    #[arg(long, env = "WEFT_CNI_PLUGIN")]
+    cni_plugin: Option<PathBuf>,
+    /// The CNI bin directory the runtime runs plugins from.
+    #[arg(long, env = "WEFT_CNI_BIN_DIR", default_value = "/opt/cni/bin")]
+    cni_bin_dir: PathBuf,
+    /// The CNI configuration directory the runtime reads networks from.
+    #[arg(long, env = "WEFT_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+    /// The router's state directory (weft-cni reads the node's block and keeps leases there).
+    #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
+    state_dir: PathBuf,
+    /// The bridge pods attach to (the router's --bridge).
+    #[arg(long, env = "WEFT_BRIDGE", default_value = "weft")]
+    bridge: String,
+    /// The underlay MTU the pod MTU is computed from, as the router computes it (default:
+    /// detected from the default route's interface, like the router).
+    #[arg(long, env = "WEFT_UNDERLAY_MTU")]
+    underlay_mtu: Option<u32>,
+}
+
+/// What to install, resolved from [`Args`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub plugin: PathBuf,
+    pub bin_dir: PathBuf,
+    pub conf_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub bridge: String,
+    pub pod_mtu: u32,
+}
+
+/// One thing install-cni did or found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// A file was written (it was missing or different).
+    Installed(PathBuf),
+    /// A file already had the right content and mode.
+    Unchanged(PathBuf),
+    /// Another weft configuration, which would compete with ours.
+    RemovedStale(PathBuf),
+    /// A temporary file a crashed run of ours left.
+    RemovedTemp(PathBuf),
+    /// A plugin chained after weft-cni.
+    Chained(&'static str),
+    /// Something the operator should know: a plugin missing, a foreign config loaded first.
+    Note(String),
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::Installed(p) => write!(f, "installed {}", p.display()),
+            Action::Unchanged(p) => write!(f, "unchanged {}", p.display()),
+            Action::RemovedStale(p) => write!(f, "removed stale weft config {}", p.display()),
+            Action::RemovedTemp(p) => write!(f, "removed leftover temporary file {}", p.display()),
+            Action::Chained(p) => write!(f, "chained {p} after {PLUGIN_NAME}"),
+            Action::Note(n) => write!(f, "note: {n}"),
+        }
+    }
+}
+
+/// The subcommand: resolve the options (detecting the underlay MTU when not given), install,
+/// print one line per action.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let plugin = match args.cni_plugin {
+        Some(p) => p,
+        None => std::env::current_exe()
+            .context("locating this weft binary (pass --cni-plugin)")?
+            .with_file_name(PLUGIN_NAME),
+    };
+    let underlay = match args.underlay_mtu {
+        Some(m) => m,
+        None => {
+            let ours = [weft_router::config::TUN_NAME, args.bridge.as_str()];
+            weft_router::netconf::underlay_mtu(&ours).context("pass --underlay-mtu")?
+        }
+    };
+    let pod_mtu = weft_router::config::pod_mtu(underlay).with_context(|| {
+        format!(
+            "underlay MTU {underlay} leaves less than 576 bytes for pods after weft's {} bytes \
+             of tunnel overhead",
+            weft_router::config::TUNNEL_OVERHEAD
+        )
+    })?;
+    let options = Options {
+        plugin,
+        bin_dir: args.cni_bin_dir,
+        conf_dir: args.cni_conf_dir,
+        state_dir: args.state_dir,
+        bridge: args.bridge,
+        pod_mtu,
+    };
+    for action in install(&options)? {
+        println!("{action}");
+    }
+    Ok(())
+}
+
+/// Installs the plugin and the conflist; returns what it did, in order.
+pub fn install(o: &Options) -> anyhow::Result<Vec<Action>> {
+    // Everything is checked first: an error below this block leaves the directories as found.
+    let bin_dir = existing_dir(&o.bin_dir, "--cni-bin-dir")?;
+    let conf_dir = existing_dir(&o.conf_dir, "--cni-conf-dir")?;
+    if bin_dir == conf_dir {
+        bail!(
+            "--cni-bin-dir and --cni-conf-dir are the same directory ({})",
+            bin_dir.display()
+        );
+    }
+    let plugin = read_plugin(&o.plugin)?;
+    let bin_target = o.bin_dir.join(PLUGIN_NAME);
+    let conf_target = o.conf_dir.join(CONFLIST_NAME);
+    not_a_directory(&bin_target)?;
+    not_a_directory(&conf_target)?;
+    let portmap = has_executable(&o.bin_dir.join("portmap"));
+    let loopback = has_executable(&o.bin_dir.join("loopback"));
+    let conflist = render_conflist(o, portmap)?;
+
+    let mut actions = Vec::new();
+    remove_own_temps(&o.bin_dir, &mut actions)?;
+    remove_own_temps(&o.conf_dir, &mut actions)?;
+    // The binary first: the runtime may use the conflist the moment it appears.
+    actions.push(ensure_file(&bin_target, &plugin, 0o755)?);
+    actions.push(ensure_file(&conf_target, &conflist, 0o644)?);
+    if portmap {
+        actions.push(Action::Chained("portmap"));
+    } else {
+        actions.push(Action::Note(format!(
+            "portmap not found in {}: not chained, so hostPort does not work for weft pods \
+             (install the CNI reference plugins there)",
+            o.bin_dir.display()
+        )));
+    }
+    if !loopback {
+        actions.push(Action::Note(format!(
+            "loopback not found in {}: the runtime runs it for every pod's lo (containerd \
+             cannot start a pod without it); install the CNI reference plugins there",
+            o.bin_dir.display()
+        )));
+    }
+    remove_stale_configs(&o.conf_dir, &mut actions)?;
+    if let Some(first) = first_config(&o.conf_dir)?
+        && first != CONFLIST_NAME
+    {
+        actions.push(Action::Note(format!(
+            "{first} in {} sorts before {CONFLIST_NAME}: runtimes use the first configuration \
+             in name order, so pods will not get weft until it is removed (it is not weft's, so \
+             it was left alone)",
+            o.conf_dir.display()
+        )));
+    }
+    Ok(actions)
+}
+
+/// The conflist for this node, checked by weft-cni's own parser the way a runtime hands it the
+/// first plugin (with the list's cniVersion and name added).
+pub fn render_conflist(o: &Options, portmap: bool) -> anyhow::Result<Vec<u8>> {
+    // Structs rather than a JSON value: they keep the field order a reader expects (type
+    // first), where a serde_json map would sort the keys.
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct ConfList<'a> {
+        cni_version: &'a str,
+        name: &'a str,
+        plugins: Vec<Plugin<'a>>,
+    }
+    #[derive(serde::Serialize)]
+    #[serde(untagged)]
+    enum Plugin<'a> {
+        Weft {
+            #[serde(rename = "type")]
+            kind: &'a str,
+            bridge: &'a str,
+            mtu: u32,
+            #[serde(rename = "stateDir")]
+            state_dir: &'a str,
+        },
+        Portmap {
+            #[serde(rename = "type")]
+            kind: &'a str,
+            capabilities: serde_json::Value,
+        },
+    }
+    let state_dir = o
+        .state_dir
+        .to_str()
+        .with_context(|| format!("--state-dir {} is not UTF-8", o.state_dir.display()))?;
+    let weft = Plugin::Weft {
+        kind: PLUGIN_NAME,
+        bridge: &o.bridge,
+        mtu: o.pod_mtu,
+        state_dir,
+    };
+    let mut as_run = serde_json::to_value(&weft)?;
+    as_run["cniVersion"] = CNI_VERSION.into();
+    as_run["name"] = NETWORK_NAME.into();
+    NetConf::parse(as_run.to_string().as_bytes())
+        .map_err(|e| anyhow::anyhow!("the configuration weft-cni would get is refused: {e}"))?;
+    let mut plugins = vec![weft];
+    if portmap {
+        plugins.push(Plugin::Portmap {
+            kind: "portmap",
+            capabilities: serde_json::json!({ "portMappings": true }),
+        });
+    }
+    let list = ConfList {
+        cni_version: CNI_VERSION,
+        name: NETWORK_NAME,
+        plugins,
+    };
+    let mut bytes = serde_json::to_vec_pretty(&list)?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+fn existing_dir<'a>(dir: &'a Path, flag: &str) -> anyhow::Result<&'a Path> {
+    if !dir.is_absolute() {
+        bail!("{flag} {} must be an absolute path", dir.display());
+    }
+    let meta = fs::metadata(dir).with_context(|| format!("{flag} {}", dir.display()))?;
+    if !meta.is_dir() {
+        bail!("{flag} {} is not a directory", dir.display());
+    }
+    Ok(dir)
+}
+
+fn not_a_directory(path: &Path) -> anyhow::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => bail!(
+            "{} is a directory; refusing to replace it with a file",
+            path.display()
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// Reads the plugin to install, refusing what cannot be a plugin binary for this kernel.
+fn read_plugin(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let meta = fs::metadata(path).with_context(|| {
+        format!(
+            "the weft-cni binary {} (pass --cni-plugin or WEFT_CNI_PLUGIN)",
+            path.display()
+        )
+    })?;
+    if !meta.is_file() {
+        bail!("the weft-cni binary {} is not a file", path.display());
+    }
+    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if !bytes.starts_with(b"\x7fELF") {
+        bail!(
+            "{} is not an ELF executable; is it really weft-cni?",
+            path.display()
+        );
+    }
+    Ok(bytes)
+}
+
+fn has_executable(path: &Path) -> bool {
+    fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Writes `bytes` with `mode` to `path` atomically, unless it already holds exactly that.
+fn ensure_file(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<Action> {
+    if let Ok(meta) = fs::symlink_metadata(path)
+        && meta.is_file()
+        && meta.permissions().mode() & 0o7777 == mode
+        && meta.len() == bytes.len() as u64
+        && fs::read(path).is_ok_and(|old| old == bytes)
+    {
+        return Ok(Action::Unchanged(path.to_owned()));
+    }
+    write_atomic(path, bytes, mode).with_context(|| format!("writing {}", path.display()))?;
+    Ok(Action::Installed(path.to_owned()))
+}
+
+fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    // The pid alone is not unique across containers (each init container may be pid 1).
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = dir.join(format!(
+        "{TEMP_PREFIX}{name}.{}.{nanos}{TEMP_SUFFIX}",
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        // The umask may have cut bits from the mode given at creation.
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        durable::sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn remove_own_temps(dir: &Path, actions: &mut Vec<Action>) -> anyhow::Result<()> {
+    for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(TEMP_PREFIX)
+            && name.ends_with(TEMP_SUFFIX)
+            && entry.file_type()?.is_file()
+        {
+            durable::remove(&entry.path())
+                .with_context(|| format!("removing {}", entry.path().display()))?;
+            actions.push(Action::RemovedTemp(entry.path()));
+        }
+    }
+    Ok(())
+}
+
+/// The configuration files libcni would load from `dir`, in its (name) order.
+fn config_files(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let entry = entry?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let is_conf = Path::new(&name)
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| CONF_EXTENSIONS.contains(&e));
+        if is_conf {
+            files.push((name, entry.path()));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn first_config(dir: &Path) -> anyhow::Result<Option<String>> {
+    Ok(config_files(dir)?.into_iter().next().map(|(name, _)| name))
+}
+
+/// Removes weft's configurations other than [`CONFLIST_NAME`]: a conflist whose first plugin
+/// is weft-cni, or a single-plugin `.conf` of type weft-cni. Symbolic links, unreadable,
+/// oversized or non-JSON files, and lists where weft-cni is chained after another vendor's
+/// plugin are someone else's and stay.
+fn remove_stale_configs(dir: &Path, actions: &mut Vec<Action>) -> anyhow::Result<()> {
+    for (name, path) in config_files(dir)? {
+        if name == CONFLIST_NAME {
+            continue;
+        }
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if !meta.is_file() || meta.len() > MAX_CONF_BYTES {
+            continue;
+        }
+        let Ok(bytes) = fs::read(&path) else {
+            continue;
+        };
+        if is_weft_config(&bytes) {
+            durable::remove(&path).with_context(|| format!("removing {}", path.display()))?;
+            actions.push(Action::RemovedStale(path));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a configuration file's content is one of weft's: its (first) plugin's type is
+/// weft-cni.
+pub fn is_weft_config(bytes: &[u8]) -> bool {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return false;
+    };
+    let first = match value.get("plugins") {
+        Some(plugins) => plugins.get(0),
+        None => Some(&value),
+    };
+    first.and_then(|p| p.get("type")).and_then(|t| t.as_str()) == Some(PLUGIN_NAME)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A scratch tree: bin/, net.d/, and a fake plugin (this test binary: a real ELF file).
+    struct Scratch {
+        root: PathBuf,
+        options: Options,
+    }
+
+    impl Scratch {
+        fn new() -> Scratch {
+            static N: AtomicU32 = AtomicU32::new(0);
+            let root = std::env::temp_dir().join(format!(
+                "weft-install-cni-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = fs::remove_dir_all(&root);
+            fs::create_dir_all(root.join("bin")).unwrap();
+            fs::create_dir_all(root.join("net.d")).unwrap();
+            fs::create_dir_all(root.join("src")).unwrap();
+            let plugin = root.join("src").join(PLUGIN_NAME);
+            fs::copy(std::env::current_exe().unwrap(), &plugin).unwrap();
+            let options = Options {
+                plugin,
+                bin_dir: root.join("bin"),
+                conf_dir: root.join("net.d"),
+                state_dir: PathBuf::from("/var/lib/weft"),
+                bridge: "weft".into(),
+                pod_mtu: 1375,
+            };
+            Scratch { root, options }
+        }
+
+        fn bin(&self, name: &str) -> PathBuf {
+            self.options.bin_dir.join(name)
+        }
+
+        fn conf(&self, name: &str) -> PathBuf {
+            self.options.conf_dir.join(name)
+        }
+
+        fn add_plugin(&self, name: &str) {
+            fs::write(self.bin(name), b"\x7fELF fake").unwrap();
+            fs::set_permissions(self.bin(name), fs::Permissions::from_mode(0o755)).unwrap();
+        }
+
+        /// Every file under the tree: name, content, mode, inode, mtime.
+        fn snapshot(&self) -> Vec<(PathBuf, Vec<u8>, u32, u64, i64, i64)> {
+            let mut out = Vec::new();
+            for dir in [&self.options.bin_dir, &self.options.conf_dir] {
+                for e in fs::read_dir(dir).unwrap() {
+                    let p = e.unwrap().path();
+                    let m = fs::symlink_metadata(&p).unwrap();
+                    let content = if m.is_file() {
+                        fs::read(&p).unwrap()
+                    } else {
+                        vec![]
+                    };
+                    out.push((p, content, m.mode(), m.ino(), m.mtime(), m.mtime_nsec()));
+                }
+            }
+            out.sort();
+            out
+        }
+
+        fn names(&self, dir: &Path) -> Vec<String> {
+            let mut v: Vec<String> = fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.root);
+        }
+    }
+
+    /// The plugin config a runtime would hand weft-cni for this conflist.
+    fn first_plugin_as_run(conflist: &[u8]) -> NetConf {
+        let list: serde_json::Value = serde_json::from_slice(conflist).unwrap();
+        let mut plugin = list["plugins"][0].clone();
+        plugin["cniVersion"] = list["cniVersion"].clone();
+        plugin["name"] = list["name"].clone();
+        NetConf::parse(plugin.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn fresh_install_writes_both_files_with_their_modes() {
+        let s = Scratch::new();
+        s.add_plugin("portmap");
+        s.add_plugin("loopback");
+        let actions = install(&s.options).unwrap();
+        assert_eq!(
+            actions,
+            vec![
+                Action::Installed(s.bin(PLUGIN_NAME)),
+                Action::Installed(s.conf(CONFLIST_NAME)),
+                Action::Chained("portmap"),
+            ]
+        );
+        let bin = fs::metadata(s.bin(PLUGIN_NAME)).unwrap();
+        assert_eq!(bin.mode() & 0o7777, 0o755);
+        assert_eq!(
+            fs::read(s.bin(PLUGIN_NAME)).unwrap(),
+            fs::read(&s.options.plugin).unwrap()
+        );
+        let conf = fs::metadata(s.conf(CONFLIST_NAME)).unwrap();
+        assert_eq!(conf.mode() & 0o7777, 0o644);
+
+        let bytes = fs::read(s.conf(CONFLIST_NAME)).unwrap();
+        let list: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(list["cniVersion"], CNI_VERSION);
+        assert_eq!(list["name"], NETWORK_NAME);
+        let types: Vec<&str> = list["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(types, ["weft-cni", "portmap"]);
+        assert_eq!(
+            list["plugins"][1]["capabilities"],
+            serde_json::json!({"portMappings": true})
+        );
+        // weft-cni's own parser accepts what the runtime will hand it, with the node's values.
+        let conf = first_plugin_as_run(&bytes);
+        assert_eq!(conf.mtu, 1375);
+        assert_eq!(conf.bridge.as_str(), "weft");
+        assert_eq!(conf.state_dir, PathBuf::from("/var/lib/weft"));
+        assert_eq!(conf.name, "weft");
+    }
+
+    #[test]
+    fn second_run_rewrites_nothing() {
+        let s = Scratch::new();
+        s.add_plugin("portmap");
+        s.add_plugin("loopback");
+        install(&s.options).unwrap();
+        let before = s.snapshot();
+        // Coarse file system timestamps would hide a rewrite; the inode would not.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let actions = install(&s.options).unwrap();
+        assert_eq!(
+            actions,
+            vec![
+                Action::Unchanged(s.bin(PLUGIN_NAME)),
+                Action::Unchanged(s.conf(CONFLIST_NAME)),
+                Action::Chained("portmap"),
+            ]
+        );
+        assert_eq!(s.snapshot(), before);
+    }
+
+    #[test]
+    fn changed_values_and_modes_are_rewritten() {
+        let s = Scratch::new();
+        install(&s.options).unwrap();
+        fs::set_permissions(s.bin(PLUGIN_NAME), fs::Permissions::from_mode(0o700)).unwrap();
+        let mut o = s.options.clone();
+        o.pod_mtu = 8921;
+        let actions = install(&o).unwrap();
+        assert_eq!(actions[0], Action::Installed(s.bin(PLUGIN_NAME)));
+        assert_eq!(actions[1], Action::Installed(s.conf(CONFLIST_NAME)));
+        let mode = fs::metadata(s.bin(PLUGIN_NAME)).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o755);
+        assert_eq!(
+            first_plugin_as_run(&fs::read(s.conf(CONFLIST_NAME)).unwrap()).mtu,
+            8921
+        );
+    }
+
+    #[test]
+    fn stale_weft_configs_go_and_foreign_files_stay() {
+        let s = Scratch::new();
+        let stale_list = br#"{"cniVersion":"0.4.0","name":"weft","plugins":[{"type":"weft-cni"}]}"#;
+        let stale_conf = br#"{"cniVersion":"0.3.1","name":"weft","type":"weft-cni"}"#;
+        let foreign: Vec<(&str, &[u8])> = vec![
+            (
+                "05-bridge.conflist",
+                br#"{"cniVersion":"1.0.0","name":"b","plugins":[{"type":"bridge"}]}"#,
+            ),
+            // weft-cni chained after someone else's plugin is their list, not ours.
+            (
+                "20-other.conflist",
+                br#"{"cniVersion":"1.0.0","name":"o","plugins":[{"type":"x"},{"type":"weft-cni"}]}"#,
+            ),
+            ("30-broken.conf", b"{not json"),
+            ("weft-notes.txt", br#"{"type":"weft-cni"}"#),
+        ];
+        fs::write(s.conf("00-weft.conflist"), stale_list).unwrap();
+        fs::write(s.conf("99-weft.conf"), stale_conf).unwrap();
+        for (name, bytes) in &foreign {
+            fs::write(s.conf(name), bytes).unwrap();
+        }
+        // A symbolic link to a weft config is left: what it points at may be anyone's.
+        std::os::unix::fs::symlink(s.conf("99-weft.conf"), s.conf("50-link.conf")).unwrap();
+        let actions = install(&s.options).unwrap();
+        assert!(actions.contains(&Action::RemovedStale(s.conf("00-weft.conflist"))));
+        assert!(actions.contains(&Action::RemovedStale(s.conf("99-weft.conf"))));
+        for (name, bytes) in &foreign {
+            assert_eq!(
+                &fs::read(s.conf(name)).unwrap(),
+                bytes,
+                "{name} was changed"
+            );
+        }
+        assert!(fs::symlink_metadata(s.conf("50-link.conf")).is_ok());
+        // The foreign bridge list sorts first: the operator is told, the file is not touched.
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::Note(n) if n.starts_with("05-bridge.conflist")))
+        );
+    }
+
+    #[test]
+    fn missing_portmap_and_loopback_are_reported() {
+        let s = Scratch::new();
+        let actions = install(&s.options).unwrap();
+        let notes: Vec<&String> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Note(n) => Some(n),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].starts_with("portmap not found"));
+        assert!(notes[1].starts_with("loopback not found"));
+        let list: serde_json::Value =
+            serde_json::from_slice(&fs::read(s.conf(CONFLIST_NAME)).unwrap()).unwrap();
+        assert_eq!(list["plugins"].as_array().unwrap().len(), 1);
+        // A portmap without an execute bit is not a plugin the runtime can run.
+        fs::write(s.bin("portmap"), b"x").unwrap();
+        let actions = install(&s.options).unwrap();
+        assert!(!actions.contains(&Action::Chained("portmap")));
+    }
+
+    #[test]
+    fn no_temporary_files_are_left_and_old_ones_are_cleared() {
+        let s = Scratch::new();
+        let crashed = s.conf(&format!("{TEMP_PREFIX}{CONFLIST_NAME}.4242{TEMP_SUFFIX}"));
+        fs::write(&crashed, b"half").unwrap();
+        let actions = install(&s.options).unwrap();
+        assert_eq!(actions[0], Action::RemovedTemp(crashed));
+        assert_eq!(s.names(&s.options.bin_dir), [PLUGIN_NAME]);
+        assert_eq!(s.names(&s.options.conf_dir), [CONFLIST_NAME]);
+    }
+
+    #[test]
+    fn bad_input_is_refused_and_changes_nothing() {
+        let s = Scratch::new();
+        fs::write(
+            s.conf("00-weft.conflist"),
+            br#"{"plugins":[{"type":"weft-cni"}]}"#,
+        )
+        .unwrap();
+        let crashed = s.conf(&format!("{TEMP_PREFIX}x.1{TEMP_SUFFIX}"));
+        fs::write(&crashed, b"half").unwrap();
+        let before = s.snapshot();
+        let refuse = |change: &dyn Fn(&mut Options), expect: &str| {
+            let mut o = s.options.clone();
+            change(&mut o);
+            let err = format!("{:#}", install(&o).unwrap_err());
+            assert!(err.contains(expect), "{err:?} does not mention {expect:?}");
+            assert_eq!(
+                s.snapshot(),
+                before,
+                "a refused run ({expect}) changed files"
+            );
+        };
+        refuse(&|o| o.bin_dir = "opt/cni/bin".into(), "absolute");
+        refuse(&|o| o.conf_dir = s.root.join("missing"), "missing");
+        refuse(&|o| o.conf_dir = o.plugin.clone(), "not a directory");
+        refuse(&|o| o.conf_dir = o.bin_dir.clone(), "same directory");
+        refuse(&|o| o.plugin = s.root.join("nothing"), "nothing");
+        refuse(&|o| o.plugin = s.conf("00-weft.conflist"), "not an ELF");
+        refuse(&|o| o.plugin = s.root.join("src"), "not a file");
+        refuse(&|o| o.bridge = "a/b".into(), "bridge");
+        refuse(&|o| o.bridge = "far-too-long-bridge-name".into(), "bridge");
+        refuse(&|o| o.state_dir = "var/lib/weft".into(), "stateDir");
+        refuse(&|o| o.pod_mtu = 10, "mtu");
+        // A directory where the conflist should go is not replaced.
+        fs::create_dir(s.conf(CONFLIST_NAME)).unwrap();
+        let before = s.snapshot();
+        let err = install(&s.options).unwrap_err().to_string();
+        assert!(err.contains("is a directory"), "{err}");
+        assert_eq!(s.snapshot(), before);
+    }
+
+    #[test]
+    fn weft_configs_are_recognised_by_their_first_plugin() {
+        assert!(is_weft_config(br#"{"type":"weft-cni"}"#));
+        assert!(is_weft_config(
+            br#"{"plugins":[{"type":"weft-cni"},{"type":"portmap"}]}"#
+        ));
+        assert!(!is_weft_config(
+            br#"{"plugins":[{"type":"portmap"},{"type":"weft-cni"}]}"#
+        ));
+        assert!(!is_weft_config(br#"{"plugins":[]}"#));
+        assert!(!is_weft_config(br#"{"plugins":"weft-cni"}"#));
+        assert!(!is_weft_config(br#"{"type":"bridge"}"#));
+        assert!(!is_weft_config(b"weft-cni"));
+        assert!(!is_weft_config(b""));
+    }
+}
