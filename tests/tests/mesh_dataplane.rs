@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use weft_crypto::{DATA_HEADER_LEN, PayloadKind, TAG_LEN};
-use weft_mesh::{DataActivity, NextHop};
+use weft_mesh::{DataActivity, DropReason, NextHop, Received};
 use weft_tests::{NodeSpec, Sim, seed_from_env, summary};
 
 fn two_nodes(seed: u64) -> Sim {
@@ -77,6 +77,45 @@ fn a_packet_sealed_from_one_snapshot_opens_with_the_peers() {
         "b's workers take datagrams from a's current direct endpoint only"
     );
     assert!(matches!(sim.node(b).path(&ida), Some(NextHop::Direct(e)) if e != endpoint));
+
+    // The same decisions through DataPlane::open, the receiving worker's call: a fresh
+    // datagram from a's endpoint is delivered; the same from elsewhere is the Node's
+    // (roaming), untouched; a replay or a flipped bit fails; a packet from outside a's block
+    // is refused as spoofed, though authentic.
+    let from = sim.node(b).path(&ida).map(|h| match h {
+        NextHop::Direct(e) => e,
+        NextHop::Relay { endpoint, .. } => endpoint,
+    });
+    let from = from.expect("b has a path to a");
+    let seal = |packet: &[u8]| {
+        let mut d = vec![0u8; DATA_HEADER_LEN + packet.len() + TAG_LEN];
+        d[DATA_HEADER_LEN..DATA_HEADER_LEN + packet.len()].copy_from_slice(packet);
+        path.session.seal_in_place(PayloadKind::Data, &mut d, now).unwrap();
+        d
+    };
+    let mut d = seal(&packet);
+    let mut elsewhere = d.clone();
+    let roamed: std::net::SocketAddr = "198.18.9.9:6786".parse().unwrap();
+    assert_eq!(dp_b.open(&mut elsewhere, roamed, now), Received::ToNode);
+    assert_eq!(elsewhere, d, "a datagram for the Node is not opened");
+    let mut tampered = d.clone();
+    tampered[DATA_HEADER_LEN] ^= 1;
+    assert_eq!(dp_b.open(&mut tampered, from, now), Received::Failed);
+    assert_eq!(
+        dp_b.open(&mut d, from, now),
+        Received::Deliver {
+            peer: ida,
+            range: DATA_HEADER_LEN..DATA_HEADER_LEN + packet.len()
+        }
+    );
+    assert_eq!(dp_b.open(&mut d, from, now), Received::Failed, "a replay");
+    let mut spoofed = sim.packet(b, a, 7); // b's own block as the source
+    spoofed[16..20].copy_from_slice(&packet[16..20]);
+    let mut d = seal(&spoofed);
+    assert!(matches!(
+        dp_b.open(&mut d, from, now),
+        Received::Refused { peer, reason: DropReason::SpoofedSource } if peer == ida
+    ));
 
     // A new snapshot is built after any input; an unchanged Node hands out the same one.
     let again = sim.with_node(a, |n, now| n.data_plane(now));
