@@ -131,6 +131,17 @@ struct RouterArgs {
     /// node's address, so set httpGet.host: 127.0.0.1 in the probes or bind another address.
     #[arg(long, env = "WEFT_METRICS_ADDR", default_value = "127.0.0.1:6787")]
     metrics_addr: String,
+    /// Find peers, this node's pod block and the keys to pin from the Kubernetes API: Node
+    /// objects instead of seeds, the Node's podCIDR as the block (see docs/kubernetes.md).
+    #[arg(long, env = "WEFT_KUBERNETES", requires = "node_name", conflicts_with_all = ["pod_cidr", "found_address_space"])]
+    kubernetes: bool,
+    /// This node's Node name (in a DaemonSet: the downward API's spec.nodeName).
+    #[arg(long, env = "WEFT_NODE_NAME")]
+    node_name: Option<String>,
+    /// A kubeconfig file for --kubernetes (default: KUBECONFIG, ~/.kube/config, then the
+    /// pod's ServiceAccount).
+    #[arg(long, env = "WEFT_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
     /// Log format: text or json.
     #[arg(long, env = "WEFT_LOG_FORMAT", default_value = "text")]
     log_format: weft_router::logging::LogFormat,
@@ -361,7 +372,7 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let name = match args.name {
+    let name = match args.name.or_else(|| args.node_name.clone()) {
         Some(n) => n,
         None => std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
@@ -385,6 +396,12 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
         bridge: args.bridge,
         underlay_mtu: args.underlay_mtu,
         metrics,
+        kubernetes: args
+            .kubernetes
+            .then(|| weft_router::kubernetes::KubeConfig {
+                node_name: args.node_name.clone().unwrap_or_default(),
+                kubeconfig: args.kubeconfig.clone(),
+            }),
     };
     runtime()?.block_on(async {
         let shutdown = async {

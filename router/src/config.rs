@@ -55,6 +55,8 @@ pub struct RouterConfig {
     pub underlay_mtu: Option<u32>,
     /// Where to serve metrics and health over HTTP.
     pub metrics: Option<SocketAddr>,
+    /// Discover peers, block and pins from Kubernetes Nodes (`--kubernetes`).
+    pub kubernetes: Option<crate::kubernetes::KubeConfig>,
 }
 
 impl RouterConfig {
@@ -100,6 +102,13 @@ impl RouterConfig {
                 ));
             }
         }
+        if self.kubernetes.is_some() && (self.found_address_space || self.pod_cidr.is_some()) {
+            return Err(
+                "under --kubernetes the pod block is the Node's podCIDR: drop --pod-cidr and \
+                 --found-address-space"
+                    .into(),
+            );
+        }
         if self.underlay_mtu.is_some_and(|m| m > 65535) {
             return Err("--underlay-mtu is at most 65535".into());
         }
@@ -126,6 +135,7 @@ mod tests {
             bridge: "weft".into(),
             underlay_mtu: None,
             metrics: None,
+            kubernetes: None,
         }
     }
 

@@ -11,6 +11,7 @@
 pub mod config;
 pub mod control;
 pub mod driver;
+pub mod kubernetes;
 pub mod logging;
 pub mod metrics;
 pub mod netconf;
