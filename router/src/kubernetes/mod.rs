@@ -507,13 +507,14 @@ impl Nodes {
         view
     }
 
-    /// Tells the mesh the pins (when they changed), then forgets the keys of `gone` Nodes:
+    /// Tells the mesh the pins (every other Node with a key and an address; when they changed), then forgets the keys of `gone` Nodes:
     /// pins first, so the forgotten peer's tunnel is closed before its tombstone is spread
     /// and it cannot learn of it and refute it.
     fn publish(&mut self, gone: Vec<NodeView>) {
         let pins: BTreeMap<PeerId, Endpoint> = self
             .views
             .values()
+            .filter(|v| v.name != self.own.node_name)
             .filter_map(|v| Some((v.key?, v.endpoint?)))
             .collect();
         if self.pins.as_ref() != Some(&pins) {
