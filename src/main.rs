@@ -187,6 +187,11 @@ enum LabCommand {
         /// Run no routers: hand each node a static block (pods talk only within a node).
         #[arg(long)]
         no_routers: bool,
+        /// Run the routers with `--kubernetes` and this kubeconfig instead of seeds: Nodes
+        /// n1..nN in its API server give them peers, blocks and pins. The switch gets the
+        /// address 198.18.255.254 for an API server run in the underlay namespace.
+        #[arg(long, value_name = "KUBECONFIG", conflicts_with = "no_routers")]
+        kubernetes: Option<PathBuf>,
         #[command(flatten)]
         which: LabName,
     },
@@ -559,6 +564,7 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<()> {
             block,
             cni_bin,
             no_routers,
+            kubernetes,
             which,
         } => {
             let spec = lab::plan::LabSpec {
@@ -571,6 +577,7 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<()> {
                 routers: !no_routers,
                 wrong_secret: wrong_secret.into_iter().collect(),
                 delay_line,
+                kubernetes: kubernetes.map(std::path::absolute).transpose()?,
             };
             let weft = std::env::current_exe()?;
             let bins = lab::Binaries {

@@ -59,6 +59,7 @@ fn spec(prefix: &str, nodes: usize, pods: usize) -> LabSpec {
         routers: false,
         wrong_secret: BTreeSet::new(),
         delay_line: false,
+        kubernetes: None,
     }
 }
 

@@ -168,9 +168,23 @@ impl FakeApi {
     /// Starts a server on `bind` (port 0: any), in the namespace at `netns` when given
     /// (`/run/netns/NAME`; entering it is retried for up to 60 s while it is being made).
     pub fn start(bind: SocketAddr, netns: Option<PathBuf>) -> FakeApi {
+        Self::start_with_nodes(bind, netns, vec![])
+    }
+
+    /// Like [`FakeApi::start`], with these Nodes there from the first request on.
+    pub fn start_with_nodes(
+        bind: SocketAddr,
+        netns: Option<PathBuf>,
+        nodes: Vec<Value>,
+    ) -> FakeApi {
         let (lines, _) = broadcast::channel(1024);
+        let mut state = State::default();
+        for n in nodes {
+            let name = n["metadata"]["name"].as_str().expect("name").to_string();
+            state.change("ADDED", &name, n);
+        }
         let shared = Arc::new(Shared {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(state),
             lines,
         });
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
