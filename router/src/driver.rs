@@ -154,18 +154,14 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
 
     let ready = Arc::new(AtomicBool::new(false));
     // Under Kubernetes the block is the Node's podCIDR: known before the mesh starts.
-    let (discovery, pod_cidr) =
-        match start_discovery(&config, &key, listen, &ready, &mut shutdown).await? {
-            Some(d) => {
-                let cidr = Some(d.pod_cidr);
-                (Some(d), cidr)
-            }
-            None if config.kubernetes.is_some() => {
-                let _ = std::fs::remove_file(&socket_path);
-                return Ok(());
-            }
-            None => (None, config.pod_cidr),
-        };
+    let discovery = tokio::select! {
+        d = crate::kubernetes::start_for(&config, key.public(), listen.port(), &ready) => d?,
+        _ = &mut shutdown => {
+            let _ = std::fs::remove_file(&socket_path);
+            return Ok(());
+        }
+    };
+    let pod_cidr = discovery.as_ref().map(|d| d.pod_cidr).or(config.pod_cidr);
 
     let now = Instant::now();
     let mut mesh_config = weft_mesh::Config::new(config.name.clone());
@@ -514,42 +510,6 @@ impl Driver {
         let stats = self.node.stats();
         Snapshot::from_report(&report, stats)
     }
-}
-
-/// Starts Kubernetes discovery when configured; `Ok(None)` when not configured, or when
-/// `shutdown` came first (checked by the caller from the config).
-async fn start_discovery(
-    config: &RouterConfig,
-    key: &weft_crypto::KeyPair,
-    listen: SocketAddr,
-    ready: &Arc<AtomicBool>,
-    shutdown: &mut (impl Future<Output = ()> + Unpin),
-) -> Result<Option<crate::kubernetes::Discovery>, RunError> {
-    let Some(kube) = &config.kubernetes else {
-        return Ok(None);
-    };
-    let own = crate::kubernetes::Own {
-        node_name: kube.node_name.clone(),
-        key: key.public(),
-        port: listen.port(),
-        announce: config.announce.first().copied(),
-    };
-    let start = async {
-        let client = crate::kubernetes::client(kube).await?;
-        crate::kubernetes::start(client, own, ready.clone()).await
-    };
-    let discovery = tokio::select! {
-        d = start => d?,
-        _ = shutdown => return Ok(None),
-    };
-    if !config.cluster_range.contains(&discovery.pod_cidr) {
-        return Err(RunError::Config(format!(
-            "Node {:?} has podCIDR {}, outside --cluster-range {}: set --cluster-range \
-             (WEFT_CLUSTER_RANGE) to the cluster's pod network (kind: networking.podSubnet)",
-            kube.node_name, discovery.pod_cidr, config.cluster_range
-        )));
-    }
-    Ok(Some(discovery))
 }
 
 /// A drop reason as metrics and the status API name it: the variant in snake_case

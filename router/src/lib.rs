@@ -3,7 +3,9 @@
 //! It owns what touches the machine: the UDP socket, the TUN device, the kernel's routes and
 //! the node's bridge (netlink), the state directory, the control socket, metrics and logs.
 //! Protocol decisions stay in `weft-mesh`; this crate only moves bytes and timers between the
-//! kernel and the Node, and reports what the Node says (DESIGN.md §2, §8).
+//! kernel and the Node, and reports what the Node says (DESIGN.md §2, §8). Under Kubernetes
+//! it also finds peers, its block and the keys to pin in the API server's Node objects
+//! ([`kubernetes`]).
 //!
 //! One task runs the Node (DESIGN.md §2 allows a simple first version; the Node publishes its
 //! data-plane state for the parallel workers of a later version).

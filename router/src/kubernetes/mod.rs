@@ -114,6 +114,20 @@ pub enum KubeError {
         /// The name we were given.
         name: String,
     },
+    /// Our Node's podCIDR is not inside the cluster range the router routes.
+    #[error(
+        "Node {name:?} has podCIDR {pod_cidr}, outside --cluster-range {range}: set \
+         --cluster-range (WEFT_CLUSTER_RANGE) to the cluster's pod network (kind: \
+         networking.podSubnet)"
+    )]
+    OutsideClusterRange {
+        /// Our Node.
+        name: String,
+        /// Its podCIDR.
+        pod_cidr: Ipv4Net,
+        /// The configured range.
+        range: Ipv4Net,
+    },
     /// Any other answer.
     #[error("the API server refused {verb} {resource}: {code} {message}")]
     Api {
@@ -223,6 +237,33 @@ impl Discovery {
             None => std::future::pending().await,
         }
     }
+}
+
+/// Starts discovery as `config` asks: `None` when it is not on (`--kubernetes`).
+pub async fn start_for(
+    config: &crate::RouterConfig,
+    key: PublicKey,
+    port: u16,
+    ready: &Arc<AtomicBool>,
+) -> Result<Option<Discovery>, KubeError> {
+    let Some(kube) = &config.kubernetes else {
+        return Ok(None);
+    };
+    let own = Own {
+        node_name: kube.node_name.clone(),
+        key,
+        port,
+        announce: config.announce.first().copied(),
+    };
+    let discovery = start(client(kube).await?, own, ready.clone()).await?;
+    if !config.cluster_range.contains(&discovery.pod_cidr) {
+        return Err(KubeError::OutsideClusterRange {
+            name: kube.node_name.clone(),
+            pod_cidr: discovery.pod_cidr,
+            range: config.cluster_range,
+        });
+    }
+    Ok(Some(discovery))
 }
 
 /// What this router publishes about itself.
