@@ -156,6 +156,18 @@ fn routers_find_each_other_through_nodes_pin_keys_and_forget_deleted_nodes() {
         !lab.ping("n3-p1", p1.address),
         "n3's pod reaches n1's while refused"
     );
+    let refused: u64 = ["n1", "n2"]
+        .iter()
+        .map(|n| {
+            status_drops(&lab.status(n))
+                .get("not_pinned")
+                .copied()
+                .unwrap_or(0)
+        })
+        .sum();
+    report(&format!(
+        "{PREFIX}: n1 and n2 refused {refused} handshakes as not_pinned"
+    ));
 
     // The right key again: n3 is back.
     api.unforce_annotation("n3", KEY_ANNOTATION);

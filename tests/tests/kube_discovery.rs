@@ -285,11 +285,12 @@ async fn errors_say_what_failed() {
     assert!(e.to_string().contains("may not patch nodes"), "{e}");
 
     // An API server that is not there yet: discovery waits for it rather than failing.
+    // 127.0.0.2, which no other test binds, so no other fake server takes the port.
     let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let url = format!("http://127.0.0.1:{port}").parse().unwrap();
+    let url = format!("http://127.0.0.2:{port}").parse().unwrap();
     let client = kube::Client::try_from(kube::Config::new(url)).unwrap();
     let start = tokio::spawn(kubernetes::start(client, own("n1", key()), ready));
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -297,7 +298,7 @@ async fn errors_say_what_failed() {
         !start.is_finished(),
         "gave up on an API server that is starting"
     );
-    let api = FakeApi::start(SocketAddr::from(([127, 0, 0, 1], port)), None);
+    let api = FakeApi::start(SocketAddr::from(([127, 0, 0, 2], port)), None);
     api.add_node(node("n1", "198.18.0.1", Some("10.32.1.0/24")));
     let d = tokio::time::timeout(Duration::from_secs(40), start)
         .await
