@@ -132,3 +132,40 @@ fn an_unpinned_and_forgotten_node_loses_tunnels_and_routes_for_good() {
     let (id0, id1) = (sim.id(0), sim.id(1));
     assert!(sim.node(0).is_up(&id1) && sim.node(1).is_up(&id0));
 }
+
+#[test]
+fn a_forgotten_node_pinned_again_comes_back() {
+    let mut sim = Sim::new(seed_from_env(64));
+    three(&mut sim);
+    let all: Vec<(usize, PeerId)> = (0..3).map(|i| (i, sim.id(i))).collect();
+    for i in 0..3 {
+        let p = pins(&sim, &all);
+        pin(&mut sim, i, p);
+    }
+    let took = sim.run_until(Duration::from_secs(30), Duration::from_millis(200), |s| {
+        s.full_mesh() && s.all_know_all_blocks()
+    });
+    assert!(took.is_some(), "seed {}\n{}", sim.seed, summary(&sim));
+    let id2 = sim.id(2);
+    for i in 0..2 {
+        let p = pins(&sim, &all[..2]);
+        pin(&mut sim, i, p);
+        sim.with_node(i, |n, now| n.handle_command(now, Command::Forget(id2)));
+    }
+    sim.run_for(Duration::from_secs(10));
+    assert!(!sim.node(0).is_up(&id2));
+    // Its Node is registered again with the same key.
+    for i in 0..2 {
+        let p = pins(&sim, &all);
+        pin(&mut sim, i, p);
+    }
+    let took = sim.run_until(Duration::from_secs(60), Duration::from_millis(200), |s| {
+        s.full_mesh() && s.all_know_all_blocks()
+    });
+    assert!(
+        took.is_some(),
+        "seed {}: not back\n{}",
+        sim.seed,
+        summary(&sim)
+    );
+}
