@@ -229,6 +229,24 @@ async fn discovery_follows_list_watch_bookmarks_relist_and_outages() {
         .map(|c| c["type"].as_str().unwrap())
         .collect();
     assert_eq!(types, BTreeSet::from(["NetworkUnavailable", "Ready"]));
+
+    // Our Node is deleted and the kubelet registers it again, bare: our key and the
+    // condition are put back, and our own key is never forgotten.
+    api.delete_node("n1");
+    api.add_node(node("n1", "198.18.0.1", Some("10.32.1.0/24")));
+    wait_for("our key on the new Node", || {
+        api.get("n1").unwrap()["metadata"]["annotations"][KEY_ANNOTATION] == k1.to_string()
+    })
+    .await;
+    wait_for("the condition on the new Node", || {
+        api.get("n1").unwrap()["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["type"] == "NetworkUnavailable" && c["status"] == "False")
+    })
+    .await;
+    assert!(d.commands.is_empty(), "no pin or forget for our own Node");
 }
 
 #[tokio::test]

@@ -65,6 +65,8 @@ pub const CONDITION_REASON: &str = "WeftIsUp";
 const READY_POLL: Duration = Duration::from_secs(1);
 /// Longest wait between two attempts at a patch the API server did not take.
 const MAX_RETRY: Duration = Duration::from_secs(30);
+/// How long a patch that succeeded may take to show in the watch before it is made again.
+const WATCH_LAG: Duration = Duration::from_secs(10);
 /// How often a router waiting for its podCIDR says so.
 const WAITING_LOG: Duration = Duration::from_secs(10);
 
@@ -279,6 +281,14 @@ pub struct Own {
     pub announce: Option<SocketAddr>,
 }
 
+impl Own {
+    /// The endpoint to publish: `--announce`, else our Node's address and our port.
+    fn endpoint(&self, view: &NodeView) -> Option<Endpoint> {
+        self.announce
+            .or_else(|| view.endpoint.map(|ep| SocketAddr::new(ep.ip(), self.port)))
+    }
+}
+
 /// Starts discovery: lists the Nodes, publishes our annotations, waits for our podCIDR and
 /// the initial pins, then follows the Nodes in a task until the returned value is dropped.
 /// `ready` is the router's readiness; when it turns true our Node's condition is set.
@@ -304,11 +314,7 @@ pub async fn start(
         });
     }
     // 2. Our annotations, so the others can pin us.
-    let endpoint = own.announce.or_else(|| {
-        nodes.views[&own.node_name]
-            .endpoint
-            .map(|ep| SocketAddr::new(ep.ip(), own.port))
-    });
+    let endpoint = own.endpoint(&nodes.views[&own.node_name]);
     let mut delay = READY_POLL;
     loop {
         match annotate(&api, &own, endpoint).await {
@@ -358,12 +364,13 @@ pub async fn start(
 type NodeStream =
     std::pin::Pin<Box<dyn Stream<Item = Result<watcher::Event<Node>, watcher::Error>> + Send>>;
 
-/// Follows the Nodes for the router's lifetime and sets the condition when ready. Errors
-/// are logged and retried: the data plane goes on with what it knows.
+/// Follows the Nodes for the router's lifetime, and keeps our Node's annotations and
+/// condition in place: a Node deleted and registered again by the kubelet has lost both.
+/// Errors are logged and retried: the data plane goes on with what it knows.
 async fn follow(api: Api<Node>, mut nodes: Nodes, mut stream: NodeStream, ready: Arc<AtomicBool>) {
-    let mut condition_set = false;
-    let mut retry_at = tokio::time::Instant::now();
-    let mut delay = READY_POLL;
+    let name = nodes.own.node_name.clone();
+    let mut annotation = Retry::default();
+    let mut condition = Retry::default();
     let mut poll = tokio::time::interval(READY_POLL);
     loop {
         tokio::select! {
@@ -374,21 +381,57 @@ async fn follow(api: Api<Node>, mut nodes: Nodes, mut stream: NodeStream, ready:
                 }
             }
             _ = poll.tick() => {
-                let now = tokio::time::Instant::now();
-                if condition_set || !ready.load(Ordering::Relaxed) || now < retry_at {
+                let Some(view) = nodes.views.get(&name).cloned() else {
                     continue;
+                };
+                if view.key.is_none() && annotation.due() {
+                    let r = annotate(&api, &nodes.own, nodes.own.endpoint(&view)).await;
+                    annotation.after(r, "publishing our key on our Node");
                 }
-                match set_condition(&api, &nodes.own.node_name).await {
-                    Ok(()) => {
-                        info!(node = %nodes.own.node_name, "NetworkUnavailable=False ({CONDITION_REASON})");
-                        condition_set = true;
+                if ready.load(Ordering::Relaxed) && !view.network_available && condition.due() {
+                    let r = set_condition(&api, &name).await;
+                    if r.is_ok() {
+                        info!(node = %name, "NetworkUnavailable=False ({CONDITION_REASON})");
                     }
-                    Err(e) => {
-                        warn!(error = %e, retry_in = ?delay, "setting our Node's NetworkUnavailable condition");
-                        retry_at = now + delay;
-                        delay = (delay * 2).min(MAX_RETRY);
-                    }
+                    condition.after(r, "setting our Node's NetworkUnavailable condition");
                 }
+            }
+        }
+    }
+}
+
+/// When to try a patch again: after a failure with backoff, and after a success only once
+/// the watch had time to show it (so a lagging watch does not cause a second patch).
+struct Retry {
+    at: tokio::time::Instant,
+    delay: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            at: tokio::time::Instant::now(),
+            delay: READY_POLL,
+        }
+    }
+}
+
+impl Retry {
+    fn due(&self) -> bool {
+        tokio::time::Instant::now() >= self.at
+    }
+
+    fn after(&mut self, result: Result<(), KubeError>, what: &str) {
+        let now = tokio::time::Instant::now();
+        match result {
+            Ok(()) => {
+                self.delay = READY_POLL;
+                self.at = now + WATCH_LAG;
+            }
+            Err(e) => {
+                warn!(error = %e, retry_in = ?self.delay, "{what}");
+                self.at = now + self.delay;
+                self.delay = (self.delay * 2).min(MAX_RETRY);
             }
         }
     }

@@ -31,6 +31,8 @@ pub struct NodeView {
     pub endpoint: Option<Endpoint>,
     /// The first IPv4 network of `spec.podCIDRs` (or `spec.podCIDR`), host bits clear.
     pub pod_cidr: Option<Ipv4Net>,
+    /// Whether its `NetworkUnavailable` condition is `False` (a network plugin cleared it).
+    pub network_available: bool,
     /// What did not parse, for the log.
     pub problems: Vec<String>,
 }
@@ -82,11 +84,20 @@ impl NodeView {
             .or_else(|| spec.and_then(|s| s.pod_cidr.as_deref()).map(|c| vec![c]))
             .unwrap_or_default();
         let pod_cidr = first_ipv4_cidr(&cidrs, &mut problems);
+        let network_available = node
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c.type_ == "NetworkUnavailable" && c.status == "False")
+            });
         Self {
             name,
             key,
             endpoint,
             pod_cidr,
+            network_available,
             problems,
         }
     }
@@ -165,6 +176,7 @@ mod tests {
         // hint for people, the kubelet-reported address is what is dialled.
         assert_eq!(v.endpoint, Some("198.18.0.1:7000".parse().unwrap()));
         assert_eq!(v.pod_cidr, Some("10.32.1.0/24".parse().unwrap()));
+        assert!(!v.network_available);
         assert!(v.problems.is_empty(), "{:?}", v.problems);
     }
 
