@@ -209,6 +209,7 @@ pub async fn client(config: &KubeConfig) -> Result<kube::Client, KubeError> {
             ))
         })?,
     };
+    info!(server = %cfg.cluster_url, node = %config.node_name, "using the Kubernetes API");
     kube::Client::try_from(cfg).map_err(|e| KubeError::Config(e.to_string()))
 }
 
@@ -525,8 +526,10 @@ impl Nodes {
                 let e = KubeError::from_watch(e);
                 if gone {
                     info!("Node watch expired (410 Gone): listing the Nodes again");
-                } else {
+                } else if self.listed {
                     warn!(error = %e, "watching Nodes; routing goes on with what is known");
+                } else {
+                    warn!(error = %e, "listing Nodes; the mesh starts once our Node is seen");
                 }
                 if e.is_permanent() && !self.listed {
                     return Err(e);
