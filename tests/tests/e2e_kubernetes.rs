@@ -2,7 +2,8 @@
 //! other only through a fake API server (no seeds), with blocks from the Nodes' podCIDRs.
 //! Pods on different nodes reach each other; a Node whose annotated key is not its router's
 //! is refused by the others (and counted as `not_pinned`) until the annotation is right
-//! again; deleting a Node object removes its routes on the others.
+//! again; an API outage does not stop traffic; deleting a Node object removes its routes on
+//! the others.
 //!
 //! The fake API server runs on a thread of this test inside the lab's underlay namespace,
 //! bound on the switch, which `weft lab up --kubernetes` gives the address 198.18.255.254;
@@ -177,6 +178,17 @@ fn routers_find_each_other_through_nodes_pin_keys_and_forget_deleted_nodes() {
         "n3 did not come back with its key pinned again: {}",
         lab.status("n1")
     );
+
+    // The API server goes down: the routers keep routing on what they know.
+    api.set_down(true);
+    std::thread::sleep(Duration::from_secs(3));
+    for (from, to) in [("n1-p1", "n3-p1"), ("n3-p1", "n2-p1"), ("n2-p1", "n1-p1")] {
+        assert!(
+            lab.ping(from, lab.pod(to).address),
+            "{from} -> {to} during the API outage"
+        );
+    }
+    api.set_down(false);
 
     // Node n3 is deleted: n1 and n2 forget it and its block.
     api.delete_node("n3");
