@@ -11,7 +11,9 @@
 //! [`Command::Forget`] for the key of a Node that was deleted. When the router is ready (it
 //! has its block and the bridge), it sets its Node's `NetworkUnavailable` condition to
 //! `False`, reason [`CONDITION_REASON`], with a strategic merge patch on `nodes/status`
-//! (a merge patch would replace the kubelet's conditions).
+//! (a merge patch would replace the kubelet's conditions). A Node deleted and registered
+//! again by its kubelet gets our key and the condition back; its key, pinned again, is
+//! let back into the mesh on the other nodes.
 //!
 //! # Trust model
 //!
