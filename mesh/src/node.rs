@@ -1264,7 +1264,7 @@ impl Node {
                     }
                     Err(rejected) => {
                         debug!(%endpoint, error = %rejected.error, "response refused");
-                        self.drop_for(handshake_drop(&rejected.error));
+                        self.drop_for(self.handshake_drop(&rejected.error));
                         if let (Some(state), Some(a)) = (
                             rejected.state,
                             self.dials
@@ -1287,7 +1287,7 @@ impl Node {
         rejected: weft_crypto::Rejected<weft_crypto::Initiator>,
     ) {
         debug!(peer = ?id, error = %rejected.error, "response refused");
-        self.drop_for(handshake_drop(&rejected.error));
+        self.drop_for(self.handshake_drop(&rejected.error));
         if let Some(a) = self
             .peers
             .get_mut(&id)
@@ -1327,7 +1327,7 @@ impl Node {
             }
             Err(rejected) => {
                 debug!(from = %source.endpoint, error = %rejected.error, "finish refused");
-                self.drop_for(handshake_drop(&rejected.error));
+                self.drop_for(self.handshake_drop(&rejected.error));
                 match rejected.state {
                     Some(state) => {
                         self.responding.insert(
@@ -3103,18 +3103,21 @@ impl Node {
             .map(|(id, _)| id.key())
     }
 
+    /// How a refused handshake is counted: a key other than the pinned one apart from the
+    /// rest, so an impersonation attempt shows in the counters under its own name. (Unpinned,
+    /// an unexpected key is a stale endpoint, not an impostor.)
+    fn handshake_drop(&self, error: &weft_crypto::HandshakeError) -> DropReason {
+        match error {
+            weft_crypto::HandshakeError::PeerNotAllowed(_) => DropReason::NotPinned,
+            weft_crypto::HandshakeError::UnexpectedPeer { .. } if self.pinned.is_some() => {
+                DropReason::NotPinned
+            }
+            _ => DropReason::HandshakeRejected,
+        }
+    }
+
     /// Whether a key may hold a tunnel with us: every key while unpinned.
     fn may_connect(&self, id: &PeerId) -> bool {
         self.pinned.as_ref().is_none_or(|p| p.contains_key(id))
-    }
-}
-
-/// How a refused handshake is counted: a key other than the pinned one apart from the rest,
-/// so an impersonation attempt shows in the counters under its own name.
-fn handshake_drop(error: &weft_crypto::HandshakeError) -> DropReason {
-    match error {
-        weft_crypto::HandshakeError::PeerNotAllowed(_)
-        | weft_crypto::HandshakeError::UnexpectedPeer { .. } => DropReason::NotPinned,
-        _ => DropReason::HandshakeRejected,
     }
 }
