@@ -140,6 +140,17 @@ struct RouterArgs {
     /// TUN offloads), off (one packet per system call; for comparison and old kernels).
     #[arg(long, env = "WEFT_OFFLOAD", default_value = "auto")]
     offload: weft_router::dataplane::Offload,
+    /// Find peers, this node's pod block and the keys to pin from the Kubernetes API: Node
+    /// objects instead of seeds, the Node's podCIDR as the block (see docs/kubernetes.md).
+    #[arg(long, env = "WEFT_KUBERNETES", requires = "node_name", conflicts_with_all = ["pod_cidr", "found_address_space"])]
+    kubernetes: bool,
+    /// This node's Node name (in a DaemonSet: the downward API's spec.nodeName).
+    #[arg(long, env = "WEFT_NODE_NAME")]
+    node_name: Option<String>,
+    /// A kubeconfig file for --kubernetes (default: KUBECONFIG, ~/.kube/config, then the
+    /// pod's ServiceAccount).
+    #[arg(long, env = "WEFT_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
     /// Log format: text or json.
     #[arg(long, env = "WEFT_LOG_FORMAT", default_value = "text")]
     log_format: weft_router::logging::LogFormat,
@@ -189,6 +200,11 @@ enum LabCommand {
         /// Run no routers: hand each node a static block (pods talk only within a node).
         #[arg(long)]
         no_routers: bool,
+        /// Run the routers with `--kubernetes` and this kubeconfig instead of seeds: Nodes
+        /// n1..nN in its API server give them peers, blocks and pins. The switch gets the
+        /// address 198.18.255.254 for an API server run in the underlay namespace.
+        #[arg(long, value_name = "KUBECONFIG", conflicts_with = "no_routers")]
+        kubernetes: Option<PathBuf>,
         #[command(flatten)]
         which: LabName,
     },
@@ -375,7 +391,7 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let name = match args.name {
+    let name = match args.name.or_else(|| args.node_name.clone()) {
         Some(n) => n,
         None => std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
@@ -400,6 +416,12 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
         underlay_mtu: args.underlay_mtu,
         metrics,
         offload: args.offload,
+        kubernetes: args
+            .kubernetes
+            .then(|| weft_router::kubernetes::KubeConfig {
+                node_name: args.node_name.clone().unwrap_or_default(),
+                kubeconfig: args.kubeconfig.clone(),
+            }),
     };
     runtime()?.block_on(async {
         let shutdown = async {
@@ -571,6 +593,7 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<()> {
             offload,
             cni_bin,
             no_routers,
+            kubernetes,
             which,
         } => {
             let spec = lab::plan::LabSpec {
@@ -584,6 +607,7 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<()> {
                 wrong_secret: wrong_secret.into_iter().collect(),
                 delay_line,
                 offload,
+                kubernetes: kubernetes.map(std::path::absolute).transpose()?,
             };
             let weft = std::env::current_exe()?;
             let bins = lab::Binaries {

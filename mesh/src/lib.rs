@@ -23,7 +23,7 @@ pub mod tunnel;
 pub mod wire;
 
 pub use dataplane::{DataActivity, DataPlane, PeerPath, Received, Receiving};
-pub use id::{Endpoint, PeerId, ShortId};
+pub use id::{DEFAULT_PORT, Endpoint, PeerId, ShortId};
 pub use ipam::{AddressSpace, WaitReason};
 pub use node::{
     Command, Config, DownReason, DropCounters, DropReason, Event, Node, NodeStats, NodeStatus,

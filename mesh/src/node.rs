@@ -159,6 +159,12 @@ pub enum Command {
     /// Take over the address space of a member gone for good (Weave's `rmpeer`): the operator
     /// asserts it will not come back with its old state.
     TakeOverBlocks(PeerId),
+    /// Pin membership to these keys, each expected at its endpoint (the keys annotated on
+    /// Kubernetes Nodes, DESIGN.md §3): a handshake that authenticates any other key is
+    /// refused, tunnels of peers no longer listed close, a dial of a listed endpoint expects
+    /// that endpoint's key, and each listed peer is dialled at its endpoint. Replaces the
+    /// previous pins; there is no way back to unpinned (a router is pinned for its lifetime).
+    Pin(BTreeMap<PeerId, Endpoint>),
 }
 
 /// A datagram to send.
@@ -181,6 +187,8 @@ pub enum DownReason {
     Restarted,
     /// It departed or was forgotten.
     Departed,
+    /// Its key is no longer pinned (see [`Command::Pin`]).
+    Unpinned,
 }
 
 /// Something the router may want to know, log or export.
@@ -285,6 +293,9 @@ pub enum DropReason {
     BadGrant,
     /// A message from a peer that is not (or no longer) a member.
     NotMember,
+    /// A handshake that authenticated a key other than the one pinned for the peer or
+    /// endpoint (see [`Command::Pin`]): someone posing as another node, or a stale pin.
+    NotPinned,
 }
 
 /// Drop counts by reason.
@@ -563,6 +574,9 @@ pub struct Node {
     space: AddressSpace,
     waiting: Option<WaitReason>,
     denied: BTreeMap<PeerId, Instant>,
+    /// Keys membership is pinned to and where each is expected ([`Command::Pin`]); `None`
+    /// while unpinned.
+    pinned: Option<BTreeMap<PeerId, Endpoint>>,
     /// Endpoints that sent us data for an unknown index, and when we last acted on it.
     unknown_index_from: HashMap<Endpoint, Instant>,
     routes: Arc<RouteTable>,
@@ -663,6 +677,7 @@ impl Node {
             space,
             waiting: None,
             denied: BTreeMap::new(),
+            pinned: None,
             unknown_index_from: HashMap::new(),
             routes: Arc::default(),
             routes_dirty: true,
@@ -997,6 +1012,7 @@ impl Node {
                 }
             }
             Command::TakeOverBlocks(peer) => self.take_over(now, peer, command),
+            Command::Pin(pins) => self.pin(pins, now),
         }
         self.finish(now);
     }
@@ -1309,7 +1325,8 @@ impl Node {
                         self.on_session(id, session, source, now);
                     }
                     Err(rejected) => {
-                        self.drop_for(DropReason::HandshakeRejected);
+                        debug!(%endpoint, error = %rejected.error, "response refused");
+                        self.drop_for(self.handshake_drop(&rejected.error));
                         if let (Some(state), Some(a)) = (
                             rejected.state,
                             self.dials
@@ -1332,7 +1349,7 @@ impl Node {
         rejected: weft_crypto::Rejected<weft_crypto::Initiator>,
     ) {
         debug!(peer = ?id, error = %rejected.error, "response refused");
-        self.drop_for(DropReason::HandshakeRejected);
+        self.drop_for(self.handshake_drop(&rejected.error));
         if let Some(a) = self
             .peers
             .get_mut(&id)
@@ -1371,7 +1388,8 @@ impl Node {
                 self.on_session(id, session, source, now);
             }
             Err(rejected) => {
-                self.drop_for(DropReason::HandshakeRejected);
+                debug!(from = %source.endpoint, error = %rejected.error, "finish refused");
+                self.drop_for(self.handshake_drop(&rejected.error));
                 match rejected.state {
                     Some(state) => {
                         self.responding.insert(
@@ -2314,7 +2332,7 @@ impl Node {
         if id == self.id || self.forgotten.contains(&id) || self.peers.contains_key(&id) {
             return;
         }
-        if self.is_departed(&id) {
+        if self.is_departed(&id) || !self.may_connect(&id) {
             return;
         }
         let retry_at = if self.id < id {
@@ -2422,9 +2440,10 @@ impl Node {
         }
         let index = self.alloc_index(IndexUse::Dialing(endpoint));
         let wall = self.wall(now);
-        let Ok((initiator, msg)) = self
-            .handshaker
-            .initiate(index, None, wall, &mut &mut *self.rng)
+        let expected = self.pinned_key_at(endpoint);
+        let Ok((initiator, msg)) =
+            self.handshaker
+                .initiate(index, expected, wall, &mut &mut *self.rng)
         else {
             self.indices.remove(&index);
             return;
@@ -2497,6 +2516,9 @@ impl Node {
         }
         if let Some(ep) = p.punch_endpoint {
             direct.insert(ep);
+        }
+        if let Some(ep) = self.pinned.as_ref().and_then(|pins| pins.get(&id)) {
+            direct.insert(*ep);
         }
         let unreachable = p.unreachable;
         let path = p.path;
@@ -3084,5 +3106,80 @@ impl Node {
         warn!(from = ?peer, ?space, "took over the address space of a departed peer");
         self.events
             .push_back(Event::BlocksTakenOver { from: peer, space });
+    }
+
+    // ---------------------------------------------------------------- pinning
+
+    /// Applies [`Command::Pin`]. The handshaker enforces the allow-list on every completed
+    /// handshake, both roles; here the tunnels of peers dropped from it close, dials of a
+    /// pinned endpoint with an unknown key give way to a dial of its pinned key, and a key
+    /// pinned anew is un-forgotten (a Node deleted and registered again with the same key).
+    fn pin(&mut self, pins: BTreeMap<PeerId, Endpoint>, now: Instant) {
+        self.handshaker
+            .set_allowed(Some(pins.keys().map(|id| id.key()).collect()));
+        let unpinned: Vec<PeerId> = self
+            .peers
+            .keys()
+            .filter(|id| !pins.contains_key(id))
+            .copied()
+            .collect();
+        for id in unpinned {
+            info!(peer = ?id, "key no longer pinned: closing its tunnel");
+            self.close_peer(id, DownReason::Unpinned, now, true);
+        }
+        let pinned_endpoints: BTreeSet<Endpoint> = pins.values().copied().collect();
+        let stale: Vec<Endpoint> = self
+            .dials
+            .keys()
+            .filter(|ep| pinned_endpoints.contains(ep))
+            .copied()
+            .collect();
+        for ep in stale {
+            if let Some(a) = self.dials.remove(&ep).and_then(|d| d.attempt) {
+                self.indices.remove(&a.index);
+            }
+        }
+        let before = self.pinned.replace(pins.clone()).unwrap_or_default();
+        for (id, endpoint) in pins {
+            if !before.contains_key(&id) {
+                self.forgotten.remove(&id);
+            }
+            self.ensure_peer(id, now);
+            // A peer waiting to retry tries its (new) pinned endpoint now.
+            if before.get(&id) != Some(&endpoint)
+                && let Some(p) = self.peers.get_mut(&id)
+                && let Tunnel::Idle { retry_at } = &mut p.tunnel
+            {
+                *retry_at = (*retry_at).min(now);
+                self.touched.insert(id);
+            }
+        }
+    }
+
+    /// The key pinned at `endpoint`, which a dial of it must reach.
+    fn pinned_key_at(&self, endpoint: Endpoint) -> Option<weft_crypto::PublicKey> {
+        self.pinned
+            .as_ref()?
+            .iter()
+            .find(|(_, ep)| **ep == endpoint)
+            .map(|(id, _)| id.key())
+    }
+
+    /// How a refused handshake is counted: a key other than the pinned one apart from the
+    /// rest, so an impersonation attempt shows in the counters under its own name. (Unpinned,
+    /// an unexpected key is a stale endpoint, not an impostor.)
+    fn handshake_drop(&self, error: &weft_crypto::HandshakeError) -> DropReason {
+        match error {
+            weft_crypto::HandshakeError::PeerNotAllowed(_) => DropReason::NotPinned,
+            weft_crypto::HandshakeError::UnexpectedPeer { .. } if self.pinned.is_some() => {
+                DropReason::NotPinned
+            }
+            _ => DropReason::HandshakeRejected,
+        }
+    }
+
+    /// Whether a key may hold a tunnel with us: every key while unpinned.
+    fn may_connect(&self, id: &PeerId) -> bool {
+        self.pinned.as_ref().is_none_or(|p| p.contains_key(id))
     }
 }

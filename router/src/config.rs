@@ -7,8 +7,7 @@ use ipnet::Ipv4Net;
 use weft_crypto::{DATA_OVERHEAD, JoinSecret};
 use weft_mesh::wire::RELAY_HEADER_LEN;
 
-/// The one UDP port weft uses between routers (DESIGN.md §1).
-pub const DEFAULT_PORT: u16 = 6786;
+pub use weft_mesh::DEFAULT_PORT;
 /// The TUN device's name.
 pub const TUN_NAME: &str = "weft-tun";
 /// The bridge pods attach to (weft-cni's default).
@@ -57,6 +56,8 @@ pub struct RouterConfig {
     pub metrics: Option<SocketAddr>,
     /// Whether the data path uses the kernel's segmentation offloads.
     pub offload: crate::dataplane::Offload,
+    /// Discover peers, block and pins from Kubernetes Nodes (`--kubernetes`).
+    pub kubernetes: Option<crate::kubernetes::KubeConfig>,
 }
 
 impl RouterConfig {
@@ -102,6 +103,13 @@ impl RouterConfig {
                 ));
             }
         }
+        if self.kubernetes.is_some() && (self.found_address_space || self.pod_cidr.is_some()) {
+            return Err(
+                "under --kubernetes the pod block is the Node's podCIDR: drop --pod-cidr and \
+                 --found-address-space"
+                    .into(),
+            );
+        }
         if self.underlay_mtu.is_some_and(|m| m > 65535) {
             return Err("--underlay-mtu is at most 65535".into());
         }
@@ -129,6 +137,7 @@ mod tests {
             underlay_mtu: None,
             metrics: None,
             offload: Default::default(),
+            kubernetes: None,
         }
     }
 

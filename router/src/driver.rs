@@ -51,6 +51,9 @@ pub enum RunError {
     /// The configuration cannot work.
     #[error("{0}")]
     Config(String),
+    /// Kubernetes discovery could not start.
+    #[error(transparent)]
+    Kubernetes(#[from] crate::kubernetes::KubeError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
@@ -149,6 +152,7 @@ fn wall_now() -> Timestamp {
 /// the cluster route); the bridge and the pods stay, so an upgrade does not cut pods off.
 pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     config.validate().map_err(RunError::Config)?;
+    tokio::pin!(shutdown);
     let state = StateDir::open(&config.state_dir)?;
     let key = state.key(&mut OsRandom)?;
     let persisted = state.load_mesh()?;
@@ -207,16 +211,27 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
         .map_err(io(format!("bring {TUN_NAME} up")))?;
     blocking(move || netconf::route_cluster_range(TUN_NAME, range)).await?;
 
+    let ready = Arc::new(AtomicBool::new(false));
+    // Under Kubernetes the block is the Node's podCIDR: known before the mesh starts.
+    let discovery = tokio::select! {
+        d = crate::kubernetes::start_for(&config, key.public(), listen.port(), &ready) => d?,
+        _ = &mut shutdown => {
+            let _ = std::fs::remove_file(&socket_path);
+            return Ok(());
+        }
+    };
+    let pod_cidr = discovery.as_ref().map(|d| d.pod_cidr).or(config.pod_cidr);
+
     let now = Instant::now();
     let mut mesh_config = weft_mesh::Config::new(config.name.clone());
     mesh_config.announce = config.announce.clone();
     mesh_config.seeds = config.seeds.clone();
     mesh_config.cluster_range = config.cluster_range;
     mesh_config.block_prefix = config.block_prefix;
-    mesh_config.pod_cidr = config.pod_cidr;
+    mesh_config.pod_cidr = pod_cidr;
     mesh_config.found_address_space = config.found_address_space;
     let handshaker = Handshaker::new(key.clone(), config.join_secret.clone());
-    let node = Node::new(
+    let mut node = Node::new(
         mesh_config,
         handshaker,
         persisted,
@@ -224,6 +239,13 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
         now,
         wall_now(),
     );
+    // The pins of the initial Node list apply before any datagram is handled.
+    let mut discovery = discovery;
+    if let Some(d) = discovery.as_mut() {
+        while let Ok(command) = d.commands.try_recv() {
+            node.handle_command(now, command);
+        }
+    }
     info!(
         id = %key.public(),
         name = %config.name,
@@ -262,7 +284,6 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
         }
     });
     let snapshot = metrics::Shared::default();
-    let ready = Arc::new(AtomicBool::new(false));
     let metrics_task = metrics_listener.map(|listener| {
         let (snapshot, ready) = (snapshot.clone(), ready.clone());
         let dir = state.path().to_owned();
@@ -322,6 +343,7 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
         ready,
         written_block,
         refused,
+        discovery,
         config,
     };
     let result = driver.run(&mut calls, from_workers, shutdown).await;
@@ -363,6 +385,8 @@ struct Driver {
     written_block: Option<ipnet::Ipv4Net>,
     /// Control requests refused, counted by the control task.
     refused: Arc<control::RefusedRequests>,
+    /// Kubernetes Node discovery, when on: pins and forgets for the Node.
+    discovery: Option<crate::kubernetes::Discovery>,
 }
 
 impl Driver {
@@ -411,6 +435,9 @@ impl Driver {
                     Some((request, reply)) = calls.recv() => {
                         let response = self.handle_request(request);
                         let _ = reply.send(response);
+                    }
+                    command = crate::kubernetes::Discovery::next_command(&mut self.discovery) => {
+                        self.node.handle_command(Instant::now(), command);
                     }
                 }
                 self.drain().await?;

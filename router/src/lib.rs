@@ -3,7 +3,9 @@
 //! It owns what touches the machine: the UDP socket, the TUN device, the kernel's routes and
 //! the node's bridge (netlink), the state directory, the control socket, metrics and logs.
 //! Protocol decisions stay in `weft-mesh`; this crate only moves bytes and timers between the
-//! kernel and the Node, and reports what the Node says (DESIGN.md §2, §8).
+//! kernel and the Node, and reports what the Node says (DESIGN.md §2, §8). Under Kubernetes
+//! it also finds peers, its block and the keys to pin in the API server's Node objects
+//! ([`kubernetes`]).
 //!
 //! One task runs the Node; two data-plane workers ([`dataplane`]) move pod traffic beside it
 //! on the state the Node publishes (DESIGN.md §2).
@@ -12,6 +14,7 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod driver;
+pub mod kubernetes;
 pub mod logging;
 pub mod metrics;
 pub mod netconf;

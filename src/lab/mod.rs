@@ -136,6 +136,9 @@ fn build(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState> {
     add_ns(&u)?;
     sys::ip_in(&u, &["link", "add", "sw", "type", "bridge"])?;
     sys::ip_in(&u, &["link", "set", "sw", "up"])?;
+    if spec.kubernetes.is_some() {
+        sys::ip_in(&u, &["addr", "add", plan::API_SERVER, "dev", "sw"])?;
+    }
 
     let mut nodes = Vec::new();
     for i in 1..=spec.nodes {
@@ -386,6 +389,13 @@ pub fn router_args(spec: &LabSpec, node: &NodeState, secret: &Path) -> Vec<Strin
     ];
     if let Some(offload) = spec.offload {
         args.push(format!("--offload={offload}"));
+    }
+    if let Some(kubeconfig) = &spec.kubernetes {
+        // Peers, block and pins come from the API server's Node objects, named n1, n2...
+        args.push("--kubernetes".into());
+        args.push(format!("--node-name={}", node.name));
+        args.push(format!("--kubeconfig={}", kubeconfig.display()));
+        return args;
     }
     if wrong {
         // No member will grant it space: give it its static block, so its pods exist.

@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 pub const MAX_NODES: usize = 200;
 /// The most pods per node.
 pub const MAX_PODS: usize = 50;
+/// The switch's own address under `--kubernetes`: a (fake) API server bound in the underlay
+/// namespace is reached there, outside every node's address.
+pub const API_SERVER: &str = "198.18.255.254/16";
 /// Underlay MTU of the lab's veths (the kernel default for veth and bridge).
 pub const UNDERLAY_MTU: u32 = 1500;
 
@@ -86,6 +89,11 @@ pub struct LabSpec {
     /// The routers' `--offload` (None: theirs, or `WEFT_OFFLOAD` from the environment).
     #[serde(default)]
     pub offload: Option<weft_router::dataplane::Offload>,
+    /// Run the routers in Kubernetes mode with this kubeconfig (`--kubernetes`): they find
+    /// each other, their blocks and their pins through the API server it names, with no
+    /// seeds. The switch answers at [`API_SERVER`] for a server run in the underlay namespace.
+    #[serde(default)]
+    pub kubernetes: Option<std::path::PathBuf>,
 }
 
 fn yes() -> bool {
@@ -253,6 +261,7 @@ mod tests {
             wrong_secret: BTreeSet::new(),
             delay_line: false,
             offload: None,
+            kubernetes: None,
         }
     }
 

@@ -60,6 +60,7 @@ fn spec(prefix: &str, nodes: usize, pods: usize) -> LabSpec {
         wrong_secret: BTreeSet::new(),
         delay_line: false,
         offload: None,
+        kubernetes: None,
     }
 }
 

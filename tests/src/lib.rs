@@ -1,6 +1,8 @@
 //! weft-tests: shared harness for weft's integration tests: the deterministic simulator
-//! ([`sim`]) that the `tests/tests/mesh_*.rs` scenarios and `examples/simulate.rs` drive.
+//! ([`sim`]) that the `tests/tests/mesh_*.rs` scenarios and `examples/simulate.rs` drive, and
+//! the fake Kubernetes API server ([`fake_kube`]) of the discovery and lab tests.
 
+pub mod fake_kube;
 pub mod sim;
 
 pub use sim::{

@@ -482,6 +482,11 @@ impl Sim {
         PeerId::from(self.hosts[i].key.public())
     }
 
+    /// A host's own underlay endpoint (behind its NAT, if it has one).
+    pub fn endpoint(&self, i: usize) -> SocketAddr {
+        self.hosts[i].addr
+    }
+
     /// A host's name.
     pub fn name(&self, i: usize) -> &str {
         &self.hosts[i].spec.name

@@ -22,14 +22,9 @@ fn deploy_dir() -> PathBuf {
 /// The YAML documents of one file, as JSON values (empty documents skipped).
 fn documents(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap();
-    yaml_serde::Deserializer::from_str(&text)
-        .map(|doc| {
-            let yaml = yaml_serde::Value::deserialize(doc)
-                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            serde_json::to_value(yaml).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        })
-        .filter(|v| !v.is_null())
-        .collect()
+    let docs: Vec<Value> =
+        serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    docs.into_iter().filter(|v| !v.is_null()).collect()
 }
 
 /// Parses `doc` as `T` and checks that serializing it again gives the same document: a field
@@ -460,9 +455,7 @@ fn probes_reach_the_status_endpoint_and_resources_are_set() {
 #[test]
 fn every_weft_variable_is_one_the_binary_reads() {
     // A misspelled variable is silently ignored by the binary, so check the names against
-    // the `env = "WEFT_…"` attributes in src/. WEFT_KUBERNETES and WEFT_NODE_NAME come with
-    // the router's Kubernetes discovery (issue 6), developed beside this manifest.
-    const COMING_WITH_DISCOVERY: [&str; 2] = ["WEFT_KUBERNETES", "WEFT_NODE_NAME"];
+    // the `env = "WEFT_…"` attributes in src/.
     let mut sources = String::new();
     let mut dirs = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("../src")];
     while let Some(dir) = dirs.pop() {
@@ -486,10 +479,9 @@ fn every_weft_variable_is_one_the_binary_reads() {
             assert!(e.name.starts_with("WEFT_"), "{}: {}", c.name, e.name);
             let known = sources.contains(&format!("env = \"{}\"", e.name));
             assert!(
-                known || COMING_WITH_DISCOVERY.contains(&e.name.as_str()),
+                known,
                 "{}: {} is not an environment variable of the weft binary",
-                c.name,
-                e.name
+                c.name, e.name
             );
         }
     }

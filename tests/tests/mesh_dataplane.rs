@@ -90,7 +90,9 @@ fn a_packet_sealed_from_one_snapshot_opens_with_the_peers() {
     let seal = |packet: &[u8]| {
         let mut d = vec![0u8; DATA_HEADER_LEN + packet.len() + TAG_LEN];
         d[DATA_HEADER_LEN..DATA_HEADER_LEN + packet.len()].copy_from_slice(packet);
-        path.session.seal_in_place(PayloadKind::Data, &mut d, now).unwrap();
+        path.session
+            .seal_in_place(PayloadKind::Data, &mut d, now)
+            .unwrap();
         d
     };
     let mut d = seal(&packet);

@@ -1,0 +1,171 @@
+//! Key pinning ([`Command::Pin`]), as Kubernetes discovery uses it: nodes that know each
+//! other only through pins (no seeds) form a mesh; a node whose handshake key differs from
+//! the key pinned at its endpoint is refused by everyone; a node dropped from the pins and
+//! forgotten loses its tunnels and its routes and does not come back.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use weft_crypto::KeyPair;
+use weft_mesh::{Command, DropReason, PeerId};
+use weft_tests::{NodeSpec, Sim, SimRng, seed_from_env, summary};
+
+/// Three nodes with podCIDR-style blocks and no seeds.
+fn three(sim: &mut Sim) {
+    for i in 0..3 {
+        let mut spec = NodeSpec::new(format!("node-{i}"), vec![]);
+        spec.pod_cidr = Some(format!("10.32.{i}.0/24").parse().unwrap());
+        sim.add(spec);
+    }
+}
+
+fn pins(sim: &Sim, keys: &[(usize, PeerId)]) -> BTreeMap<PeerId, std::net::SocketAddr> {
+    keys.iter().map(|(i, id)| (*id, sim.endpoint(*i))).collect()
+}
+
+fn pin(sim: &mut Sim, node: usize, pins: BTreeMap<PeerId, std::net::SocketAddr>) {
+    sim.with_node(node, |n, now| n.handle_command(now, Command::Pin(pins)));
+}
+
+fn drops(sim: &Sim, node: usize, reason: DropReason) -> u64 {
+    sim.node(node).drops().get(&reason).copied().unwrap_or(0)
+}
+
+#[test]
+fn pinned_nodes_find_each_other_without_seeds() {
+    let mut sim = Sim::new(seed_from_env(61));
+    three(&mut sim);
+    let all: Vec<(usize, PeerId)> = (0..3).map(|i| (i, sim.id(i))).collect();
+    for i in 0..3 {
+        let p = pins(&sim, &all);
+        pin(&mut sim, i, p);
+    }
+    let took = sim.run_until(Duration::from_secs(30), Duration::from_millis(200), |s| {
+        s.full_mesh() && s.all_know_all_blocks()
+    });
+    assert!(
+        took.is_some(),
+        "seed {}: no mesh from pins alone\n{}",
+        sim.seed,
+        summary(&sim)
+    );
+    for i in 0..3 {
+        assert_eq!(drops(&sim, i, DropReason::NotPinned), 0);
+    }
+}
+
+#[test]
+fn a_key_other_than_the_pinned_one_is_refused_until_the_pin_is_right() {
+    let mut sim = Sim::new(seed_from_env(62));
+    three(&mut sim);
+    // Node 2's endpoint carries a key node 2 does not hold: whoever answers there is refused.
+    let impostor = PeerId::from(KeyPair::generate(&mut SimRng::new(7)).public());
+    let wrong = [(0, sim.id(0)), (1, sim.id(1)), (2, impostor)];
+    let right: Vec<(usize, PeerId)> = (0..3).map(|i| (i, sim.id(i))).collect();
+    for i in 0..2 {
+        let p = pins(&sim, &wrong);
+        pin(&mut sim, i, p);
+    }
+    let p = pins(&sim, &right);
+    pin(&mut sim, 2, p);
+    sim.run_for(Duration::from_secs(30));
+    eprintln!("{}", summary(&sim));
+    let (id0, id1, id2) = (sim.id(0), sim.id(1), sim.id(2));
+    assert!(sim.node(0).is_up(&id1) && sim.node(1).is_up(&id0));
+    for i in 0..2 {
+        assert!(
+            !sim.node(i).is_up(&id2),
+            "node {i} accepted the unpinned key"
+        );
+        assert!(!sim.node(i).holds_session_with(&id2));
+        // Node 2's record (and block) never reached them: gossip needs a session.
+        let block2 = sim.node(2).block().unwrap();
+        assert_eq!(sim.node(i).routes().owner(block2.network()), None);
+    }
+    // Node 2 may count a session it initiated as up until it times out unconfirmed, but
+    // nothing ever came back under it: it learned no other member.
+    assert_eq!(sim.node(2).members().alive().count(), 1);
+    let refused = drops(&sim, 0, DropReason::NotPinned) + drops(&sim, 1, DropReason::NotPinned);
+    assert!(refused > 0, "the refusals are counted as not_pinned");
+
+    // With the right key pinned, node 2 joins.
+    for i in 0..2 {
+        let p = pins(&sim, &right);
+        pin(&mut sim, i, p);
+    }
+    let took = sim.run_until(Duration::from_secs(30), Duration::from_millis(200), |s| {
+        s.full_mesh() && s.all_know_all_blocks()
+    });
+    assert!(took.is_some(), "seed {}\n{}", sim.seed, summary(&sim));
+}
+
+#[test]
+fn an_unpinned_and_forgotten_node_loses_tunnels_and_routes_for_good() {
+    let mut sim = Sim::new(seed_from_env(63));
+    three(&mut sim);
+    let all: Vec<(usize, PeerId)> = (0..3).map(|i| (i, sim.id(i))).collect();
+    for i in 0..3 {
+        let p = pins(&sim, &all);
+        pin(&mut sim, i, p);
+    }
+    let took = sim.run_until(Duration::from_secs(30), Duration::from_millis(200), |s| {
+        s.full_mesh() && s.all_know_all_blocks()
+    });
+    assert!(took.is_some(), "seed {}\n{}", sim.seed, summary(&sim));
+
+    // Node 2's Node object is deleted: the others drop its pin and forget it. Node 2 keeps
+    // running with its old pins, as a router whose Node was deleted does.
+    let id2 = sim.id(2);
+    let block2 = sim.node(2).block().unwrap();
+    for i in 0..2 {
+        let p = pins(&sim, &all[..2]);
+        pin(&mut sim, i, p);
+        sim.with_node(i, |n, now| n.handle_command(now, Command::Forget(id2)));
+    }
+    sim.run_for(Duration::from_secs(60));
+    eprintln!("{}", summary(&sim));
+    for i in 0..2 {
+        assert!(!sim.node(i).is_up(&id2));
+        assert!(!sim.node(i).holds_session_with(&id2));
+        assert_eq!(sim.node(i).routes().owner(block2.network()), None);
+    }
+    let (id0, id1) = (sim.id(0), sim.id(1));
+    assert!(sim.node(0).is_up(&id1) && sim.node(1).is_up(&id0));
+}
+
+#[test]
+fn a_forgotten_node_pinned_again_comes_back() {
+    let mut sim = Sim::new(seed_from_env(64));
+    three(&mut sim);
+    let all: Vec<(usize, PeerId)> = (0..3).map(|i| (i, sim.id(i))).collect();
+    for i in 0..3 {
+        let p = pins(&sim, &all);
+        pin(&mut sim, i, p);
+    }
+    let took = sim.run_until(Duration::from_secs(30), Duration::from_millis(200), |s| {
+        s.full_mesh() && s.all_know_all_blocks()
+    });
+    assert!(took.is_some(), "seed {}\n{}", sim.seed, summary(&sim));
+    let id2 = sim.id(2);
+    for i in 0..2 {
+        let p = pins(&sim, &all[..2]);
+        pin(&mut sim, i, p);
+        sim.with_node(i, |n, now| n.handle_command(now, Command::Forget(id2)));
+    }
+    sim.run_for(Duration::from_secs(10));
+    assert!(!sim.node(0).is_up(&id2));
+    // Its Node is registered again with the same key.
+    for i in 0..2 {
+        let p = pins(&sim, &all);
+        pin(&mut sim, i, p);
+    }
+    let took = sim.run_until(Duration::from_secs(60), Duration::from_millis(200), |s| {
+        s.full_mesh() && s.all_know_all_blocks()
+    });
+    assert!(
+        took.is_some(),
+        "seed {}: not back\n{}",
+        sim.seed,
+        summary(&sim)
+    );
+}
