@@ -221,6 +221,15 @@ impl Netlink {
         self.ack(RouteNetlinkMessage::SetLink(msg), 0)
     }
 
+    /// Caps the segments per GSO frame the kernel hands `index` (`ip link set DEV
+    /// gso_max_segs N`): bigger frames are cut in software first.
+    pub fn set_gso_max_segs(&mut self, index: u32, segs: u32) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::GsoMaxSegs(segs));
+        self.ack(RouteNetlinkMessage::SetLink(msg), 0)
+    }
+
     /// Makes `index` a port of `bridge`.
     pub fn set_master(&mut self, index: u32, bridge: u32) -> io::Result<()> {
         let mut msg = LinkMessage::default();

@@ -296,6 +296,9 @@ pub enum DropReason {
     /// A handshake that authenticated a key other than the one pinned for the peer or
     /// endpoint (see [`Command::Pin`]): someone posing as another node, or a stale pin.
     NotPinned,
+    /// A TUN frame the data plane could not split into packets (an offload frame with more
+    /// segments than a batch holds, or a malformed virtio header): dropped whole.
+    TunFrame,
 }
 
 /// Drop counts by reason.

@@ -205,6 +205,14 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
         gso_segments: if gso { udp.max_gso_segments() } else { 1 },
         gro_segments: if gro { udp.gro_segments() } else { 1 },
     };
+    if paths.tun_offload {
+        let segs = dataplane::tx::FRAME_SLOTS as u32;
+        if let Err(e) = blocking(move || netconf::limit_gso_segments(TUN_NAME, segs)).await {
+            // Then frames of more segments than a batch holds are dropped and counted
+            // (tun_frame), never fatal.
+            warn!(error = %e, "could not cap the TUN device's GSO segments");
+        }
+    }
     let range = config.cluster_range;
     blocking(|| netconf::disable_ipv6(TUN_NAME)).await?;
     tun.enabled(true)

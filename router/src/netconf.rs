@@ -58,6 +58,17 @@ pub fn underlay_mtu(ours: &[&str]) -> Result<u32, NetconfError> {
     })
 }
 
+/// Caps the segments of the GSO frames the kernel hands the TUN device at `segs`, so that a
+/// frame always fits one data-plane batch: a pod that clamps its TCP MSS very low (or sends
+/// UDP GSO with tiny segments) gets its frames cut by the kernel, instead of having them
+/// dropped by the router.
+pub fn limit_gso_segments(dev: &str, segs: u32) -> Result<(), NetconfError> {
+    let mut nl = Netlink::new().map_err(ctx("open netlink"))?;
+    let link = find(&mut nl, dev)?;
+    nl.set_gso_max_segs(link.index, segs)
+        .map_err(ctx(format!("set gso_max_segs {segs} on {dev}")))
+}
+
 /// Routes the cluster range into the TUN device (the node's own block is more specific and
 /// stays on the bridge). A route for the range through another device is an error that
 /// names it: pod traffic would silently go there instead.

@@ -18,15 +18,16 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 use tun_rs::SyncDevice;
 use weft_crypto::{DATA_HEADER_LEN, DATA_OVERHEAD};
-use weft_mesh::{PeerId, PeerPath};
+use weft_mesh::{DropReason, PeerId, PeerPath};
 
 use super::{Shared, Tally, ToNode, ipv4_addrs, wait};
 
 /// Packet slots per batch.
 const SLOTS: usize = 256;
-/// Slots an offloaded TUN frame may need (64 KiB in segments of at least 512 bytes); another
-/// frame is read into the same batch only while this many are free.
-const FRAME_SLOTS: usize = 128;
+/// Slots an offloaded TUN frame may need: the router caps the TUN device's GSO frames at this
+/// many segments (netconf::limit_gso_segments); another frame is read into the same batch only
+/// while this many are free.
+pub const FRAME_SLOTS: usize = 128;
 /// The largest UDP GSO send the kernel takes: an IPv4 datagram's 64 KiB less its headers.
 const MAX_GSO_BYTES: usize = 65_535 - 20 - 8;
 /// Consecutive failed TUN reads after which the device is taken to be gone.
@@ -111,7 +112,7 @@ impl Tx {
             let mut slots: Vec<&mut [u8]> = b.out.chunks_mut(b.stride).collect();
             self.device()
                 .recv_multiple(&mut b.raw, &mut slots, &mut b.sizes, DATA_HEADER_LEN)
-                .map(|n| self.read_more(&mut b.raw, &mut slots, &mut b.sizes, n))
+                .map(|n| self.read_more(&mut b.raw, &mut slots, &mut b.sizes, n, &mut st.tally))
         };
         let now = Instant::now();
         let busy = match read {
@@ -122,9 +123,16 @@ impl Tx {
                 true
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            // A frame tun-rs cannot split (a pod's UDP GSO send with a tiny segment size, a
+            // malformed virtio header) costs that frame only: a pod can send such frames as
+            // often as it likes, so they must never stop the router.
+            Err(e) if e.raw_os_error().is_none() => {
+                debug!(error = %e, "TUN frame dropped");
+                st.tally.drop_for(DropReason::TunFrame, now);
+                true
+            }
             Err(e) => {
-                // A frame tun-rs cannot split (a malformed GSO header) costs that frame;
-                // a device that keeps failing is gone.
+                // A device that keeps failing is gone.
                 st.errors += 1;
                 if st.errors >= MAX_READ_ERRORS {
                     return Err(e);
@@ -146,6 +154,7 @@ impl Tx {
         slots: &mut [&mut [u8]],
         sizes: &mut [usize],
         mut n: usize,
+        tally: &mut Tally,
     ) -> usize {
         let need = if self.offload { FRAME_SLOTS } else { 1 };
         while SLOTS - n >= need {
@@ -156,6 +165,10 @@ impl Tx {
                 DATA_HEADER_LEN,
             ) {
                 Ok(k) => n += k,
+                // Read but not split: that frame is lost (as in `step`), the batch goes on.
+                Err(e) if e.raw_os_error().is_none() => {
+                    tally.drop_for(DropReason::TunFrame, Instant::now())
+                }
                 Err(_) => break,
             }
         }

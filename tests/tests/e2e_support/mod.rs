@@ -421,6 +421,16 @@ impl Lab {
                     "{}: offloads expected on (auto), but the data path is {d}",
                     node.name
                 );
+                // The TUN device's GSO frames are capped to what one batch holds.
+                let (_, link, _) = run(
+                    Path::new("ip"),
+                    &["-n", &node.namespace, "-d", "link", "show", "weft-tun"],
+                );
+                assert!(
+                    link.contains("gso_max_segs 128 "),
+                    "{}: weft-tun without its GSO cap: {link}",
+                    node.name
+                );
             }
         }
         if off {
@@ -549,6 +559,51 @@ pub fn transfer(
     pace: Option<Duration>,
     stall: Duration,
 ) -> Result<Transfer, String> {
+    transfer_with_mss(from_ns, to_ns, to, port, payload, pace, None, stall)
+}
+
+/// A TCP connection from a socket made in `ns`, with its maximum segment size set first
+/// when `mss` is given (TCP_MAXSEG must be set before connecting).
+fn connect_in(
+    ns: &str,
+    to: SocketAddr,
+    mss: Option<u32>,
+    stall: Duration,
+) -> std::io::Result<TcpStream> {
+    let Some(mss) = mss else {
+        return in_netns(ns, move || TcpStream::connect_timeout(&to, stall));
+    };
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, connect, setsockopt, socket, sockopt,
+    };
+    let fd = in_netns(ns, || {
+        socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+    })?;
+    setsockopt(&fd, sockopt::TcpMaxSeg, &mss)?;
+    let SocketAddr::V4(v4) = to else {
+        unreachable!("IPv4 only")
+    };
+    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(v4))?;
+    Ok(TcpStream::from(fd))
+}
+
+/// [`transfer`] from a socket whose TCP maximum segment size is `mss`, when given.
+#[allow(clippy::too_many_arguments, dead_code)]
+pub fn transfer_with_mss(
+    from_ns: &str,
+    to_ns: &str,
+    to: Ipv4Addr,
+    port: u16,
+    payload: Payload,
+    pace: Option<Duration>,
+    mss: Option<u32>,
+    stall: Duration,
+) -> Result<Transfer, String> {
     let listener = in_netns(to_ns, move || TcpListener::bind(("0.0.0.0", port)))
         .map_err(|e| format!("listen in {to_ns}: {e}"))?;
     let receiver = std::thread::spawn(move || -> Result<(u64, u64), String> {
@@ -578,9 +633,7 @@ pub fn transfer(
         Ok((n, sum.value()))
     });
     let start = Instant::now();
-    let sender = in_netns(from_ns, move || {
-        TcpStream::connect_timeout(&SocketAddr::from((to, port)), stall)
-    });
+    let sender = connect_in(from_ns, SocketAddr::from((to, port)), mss, stall);
     let mut s = sender.map_err(|e| format!("connect to {to}:{port}: {e}"))?;
     s.set_write_timeout(Some(stall)).unwrap();
     let (bytes, mut random, text) = match &payload {
