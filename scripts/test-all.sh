@@ -18,7 +18,8 @@ echo "== cargo test (routers with offloads: TUN TSO/GRO, UDP GSO/GRO)"
 cargo test --workspace --locked
 # The end-to-end tests again on the fallback path (one packet per system call), which a
 # kernel without the offloads gets (e2e test a checks which path the routers run).
+# --workspace, as above: the same feature set, so nothing is compiled again.
 echo "== end-to-end tests again, routers with WEFT_OFFLOAD=off"
-WEFT_OFFLOAD=off cargo test -p weft-tests --locked --test 'e2e_*'
+WEFT_OFFLOAD=off cargo test --workspace --locked --test 'e2e_*'
 echo "== fuzz smoke (bounded)"
 scripts/fuzz-smoke.sh
