@@ -53,6 +53,11 @@ impl Keyring {
         self.current.as_ref()
     }
 
+    /// When the previous session's grace ends, if there is one.
+    pub fn previous_until(&self) -> Option<Instant> {
+        self.previous.as_ref().map(|(_, until)| *until)
+    }
+
     /// The previous session while its grace lasts at `now`.
     pub fn previous(&self, now: Instant) -> Option<&Arc<Session>> {
         self.previous

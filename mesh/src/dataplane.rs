@@ -30,6 +30,10 @@ pub struct PeerPath {
     pub session: Arc<Session>,
     /// Where the sealed datagram goes.
     pub next_hop: NextHop,
+    /// When the Node's choice of session may change by time alone (the previous session's
+    /// grace ends): from then on the worker hands packets to the Node until a new snapshot
+    /// comes, rather than seal with a session the peer may have dropped.
+    pub until: Option<Instant>,
 }
 
 impl PeerPath {
@@ -41,6 +45,9 @@ impl PeerPath {
         let NextHop::Direct(endpoint) = self.next_hop else {
             return None;
         };
+        if self.until.is_some_and(|t| now >= t) {
+            return None;
+        }
         self.session
             .seal_in_place(PayloadKind::Data, slot, now)
             .ok()

@@ -522,6 +522,11 @@ fn up_deadline(p: &Peer, keys: &Keyring) -> Instant {
     if let Some(t) = p.direct_probe_at {
         d = d.min(t);
     }
+    if let Some(t) = keys.previous_until() {
+        // The previous session's grace ends: release it, and let the data plane's snapshot
+        // (whose choice of session depends on it) be rebuilt then.
+        d = d.min(t);
+    }
     if let Some(s) = keys.current() {
         // While rekeying, the rekey time has passed already: wake for the expiry instead.
         d = d.min(if matches!(p.tunnel, Tunnel::Rekeying { .. }) {
@@ -852,8 +857,17 @@ impl Node {
                     .filter(|s| s.is_confirmed() && !s.is_expired(now)),
                 p.path,
             ) {
+                // `sending` changes its answer when the previous session's grace ends.
+                let until = keys.previous_until().filter(|t| *t > now);
                 let session = session.clone();
-                peers.insert(*id, PeerPath { session, next_hop });
+                peers.insert(
+                    *id,
+                    PeerPath {
+                        session,
+                        next_hop,
+                        until,
+                    },
+                );
             }
             let direct = match p.path {
                 Some(NextHop::Direct(ep)) => Some(ep),
