@@ -140,7 +140,7 @@ impl DataPlane {
         };
         let range = opened.range();
         let peer = r.peer;
-        match ipv4_source(&datagram[range.clone()]).map(|src| self.routes.owner(src)) {
+        match ipv4_addrs(&datagram[range.clone()]).map(|(src, _)| self.routes.owner(src)) {
             None => Received::Refused {
                 peer,
                 reason: DropReason::NotIpv4,
@@ -158,14 +158,35 @@ impl DataPlane {
     }
 }
 
-/// The source address of an IPv4 packet, if it is one.
-fn ipv4_source(packet: &[u8]) -> Option<Ipv4Addr> {
+/// Source and destination of an IPv4 packet, if it is one: what a worker needs to route
+/// it (the kernel hands over, and the AEAD has authenticated, whole packets).
+pub fn ipv4_addrs(packet: &[u8]) -> Option<(Ipv4Addr, Ipv4Addr)> {
     if packet.len() < 20 || packet[0] >> 4 != 4 {
         return None;
     }
-    Some(Ipv4Addr::new(
-        packet[12], packet[13], packet[14], packet[15],
-    ))
+    let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
+    let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
+    Some((src, dst))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_ipv4_packets_have_addresses() {
+        let mut p = [0u8; 20];
+        p[0] = 0x45;
+        p[12..16].copy_from_slice(&[10, 32, 1, 2]);
+        p[16..20].copy_from_slice(&[10, 32, 2, 3]);
+        assert_eq!(
+            ipv4_addrs(&p),
+            Some((Ipv4Addr::new(10, 32, 1, 2), Ipv4Addr::new(10, 32, 2, 3)))
+        );
+        p[0] = 0x60;
+        assert_eq!(ipv4_addrs(&p), None);
+        assert_eq!(ipv4_addrs(&[0x45; 19]), None);
+    }
 }
 
 /// What a data-plane worker did for one peer since its last report: the Node keeps liveness,

@@ -1103,7 +1103,7 @@ impl Node {
     fn finish(&mut self, now: Instant) {
         // Any input may have moved a session, path or route: the data plane's snapshot is
         // rebuilt on next request rather than tracked change by change (a missed case there
-        // would seal with a stale session).
+        // would seal with a stale session). This is the one place it is dropped.
         self.data_plane = None;
         if self.own_dirty {
             // Our record changes are published at the next gossip tick (batched), but the
@@ -1554,7 +1554,6 @@ impl Node {
             // With no relay at all, the direct path stays the only hope.
             p.path = hop.or(old);
         }
-        self.data_plane = None;
         self.touched.insert(id);
     }
 
@@ -1673,7 +1672,6 @@ impl Node {
             self.routes_dirty = true;
         }
         self.note_path(id, path);
-        self.data_plane = None;
         self.touched.insert(id);
         if !was_up {
             info!(peer = ?id, ?path, "peer up");
@@ -1798,7 +1796,6 @@ impl Node {
                             self.own_dirty = true;
                             self.routes_dirty = true;
                         }
-                        self.data_plane = None;
                     }
                 }
                 Some(relay) => {
@@ -1818,7 +1815,6 @@ impl Node {
             self.relay_session(id, Some(relay), now);
         }
         if let Some(ep) = new_direct {
-            self.data_plane = None;
             self.note_path(id, Some(NextHop::Direct(ep)));
             self.report_observed(id, source, now);
         }
@@ -2252,7 +2248,6 @@ impl Node {
             || !rec.is_alive()
         {
             self.routes_dirty = true;
-            self.data_plane = None;
         }
         self.rumors.insert(id);
         if rec.is_alive() {
@@ -2429,7 +2424,6 @@ impl Node {
             self.events.push_back(Event::PeerDown { peer: id, reason });
         }
         self.routes_dirty = true;
-        self.data_plane = None;
     }
 
     // ---------------------------------------------------------------- handshakes
@@ -2633,9 +2627,6 @@ impl Node {
         p.indices.retain(|i| !released.contains(i));
         for i in &released {
             self.indices.remove(i);
-        }
-        if !released.is_empty() {
-            self.data_plane = None;
         }
         let p = self.peers.get_mut(&id).expect("present");
         let expired = p.tunnel.keys().is_some_and(|k| k.current().is_none());
@@ -2938,7 +2929,6 @@ impl Node {
         let table = RouteTable::compute(self.id, self.table.records(), &direct);
         if table != *self.routes {
             self.routes = Arc::new(table);
-            self.data_plane = None;
             self.events.push_back(Event::RoutesChanged);
         }
         self.routes_computed = Some(now);

@@ -87,12 +87,14 @@ fn grow_buffers(socket: &std::net::UdpSocket) {
 /// has filled the send buffer it waits a moment for room (these are few and small: handshakes,
 /// gossip, keepalives) rather than drop them.
 fn send_control(socket: &std::net::UdpSocket, bytes: &[u8], to: SocketAddr) -> std::io::Result<()> {
-    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     use std::os::fd::AsFd;
     match socket.send_to(bytes, to) {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-            let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLOUT)];
-            let _ = poll(&mut fds, PollTimeout::from(10u8));
+            let room = Instant::now() + std::time::Duration::from_millis(10);
+            dataplane::wait(
+                [(socket.as_fd(), nix::poll::PollFlags::POLLOUT)],
+                Some(room),
+            )?;
             socket.send_to(bytes, to).map(drop)
         }
         r => r.map(drop),
@@ -468,9 +470,12 @@ impl Driver {
             let written = if self.tun_offload {
                 // A device with virtio headers takes one in front of every packet; zero
                 // means "no offload" for this one.
-                let mut framed = vec![0u8; tun_rs::VIRTIO_NET_HDR_LEN + packet.len()];
-                framed[tun_rs::VIRTIO_NET_HDR_LEN..].copy_from_slice(&packet);
-                self.tun.send(&framed)
+                const NO_OFFLOAD: [u8; tun_rs::VIRTIO_NET_HDR_LEN] =
+                    [0; tun_rs::VIRTIO_NET_HDR_LEN];
+                self.tun.send_vectored(&[
+                    std::io::IoSlice::new(&NO_OFFLOAD),
+                    std::io::IoSlice::new(&packet),
+                ])
             } else {
                 self.tun.send(&packet)
             };

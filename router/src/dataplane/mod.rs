@@ -26,7 +26,7 @@ pub mod tx;
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -207,28 +207,21 @@ impl Tally {
     }
 }
 
-/// Source and destination of an IPv4 packet, if it is one.
-fn ipv4_addrs(packet: &[u8]) -> Option<(Ipv4Addr, Ipv4Addr)> {
-    if packet.len() < 20 || packet[0] >> 4 != 4 {
-        return None;
-    }
-    let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
-    let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
-    Some((src, dst))
-}
-
 /// The longest a worker sleeps before it looks at its stop flag.
 const STOP_CHECK: Duration = Duration::from_millis(200);
 
 /// Blocks until one of `fds` is ready for its events, `until` passes, or [`STOP_CHECK`]
 /// elapses.
-fn wait(fds: &[(BorrowedFd<'_>, PollFlags)], until: Option<Instant>) -> io::Result<()> {
+pub(crate) fn wait<const N: usize>(
+    fds: [(BorrowedFd<'_>, PollFlags); N],
+    until: Option<Instant>,
+) -> io::Result<()> {
     let timeout = until
         .map_or(STOP_CHECK, |t| t.saturating_duration_since(Instant::now()))
         .min(STOP_CHECK);
     // At most STOP_CHECK (200 ms), so it fits; at least 1 ms, so a due report cannot spin.
     let timeout = PollTimeout::from(timeout.as_millis().clamp(1, 200) as u16);
-    let mut fds: Vec<PollFd<'_>> = fds.iter().map(|(fd, ev)| PollFd::new(*fd, *ev)).collect();
+    let mut fds = fds.map(|(fd, ev)| PollFd::new(fd, ev));
     match poll(&mut fds, timeout) {
         Ok(_) | Err(Errno::EINTR) => Ok(()),
         Err(e) => Err(e.into()),
@@ -282,7 +275,7 @@ fn run(tx: &tx::Tx, rx: &rx::Rx, stop: &AtomicBool) -> io::Result<()> {
                 (a, b) => a.or(b),
             };
             wait(
-                &[
+                [
                     (tx.tun.as_fd(), PollFlags::POLLIN),
                     (rx.socket.as_fd(), PollFlags::POLLIN),
                 ],
@@ -341,20 +334,5 @@ mod tests {
         activity.sort_by_key(|a| a.peer);
         let sums: Vec<_> = activity.iter().map(|a| (a.peer, a.sent_bytes)).collect();
         assert_eq!(sums, vec![(peer, 60), (other, 40)]);
-    }
-
-    #[test]
-    fn only_ipv4_packets_have_addresses() {
-        let mut p = [0u8; 20];
-        p[0] = 0x45;
-        p[12..16].copy_from_slice(&[10, 32, 1, 2]);
-        p[16..20].copy_from_slice(&[10, 32, 2, 3]);
-        assert_eq!(
-            ipv4_addrs(&p),
-            Some((Ipv4Addr::new(10, 32, 1, 2), Ipv4Addr::new(10, 32, 2, 3)))
-        );
-        p[0] = 0x60;
-        assert_eq!(ipv4_addrs(&p), None);
-        assert_eq!(ipv4_addrs(&[0x45; 19]), None);
     }
 }

@@ -18,9 +18,10 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 use tun_rs::SyncDevice;
 use weft_crypto::{DATA_HEADER_LEN, DATA_OVERHEAD};
+use weft_mesh::dataplane::ipv4_addrs;
 use weft_mesh::{DropReason, PeerId, PeerPath};
 
-use super::{Shared, Tally, ToNode, ipv4_addrs, wait};
+use super::{Shared, Tally, ToNode, wait};
 
 /// Packet slots per batch.
 const SLOTS: usize = 256;
@@ -288,7 +289,7 @@ impl Tx {
         loop {
             match self.udp.try_send((&*self.socket).into(), &transmit) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    wait(&[(self.socket.as_fd(), PollFlags::POLLOUT)], None)?;
+                    wait([(self.socket.as_fd(), PollFlags::POLLOUT)], None)?;
                 }
                 other => return other,
             }
