@@ -202,12 +202,13 @@ impl FakeApi {
                 let listener = tokio::net::TcpListener::bind(bind).await.expect("bind");
                 addr_tx.send(listener.local_addr().unwrap()).unwrap();
                 let app = axum::Router::new().fallback(handle).with_state(s);
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = stop_rx.await;
-                    })
-                    .await
-                    .expect("serve");
+                // Not a graceful shutdown: that waits for every connection to close, and a
+                // client in the test's own runtime cannot close one while the test thread
+                // is blocked joining this one. Dropping the runtime closes them all.
+                tokio::select! {
+                    r = axum::serve(listener, app) => r.expect("serve"),
+                    _ = stop_rx => {}
+                }
             });
         });
         let addr = addr_rx
