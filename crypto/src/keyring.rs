@@ -33,6 +33,20 @@ impl Keyring {
             .map(|(gone, _)| gone.local_index())
     }
 
+    /// Keeps `session` for opening only, as the previous one for [`PREVIOUS_SESSION_GRACE`]
+    /// from `now` (or its own expiry), while the current session stays the one to seal with:
+    /// the losing side of two handshakes that crossed (each peer initiated one at once; both
+    /// must settle on the same session, and the peer may still seal a few packets with the
+    /// other). Returns the local index of a previous session this pushes out, as
+    /// [`Keyring::install`] does.
+    #[must_use = "a returned index must be forgotten by the caller's index map"]
+    pub fn install_previous(&mut self, session: Arc<Session>, now: Instant) -> Option<u32> {
+        let until = (now + PREVIOUS_SESSION_GRACE).min(session.expires_at());
+        self.previous
+            .replace((session, until))
+            .map(|(gone, _)| gone.local_index())
+    }
+
     /// The session to seal with: the current one once the peer has proven it holds it, else
     /// the previous one while it lasts (an initiator's new session is unconfirmed until the
     /// first packet arrives under it), else the current one.
@@ -219,5 +233,36 @@ mod tests {
         assert_eq!(ring.install(Arc::new(a3), t1), Some(10));
         let later = t1 + PREVIOUS_SESSION_GRACE;
         assert_eq!(ring.sending(later).unwrap().local_index(), 12);
+    }
+
+    #[test]
+    fn a_crossed_session_kept_as_previous_opens_but_never_seals_once_ours_is_confirmed() {
+        let t0 = Instant::now();
+        let (ours, peer_ours) = pair_with(t0, 10, 20);
+        let (theirs, _peer_theirs) = pair_with(t0, 11, 21);
+        let mut ring = Keyring::new();
+        assert_eq!(ring.install(Arc::new(ours), t0), None);
+        assert_eq!(ring.install_previous(Arc::new(theirs), t0), None);
+        assert_eq!(
+            ring.current().unwrap().local_index(),
+            10,
+            "ours stays current"
+        );
+        assert!(ring.for_index(11, t0).is_some(), "theirs still opens");
+        // Until the peer proves it holds ours, theirs seals (the peer holds that one surely).
+        assert_eq!(ring.sending(t0).unwrap().local_index(), 11);
+        let mut p = packet();
+        peer_ours
+            .seal_in_place(PayloadKind::Control, &mut p, t0)
+            .unwrap();
+        ring.for_index(10, t0)
+            .unwrap()
+            .open_in_place(&mut p, t0)
+            .unwrap();
+        assert_eq!(ring.sending(t0).unwrap().local_index(), 10);
+        // Theirs goes after the grace like any previous session.
+        let later = t0 + PREVIOUS_SESSION_GRACE;
+        assert_eq!(ring.handle_timeout(later), vec![11]);
+        assert!(ring.for_index(11, later).is_none());
     }
 }

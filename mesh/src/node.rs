@@ -502,6 +502,13 @@ impl Peer {
 /// this: if not, our finish was lost and the peer has no session; handshake again.
 pub const CONFIRM_TIMEOUT: Duration = REKEY_TIMEOUT;
 
+/// How young our own session must be for a session the peer initiated to count as one that
+/// crossed it (see `Node::on_session`). Crossed handshakes complete within a round trip of
+/// each other; an older session of ours is replaced as in any rekey. A crossing misjudged
+/// (the peer never got our finish) costs nothing: the peer's session seals until ours is
+/// confirmed, and ours is handshaken again after [`CONFIRM_TIMEOUT`].
+pub const CROSSING_WINDOW: Duration = CONFIRM_TIMEOUT;
+
 /// Whether the current session is ours, unconfirmed, and past [`CONFIRM_TIMEOUT`].
 fn unconfirmed_since(keys: &Keyring) -> Option<Instant> {
     keys.current()
@@ -1603,6 +1610,30 @@ impl Node {
         };
         let was_up = p.tunnel.is_up();
         p.indices.push(local);
+        // Handshakes that crossed (each side initiated one at once, or one dialled a peer
+        // whose data overtook its finish) leave each side with both sessions, installed in
+        // opposite orders. Both must seal with the same one, or each drops what the other
+        // seals once the previous session's grace is over and the pair goes silent. The one
+        // the lower key initiated wins (the lower key is the one meant to initiate): a young
+        // current session that the lower key initiated stays current, and a session the
+        // higher key initiated beside it is kept for opening only.
+        let initiated_by_lower = |r: Role| (r == Role::Initiator) == (self.id < id);
+        let crossed = |keys: &Keyring| {
+            !initiated_by_lower(role)
+                && keys.current().is_some_and(|c| {
+                    initiated_by_lower(c.role())
+                        && now < c.established() + CROSSING_WINDOW
+                        && !c.is_expired(now)
+                })
+        };
+        let install = |keys: &mut Keyring, session| {
+            if crossed(keys) {
+                debug!(peer = ?id, "handshakes crossed: the lower key's session stays current");
+                keys.install_previous(session, now)
+            } else {
+                keys.install(session, now)
+            }
+        };
         let tunnel = std::mem::replace(&mut p.tunnel, Tunnel::Idle { retry_at: now });
         p.tunnel = match tunnel {
             Tunnel::Idle { .. } => {
@@ -1620,7 +1651,7 @@ impl Node {
                 Tunnel::Established { keys }
             }
             Tunnel::Established { mut keys } => {
-                released.extend(keys.install(session, now));
+                released.extend(install(&mut keys, session));
                 Tunnel::Established { keys }
             }
             Tunnel::Rekeying {
@@ -1629,7 +1660,7 @@ impl Node {
                 if role == Role::Responder {
                     released.push(attempt.index);
                 }
-                released.extend(keys.install(session, now));
+                released.extend(install(&mut keys, session));
                 Tunnel::Established { keys }
             }
         };
@@ -3152,7 +3183,11 @@ impl Node {
                 self.forgotten.remove(&id);
             }
             self.ensure_peer(id, now);
-            // A peer waiting to retry tries its (new) pinned endpoint now.
+            // A peer waiting to retry tries its (new) pinned endpoint now. Both ends of a pair
+            // may do so at once (they see the same pins): their handshakes cross, which
+            // `on_session` settles. Waiting for the lower key instead would leave a peer that
+            // still holds a session we dropped (its key was unpinned and is pinned again)
+            // sealing into the void until our fallback dial.
             if before.get(&id) != Some(&endpoint)
                 && let Some(p) = self.peers.get_mut(&id)
                 && let Tunnel::Idle { retry_at } = &mut p.tunnel
