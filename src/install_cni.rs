@@ -578,6 +578,11 @@ mod tests {
         // weft-cni's own parser accepts what the runtime will hand it, with the node's values.
         let conf = first_plugin_as_run(&bytes);
         assert_eq!(conf.mtu, 1375);
+        // A conflist without an MTU gets weft-cni's default: the same figure.
+        assert_eq!(
+            Some(weft_cni::config::DEFAULT_MTU),
+            weft_router::config::pod_mtu(1500)
+        );
         assert_eq!(conf.bridge.as_str(), "weft");
         assert_eq!(conf.state_dir, PathBuf::from("/var/lib/weft"));
         assert_eq!(conf.name, "weft");

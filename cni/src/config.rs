@@ -16,9 +16,11 @@ use crate::result::{CniError, CniResult, Dns, ErrorCode};
 use crate::version::CniVersion;
 
 pub const DEFAULT_BRIDGE: &str = "weft";
-/// Default pod MTU: a 1500-byte underlay less weft's tunnel overhead. The router computes the
-/// real value and install-cni writes it into the conflist.
-pub const DEFAULT_MTU: u32 = 1376;
+/// Default pod MTU: a 1500-byte underlay less weft's tunnel overhead on its longest (relayed)
+/// path, as `weft_router::config::pod_mtu(1500)` computes it (a test in `weft install-cni`
+/// holds the two together). The router computes the real value and install-cni writes it
+/// into the conflist.
+pub const DEFAULT_MTU: u32 = 1375;
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/weft";
 /// The smallest MTU IPv4 allows (RFC 791) and the largest a veth takes.
 pub const MTU_RANGE: std::ops::RangeInclusive<u32> = 68..=65535;
@@ -293,7 +295,7 @@ mod tests {
     fn defaults() {
         let c = parse(r#"{"cniVersion":"1.1.0","name":"weft","type":"weft-cni"}"#).unwrap();
         assert_eq!(c.bridge.as_str(), "weft");
-        assert_eq!(c.mtu, 1376);
+        assert_eq!(c.mtu, 1375);
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/weft"));
         assert!(c.routes.is_empty() && c.dns.is_none() && c.prev_result.is_none());
         assert!(c.valid_attachments.is_none());
