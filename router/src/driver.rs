@@ -447,7 +447,16 @@ impl Driver {
                         let _ = reply.send(response);
                     }
                     command = crate::kubernetes::Discovery::next_command(&mut self.discovery) => {
-                        self.node.handle_command(Instant::now(), command);
+                        // A deleted Node whose key never joined the mesh (refused, or gone
+                        // before it came up) has nothing to forget: not worth the warning a
+                        // refused `weft forget` gets.
+                        if let Command::Forget(peer) = &command
+                            && self.node.members().get(peer).is_none()
+                        {
+                            debug!(?peer, "deleted Node's key was never a member: nothing to forget");
+                        } else {
+                            self.node.handle_command(Instant::now(), command);
+                        }
                     }
                 }
                 self.drain().await?;
