@@ -47,6 +47,25 @@ impl Keyring {
             .map(|(gone, _)| gone.local_index())
     }
 
+    /// Makes the previous session current again, and the current one previous for
+    /// [`PREVIOUS_SESSION_GRACE`] from `now`: for a session kept for opening only
+    /// ([`Keyring::install_previous`]) that turned out to be the only one the peer holds.
+    /// Returns false (and changes nothing) when there is no previous session at `now`.
+    pub fn promote_previous(&mut self, now: Instant) -> bool {
+        let Some((prev, until)) = self.previous.take() else {
+            return false;
+        };
+        if now >= until || prev.is_expired(now) {
+            self.previous = Some((prev, until));
+            return false;
+        }
+        if let Some(old) = self.current.replace(prev) {
+            let until = (now + PREVIOUS_SESSION_GRACE).min(old.expires_at());
+            self.previous = Some((old, until));
+        }
+        true
+    }
+
     /// The session to seal with: the current one once the peer has proven it holds it, else
     /// the previous one while it lasts (an initiator's new session is unconfirmed until the
     /// first packet arrives under it), else the current one.
@@ -264,5 +283,33 @@ mod tests {
         let later = t0 + PREVIOUS_SESSION_GRACE;
         assert_eq!(ring.handle_timeout(later), vec![11]);
         assert!(ring.for_index(11, later).is_none());
+    }
+
+    #[test]
+    fn a_previous_session_promoted_seals_and_the_current_one_becomes_previous() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(1);
+        let (ours, _peer_ours) = pair_with(t0, 10, 20);
+        let (_peer_theirs, theirs) = pair_with(t1, 21, 11);
+        let mut ring = Keyring::new();
+        assert_eq!(ring.install(Arc::new(ours), t0), None);
+        assert_eq!(ring.install_previous(Arc::new(theirs), t1), None);
+        let t5 = t0 + Duration::from_secs(5);
+        assert!(ring.promote_previous(t5));
+        assert_eq!(ring.current().unwrap().local_index(), 11);
+        assert_eq!(
+            ring.sending(t5).unwrap().local_index(),
+            11,
+            "a responder's is confirmed"
+        );
+        assert_eq!(ring.previous_until(), Some(t5 + PREVIOUS_SESSION_GRACE));
+        assert!(
+            ring.for_index(10, t5).is_some(),
+            "ours still opens for the grace"
+        );
+        // Nothing to promote once the grace is over.
+        let later = t5 + PREVIOUS_SESSION_GRACE;
+        assert!(!ring.promote_previous(later));
+        assert_eq!(ring.current().unwrap().local_index(), 11);
     }
 }
