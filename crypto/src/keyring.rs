@@ -27,9 +27,8 @@ impl Keyring {
     #[must_use = "a returned index must be forgotten by the caller's index map"]
     pub fn install(&mut self, session: Arc<Session>, now: Instant) -> Option<u32> {
         let old = self.current.replace(session)?;
-        let until = (now + PREVIOUS_SESSION_GRACE).min(old.expires_at());
         self.previous
-            .replace((old, until))
+            .replace(grace(old, now))
             .map(|(gone, _)| gone.local_index())
     }
 
@@ -41,9 +40,8 @@ impl Keyring {
     /// [`Keyring::install`] does.
     #[must_use = "a returned index must be forgotten by the caller's index map"]
     pub fn install_previous(&mut self, session: Arc<Session>, now: Instant) -> Option<u32> {
-        let until = (now + PREVIOUS_SESSION_GRACE).min(session.expires_at());
         self.previous
-            .replace((session, until))
+            .replace(grace(session, now))
             .map(|(gone, _)| gone.local_index())
     }
 
@@ -52,16 +50,14 @@ impl Keyring {
     /// ([`Keyring::install_previous`]) that turned out to be the only one the peer holds.
     /// Returns false (and changes nothing) when there is no previous session at `now`.
     pub fn promote_previous(&mut self, now: Instant) -> bool {
-        let Some((prev, until)) = self.previous.take() else {
-            return false;
-        };
-        if now >= until || prev.is_expired(now) {
-            self.previous = Some((prev, until));
+        if self.previous(now).is_none_or(|prev| prev.is_expired(now)) {
             return false;
         }
+        let Some((prev, _)) = self.previous.take() else {
+            return false;
+        };
         if let Some(old) = self.current.replace(prev) {
-            let until = (now + PREVIOUS_SESSION_GRACE).min(old.expires_at());
-            self.previous = Some((old, until));
+            self.previous = Some(grace(old, now));
         }
         true
     }
@@ -159,6 +155,13 @@ impl Keyring {
             .as_ref()
             .is_none_or(|s| now >= s.rekey_at() || s.is_expired(now))
     }
+}
+
+/// `session` as a previous one: kept for opening until [`PREVIOUS_SESSION_GRACE`] from `now`,
+/// or its own expiry if that comes first.
+fn grace(session: Arc<Session>, now: Instant) -> (Arc<Session>, Instant) {
+    let until = (now + PREVIOUS_SESSION_GRACE).min(session.expires_at());
+    (session, until)
 }
 
 #[cfg(test)]

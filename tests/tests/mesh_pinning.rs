@@ -27,6 +27,30 @@ fn pin(sim: &mut Sim, node: usize, pins: BTreeMap<PeerId, std::net::SocketAddr>)
     sim.with_node(node, |n, now| n.handle_command(now, Command::Pin(pins)));
 }
 
+/// Pins every node's key at every node, all at the same moment; returns the keys pinned.
+fn pin_everyone_at_once(sim: &mut Sim) -> Vec<(usize, PeerId)> {
+    let all: Vec<(usize, PeerId)> = (0..sim.len()).map(|i| (i, sim.id(i))).collect();
+    for i in 0..sim.len() {
+        let p = pins(sim, &all);
+        pin(sim, i, p);
+    }
+    all
+}
+
+/// One packet from every node to every other (tagged `round`), half a second of simulated
+/// time, and what each node's pods received meanwhile.
+fn traffic_round(sim: &mut Sim, round: u32) -> Vec<Vec<Vec<u8>>> {
+    let n = sim.len();
+    for a in 0..n {
+        for b in (0..n).filter(|b| *b != a) {
+            let p = sim.packet(a, b, round);
+            sim.send_packets(a, vec![p]);
+        }
+    }
+    sim.run_for(Duration::from_millis(500));
+    (0..n).map(|b| sim.take_tun(b)).collect()
+}
+
 fn drops(sim: &Sim, node: usize, reason: DropReason) -> u64 {
     sim.node(node).drops().get(&reason).copied().unwrap_or(0)
 }
@@ -35,11 +59,7 @@ fn drops(sim: &Sim, node: usize, reason: DropReason) -> u64 {
 fn pinned_nodes_find_each_other_without_seeds() {
     let mut sim = Sim::new(seed_from_env(61));
     three(&mut sim);
-    let all: Vec<(usize, PeerId)> = (0..3).map(|i| (i, sim.id(i))).collect();
-    for i in 0..3 {
-        let p = pins(&sim, &all);
-        pin(&mut sim, i, p);
-    }
+    pin_everyone_at_once(&mut sim);
     let took = sim.run_until(Duration::from_secs(30), Duration::from_millis(200), |s| {
         s.full_mesh() && s.all_know_all_blocks()
     });
@@ -103,11 +123,7 @@ fn a_key_other_than_the_pinned_one_is_refused_until_the_pin_is_right() {
 fn an_unpinned_and_forgotten_node_loses_tunnels_and_routes_for_good() {
     let mut sim = Sim::new(seed_from_env(63));
     three(&mut sim);
-    let all: Vec<(usize, PeerId)> = (0..3).map(|i| (i, sim.id(i))).collect();
-    for i in 0..3 {
-        let p = pins(&sim, &all);
-        pin(&mut sim, i, p);
-    }
+    let all = pin_everyone_at_once(&mut sim);
     let took = sim.run_until(Duration::from_secs(30), Duration::from_millis(200), |s| {
         s.full_mesh() && s.all_know_all_blocks()
     });
@@ -137,11 +153,7 @@ fn an_unpinned_and_forgotten_node_loses_tunnels_and_routes_for_good() {
 fn a_forgotten_node_pinned_again_comes_back() {
     let mut sim = Sim::new(seed_from_env(64));
     three(&mut sim);
-    let all: Vec<(usize, PeerId)> = (0..3).map(|i| (i, sim.id(i))).collect();
-    for i in 0..3 {
-        let p = pins(&sim, &all);
-        pin(&mut sim, i, p);
-    }
+    let all = pin_everyone_at_once(&mut sim);
     let took = sim.run_until(Duration::from_secs(30), Duration::from_millis(200), |s| {
         s.full_mesh() && s.all_know_all_blocks()
     });
@@ -179,11 +191,7 @@ fn nodes_pinned_at_once_keep_talking_past_the_previous_sessions_grace() {
     for seed in [65, 66, 67, 68] {
         let mut sim = Sim::new(seed_from_env(seed));
         three(&mut sim);
-        let all: Vec<(usize, PeerId)> = (0..3).map(|i| (i, sim.id(i))).collect();
-        for i in 0..3 {
-            let p = pins(&sim, &all);
-            pin(&mut sim, i, p);
-        }
+        pin_everyone_at_once(&mut sim);
         let took = sim.run_until(Duration::from_secs(30), Duration::from_millis(100), |s| {
             s.full_mesh() && s.all_know_all_blocks()
         });
@@ -199,16 +207,9 @@ fn nodes_pinned_at_once_keep_talking_past_the_previous_sessions_grace() {
             .collect();
         let (mut sent, mut lost) = (0, Vec::new());
         for round in 0..60u32 {
-            for a in 0..3 {
-                for b in (0..3).filter(|b| *b != a) {
-                    let p = sim.packet(a, b, round);
-                    sim.send_packets(a, vec![p]);
-                    sent += 1;
-                }
-            }
-            sim.run_for(Duration::from_millis(500));
-            for b in 0..3 {
-                let got = sim.take_tun(b).len();
+            sent += 6;
+            for (b, received) in traffic_round(&mut sim, round).iter().enumerate() {
+                let got = received.len();
                 if got != 2 {
                     lost.push((round, b, got));
                 }
@@ -258,11 +259,7 @@ fn nodes_pinned_at_once_over_bad_links_never_go_silent() {
         for (a, b) in [(0, 1), (0, 2), (1, 2)] {
             sim.set_link(a, b, bad);
         }
-        let all: Vec<(usize, PeerId)> = (0..3).map(|i| (i, sim.id(i))).collect();
-        for i in 0..3 {
-            let p = pins(&sim, &all);
-            pin(&mut sim, i, p);
-        }
+        pin_everyone_at_once(&mut sim);
         let took = sim.run_until(Duration::from_secs(60), Duration::from_millis(100), |s| {
             s.full_mesh() && s.all_know_all_blocks()
         });
@@ -280,16 +277,9 @@ fn nodes_pinned_at_once_over_bad_links_never_go_silent() {
         let mut silent = [[0u32; 3]; 3];
         let mut longest = [[0u32; 3]; 3];
         for round in 0..60u32 {
-            for a in 0..3 {
-                for b in (0..3).filter(|b| *b != a) {
-                    let p = sim.packet(a, b, round);
-                    sim.send_packets(a, vec![p]);
-                }
-            }
-            sim.run_for(Duration::from_millis(500));
-            for b in 0..3 {
+            for (b, received) in traffic_round(&mut sim, round).iter().enumerate() {
                 let mut from = [false; 3];
-                for p in sim.take_tun(b) {
+                for p in received {
                     // Source address: 10.32.<node>.2.
                     from[usize::from(p[14]).min(2)] = true;
                 }
