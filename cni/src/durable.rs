@@ -95,4 +95,20 @@ mod tests {
         assert!(!remove(&p).unwrap());
         fs::remove_dir(&dir).unwrap();
     }
+
+    /// A crash between creating the temporary file and renaming it leaves the temporary
+    /// behind. The router runs as PID 1 in its container, so the next start has the same pid
+    /// and, with a fresh counter, the same temporary name: its first save must still work.
+    #[test]
+    fn a_crashed_writers_temporary_file_does_not_block_the_next_write() {
+        let dir = std::env::temp_dir().join(format!("weft-durable-stale-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        create_dir_private(&dir).unwrap();
+        let p = dir.join("mesh.json");
+        let leftover = dir.join(format!("{TEMP_PREFIX}mesh.json-{}-0", std::process::id()));
+        fs::write(&leftover, b"half").unwrap();
+        write_atomic(&p, b"state").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"state");
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }
