@@ -116,7 +116,7 @@ fn find(nl: &mut Netlink, name: &str) -> Result<Link, NetconfError> {
         })
 }
 
-/// Turns IPv6 off on `dev`: weft carries IPv4 only (DESIGN.md §5), and the kernel's own IPv6
+/// Turns IPv6 off on `dev`: weft carries IPv4 only (docs/design.md §5), and the kernel's own IPv6
 /// chatter on the TUN (router solicitations) would otherwise be counted as drops. A kernel
 /// without IPv6 has no such file, which is fine. In an unprivileged container (the
 /// DaemonSet) the runtime mounts /proc/sys read-only: the chatter is then only counted, which
