@@ -313,11 +313,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             let pair = KeyPair::generate(&mut OsRandom);
-            pair.save(&path).context("writing the new key")?;
+            weft_router::keyfile::save(&pair, &path).context("writing the new key")?;
             println!("{}", pair.public());
         }
         Command::Keygen { .. } => bail!("say what to make: --key-file PATH or --join-secret"),
-        Command::Pubkey { key_file } => println!("{}", KeyPair::load(&key_file)?.public()),
+        Command::Pubkey { key_file } => {
+            println!("{}", weft_router::keyfile::load(&key_file)?.public())
+        }
         Command::Lab(cmd) => return run_lab(cmd),
         Command::InstallCni(args) => return install_cni::run(args),
         Command::Router(args) => return run_router(*args),

@@ -17,10 +17,10 @@ use crate::version::CniVersion;
 
 pub const DEFAULT_BRIDGE: &str = "weft";
 /// Default pod MTU: a 1500-byte underlay less weft's tunnel overhead on its longest (relayed)
-/// path, as `weft_router::config::pod_mtu(1500)` computes it (a test in `weft install-cni`
-/// holds the two together). The router computes the real value and install-cni writes it
-/// into the conflist.
-pub const DEFAULT_MTU: u32 = 1375;
+/// path, as `weft_sys::mtu::pod_mtu(1500)` computes it (a test in [`crate::install`] holds the
+/// two together). The router computes the real value and install-cni writes it into the
+/// conflist.
+pub const DEFAULT_MTU: u32 = 1500 - weft_sys::mtu::TUNNEL_OVERHEAD;
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/weft";
 /// The smallest MTU IPv4 allows (RFC 791) and the largest a veth takes.
 pub const MTU_RANGE: std::ops::RangeInclusive<u32> = 68..=65535;

@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use crate::durable;
 use crate::env::{Attachment, ContainerId, IfName};
 use crate::node_block::NodeBlock;
+use weft_sys::durable;
 
 /// One leased address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +118,8 @@ impl LockedLeases {
         }
     }
 
+    /// Every writer of this directory holds the lock, so all temporaries here are a crashed
+    /// writer's, whatever their target (weft_sys::durable's rule for leftovers).
     fn remove_temp_files(&self) -> Result<(), IpamError> {
         for dir in [self.dir.clone(), self.leases_dir()] {
             for entry in fs::read_dir(&dir).map_err(Self::io(&dir))? {
@@ -202,11 +204,11 @@ impl LockedLeases {
             ifname: attachment.ifname.as_str().to_owned(),
         })
         .expect("a lease always serialises");
-        durable::write_atomic(&path, &body).map_err(Self::io(&path))?;
+        durable::write_atomic(&path, &body, 0o600).map_err(Self::io(&path))?;
         let cursor = self.dir.join("last-reserved");
         // The cursor only spreads allocations; losing it costs nothing, so its error is
         // not worth failing an ADD for.
-        let _ = durable::write_atomic(&cursor, address.to_string().as_bytes());
+        let _ = durable::write_atomic(&cursor, address.to_string().as_bytes(), 0o600);
         Ok(Lease {
             address,
             attachment: attachment.clone(),

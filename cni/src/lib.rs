@@ -9,20 +9,19 @@
 //! - the CNI result and error formats for every supported version ([`result`], [`version`]);
 //! - the contract with the router: [`node_block::NodeBlock`] (`<stateDir>/node-block.json`);
 //! - the address leases inside the node's block ([`ipam`]), under a lock, durable on disk;
-//! - the netlink calls that build the bridge, veths, addresses and routes ([`netlink`]), run in
-//!   the right network namespace ([`netns`]).
+//! - what the bridge, veths, addresses and routes of a pod should be ([`plugin`]); the netlink
+//!   calls, namespaces and durable writes that make it so are `weft-sys`'s;
+//! - the conflist installer behind `weft install-cni` ([`install`]).
 //!
-//! What it must never do: depend on `weft-mesh`, `weft-crypto` or `weft-router` (DESIGN.md §8);
-//! start an async runtime; shell out to `ip` or any other tool (a production node need not have
-//! them); change anything when its input is invalid; leave a lease, link or rule behind after
-//! DEL, GC or a failed ADD.
+//! What it must never do: depend on `weft-mesh`, `weft-crypto` or `weft-router`, only on
+//! `weft-sys` for system calls (docs/design.md §8); start an async runtime; shell out to `ip`
+//! or any other tool (a production node need not have them); change anything when its input is
+//! invalid; leave a lease, link or rule behind after DEL, GC or a failed ADD.
 
 pub mod config;
-pub mod durable;
 pub mod env;
+pub mod install;
 pub mod ipam;
-pub mod netlink;
-pub mod netns;
 pub mod node_block;
 pub mod plugin;
 pub mod result;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::durable;
+use weft_sys::durable;
 
 pub const FILE_NAME: &str = "node-block.json";
 /// The file format version; a reader refuses any other.
@@ -142,7 +142,7 @@ impl NodeBlock {
     pub fn write(&self, state_dir: &Path) -> Result<(), NodeBlockError> {
         let path = NodeBlock::path(state_dir);
         durable::create_dir_private(state_dir)
-            .and_then(|()| durable::write_atomic(&path, self.to_json().as_bytes()))
+            .and_then(|()| durable::write_atomic(&path, self.to_json().as_bytes(), 0o600))
             .map_err(|source| NodeBlockError::Io { path, source })
     }
 }

@@ -15,11 +15,11 @@ use serde_json::{Map, Value, json};
 use crate::config::{NetConf, PodRoute};
 use crate::env::{Attachment, Invocation};
 use crate::ipam::{IpamError, LeaseStore, LockedLeases};
-use crate::netlink::{self, Link, Netlink, Route4};
-use crate::netns::{Netns, NetnsError};
 use crate::node_block::{NodeBlock, NodeBlockError};
 use crate::result::{CniError, ErrorCode, Interface, IpConfig, Route};
 use crate::version::CniVersion;
+use weft_sys::netlink::{self, Link, Netlink, Route4};
+use weft_sys::netns::{Netns, NetnsError};
 
 /// Host veth names start with this; GC only ever deletes links named so.
 pub const HOST_VETH_PREFIX: &str = "vweft";

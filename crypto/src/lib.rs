@@ -3,8 +3,8 @@
 //!
 //! It is sans-IO: it takes bytes, `now` (an [`std::time::Instant`] for timers, a
 //! [`Timestamp`] for the wall clock) and a [`Random`] source, and returns bytes and
-//! deadlines. It never reads a clock, opens a socket or depends on tokio; the only I/O is
-//! reading and writing the key file ([`KeyPair::load`], [`KeyPair::save`]).
+//! deadlines. It never reads a clock, opens a socket, touches a file or depends on tokio: the
+//! key file is the router's, which stores [`KeyPair::encode_private`]'s text.
 //!
 //! # The handshake: `Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s`, and why
 //!
@@ -75,8 +75,7 @@ pub use handshake::{
 };
 pub use keyring::Keyring;
 pub use keys::{
-    JoinSecret, JoinSecretError, KEY_LEN, KeyFileError, KeyPair, MIN_JOIN_SECRET_LEN,
-    ParseKeyError, PublicKey,
+    JoinSecret, JoinSecretError, KEY_LEN, KeyPair, MIN_JOIN_SECRET_LEN, ParseKeyError, PublicKey,
 };
 pub use noise::DhCounter;
 pub use random::{OsRandom, Random};

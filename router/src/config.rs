@@ -4,8 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
-use weft_crypto::{DATA_OVERHEAD, JoinSecret};
-use weft_mesh::wire::RELAY_HEADER_LEN;
+use weft_crypto::JoinSecret;
 
 pub use weft_mesh::DEFAULT_PORT;
 /// The TUN device's name.
@@ -13,17 +12,13 @@ pub const TUN_NAME: &str = "weft-tun";
 /// The bridge pods attach to (weft-cni's default).
 pub const DEFAULT_BRIDGE: &str = "weft";
 
-/// Bytes a pod packet grows by on the longest path, through a relay: outer IPv4 (20) and UDP
-/// (8) headers, the relay envelope, and the sealed datagram's header and tag.
-pub const TUNNEL_OVERHEAD: u32 = 20 + 8 + RELAY_HEADER_LEN as u32 + DATA_OVERHEAD as u32;
-
-/// The pod MTU for an underlay MTU: computed, never guessed (DESIGN.md §2). `None` when the
-/// underlay is too small to carry IPv4's minimum of 576 bytes inside the tunnel.
-pub fn pod_mtu(underlay_mtu: u32) -> Option<u32> {
-    underlay_mtu
-        .checked_sub(TUNNEL_OVERHEAD)
-        .filter(|mtu| *mtu >= 576)
-}
+/// The MTU arithmetic is weft-sys's (install-cni computes the same figure without the router);
+/// its constants for the relay envelope and the sealed overhead must be this build's.
+pub use weft_sys::mtu::{TUNNEL_OVERHEAD, pod_mtu};
+const _: () = assert!(
+    weft_sys::mtu::RELAY_ENVELOPE as usize == weft_mesh::wire::RELAY_HEADER_LEN
+        && weft_sys::mtu::SEALED_OVERHEAD as usize == weft_crypto::DATA_OVERHEAD
+);
 
 /// A router's configuration.
 #[derive(Debug, Clone)]
@@ -167,6 +162,10 @@ mod tests {
     #[test]
     fn pod_mtu_leaves_room_for_the_relay_path() {
         assert_eq!(TUNNEL_OVERHEAD, 20 + 8 + 68 + 29);
+        assert_eq!(
+            TUNNEL_OVERHEAD as usize,
+            20 + 8 + weft_mesh::wire::RELAY_HEADER_LEN + weft_crypto::DATA_OVERHEAD
+        );
         assert_eq!(pod_mtu(1500), Some(1375));
         assert_eq!(pod_mtu(9001), Some(9001 - TUNNEL_OVERHEAD));
         assert_eq!(pod_mtu(600), None);

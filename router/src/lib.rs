@@ -14,6 +14,7 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod driver;
+pub mod keyfile;
 pub mod kubernetes;
 pub mod logging;
 pub mod metrics;

@@ -1,14 +1,14 @@
 //! The kernel's side of a node: routes for the cluster range through the TUN device, the
 //! bridge holding the node's gateway, and the underlay MTU. Netlink requests go through
-//! weft-cni's small blocking client (the packet crates rtnetlink is built on): these are a
-//! handful of requests at start and when the block changes, so the router runs them on a
-//! blocking thread instead of carrying a second netlink stack.
+//! weft-sys's small blocking client (the packet crates rtnetlink is built on), the one the
+//! plugin uses: these are a handful of requests at start and when the block changes, so the
+//! router runs them on a blocking thread instead of carrying a second netlink stack.
 
 use std::io;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
-use weft_cni::netlink::{self, Link, Netlink, Route4};
+use weft_sys::netlink::{self, Link, Netlink, Route4};
 
 /// Why the kernel could not be configured.
 #[derive(Debug, thiserror::Error)]
@@ -23,38 +23,12 @@ fn ctx(what: impl Into<String>) -> impl FnOnce(io::Error) -> NetconfError {
     move |source| NetconfError { what, source }
 }
 
-/// The underlay MTU: that of the interface holding the default route, or else the smallest
-/// MTU among the up interfaces that carry an IPv4 address and are not weft's own (a lab node
-/// has no default route).
+/// The underlay MTU as the kernel reports it ([`weft_sys::mtu::underlay_mtu`]), not counting
+/// `ours` (the TUN device and the bridge).
 pub fn underlay_mtu(ours: &[&str]) -> Result<u32, NetconfError> {
-    let mut nl = Netlink::new().map_err(ctx("open netlink"))?;
-    let links = nl.links().map_err(ctx("list links"))?;
-    let routes = nl.routes().map_err(ctx("list routes"))?;
-    let by_index = |i: u32| links.iter().find(|l| l.index == i);
-    if let Some(mtu) = routes
-        .iter()
-        .filter(|r| r.dst.prefix_len() == 0)
-        .filter_map(|r| by_index(r.oif?)?.mtu)
-        .min()
-    {
-        return Ok(mtu);
-    }
-    let mut best: Option<u32> = None;
-    for l in &links {
-        if !l.up || l.name == "lo" || ours.contains(&l.name.as_str()) || l.master.is_some() {
-            continue;
-        }
-        let has_v4 = !nl
-            .addresses(l.index)
-            .map_err(ctx(format!("addresses of {}", l.name)))?
-            .is_empty();
-        if let (true, Some(mtu)) = (has_v4, l.mtu) {
-            best = Some(best.map_or(mtu, |b| b.min(mtu)));
-        }
-    }
-    best.ok_or_else(|| NetconfError {
-        what: "detect the underlay MTU".into(),
-        source: io::Error::other("no up interface with an IPv4 address; pass --underlay-mtu"),
+    weft_sys::mtu::underlay_mtu(ours).map_err(|e| NetconfError {
+        what: e.what,
+        source: e.source,
     })
 }
 
@@ -108,7 +82,7 @@ pub fn route_cluster_range(tun: &str, range: Ipv4Net) -> Result<(), NetconfError
 }
 
 /// Makes sure the bridge exists, is up and holds the block's gateway (the first address),
-/// with weft-cni's own code: the plugin does the same on every ADD, the router does it as
+/// with the plugin's own code: it does the same on every ADD, the router does it as
 /// soon as the block is known so the node reaches its pods' gateway before the first pod.
 pub fn ensure_bridge(name: &str, block: Ipv4Net, mtu: u32) -> Result<(), NetconfError> {
     let mut nl = Netlink::new().map_err(ctx("open netlink"))?;
@@ -142,7 +116,7 @@ fn find(nl: &mut Netlink, name: &str) -> Result<Link, NetconfError> {
         })
 }
 
-/// Turns IPv6 off on `dev`: weft carries IPv4 only (DESIGN.md §5), and the kernel's own IPv6
+/// Turns IPv6 off on `dev`: weft carries IPv4 only (docs/design.md §5), and the kernel's own IPv6
 /// chatter on the TUN (router solicitations) would otherwise be counted as drops. A kernel
 /// without IPv6 has no such file, which is fine. In an unprivileged container (the
 /// DaemonSet) the runtime mounts /proc/sys read-only: the chatter is then only counted, which

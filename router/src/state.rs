@@ -7,10 +7,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
-use weft_cni::durable;
 use weft_cni::node_block::NodeBlock;
-use weft_crypto::{KeyFileError, KeyPair, Random};
+use weft_crypto::{KeyPair, Random};
 use weft_mesh::PersistentState;
+use weft_sys::durable;
+
+use crate::keyfile::{self, KeyFileError};
 
 /// Whether `name` is one of the files weft keeps in a state directory (the router's, weft-cni's
 /// leases, a log the lab writes there, temporary files of atomic writes).
@@ -119,7 +121,7 @@ impl StateDir {
 
     /// The node key, made on first start (mode 0600).
     pub fn key(&self, rng: &mut impl Random) -> Result<KeyPair, StateError> {
-        Ok(KeyPair::load_or_generate(&self.path.join("key"), rng)?)
+        Ok(keyfile::load_or_generate(&self.path.join("key"), rng)?)
     }
 
     fn mesh_file(&self) -> PathBuf {
@@ -148,7 +150,8 @@ impl StateDir {
     pub fn save_mesh(&self, state: &PersistentState) -> Result<(), StateError> {
         let path = self.mesh_file();
         let bytes = serde_json::to_vec_pretty(state).expect("mesh state serializes");
-        durable::write_atomic(&path, &bytes).map_err(|source| StateError::Io { path, source })
+        durable::write_atomic(&path, &bytes, 0o600)
+            .map_err(|source| StateError::Io { path, source })
     }
 
     /// Tells weft-cni the node's block.

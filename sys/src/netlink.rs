@@ -1,7 +1,8 @@
-//! The few rtnetlink requests the plugin needs, over a blocking netlink socket.
+//! The few rtnetlink requests weft needs (bridge, veth, addresses, routes, gso_max_segs),
+//! over a blocking netlink socket: the plugin and the router share this one client.
 //!
 //! A socket is bound to the network namespace of the thread that opened it, for its whole
-//! life; [`crate::netns::netlink_in`] uses that to talk to a pod's namespace.
+//! life; [`crate::netns::Netns::netlink`] uses that to talk to a pod's namespace.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
@@ -23,7 +24,7 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
-/// A link as far as the plugin cares.
+/// A link as far as weft cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {
     pub index: u32,
