@@ -1,4 +1,5 @@
-//! `weft lab`: a small weft cluster inside network namespaces on one machine (DESIGN.md §7).
+//! weft-lab: a small weft cluster inside network namespaces on one machine (docs/design.md
+//! §7), shared by the `weft lab` commands, the end-to-end tests and the benchmark.
 //!
 //! One namespace holds the underlay switch (a bridge), one per node is joined to it by a veth
 //! (or sits behind a NAT box), and one per pod is attached by running the real `weft-cni`
@@ -710,7 +711,7 @@ fn find_node<'s>(state: &'s mut LabState, node: &str) -> anyhow::Result<&'s mut 
 }
 
 /// What `weft lab router` does to one node's router.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouterAction {
     /// SIGTERM, and wait until it has exited (it removes its TUN device on the way out).
     Stop,
