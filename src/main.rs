@@ -178,7 +178,7 @@ enum LabCommand {
         /// Loss is an nftables rule on the switch; delay is `tc netem`, or, on kernels without
         /// netem, a userspace delay line in a namespace between the node and the switch.
         #[arg(long = "netem", value_name = "NODE:OPTS", value_parser = weft_lab::plan::parse_netem)]
-        netem: Vec<(usize, weft_lab::plan::Netem)>,
+        netem: Vec<(usize, weft_lab::Netem)>,
         /// Delay links with the userspace delay line even where `tc netem` works.
         #[arg(long)]
         delay_line: bool,
@@ -616,7 +616,7 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<()> {
             kubernetes,
             which,
         } => {
-            let spec = weft_lab::plan::LabSpec {
+            let spec = weft_lab::LabSpec {
                 prefix: which.prefix,
                 nodes,
                 pods,
@@ -629,11 +629,10 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<()> {
                 offload,
                 kubernetes: kubernetes.map(std::path::absolute).transpose()?,
             };
-            let weft = std::env::current_exe()?;
-            let bins = weft_lab::Binaries {
-                cni: cni_bin.unwrap_or_else(|| weft.with_file_name("weft-cni")),
-                weft,
-            };
+            let mut bins = weft_lab::Binaries::beside(std::env::current_exe()?);
+            if let Some(cni) = cni_bin {
+                bins.cni = cni;
+            }
             let state = weft_lab::up(&spec, &bins)?;
             print!("{}", weft_lab::render(&state));
         }
