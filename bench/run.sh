@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/run.sh: weft's data-path benchmark (issue 5, item 7; extended for issue 7).
+# bench/run.sh: weft's data-path benchmark.
 #
 # In one run it builds the release binaries, brings up a 2-node lab (one pod per node) and
 # measures, on up to five paths: TCP throughput with one stream and with four (iperf3 -P 4;
@@ -22,7 +22,7 @@
 #              on PATH
 #
 # and prints a table with each path's ratio to the bare veth, weft's ratios to boringtun and
-# gotatun, and weft's figures against the targets of issue 7. The rounds are interleaved
+# gotatun, and weft's figures against its performance targets. The rounds are interleaved
 # (round 1: every path, round 2: every path, ...) so that load from other processes on the
 # machine lands on all paths alike. Everything lives in the lab's namespaces; nothing is added
 # to the root namespace, and the trap removes the lab, the tunnels and the temporary files
@@ -41,7 +41,7 @@
 #
 # Environment (defaults after the =):
 #   RUNS=5            iperf3 runs per path and stream count; the table shows the median and
-#                     the min-max (issue 7 asks for medians of at least 5 runs)
+#                     the min-max (the targets ask for medians of at least 5 runs)
 #   DURATION=5        seconds per iperf3 run (measured after a 1 s warm-up that iperf3 omits).
 #                     Not SECONDS: that is bash's own running clock.
 #   PINGS=50          pings per path per round (all rounds pooled for the median)
@@ -130,6 +130,7 @@ WORK=$(mktemp -d /tmp/weft-bench.XXXXXX)
 PIDS=()          # iperf3 servers and WireGuard processes we started
 WG_IFS=()        # WireGuard interfaces (their UAPI sockets live in the shared /var/run)
 LAB_UP=0
+NODE_DIR=()      # the nodes' state directories, from `weft lab status --json`
 
 cleanup() {
     local rc=$?
@@ -140,7 +141,7 @@ cleanup() {
     if [[ $LAB_UP == 1 ]]; then
         if [[ -n $OUT ]]; then
             for i in 1 2; do
-                cp "/run/weft-lab/$PREFIX/n$i/router.log" "$OUT/router-n$i.log" 2>/dev/null
+                [[ -n ${NODE_DIR[i]:-} ]] && cp "${NODE_DIR[i]}/router.log" "$OUT/router-n$i.log" 2>/dev/null
             done
         fi
         "$WEFT" lab down --prefix "$PREFIX" >/dev/null || echo "bench: lab down failed" >&2
@@ -191,6 +192,8 @@ P2_ADDR=$(jqs '.pods[] | select(.node=="n2") | .address')
 POD_MTU=$(jqs '.pod_mtu')
 NODE_NS=(unused "$N1" "$N2")
 NODE_ADDR=(unused "$N1_ADDR" "$N2_ADDR")
+NODE_DIR=(unused "$(jqs '.nodes[] | select(.name=="n1") | .state_dir')" \
+    "$(jqs '.nodes[] | select(.name=="n2") | .state_dir')")
 
 # The tunnel processes of each path, both nodes: path -> "pid1 pid2". The lab records its
 # routers' pids (`ip netns exec` execs the router, so the pid it started is the router's).
@@ -425,7 +428,7 @@ done
 
 if [[ -n $OUT ]]; then
     for i in 1 2; do
-        in_ns "${NODE_NS[i]}" "$WEFT" status --json --state-dir "/run/weft-lab/$PREFIX/n$i" \
+        in_ns "${NODE_NS[i]}" "$WEFT" status --json --state-dir "${NODE_DIR[i]}" \
             >"$RAW/weft-status-n$i.json" 2>&1 || true
         ip -n "${NODE_NS[i]}" -s link >"$RAW/links-n$i.txt" 2>&1 || true
         in_ns "${NODE_NS[i]}" cat /proc/net/snmp >"$RAW/snmp-n$i.txt" 2>&1 || true
@@ -504,7 +507,7 @@ echo " + tunnel-device queue drops on both nodes; loss: idle ping loss; loaded: 
 echo " sent alongside the one-stream transfers, 10 a second)"
 echo
 
-# weft against each WireGuard path (weft's figure / theirs), and against issue 7's targets.
+# weft against each WireGuard path (weft's figure / theirs), and against its targets.
 for impl in "${WG_PATHS[@]}"; do
     awk -v w1="${MED1[weft]}" -v w4="${MED4[weft]}" -v wc="${CPU[weft]}" -v o1="${MED1[$impl]}" \
         -v o4="${MED4[$impl]}" -v oc="${CPU[$impl]}" -v name="$impl" 'BEGIN {
@@ -520,7 +523,7 @@ awk -v w1="${MED1[weft]}" -v w4="${MED4[weft]}" -v wc="${CPU[weft]}" -v b1="${ME
     -v wr="${RTT[weft]}" -v br="${RTT[bare]}" -v rss="${RSS[weft]}" -v bt1="$bt1" -v bt4="$bt4" \
     -v btc="$btc" 'function verdict(ok) { return ok ? "met" : "missed" }
     BEGIN {
-    print "issue 7 targets (weft):"
+    print "performance targets (weft):"
     printf "  1 stream >= 40%% of bare veth       %8.1f%%       %s\n", 100 * w1 / b1, verdict(w1 >= 0.4 * b1)
     if (bt1 == "nan") print "  vs boringtun                        no boringtun row"
     else {
@@ -531,7 +534,7 @@ awk -v w1="${MED1[weft]}" -v w4="${MED4[weft]}" -v wc="${CPU[weft]}" -v b1="${ME
     printf "  ping <= bare veth + 0.1 ms         %+8.3f ms    %s\n", wr - br, verdict(wr <= br + 0.1)
     printf "  peak RSS <= 20 MiB                 %8.1f MiB   %s\n", rss / 1024, verdict(rss <= 20 * 1024)
     }'
-((RUNS >= 5)) || echo "(issue 7 asks for medians of at least 5 runs; this run had RUNS=$RUNS)"
+((RUNS >= 5)) || echo "(the targets ask for medians of at least 5 runs; this run had RUNS=$RUNS)"
 has_wg boringtun || echo "(boringtun row skipped: boringtun-cli or wg not found, or BORINGTUN=0)"
 has_wg gotatun || echo "(gotatun row skipped: gotatun or wg not found, or GOTATUN=0)"
 [[ -z $OUT ]] || echo "(raw results in $OUT)"

@@ -16,11 +16,13 @@ weft lab up --nodes 3 --pods 2
 
 status() { weft lab status --json; }
 addr() { status | python3 -c "import json,sys; print(next(p['address'] for p in json.load(sys.stdin)['pods'] if p['name']=='$1'))"; }
+# node NAME FIELD: a field of a node in the lab's state (namespace, state_dir, ...).
+node() { status | python3 -c "import json,sys; print(next(n['$2'] for n in json.load(sys.stdin)['nodes'] if n['name']=='$1'))"; }
 far=$(addr n3-p2)
 
 echo
 echo "== node n1 and its peers (weft status, from inside node n1)"
-ip netns exec weft-n1 weft status --state-dir /run/weft-lab/weft/n1
+ip netns exec "$(node n1 namespace)" weft status --state-dir "$(node n1 state_dir)"
 
 echo "== ping from pod n1-p1 (node n1) to pod n3-p2 ($far, node n3)"
 weft lab exec n1-p1 -- ping -c 3 -i 0.2 -W 2 "$far" | tail -2
@@ -50,5 +52,5 @@ echo
 echo "The lab is still up. Try:"
 echo "  ./target/release/weft lab status"
 echo "  ./target/release/weft lab exec n2-p1 -- ping $far"
-echo "  ip netns exec weft-n2 ./target/release/weft peers --state-dir /run/weft-lab/weft/n2"
+echo "  ip netns exec $(node n2 namespace) ./target/release/weft peers --state-dir $(node n2 state_dir)"
 echo "  ./target/release/weft lab down"

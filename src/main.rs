@@ -1,7 +1,6 @@
 //! `weft`: the command-line tool, the router daemon (`weft router`) and the lab.
 
 mod install_cni;
-mod lab;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -178,8 +177,8 @@ enum LabCommand {
         /// Impair node N's underlay link both ways, e.g. `2:loss=5%,delay=20ms` (repeatable).
         /// Loss is an nftables rule on the switch; delay is `tc netem`, or, on kernels without
         /// netem, a userspace delay line in a namespace between the node and the switch.
-        #[arg(long = "netem", value_name = "NODE:OPTS", value_parser = lab::plan::parse_netem)]
-        netem: Vec<(usize, lab::plan::Netem)>,
+        #[arg(long = "netem", value_name = "NODE:OPTS", value_parser = weft_lab::plan::parse_netem)]
+        netem: Vec<(usize, weft_lab::Netem)>,
         /// Delay links with the userspace delay line even where `tc netem` works.
         #[arg(long)]
         delay_line: bool,
@@ -188,7 +187,7 @@ enum LabCommand {
         #[arg(long = "wrong-secret", value_name = "NODE")]
         wrong_secret: Vec<usize>,
         /// Drop all underlay traffic between two nodes, e.g. `1-3` (repeatable).
-        #[arg(long = "block", value_name = "A-B", value_parser = lab::plan::parse_link)]
+        #[arg(long = "block", value_name = "A-B", value_parser = weft_lab::plan::parse_link)]
         block: Vec<(usize, usize)>,
         /// The routers' data path: auto, on or off (see `weft router --help`). Default: the
         /// routers' own, which follows WEFT_OFFLOAD when it is set.
@@ -213,7 +212,7 @@ enum LabCommand {
     Router {
         /// What to do.
         #[arg(value_enum)]
-        action: lab::RouterAction,
+        action: RouterActionArg,
         /// The node, `n3` or `3`.
         node: String,
         /// On `start`, pass only the seeds of the first start (the founder has none) instead
@@ -226,7 +225,7 @@ enum LabCommand {
     /// Drop all underlay traffic between two nodes from now on, e.g. `weft lab block 1-3`.
     Block {
         /// The two nodes, `A-B`.
-        #[arg(value_parser = lab::plan::parse_link)]
+        #[arg(value_parser = weft_lab::plan::parse_link)]
         link: (usize, usize),
         #[command(flatten)]
         which: LabName,
@@ -234,7 +233,7 @@ enum LabCommand {
     /// Lift a block made by `weft lab block` or `weft lab up --block`.
     Unblock {
         /// The two nodes, `A-B`.
-        #[arg(value_parser = lab::plan::parse_link)]
+        #[arg(value_parser = weft_lab::plan::parse_link)]
         link: (usize, usize),
         #[command(flatten)]
         which: LabName,
@@ -273,6 +272,27 @@ enum LabCommand {
         #[command(flatten)]
         which: LabName,
     },
+}
+
+/// What `weft lab router` does to one node's router.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum RouterActionArg {
+    /// SIGTERM, and wait until it has exited (it removes its TUN device on the way out).
+    Stop,
+    /// SIGKILL, a crash: nothing is cleaned up. Waits until it is gone.
+    Kill,
+    /// Start it again with the same arguments and state directory (it must not be running).
+    Start,
+}
+
+impl From<RouterActionArg> for weft_lab::RouterAction {
+    fn from(a: RouterActionArg) -> Self {
+        match a {
+            RouterActionArg::Stop => Self::Stop,
+            RouterActionArg::Kill => Self::Kill,
+            RouterActionArg::Start => Self::Start,
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -598,7 +618,7 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<()> {
             kubernetes,
             which,
         } => {
-            let spec = lab::plan::LabSpec {
+            let spec = weft_lab::LabSpec {
                 prefix: which.prefix,
                 nodes,
                 pods,
@@ -611,13 +631,12 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<()> {
                 offload,
                 kubernetes: kubernetes.map(std::path::absolute).transpose()?,
             };
-            let weft = std::env::current_exe()?;
-            let bins = lab::Binaries {
-                cni: cni_bin.unwrap_or_else(|| weft.with_file_name("weft-cni")),
-                weft,
-            };
-            let state = lab::up(&spec, &bins)?;
-            print!("{}", lab::render(&state));
+            let mut bins = weft_lab::Binaries::beside(std::env::current_exe()?);
+            if let Some(cni) = cni_bin {
+                bins.cni = cni;
+            }
+            let state = weft_lab::up(&spec, &bins)?;
+            print!("{}", weft_lab::render(&state));
         }
         LabCommand::Router {
             action,
@@ -626,32 +645,32 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<()> {
             which,
         } => {
             let weft = std::env::current_exe()?;
-            match lab::router(&which.prefix, &node, action, original_seeds, &weft)? {
+            match weft_lab::router(&which.prefix, &node, action.into(), original_seeds, &weft)? {
                 Some(pid) => println!("started the router of {node} (pid {pid})"),
                 None => println!("the router of {node} has stopped"),
             }
         }
         LabCommand::Block { link, which } => {
-            lab::set_blocked(&which.prefix, link, true)?;
+            weft_lab::set_blocked(&which.prefix, link, true)?;
             println!("blocked {}-{}", link.0, link.1);
         }
         LabCommand::Unblock { link, which } => {
-            lab::set_blocked(&which.prefix, link, false)?;
+            weft_lab::set_blocked(&which.prefix, link, false)?;
             println!("unblocked {}-{}", link.0, link.1);
         }
         LabCommand::DelayLine { a, b, delay_ms } => {
-            lab::delay::run(&a, &b, std::time::Duration::from_millis(delay_ms))?;
+            weft_lab::delay::run(&a, &b, std::time::Duration::from_millis(delay_ms))?;
         }
         LabCommand::Down { which } => {
-            let n = lab::down(&which.prefix)?;
+            let n = weft_lab::down(&which.prefix)?;
             println!("lab {:?}: removed {n} namespaces", which.prefix);
         }
         LabCommand::Status { json, which } => {
-            let state = lab::status(&which.prefix)?;
+            let state = weft_lab::status(&which.prefix)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&state)?);
             } else {
-                print!("{}", lab::render(&state));
+                print!("{}", weft_lab::render(&state));
             }
         }
         LabCommand::Exec {
@@ -659,7 +678,7 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<()> {
             command,
             which,
         } => {
-            let code = lab::exec(&which.prefix, &pod, &command)?;
+            let code = weft_lab::exec(&which.prefix, &pod, &command)?;
             std::process::exit(code);
         }
     }

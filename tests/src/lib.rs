@@ -1,7 +1,9 @@
 //! weft-tests: shared harness for weft's integration tests: the deterministic simulator
-//! ([`sim`]) that the `tests/tests/mesh_*.rs` scenarios and `examples/simulate.rs` drive, and
-//! the fake Kubernetes API server ([`fake_kube`]) of the discovery and lab tests.
+//! ([`sim`]) that the `tests/tests/mesh_*.rs` scenarios and `examples/simulate.rs` drive, the
+//! end-to-end harness ([`e2e`]) of the `tests/tests/e2e_*.rs` tests, built on the lab crate,
+//! and the fake Kubernetes API server ([`fake_kube`]) of the discovery and lab tests.
 
+pub mod e2e;
 pub mod fake_kube;
 pub mod sim;
 

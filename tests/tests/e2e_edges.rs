@@ -1,16 +1,14 @@
-//! End-to-end (issue 5, c, f, g and h): a node with the wrong join secret, a node behind NAT,
-//! a lossy and slow link, and garbage thrown at the weft port and the control socket.
-
-mod e2e_support;
+//! End-to-end: a node with the wrong join secret, a node behind NAT, a lossy and slow link,
+//! and garbage thrown at the weft port and the control socket.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use e2e_support::*;
+use weft_tests::e2e::*;
 
-/// c. A node with the wrong join secret gets no tunnel, and no pod traffic passes to or
+/// A node with the wrong join secret gets no tunnel, and no pod traffic passes to or
 /// from it.
 #[test]
 fn a_node_with_the_wrong_secret_gets_no_tunnel_and_no_traffic() {
@@ -118,7 +116,7 @@ fn udp_arrivals(from_ns: &str, to_ns: &str, to: std::net::Ipv4Addr, count: usize
     got
 }
 
-/// f. A node behind NAT joins, and its pods are reachable from the other nodes' pods.
+/// A node behind NAT joins, and its pods are reachable from the other nodes' pods.
 #[test]
 fn a_node_behind_nat_joins_and_its_pods_are_reachable() {
     if !can_run(
@@ -129,7 +127,7 @@ fn a_node_behind_nat_joins_and_its_pods_are_reachable() {
     }
     let lab = Lab::up("e2ef", &["--nodes", "3", "--pods", "1", "--nat", "3"]);
     assert!(
-        lab.node("n3").underlay.octets()[..3] == [198, 18, 1],
+        lab.node("n3").underlay.addr().octets()[..3] == [198, 18, 1],
         "n3 is behind NAT"
     );
     lab.wait_full_mesh(Duration::from_secs(30));
@@ -177,7 +175,7 @@ fn a_node_behind_nat_joins_and_its_pods_are_reachable() {
     ));
 }
 
-/// g. 5% loss and 20 ms delay on node 2's link (both ways): transfers through it complete
+/// 5% loss and 20 ms delay on node 2's link (both ways): transfers through it complete
 /// intact. Loss is the lab's nftables rule on the switch; the delay is `tc netem` where the
 /// kernel has it, else the lab's userspace delay line.
 #[test]
@@ -218,7 +216,7 @@ fn a_transfer_over_a_lossy_slow_link_completes_intact() {
                 "0.01",
                 "-W",
                 "1",
-                &lab.node("n2").underlay.to_string(),
+                &lab.node("n2").underlay.addr().to_string(),
             ],
         );
         out
@@ -251,7 +249,7 @@ fn a_transfer_over_a_lossy_slow_link_completes_intact() {
                 "5",
                 "-i",
                 "0.01",
-                &lab.node("n3").underlay.to_string(),
+                &lab.node("n3").underlay.addr().to_string(),
             ],
         );
         out
@@ -327,7 +325,7 @@ fn garbage() -> Vec<Vec<u8>> {
     out
 }
 
-/// h. Garbage and truncated datagrams at the weft port, and malformed control requests,
+/// Garbage and truncated datagrams at the weft port, and malformed control requests,
 /// crash nothing; the datagrams are counted as drops by reason, in `weft status --json` and
 /// in `weft_drops_total{reason=...}`.
 #[test]
@@ -340,7 +338,7 @@ fn garbage_crashes_nothing_and_is_counted_by_reason() {
     }
     let lab = Lab::up("e2eh", &["--nodes", "2", "--pods", "1"]);
     lab.wait_full_mesh(Duration::from_secs(30));
-    let target = SocketAddr::from((lab.node("n1").underlay, WEFT_PORT));
+    let target = SocketAddr::from((lab.node("n1").underlay.addr(), WEFT_PORT));
     let before = status_drops(&lab.status("n1"));
     let datagrams = garbage();
     let sent = datagrams.len() as u64;
@@ -389,7 +387,7 @@ fn garbage_crashes_nothing_and_is_counted_by_reason() {
     }
 
     // Malformed control requests: each is answered with an error, none stops the router.
-    let socket = lab.node("n1").state_dir.join("control.sock");
+    let socket = lab.node("n1").control_socket();
     let mut long = vec![b'{'; 10_000];
     long.push(b'\n');
     let requests: Vec<Vec<u8>> = vec![
@@ -453,7 +451,7 @@ fn malformed_control_requests_are_counted_by_reason() {
     let lab = Lab::up("e2eh2", &["--nodes", "1", "--pods", "0"]);
     let total = |lab: &Lab| -> u64 { status_drops(&lab.status("n1")).values().sum() };
     let before = total(&lab);
-    let socket = lab.node("n1").state_dir.join("control.sock");
+    let socket = lab.node("n1").control_socket();
     let bad: [&[u8]; 4] = [
         b"hello\n",
         b"{}\n",

@@ -1,16 +1,14 @@
-//! End-to-end (issue 5, d and e): a router killed under traffic and restarted, and a blocked
-//! underlay link routed around through a relay and back. Both measure how long pod traffic
-//! stops, with a UDP echo probe every 50 ms between two pods.
-
-mod e2e_support;
+//! End-to-end: a router killed under traffic and restarted, and a blocked underlay link
+//! routed around through a relay and back. Both measure how long pod traffic stops, with a
+//! UDP echo probe every 50 ms between two pods.
 
 use std::time::{Duration, Instant};
 
-use e2e_support::*;
+use weft_tests::e2e::*;
 
-/// The issue's bound for traffic to resume after a router restart.
+/// The bound for traffic to resume after a router restart.
 const RESTART_BOUND: Duration = Duration::from_secs(10);
-/// The issue's bound for traffic to continue through a relay after a link is blocked.
+/// The bound for traffic to continue through a relay after a link is blocked.
 const RELAY_BOUND: Duration = Duration::from_secs(15);
 
 /// The pod's IPv4 address as the kernel holds it (`ip -4 -o addr show dev eth0` in the pod).
@@ -25,7 +23,7 @@ fn kernel_address(lab: &Lab, pod: &str) -> String {
         .to_owned()
 }
 
-/// d. `kill -9` of a router under traffic, then a restart: pods keep their addresses, the
+/// `kill -9` of a router under traffic, then a restart: pods keep their addresses, the
 /// node its block, and pod traffic answers again within 10 s.
 #[test]
 fn a_killed_router_restarts_with_its_addresses_and_answers_within_10s() {
@@ -192,7 +190,7 @@ fn a_killed_router_restarts_and_traffic_stays_up() {
     }
 }
 
-/// e. With the underlay between node 1 and node 3 blocked, traffic between their pods
+/// With the underlay between node 1 and node 3 blocked, traffic between their pods
 /// continues through node 2 within 15 s; after the block is lifted it goes direct again.
 #[test]
 fn a_blocked_link_is_routed_through_a_relay_and_back() {

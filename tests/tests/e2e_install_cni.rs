@@ -6,13 +6,11 @@
 //!
 //! Needs root (namespaces); without it the test says so loudly (a failure under CI=true).
 
-mod e2e_support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use e2e_support::{can_run, run};
 use serde_json::{Value, json};
+use weft_tests::e2e::{can_run, run, weft_bin};
 
 /// The node's block as the router would write it, and its gateway.
 const BLOCK: &str = "10.32.7.0/24";
@@ -137,7 +135,7 @@ fn installed_plugin_and_conflist_attach_a_pod() {
     if !can_run("installed_plugin_and_conflist_attach_a_pod", &["iptables"]) {
         return;
     }
-    let weft = e2e_support::weft_bin();
+    let weft = weft_bin();
     let s = Scene::new();
     // Debian's reference plugins stand in for the node's (kind's nodes ship their own).
     for name in ["portmap", "loopback"] {

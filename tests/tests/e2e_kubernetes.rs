@@ -1,4 +1,4 @@
-//! End-to-end, issue 6: a 3-node lab whose routers run with `--kubernetes` and find each
+//! End-to-end: a 3-node lab whose routers run with `--kubernetes` and find each
 //! other only through a fake API server (no seeds), with blocks from the Nodes' podCIDRs.
 //! Pods on different nodes reach each other; a Node whose annotated key is not its router's
 //! is refused by the others (and counted as `not_pinned`) until the annotation is right
@@ -9,13 +9,11 @@
 //! bound on the switch, which `weft lab up --kubernetes` gives the address 198.18.255.254;
 //! the routers get a kubeconfig naming it.
 
-mod e2e_support;
-
 use std::time::{Duration, Instant};
 
-use e2e_support::*;
 use serde_json::Value;
 use weft_router::kubernetes::KEY_ANNOTATION;
+use weft_tests::e2e::*;
 use weft_tests::fake_kube::{FakeApi, node};
 
 const PREFIX: &str = "e2ek";
@@ -59,24 +57,26 @@ fn routers_find_each_other_through_nodes_pin_keys_and_forget_deleted_nodes() {
         .map(|i| {
             node(
                 &format!("n{i}"),
-                &format!("198.18.0.{i}"),
+                &weft_lab::plan::underlay_addr(i, false).addr().to_string(),
                 Some(&pod_cidr(i)),
             )
         })
         .collect();
+    let switch_ns = weft_lab::Names::new(PREFIX).underlay_ns();
     let server = std::thread::spawn(move || {
         FakeApi::start_with_nodes(
             ([0, 0, 0, 0], API_PORT).into(),
-            Some(format!("/run/netns/{PREFIX}-u").into()),
+            Some(format!("/run/netns/{switch_ns}").into()),
             nodes,
         )
     });
     let kubeconfig = std::env::temp_dir().join(format!("weft-{PREFIX}-kubeconfig"));
+    let api_addr = weft_lab::plan::API_SERVER.split('/').next().unwrap();
     std::fs::write(
         &kubeconfig,
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: \
-             http://198.18.255.254:{API_PORT}\ncontexts:\n- name: lab\n  context:\n    \
+             http://{api_addr}:{API_PORT}\ncontexts:\n- name: lab\n  context:\n    \
              cluster: lab\n    user: lab\ncurrent-context: lab\nusers:\n- name: lab\n  user: {{}}\n"
         ),
     )

@@ -1,16 +1,14 @@
-//! End-to-end (issue 5, a and b): a 3-node lab where every pod reaches every other pod, and
-//! an underlay that carries nothing but weft's sealed UDP.
-
-mod e2e_support;
+//! End-to-end: a 3-node lab where every pod reaches every other pod, and an underlay that
+//! carries nothing but weft's sealed UDP.
 
 use std::time::{Duration, Instant};
 
-use e2e_support::*;
+use weft_tests::e2e::*;
 
-/// Bytes of each pod-to-pod transfer (issue 5: at least 50 MB).
+/// Bytes of each pod-to-pod transfer (at least 50 MB).
 const TRANSFER: u64 = 50_000_000;
 
-/// a. 3 nodes with 2 pods each: every pod reaches every other pod by ICMP, and by a TCP
+/// 3 nodes with 2 pods each: every pod reaches every other pod by ICMP, and by a TCP
 /// transfer of 50 MB whose checksum the receiver verifies.
 #[test]
 fn every_pod_reaches_every_pod_by_icmp_and_50mb_tcp() {
@@ -110,7 +108,7 @@ fn every_pod_reaches_every_pod_by_icmp_and_50mb_tcp() {
 /// The recognisable plaintext of test b.
 const CANARY: &[u8] = b"weft-e2e-plaintext-canary:0123456789abcdef;";
 
-/// b. During a transfer of a known plaintext, a capture on the underlay switch never holds
+/// During a transfer of a known plaintext, a capture on the underlay switch never holds
 /// the plaintext, and every IPv4 packet between nodes is UDP to or from the weft port.
 #[test]
 fn the_underlay_carries_only_sealed_udp_on_the_weft_port() {
@@ -122,7 +120,7 @@ fn the_underlay_carries_only_sealed_udp_on_the_weft_port() {
     }
     let lab = Lab::up("e2eb", &["--nodes", "3", "--pods", "1"]);
     lab.wait_full_mesh(Duration::from_secs(30));
-    let pcap = Lab::dir(&lab.prefix).join("underlay.pcap");
+    let pcap = lab.dir().join("underlay.pcap");
     let capture = Capture::start(&format!("{}-u", lab.prefix), "sw", &pcap);
     let (a, b) = (lab.pod("n1-p1"), lab.pod("n3-p1"));
     let bytes = 8_000_000;

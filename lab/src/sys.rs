@@ -101,7 +101,7 @@ pub fn check_prerequisites() -> anyhow::Result<()> {
     if unsafe { libc_geteuid() } != 0 {
         bail!("weft lab needs root (it creates network namespaces); run it with sudo");
     }
-    for tool in ["ip", "nft", "tc", "sysctl"] {
+    for tool in crate::LAB_TOOLS {
         if run("sh", &["-c", &format!("command -v {tool}")]).is_err() {
             bail!("weft lab needs `{tool}` (Debian: apt-get install iproute2 nftables procps)");
         }

@@ -2,7 +2,7 @@
 //! system. Everything lives in namespaces named `{prefix}-…`, so labs with different prefixes
 //! (one per test) never meet.
 //!
-//! Address plan (DESIGN.md §7): the underlay switch is `198.18.0.0/16`; a node behind NAT sits
+//! Address plan (docs/design.md §7): the underlay switch is `198.18.0.0/16`; a node behind NAT sits
 //! on its own `198.19.N.0/24` behind a NAT box; pods use the cluster range.
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,12 +1,12 @@
-//! Shared harness of the end-to-end tests: they drive weft as a user does, through the `weft`
-//! CLI (`weft lab …`, `weft status --json`) and `ip netns exec`, against real routers in
-//! namespaces. Traffic is made by this process from threads that entered a pod's namespace
-//! (`setns` is per thread), so a transfer is measured and checked without parsing tool output.
+//! The end-to-end tests' harness (`tests/tests/e2e_*.rs`): they drive weft as a user does,
+//! through the `weft` CLI (`weft lab …`, `weft status --json`) and `ip netns exec`, against
+//! real routers in a lab ([`weft_lab`]). What `weft lab status --json` prints is read back
+//! into the lab's own types ([`LabState`]), and every path comes from the lab crate. Traffic
+//! is made by this process from threads that entered a pod's namespace (`setns` is per
+//! thread), so a transfer is measured and checked without parsing tool output.
 //!
 //! Every lab lives under its test's own prefix and is removed by [`Lab`]'s `Drop`, also when
 //! the test fails. Nothing here touches the root namespace's network.
-
-#![allow(dead_code)] // each test binary uses a different part of the harness
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -17,70 +17,25 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+pub use weft_lab::{LabState, NodeState, PodState};
 
-/// The weft UDP port (DESIGN.md §1).
-pub const WEFT_PORT: u16 = 6786;
+/// The weft UDP port (docs/design.md §1).
+pub const WEFT_PORT: u16 = weft_router::config::DEFAULT_PORT;
 
-/// `target/debug/weft`, built beside this test binary (`target/debug/deps/e2e_x-HASH`).
+/// `target/debug/weft`, built beside this test binary (`target/debug/deps/e2e_x-HASH`), with
+/// `weft-cni` beside it.
 pub fn weft_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary in target/*/deps");
-    for name in ["weft", "weft-cni"] {
-        assert!(
-            dir.join(name).is_file(),
-            "{} is missing: run `cargo build --workspace --bins` (with the same \
-             CARGO_TARGET_DIR) before the end-to-end tests",
-            dir.join(name).display()
-        );
-    }
-    dir.join("weft")
+    weft_lab::Binaries::beside_test_binary()
+        .unwrap_or_else(|e| panic!("{e:#}"))
+        .weft
 }
 
-unsafe extern "C" {
-    fn geteuid() -> u32;
-    fn setns(fd: i32, nstype: i32) -> i32;
-}
-
-const CLONE_NEWNET: i32 = 0x4000_0000;
-
-/// Whether this test can run: root, and the tools. Without them it says so loudly and
-/// returns false; under `CI=true` it panics instead, since a skip there is a failure.
+/// Whether this test can run: root, the lab's tools and `tools`. Without them it says so
+/// loudly and returns false; under `CI=true` it panics instead, since a skip there is a
+/// failure ([`weft_lab::capability::can_run`]).
 pub fn can_run(test: &str, tools: &[&str]) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { geteuid() } == 0;
-    let missing: Vec<&str> = ["ip", "nft", "tc", "sysctl"]
-        .iter()
-        .chain(tools)
-        .copied()
-        .filter(|t| {
-            !Command::new("sh")
-                .args(["-c", &format!("command -v {t}")])
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-        .collect();
-    if root && missing.is_empty() {
-        return true;
-    }
-    let why = if root {
-        format!("missing tools: {}", missing.join(", "))
-    } else {
-        "not root (the lab makes network namespaces)".into()
-    };
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: cannot run ({why}) and CI=true: a skip is a failure here");
-    }
-    // Straight to stderr: libtest captures eprintln! of passing tests, and a skip must show.
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n!!!!! SKIPPED {test}: {why}; run as root with iproute2, nftables, tcpdump, \
-         iputils-ping !!!!!\n"
-    );
-    false
+    let all: Vec<&str> = weft_lab::LAB_TOOLS.iter().chain(tools).copied().collect();
+    weft_lab::capability::can_run(test, &all)
 }
 
 /// Prints a measured figure past libtest's capture, for the report.
@@ -102,31 +57,16 @@ pub fn run(program: &Path, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// A node of a lab, as `weft lab status --json` reports it.
-#[derive(Debug, Clone)]
-pub struct Node {
-    pub name: String,
-    pub namespace: String,
-    pub underlay: Ipv4Addr,
-    pub state_dir: PathBuf,
-    pub router_pid: Option<u32>,
-}
-
-/// A pod of a lab.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Pod {
-    pub name: String,
-    pub node: String,
-    pub namespace: String,
-    pub address: Ipv4Addr,
-}
-
 /// A lab brought up with `weft lab up`; `weft lab down` runs when it is dropped.
 pub struct Lab {
+    /// Its prefix (`weft lab --prefix`).
     pub prefix: String,
+    /// The `weft` binary that runs it.
     pub weft: PathBuf,
-    pub nodes: Vec<Node>,
-    pub pods: Vec<Pod>,
+    /// Its nodes, as `weft lab status --json` last reported them.
+    pub nodes: Vec<NodeState>,
+    /// Its pods, likewise.
+    pub pods: Vec<PodState>,
 }
 
 impl Lab {
@@ -154,43 +94,18 @@ impl Lab {
     }
 
     /// The lab's directory (state dirs, logs; removed by `weft lab down`).
-    pub fn dir(prefix: &str) -> PathBuf {
-        Path::new("/run/weft-lab").join(prefix)
+    pub fn dir(&self) -> PathBuf {
+        weft_lab::lab_dir(&self.prefix)
     }
 
-    /// Reads `weft lab status --json` again.
+    /// Reads `weft lab status --json` again, into the lab's own state type.
     pub fn refresh(&mut self) {
-        let v = self.weft_json(&["lab", "status", "--json", "--prefix", &self.prefix.clone()]);
-        self.nodes = v["nodes"]
-            .as_array()
-            .expect("nodes")
-            .iter()
-            .map(|n| Node {
-                name: n["name"].as_str().unwrap().into(),
-                namespace: n["namespace"].as_str().unwrap().into(),
-                underlay: n["underlay"]
-                    .as_str()
-                    .unwrap()
-                    .split('/')
-                    .next()
-                    .unwrap()
-                    .parse()
-                    .unwrap(),
-                state_dir: n["state_dir"].as_str().unwrap().into(),
-                router_pid: n["router_pid"].as_u64().map(|p| p as u32),
-            })
-            .collect();
-        self.pods = v["pods"]
-            .as_array()
-            .expect("pods")
-            .iter()
-            .map(|p| Pod {
-                name: p["name"].as_str().unwrap().into(),
-                node: p["node"].as_str().unwrap().into(),
-                namespace: p["namespace"].as_str().unwrap().into(),
-                address: p["address"].as_str().unwrap().parse().unwrap(),
-            })
-            .collect();
+        let args = ["lab", "status", "--json", "--prefix", &self.prefix];
+        let out = self.weft(&args);
+        let state: LabState =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("weft {args:?}: {e}: {out}"));
+        self.nodes = state.nodes;
+        self.pods = state.pods;
     }
 
     /// Runs `weft ARGS…`, panicking with its output on failure.
@@ -200,11 +115,6 @@ impl Lab {
         out
     }
 
-    fn weft_json(&self, args: &[&str]) -> Value {
-        let out = self.weft(args);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("weft {args:?}: {e}: {out}"))
-    }
-
     /// `weft lab SUBCOMMAND --prefix PREFIX REST…` (the prefix before any `--`).
     pub fn lab(&self, args: &[&str]) -> String {
         let mut full = vec!["lab", args[0], "--prefix", &self.prefix];
@@ -212,14 +122,16 @@ impl Lab {
         self.weft(&full)
     }
 
-    pub fn node(&self, name: &str) -> &Node {
+    /// The node named `name` (`n1`).
+    pub fn node(&self, name: &str) -> &NodeState {
         self.nodes
             .iter()
             .find(|n| n.name == name)
             .unwrap_or_else(|| panic!("no node {name}"))
     }
 
-    pub fn pod(&self, name: &str) -> &Pod {
+    /// The pod named `name` (`n1-p1`).
+    pub fn pod(&self, name: &str) -> &PodState {
         self.pods
             .iter()
             .find(|p| p.name == name)
@@ -308,10 +220,7 @@ impl Lab {
 
     /// The last lines of a node's router log, for failure messages.
     pub fn log_tail(&self, node: &str) -> String {
-        let text = std::fs::read_to_string(self.node(node).state_dir.join("router.log"))
-            .unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
+        self.node(node).router_log_tail(15)
     }
 
     /// Waits until `node` lists `peer` as established with a path for which `path_ok` holds.
@@ -398,7 +307,6 @@ impl Lab {
     /// suite runs twice (scripts/test-all.sh): with `WEFT_OFFLOAD=off`, which the lab's
     /// routers inherit, every offload must be off; otherwise (auto) the TUN offloads, UDP GSO
     /// and GRO must all be on, which every kernel these tests run on supports.
-    #[allow(dead_code)] // not every e2e test binary asks
     pub fn assert_data_path(&self) -> &'static str {
         let off = std::env::var("WEFT_OFFLOAD").is_ok_and(|v| v == "off");
         for node in &self.nodes {
@@ -468,11 +376,10 @@ impl Drop for Lab {
 pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let path = format!("/run/netns/{ns}");
     std::thread::spawn(move || {
-        use std::os::fd::AsRawFd;
         let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        // SAFETY: a valid namespace fd; setns changes only this thread.
-        let rc = unsafe { setns(file.as_raw_fd(), CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        // setns changes only this thread.
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|e| panic!("setns {path}: {e}"));
         f()
     })
     .join()
@@ -593,7 +500,7 @@ fn connect_in(
 }
 
 /// [`transfer`] from a socket whose TCP maximum segment size is `mss`, when given.
-#[allow(clippy::too_many_arguments, dead_code)]
+#[allow(clippy::too_many_arguments)]
 pub fn transfer_with_mss(
     from_ns: &str,
     to_ns: &str,

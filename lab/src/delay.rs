@@ -4,9 +4,9 @@
 //! for the configured time (both directions, order kept, nothing dropped or changed).
 //!
 //! Frames are read and written with `AF_PACKET` raw sockets bound to each end. The sockets are
-//! declared here by hand (the `weft` package carries no libc crate, as `sys.rs` does for
-//! `geteuid`); the few calls are the stable Linux ABI. UDP and TCP checksums the veth left to
-//! offload are completed on the way through (see [`fill_checksum`]).
+//! declared here by hand (the lab carries no libc crate, as `sys.rs` does for `geteuid`);
+//! the few calls are the stable Linux ABI. UDP and TCP checksums the veth left to offload
+//! are completed on the way through (see [`fill_checksum`]).
 
 use std::ffi::CString;
 use std::sync::mpsc;

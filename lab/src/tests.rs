@@ -1,40 +1,18 @@
 //! The lab against the real kernel: namespaces, veths, the switch filter and the real
-//! weft-cni binary. Needs root; without it the tests say so loudly, and fail under CI=true.
+//! weft-cni binary. Needs root; without it the tests say so loudly, and fail under CI=true
+//! ([`capability::can_run`]).
 
 use super::*;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Whether this process may make namespaces. Under CI a missing capability is a failure.
+/// Whether this test may make namespaces (loud skip; a failure under CI=true).
 fn can_run(test: &str) -> bool {
-    let root = sys::check_prerequisites();
-    match root {
-        Ok(()) => true,
-        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("{test}: cannot run under CI: {e:#}")
-        }
-        Err(e) => {
-            eprintln!("SKIPPED {test}: {e:#} (these tests need root and iproute2/nftables)");
-            false
-        }
-    }
+    capability::can_run(test, LAB_TOOLS)
 }
 
 /// The weft and weft-cni built beside this test binary (target/debug/).
 fn bins() -> Binaries {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let bins = Binaries {
-        weft: dir.join("weft"),
-        cni: dir.join("weft-cni"),
-    };
-    for b in [&bins.weft, &bins.cni] {
-        assert!(
-            b.is_file(),
-            "{} is missing: run `cargo build --workspace --bins` before these tests",
-            b.display()
-        );
-    }
-    bins
+    Binaries::beside_test_binary().unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// Removes the lab when the test ends, passed or failed.

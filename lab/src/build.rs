@@ -1,0 +1,334 @@
+//! Building a lab: the switch, the nodes (plain, behind NAT, behind a delay line), the
+//! switch's filter and the pods, in that order. Every link is made with `ip -n NS`, inside
+//! the namespace it belongs to.
+
+use std::fs;
+use std::path::Path;
+
+use anyhow::Context;
+use ipnet::Ipv4Net;
+use weft_cni::node_block::NodeBlock;
+
+use crate::plan::{self, LabSpec, Names, Netem, UNDERLAY_MTU};
+use crate::state::{self, LabState, NodeState, PodState};
+use crate::{Binaries, routers, sys};
+
+pub(crate) fn build(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState> {
+    let names = Names::new(&spec.prefix);
+    let dir = state::lab_dir(&spec.prefix);
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+
+    let u = names.underlay_ns();
+    add_ns(&u)?;
+    sys::ip_in(&u, &["link", "add", "sw", "type", "bridge"])?;
+    sys::ip_in(&u, &["link", "set", "sw", "up"])?;
+    if spec.kubernetes.is_some() {
+        sys::ip_in(&u, &["addr", "add", plan::API_SERVER, "dev", "sw"])?;
+    }
+
+    let mut nodes = Vec::new();
+    for i in 1..=spec.nodes {
+        nodes.push(build_node(spec, &names, i, bins)?);
+    }
+    if !spec.blocked.is_empty() || spec.netem.values().any(|n| n.loss_percent > 0.0) {
+        let rules = switch_rules(spec);
+        sys::run_with(
+            "ip",
+            &["netns", "exec", &u, "nft", "-f", "-"],
+            &[],
+            Some(rules.as_bytes()),
+        )
+        .context("installing the switch's filter")?;
+    }
+
+    let pod_mtu = weft_router::config::pod_mtu(UNDERLAY_MTU).expect("1500 carries pods");
+    if spec.routers {
+        routers::start_all(spec, &mut nodes, &bins.weft)?;
+    } else {
+        for node in nodes.iter_mut() {
+            let i: usize = node.name[1..].parse().expect("n<number>");
+            node.block = plan::static_block(i);
+            NodeBlock::new(node.block)
+                .and_then(|b| b.write(&node.state_dir))
+                .with_context(|| format!("writing node {}'s block", node.name))?;
+        }
+    }
+    let mut pods = Vec::new();
+    for node in &nodes {
+        let i: usize = node.name[1..].parse().expect("n<number>");
+        for j in 1..=spec.pods {
+            pods.push(attach_pod(&names, node, i, j, pod_mtu, &bins.cni)?);
+        }
+    }
+    let state = LabState {
+        spec: spec.clone(),
+        nodes,
+        pods,
+        pod_mtu,
+    };
+    state::save(&state)?;
+    Ok(state)
+}
+
+pub(crate) fn add_ns(ns: &str) -> anyhow::Result<()> {
+    sys::run("ip", &["netns", "add", ns])?;
+    sys::ip_in(ns, &["link", "set", "lo", "up"])
+}
+
+/// The switch port a node's traffic enters the underlay through.
+fn switch_port(spec: &LabSpec, i: usize) -> String {
+    if spec.nat.contains(&i) {
+        format!("x{i}")
+    } else {
+        format!("n{i}")
+    }
+}
+
+/// Whether delays go through the userspace delay line: asked for, or the kernel has no netem
+/// (probed on the switch namespace's own loopback, so nothing outside the lab is touched).
+fn uses_delay_line(spec: &LabSpec, names: &Names) -> anyhow::Result<bool> {
+    if spec.delay_line {
+        return Ok(true);
+    }
+    let u = names.underlay_ns();
+    let probe = ["qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"];
+    if sys::exec_in(&u, "tc", &probe).is_ok() {
+        sys::exec_in(&u, "tc", &["qdisc", "del", "dev", "lo", "root"])?;
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// Joins `far_dev` in namespace `far_ns` to the switch as port `port`: one veth, or, when node
+/// `i`'s link is delayed and netem is missing, two veths with a delay line between them in a
+/// namespace of its own.
+fn plug(
+    spec: &LabSpec,
+    names: &Names,
+    i: usize,
+    port: &str,
+    far_ns: &str,
+    far_dev: &str,
+    bins: &Binaries,
+) -> anyhow::Result<()> {
+    let u = names.underlay_ns();
+    let delay = spec.netem.get(&i).map_or(0, |n| n.delay_ms);
+    if delay == 0 || !uses_delay_line(spec, names)? {
+        sys::ip_in(
+            &u,
+            &[
+                "link", "add", port, "type", "veth", "peer", "name", far_dev, "netns", far_ns,
+            ],
+        )?;
+        sys::ip_in(&u, &["link", "set", port, "master", "sw", "up"])?;
+        return Ok(());
+    }
+    let d = names.delay_ns(i);
+    add_ns(&d)?;
+    sys::ip_in(
+        &u,
+        &[
+            "link", "add", "name", port, "type", "veth", "peer", "name", "toswitch", "netns", &d,
+        ],
+    )?;
+    sys::ip_in(&u, &["link", "set", port, "master", "sw", "up"])?;
+    sys::ip_in(
+        &d,
+        &[
+            "link", "add", "name", "tonode", "type", "veth", "peer", "name", far_dev, "netns",
+            far_ns,
+        ],
+    )?;
+    // A packet socket takes a GSO frame (a router's 64 KiB UDP GSO send, a TCP TSO segment)
+    // whole, and cannot write it back out: make the kernel cut frames to the MTU before
+    // they reach the delay line, as a real NIC does before the wire.
+    sys::ip_in(&u, &["link", "set", port, "gso_max_segs", "1"])?;
+    sys::ip_in(far_ns, &["link", "set", far_dev, "gso_max_segs", "1"])?;
+    for dev in ["tonode", "toswitch"] {
+        // The delay line is a wire: it must not answer or originate anything itself.
+        sys::sysctl_in(&d, &format!("net.ipv6.conf.{dev}.disable_ipv6"), "1")?;
+        sys::ip_in(&d, &["link", "set", dev, "up"])?;
+    }
+    let log = fs::File::create(state::delay_line_log(&spec.prefix, i))?;
+    use std::os::unix::process::CommandExt;
+    std::process::Command::new("ip")
+        .args(["netns", "exec", &d])
+        .arg(&bins.weft)
+        .args(["lab", "delay-line", "tonode", "toswitch"])
+        .arg(format!("--delay-ms={delay}"))
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting the delay line of node {i}"))?;
+    Ok(())
+}
+
+fn build_node(
+    spec: &LabSpec,
+    names: &Names,
+    i: usize,
+    bins: &Binaries,
+) -> anyhow::Result<NodeState> {
+    let ns = names.node_ns(i);
+    let u = names.underlay_ns();
+    let behind_nat = spec.nat.contains(&i);
+    add_ns(&ns)?;
+    sys::sysctl_in(&ns, "net.ipv4.ip_forward", "1")?;
+    let port = switch_port(spec, i);
+    let underlay = plan::underlay_addr(i, behind_nat);
+    if behind_nat {
+        let x = names.nat_ns(i);
+        add_ns(&x)?;
+        sys::sysctl_in(&x, "net.ipv4.ip_forward", "1")?;
+        plug(spec, names, i, &port, &x, "wan", bins)?;
+        sys::ip_in(&x, &["addr", "add", &underlay.to_string(), "dev", "wan"])?;
+        sys::ip_in(&x, &["link", "set", "wan", "up"])?;
+        let (gw, host) = plan::nat_private(i);
+        sys::ip_in(
+            &x,
+            &[
+                "link", "add", "lan", "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ],
+        )?;
+        sys::ip_in(&x, &["addr", "add", &gw.to_string(), "dev", "lan"])?;
+        sys::ip_in(&x, &["link", "set", "lan", "up"])?;
+        sys::ip_in(&ns, &["addr", "add", &host.to_string(), "dev", "eth0"])?;
+        sys::ip_in(&ns, &["link", "set", "eth0", "up"])?;
+        sys::ip_in(
+            &ns,
+            &["route", "add", "default", "via", &gw.addr().to_string()],
+        )?;
+        // Masquerade what leaves through the WAN side: an endpoint-independent NAT as home
+        // routers do (Linux keeps the source port when it is free).
+        let rules = "table ip weftlab_nat {\n chain post {\n  type nat hook postrouting priority srcnat;\n  oifname \"wan\" masquerade\n }\n}\n";
+        sys::run_with(
+            "ip",
+            &["netns", "exec", &x, "nft", "-f", "-"],
+            &[],
+            Some(rules.as_bytes()),
+        )?;
+    } else {
+        plug(spec, names, i, &port, &ns, "eth0", bins)?;
+        sys::ip_in(&ns, &["addr", "add", &underlay.to_string(), "dev", "eth0"])?;
+        sys::ip_in(&ns, &["link", "set", "eth0", "up"])?;
+    }
+    if let Some(netem) = spec.netem.get(&i).filter(|n| n.delay_ms > 0)
+        && !uses_delay_line(spec, names)?
+    {
+        apply_delay(&u, &port, netem)?;
+        let (far_ns, far_dev) = if behind_nat {
+            (names.nat_ns(i), "wan")
+        } else {
+            (ns.clone(), "eth0")
+        };
+        apply_delay(&far_ns, far_dev, netem)?;
+    }
+    let state_dir = state::node_state_dir(&spec.prefix, i);
+    fs::create_dir_all(&state_dir)?;
+    // 0700 as the router wants it: it holds the node key and the control socket (and, in
+    // the lab, the router's log beside them).
+    fs::set_permissions(
+        &state_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )?;
+    Ok(NodeState {
+        name: format!("n{i}"),
+        namespace: ns,
+        underlay,
+        behind_nat,
+        block: plan::static_block(i),
+        state_dir,
+        router_pid: None,
+    })
+}
+
+/// Delays a link with `tc netem` (on each side, so both directions).
+fn apply_delay(ns: &str, dev: &str, netem: &Netem) -> anyhow::Result<()> {
+    let delay = format!("{}ms", netem.delay_ms);
+    sys::exec_in(
+        ns,
+        "tc",
+        &["qdisc", "add", "dev", dev, "root", "netem", "delay", &delay],
+    )
+    .map(drop)
+    .context(
+        "delay needs the kernel's netem qdisc (CONFIG_NET_SCH_NETEM, module sch_netem), \
+             which this kernel lacks; loss alone works without it",
+    )
+}
+
+/// The switch's filter: blocked node pairs, and random loss on impaired ports (nftables
+/// bridge family, so it works on kernels without netem). The text first deletes an earlier
+/// table, so applying it again replaces the rules in one transaction.
+pub(crate) fn switch_rules(spec: &LabSpec) -> String {
+    let mut rules = String::from(
+        "table bridge weftlab\ndelete table bridge weftlab\n\
+         table bridge weftlab {\n chain forward {\n  type filter hook forward priority 0;\n",
+    );
+    for (a, b) in &spec.blocked {
+        let (pa, pb) = (switch_port(spec, *a), switch_port(spec, *b));
+        rules += &format!("  iifname \"{pa}\" oifname \"{pb}\" drop\n");
+        rules += &format!("  iifname \"{pb}\" oifname \"{pa}\" drop\n");
+    }
+    for (node, netem) in spec.netem.iter().filter(|(_, n)| n.loss_percent > 0.0) {
+        let port = switch_port(spec, *node);
+        // Per ten thousand, so 0.01% steps work; applied on the way in and on the way out.
+        let cut = (netem.loss_percent * 100.0).round() as u32;
+        rules += &format!("  iifname \"{port}\" numgen random mod 10000 < {cut} drop\n");
+        rules += &format!("  oifname \"{port}\" numgen random mod 10000 < {cut} drop\n");
+    }
+    rules += " }\n}\n";
+    rules
+}
+
+fn attach_pod(
+    names: &Names,
+    node: &NodeState,
+    i: usize,
+    j: usize,
+    mtu: u32,
+    cni_bin: &Path,
+) -> anyhow::Result<PodState> {
+    let ns = names.pod_ns(i, j);
+    add_ns(&ns)?;
+    let name = plan::pod_name(i, j);
+    let config = serde_json::json!({
+        "cniVersion": "1.1.0",
+        "name": "weft",
+        "type": "weft-cni",
+        "bridge": "weft",
+        "mtu": mtu,
+        "stateDir": node.state_dir,
+    });
+    let netns_path = format!("/run/netns/{ns}");
+    let container_id = format!("lab-{ns}");
+    let cni = cni_bin.to_str().context("weft-cni path is not UTF-8")?;
+    let out = sys::run_with(
+        "ip",
+        &["netns", "exec", &node.namespace, cni],
+        &[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", &container_id),
+            ("CNI_NETNS", &netns_path),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/usr/lib/cni"),
+        ],
+        Some(config.to_string().as_bytes()),
+    )
+    .with_context(|| format!("attaching pod {name} with weft-cni"))?;
+    let result: serde_json::Value = serde_json::from_str(&out)
+        .with_context(|| format!("weft-cni's result for {name}: {out}"))?;
+    let address = result["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.parse::<Ipv4Net>().ok())
+        .with_context(|| format!("weft-cni's result for {name} has no IPv4 address: {out}"))?
+        .addr();
+    Ok(PodState {
+        name,
+        node: node.name.clone(),
+        namespace: ns,
+        address,
+    })
+}

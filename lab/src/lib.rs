@@ -1,0 +1,233 @@
+//! weft-lab: a small weft cluster inside network namespaces on one machine
+//! (docs/design.md §7). The `weft lab` commands, the end-to-end tests and the benchmark share
+//! it.
+//!
+//! It owns the lab's namespaces, links, routers and pods, and the lab's state ([`LabState`],
+//! saved under [`LAB_ROOT`]`/PREFIX/`, printed by `weft lab status --json`) with every path
+//! in it. One namespace holds the underlay switch (a bridge), one per node is joined to it by
+//! a veth (or sits behind a NAT box, or behind a delay line), and one per pod is attached by
+//! running the real `weft-cni` binary inside the node's namespace, exactly as a container
+//! runtime would. [`down`] removes everything a lab made; [`up`] first removes what a crashed
+//! run of the same prefix left behind, and undoes its own work if it fails half-way.
+//!
+//! Each node runs a real `weft router` (started detached inside its namespace, logging to its
+//! state directory); the first node not behind NAT founds the address space and is every
+//! other node's seed, and pods are attached once their node's router has claimed a block.
+//! Without routers the lab hands out static blocks (`10.32.N.0/24`) instead.
+//!
+//! What it must never do: create, address or route anything in the root network namespace.
+//! Every link, address and route lives in a namespace the lab made (`ip -n NS`, `ip netns
+//! exec NS`), underlay addresses come from `198.18.0.0/15`, and traffic only flows between
+//! the lab's namespaces.
+
+mod atomic;
+mod build;
+pub mod capability;
+pub mod delay;
+pub mod plan;
+mod routers;
+mod state;
+mod sys;
+#[cfg(test)]
+mod tests;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+pub use plan::{LabSpec, Names, Netem};
+pub use routers::{RouterAction, router};
+pub use state::{
+    LAB_ROOT, LabState, NodeState, PodState, delay_line_log, join_secret_file, lab_dir,
+    node_state_dir, state_file, status,
+};
+
+/// The tools a lab runs (iproute2, nftables, tc, procps): [`up`] refuses to start without
+/// them, and tests that build labs ask [`capability::can_run`] for them.
+pub const LAB_TOOLS: &[&str] = &["ip", "nft", "tc", "sysctl"];
+
+/// The programs a lab runs.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    /// `weft` (its `router` subcommand runs on every node).
+    pub weft: PathBuf,
+    /// `weft-cni`.
+    pub cni: PathBuf,
+}
+
+impl Binaries {
+    /// `weft` at `weft`, and `weft-cni` beside it (as cargo builds them, and as installed).
+    pub fn beside(weft: PathBuf) -> Self {
+        Self {
+            cni: weft.with_file_name("weft-cni"),
+            weft,
+        }
+    }
+
+    /// The `weft` and `weft-cni` cargo built for the running test binary: a test binary sits
+    /// in `target/PROFILE/deps/`, the programs one directory up. An error names the missing
+    /// program and how to build it.
+    pub fn beside_test_binary() -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("finding the test binary")?;
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .context("the test binary is not in target/PROFILE/deps")?;
+        let bins = Self::beside(dir.join("weft"));
+        for b in [&bins.weft, &bins.cni] {
+            if !b.is_file() {
+                bail!(
+                    "{} is missing: run `cargo build --workspace --bins` (with the same \
+                     CARGO_TARGET_DIR) before these tests",
+                    b.display()
+                );
+            }
+        }
+        Ok(bins)
+    }
+}
+
+/// Builds the lab `spec` describes. Whatever fails, nothing of this prefix is left behind.
+pub fn up(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState> {
+    sys::check_prerequisites()?;
+    spec.validate()?;
+    for (what, path) in [("weft-cni", &bins.cni), ("weft", &bins.weft)] {
+        if !path.is_file() {
+            bail!(
+                "{what} not found at {} (build it with `cargo build --workspace --bins`)",
+                path.display()
+            );
+        }
+    }
+    let swept = down(&spec.prefix)?;
+    if swept > 0 {
+        eprintln!(
+            "weft lab: removed {swept} namespaces left by an earlier run of lab {:?}",
+            spec.prefix
+        );
+    }
+    match build::build(spec, bins) {
+        Ok(state) => Ok(state),
+        Err(e) => {
+            if let Err(cleanup) = down(&spec.prefix) {
+                eprintln!("weft lab: cleaning up after the failure also failed: {cleanup:#}");
+            }
+            Err(e.context(format!("bringing up lab {:?} (removed again)", spec.prefix)))
+        }
+    }
+}
+
+/// Removes every namespace of lab `prefix` (killing what runs in them) and its state.
+/// Returns how many namespaces it removed.
+pub fn down(prefix: &str) -> anyhow::Result<usize> {
+    plan::validate_prefix(prefix)?;
+    let names = Names::new(prefix);
+    let mine: Vec<String> = sys::namespaces()?
+        .into_iter()
+        .filter(|ns| names.owns(ns))
+        .collect();
+    for ns in &mine {
+        for pid in sys::pids_in(ns) {
+            // A namespace lives on while a process holds it: end the processes first.
+            let _ = sys::run("kill", &["-KILL", &pid.to_string()]);
+        }
+    }
+    for ns in &mine {
+        sys::run("ip", &["netns", "del", ns])?;
+    }
+    let dir = state::lab_dir(prefix);
+    if dir.exists() {
+        fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    Ok(mine.len())
+}
+
+/// Runs `cmd` inside pod `pod` of lab `prefix`, returning its exit code.
+pub fn exec(prefix: &str, pod: &str, cmd: &[String]) -> anyhow::Result<i32> {
+    let state = status(prefix)?;
+    let Some(p) = state.pods.iter().find(|p| p.name == pod) else {
+        let known: Vec<&str> = state.pods.iter().map(|p| p.name.as_str()).collect();
+        bail!(
+            "lab {prefix:?} has no pod {pod:?} (pods: {})",
+            known.join(", ")
+        );
+    };
+    if cmd.is_empty() {
+        bail!("say what to run: weft lab exec {pod} -- COMMAND [ARGS…]");
+    }
+    let status = std::process::Command::new("ip")
+        .args(["netns", "exec", &p.namespace])
+        .args(cmd)
+        .status()
+        .context("running ip netns exec")?;
+    Ok(status.code().unwrap_or(128))
+}
+
+/// Blocks (or, with `blocked` false, unblocks) the underlay between nodes `a` and `b` at the
+/// switch, while the lab runs.
+pub fn set_blocked(prefix: &str, link: (usize, usize), blocked: bool) -> anyhow::Result<()> {
+    let mut state = status(prefix)?;
+    if blocked {
+        state.spec.blocked.insert(link);
+    } else if !state.spec.blocked.remove(&link) {
+        bail!("link {}-{} is not blocked", link.0, link.1);
+    }
+    state.spec.validate()?;
+    let u = Names::new(prefix).underlay_ns();
+    let rules = build::switch_rules(&state.spec);
+    sys::run_with(
+        "ip",
+        &["netns", "exec", &u, "nft", "-f", "-"],
+        &[],
+        Some(rules.as_bytes()),
+    )
+    .context("replacing the switch's filter")?;
+    state::save(&state)
+}
+
+/// A table for people.
+pub fn render(state: &LabState) -> String {
+    let blocks = if state.spec.routers {
+        "blocks claimed by the routers"
+    } else {
+        "static blocks, no routers: pods reach only their own node"
+    };
+    let mut out = format!(
+        "lab {:?}: {} nodes, {} pods, pod MTU {} ({blocks})\n\n",
+        state.spec.prefix,
+        state.nodes.len(),
+        state.pods.len(),
+        state.pod_mtu
+    );
+    out += &format!(
+        "{:<6} {:<14} {:<18} {:<5} {:<16} {:<8}\n",
+        "NODE", "NAMESPACE", "UNDERLAY", "NAT", "BLOCK", "ROUTER"
+    );
+    for n in &state.nodes {
+        let router = match n.router_pid {
+            Some(pid) if Path::new(&format!("/proc/{pid}")).exists() => format!("pid {pid}"),
+            Some(_) => "exited".into(),
+            None => "-".into(),
+        };
+        out += &format!(
+            "{:<6} {:<14} {:<18} {:<5} {:<16} {:<8}\n",
+            n.name,
+            n.namespace,
+            n.underlay.to_string(),
+            if n.behind_nat { "yes" } else { "" },
+            n.block.to_string(),
+            router
+        );
+    }
+    out += &format!("\n{:<8} {:<6} {:<16}\n", "POD", "NODE", "ADDRESS");
+    for p in &state.pods {
+        out += &format!(
+            "{:<8} {:<6} {:<16}\n",
+            p.name,
+            p.node,
+            p.address.to_string()
+        );
+    }
+    out
+}
