@@ -769,3 +769,65 @@ fn describe_path(node: &Node, hop: &NextHop) -> String {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_errors_name_what_failed_as_before() {
+        let os = || std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let bind = RunError::Bind {
+            socket: Socket::Udp("198.18.0.1:6786".parse().unwrap()),
+            source: os(),
+        };
+        assert!(
+            bind.to_string().starts_with("bind UDP 198.18.0.1:6786: "),
+            "{bind}"
+        );
+        let control = RunError::Bind {
+            socket: Socket::Control("/var/lib/weft/control.sock".into()),
+            source: os(),
+        };
+        assert!(
+            control
+                .to_string()
+                .starts_with("bind the control socket /var/lib/weft/control.sock: "),
+            "{control}"
+        );
+        let tun = RunError::TunCreate {
+            offloads_required: true,
+            source: os(),
+        };
+        assert!(
+            tun.to_string().starts_with(
+                "create TUN device weft-tun (is another router running in this namespace?) \
+                 with offloads (--offload on): "
+            ),
+            "{tun}"
+        );
+        let tun = RunError::TunCreate {
+            offloads_required: false,
+            source: os(),
+        };
+        assert!(
+            tun.to_string()
+                .contains("(is another router running in this namespace?): "),
+            "{tun}"
+        );
+        assert_eq!(
+            RunError::UnderlayMtuTooSmall { underlay: 600 }.to_string(),
+            "an underlay MTU of 600 leaves less than 576 bytes for pods"
+        );
+        let probe = RunError::UdpSetup {
+            step: UdpStep::Probe,
+            source: os(),
+        };
+        assert!(
+            probe
+                .to_string()
+                .starts_with("configure the UDP socket (GSO/GRO probe): "),
+            "{probe}"
+        );
+    }
+}
