@@ -368,7 +368,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn run_router(args: RouterArgs) -> anyhow::Result<()> {
-    weft_router::logging::init(args.log_format, &args.log_level).map_err(anyhow::Error::msg)?;
+    weft_router::logging::init(args.log_format, &args.log_level)?;
     let secret = match (&args.join_secret_file, std::env::var_os("WEFT_JOIN_SECRET")) {
         (Some(_), Some(_)) => bail!(
             "both --join-secret-file (or WEFT_JOIN_SECRET_FILE) and WEFT_JOIN_SECRET are set; \
@@ -465,7 +465,7 @@ fn control_call(state_dir: &std::path::Path, request: &Request) -> anyhow::Resul
     let response = runtime()?
         .block_on(weft_router::control::call(&socket, request))
         .map_err(|e| {
-            let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+            let hint = if e.is_permission_denied() {
                 "the control socket is root's: run this as root".to_string()
             } else {
                 format!(

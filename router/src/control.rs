@@ -213,9 +213,11 @@ async fn answer(
                 }
             }
             Ok(Ok(_)) => match parse_request(&line) {
-                Err(message) => {
+                Err(e) => {
                     count(&refused.malformed);
-                    Response::Error { message }
+                    Response::Error {
+                        message: e.to_string(),
+                    }
                 }
                 Ok(request) => {
                     let (tx, rx) = oneshot::channel();
@@ -237,30 +239,66 @@ async fn answer(
     write.shutdown().await
 }
 
-/// Parses one request line; the error says what is wrong, for the caller to read.
-pub fn parse_request(line: &[u8]) -> Result<Request, String> {
-    let explain = |e: String| {
-        format!(
-            "cannot parse the request ({e}); send one JSON object such as \
-             {{\"command\":\"status\"}}, {{\"command\":\"connect\",\"endpoint\":\"198.18.0.1:6786\"}} \
-             or {{\"command\":\"forget\",\"peer\":\"BASE64KEY\"}}"
-        )
-    };
+/// What a refused request is told to send instead.
+const REQUEST_EXAMPLES: &str = "send one JSON object such as {\"command\":\"status\"}, \
+     {\"command\":\"connect\",\"endpoint\":\"198.18.0.1:6786\"} or \
+     {\"command\":\"forget\",\"peer\":\"BASE64KEY\"}";
+
+/// Why a request line was refused; the message says what is wrong and what to send, for
+/// the client to show.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// Not JSON, or JSON that is no request (unknown command, a value missing or of the
+    /// wrong type).
+    #[error("cannot parse the request ({0}); {examples}", examples = REQUEST_EXAMPLES)]
+    Malformed(#[source] serde_json::Error),
+    /// A request with fields its command does not take.
+    #[error(
+        "cannot parse the request (unknown or malformed fields); {examples}",
+        examples = REQUEST_EXAMPLES
+    )]
+    UnknownFields,
+}
+
+/// Parses one request line.
+pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
     let value: serde_json::Value =
-        serde_json::from_slice(line.trim_ascii()).map_err(|e| explain(e.to_string()))?;
+        serde_json::from_slice(line.trim_ascii()).map_err(RequestError::Malformed)?;
     let request: Request =
-        serde_json::from_value(value.clone()).map_err(|e| explain(e.to_string()))?;
+        serde_json::from_value(value.clone()).map_err(RequestError::Malformed)?;
     // serde ignores unknown fields of internally tagged unit variants: a request must be
     // exactly what it parsed to, so a misspelt option is an error, not silently dropped.
     if serde_json::to_value(&request).ok().as_ref() != Some(&value) {
-        return Err(explain("unknown or malformed fields".into()));
+        return Err(RequestError::UnknownFields);
     }
     Ok(request)
 }
 
+/// Why a client got no answer from the router.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The socket could not be reached or the exchange broke off (no router there, or the
+    /// socket is root's).
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The router answered something that is not a response.
+    #[error("the answer is not a response: {0}")]
+    BadAnswer(#[source] serde_json::Error),
+    /// No answer within [`CALL_TIMEOUT`]: the router's loop is stuck or overloaded.
+    #[error("no answer within {}s", CALL_TIMEOUT.as_secs())]
+    Timeout,
+}
+
+impl CallError {
+    /// Whether the socket refused us for lack of permission (it is root's, mode 0600).
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(self, CallError::Io(e) if e.kind() == std::io::ErrorKind::PermissionDenied)
+    }
+}
+
 /// Sends `request` to the router whose state directory holds `socket`, waiting at most
 /// [`CALL_TIMEOUT`] (a router whose loop is stuck does not hang its CLI).
-pub async fn call(socket: &Path, request: &Request) -> std::io::Result<Response> {
+pub async fn call(socket: &Path, request: &Request) -> Result<Response, CallError> {
     let exchange = async {
         let mut stream = UnixStream::connect(socket).await?;
         let mut bytes = serde_json::to_vec(request).expect("requests serialize");
@@ -268,16 +306,11 @@ pub async fn call(socket: &Path, request: &Request) -> std::io::Result<Response>
         stream.write_all(&bytes).await?;
         let mut out = Vec::new();
         stream.read_to_end(&mut out).await?;
-        serde_json::from_slice(&out).map_err(std::io::Error::other)
+        serde_json::from_slice(&out).map_err(CallError::BadAnswer)
     };
     tokio::time::timeout(CALL_TIMEOUT, exchange)
         .await
-        .map_err(|_| {
-            std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no answer within {}s", CALL_TIMEOUT.as_secs()),
-            )
-        })?
+        .map_err(|_| CallError::Timeout)?
 }
 
 /// How long a client waits for the router's answer.
@@ -290,14 +323,14 @@ mod tests {
     #[test]
     fn requests_parse_and_garbage_gets_a_message() {
         assert_eq!(
-            parse_request(br#"{"command":"status"}"#),
-            Ok(Request::Status)
+            parse_request(br#"{"command":"status"}"#).unwrap(),
+            Request::Status
         );
         assert_eq!(
-            parse_request(b"{\"command\":\"connect\",\"endpoint\":\"198.18.0.1:6786\"}\n"),
-            Ok(Request::Connect {
+            parse_request(b"{\"command\":\"connect\",\"endpoint\":\"198.18.0.1:6786\"}\n").unwrap(),
+            Request::Connect {
                 endpoint: "198.18.0.1:6786".parse().unwrap()
-            })
+            }
         );
         for bad in [
             &b"hello"[..],
@@ -306,7 +339,7 @@ mod tests {
             br#"{"command":"connect"}"#,
             br#"{"command":"status","x":1}"#,
         ] {
-            let err = parse_request(bad).unwrap_err();
+            let err = parse_request(bad).unwrap_err().to_string();
             assert!(err.contains("cannot parse the request"), "{err}");
         }
     }

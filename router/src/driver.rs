@@ -31,43 +31,137 @@ const TUN_QUEUE: u32 = 4096;
 /// How often the metrics snapshot is rebuilt, at most.
 const SNAPSHOT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Why a router could not start or had to stop.
+/// Why a router could not start or had to stop. As rustls keeps them apart: what the
+/// operator gave that cannot work, what the machine refused, and what broke inside the
+/// router once it ran.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// The configuration cannot work; [`RouterConfig::validate`] says why, naming the flag.
+    #[error("{0}")]
+    InvalidConfig(String),
+    /// The underlay MTU leaves too little room for pods once the tunnel's overhead is taken.
+    #[error("an underlay MTU of {underlay} leaves less than 576 bytes for pods")]
+    UnderlayMtuTooSmall {
+        /// The underlay MTU, given or detected.
+        underlay: u32,
+    },
+    /// The pod MTU is more than a TUN device takes (it must fit in 16 bits).
+    #[error("pod MTU {pod_mtu} is larger than a TUN device takes")]
+    PodMtuTooLarge {
+        /// The pod MTU computed from the underlay's.
+        pod_mtu: u32,
+    },
     /// The state directory is unusable.
     #[error(transparent)]
     State(#[from] StateError),
     /// The kernel could not be configured.
     #[error(transparent)]
     Netconf(#[from] netconf::NetconfError),
-    /// A socket or device could not be opened or used.
-    #[error("{what}: {source}")]
-    Io {
-        /// What was being done.
-        what: String,
+    /// A socket could not be bound (address in use, no permission, bad path).
+    #[error("bind {socket}: {source}")]
+    Bind {
+        /// Which socket.
+        socket: Socket,
         /// What the OS said.
         source: std::io::Error,
     },
-    /// The configuration cannot work.
-    #[error("{0}")]
-    Config(String),
+    /// The UDP socket, once bound, could not be set up.
+    #[error("{step}: {source}")]
+    UdpSetup {
+        /// What was being done.
+        step: UdpStep,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The TUN device could not be created.
+    #[error(
+        "create TUN device {tun} (is another router running in this namespace?){with}: {source}",
+        tun = TUN_NAME,
+        with = .offloads_required.then_some(" with offloads (--offload on)").unwrap_or_default()
+    )]
+    TunCreate {
+        /// Whether offloads were required (`--offload on`), so no fallback was tried.
+        offloads_required: bool,
+        /// What the kernel said.
+        source: std::io::Error,
+    },
+    /// The TUN device could not be brought up.
+    #[error("bring {tun} up: {0}", tun = TUN_NAME)]
+    TunUp(#[source] std::io::Error),
+    /// The data-plane threads could not be started.
+    #[error("start the data-plane threads: {0}")]
+    WorkersStart(#[source] std::io::Error),
+    /// A data-plane worker stopped for good: its device or socket failed under it.
+    #[error("the data-plane worker {worker}: {source}")]
+    WorkerStopped {
+        /// Which worker (its thread name).
+        worker: &'static str,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// A blocking kernel-configuration task panicked or was cancelled: a bug, not a
+    /// refusal by the kernel (that is [`RunError::Netconf`]).
+    #[error("a netlink task failed: {0}")]
+    NetlinkTask(#[from] tokio::task::JoinError),
     /// Kubernetes discovery could not start.
     #[error(transparent)]
     Kubernetes(#[from] crate::kubernetes::KubeError),
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
-    let what = what.into();
-    move |source| RunError::Io { what, source }
+/// A socket the router binds at start.
+#[derive(Debug)]
+pub enum Socket {
+    /// The control socket in the state directory.
+    Control(std::path::PathBuf),
+    /// The HTTP listener for metrics and health.
+    Metrics(SocketAddr),
+    /// The UDP socket that carries everything between routers.
+    Udp(SocketAddr),
+}
+
+impl std::fmt::Display for Socket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Socket::Control(path) => write!(f, "the control socket {}", path.display()),
+            Socket::Metrics(addr) => write!(f, "metrics {addr}"),
+            Socket::Udp(addr) => write!(f, "UDP {addr}"),
+        }
+    }
+}
+
+/// A step of setting up the bound UDP socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpStep {
+    /// Making it non-blocking (the data-plane threads poll it themselves).
+    NonBlocking,
+    /// Reading the address it was bound to.
+    LocalAddr,
+    /// Probing GSO and GRO (quinn-udp's socket state).
+    Probe,
+}
+
+impl std::fmt::Display for UdpStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UdpStep::NonBlocking => "make the UDP socket non-blocking",
+            UdpStep::LocalAddr => "read the socket address",
+            UdpStep::Probe => "configure the UDP socket (GSO/GRO probe)",
+        })
+    }
+}
+
+fn bind_error(socket: Socket) -> impl FnOnce(std::io::Error) -> RunError {
+    move |source| RunError::Bind { socket, source }
+}
+
+fn udp_error(step: UdpStep) -> impl FnOnce(std::io::Error) -> RunError {
+    move |source| RunError::UdpSetup { step, source }
 }
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, netconf::NetconfError> + Send + 'static,
 ) -> Result<T, RunError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| RunError::Config(format!("a netlink task failed: {e}")))?
-        .map_err(RunError::from)
+    Ok(tokio::task::spawn_blocking(f).await??)
 }
 
 /// Enlarges the socket's buffers, past `net.core.[rw]mem_max` when we have the privilege
@@ -113,11 +207,7 @@ fn disable_gro(socket: &std::net::UdpSocket) {
 /// Creates the TUN device, with virtio headers (TSO in, GSO out) unless `offload` is off;
 /// `auto` falls back to plain packets when the kernel refuses them.
 fn open_tun(offload: Offload, pod_mtu: u32) -> Result<tun_rs::SyncDevice, RunError> {
-    let mtu = u16::try_from(pod_mtu).map_err(|_| {
-        RunError::Config(format!(
-            "pod MTU {pod_mtu} is larger than a TUN device takes"
-        ))
-    })?;
+    let mtu = u16::try_from(pod_mtu).map_err(|_| RunError::PodMtuTooLarge { pod_mtu })?;
     let build = |vnet: bool| {
         tun_rs::DeviceBuilder::new()
             .name(TUN_NAME)
@@ -130,14 +220,18 @@ fn open_tun(offload: Offload, pod_mtu: u32) -> Result<tun_rs::SyncDevice, RunErr
             .build_sync()
             .and_then(|d| d.set_nonblocking(true).map(|()| d))
     };
-    let what =
-        || format!("create TUN device {TUN_NAME} (is another router running in this namespace?)");
+    let refused = |offloads_required| {
+        move |source| RunError::TunCreate {
+            offloads_required,
+            source,
+        }
+    };
     match offload {
-        Offload::Off => build(false).map_err(io(what())),
-        Offload::On => build(true).map_err(io(format!("{} with offloads (--offload on)", what()))),
+        Offload::Off => build(false).map_err(refused(false)),
+        Offload::On => build(true).map_err(refused(true)),
         Offload::Auto => build(true).or_else(|e| {
             warn!(error = %e, "TUN offloads refused; one packet per read and write");
-            build(false).map_err(io(what()))
+            build(false).map_err(refused(false))
         }),
     }
 }
@@ -153,7 +247,7 @@ fn wall_now() -> Timestamp {
 /// Runs a router until `shutdown` completes. On the way out the TUN device goes (and with it
 /// the cluster route); the bridge and the pods stay, so an upgrade does not cut pods off.
 pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-    config.validate().map_err(RunError::Config)?;
+    config.validate().map_err(RunError::InvalidConfig)?;
     tokio::pin!(shutdown);
     let state = StateDir::open(&config.state_dir)?;
     let key = state.key(&mut OsRandom)?;
@@ -163,39 +257,33 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
         Some(m) => m,
         None => blocking(move || netconf::underlay_mtu(&[TUN_NAME, &bridge])).await?,
     };
-    let pod_mtu = pod_mtu(underlay).ok_or_else(|| {
-        RunError::Config(format!(
-            "an underlay MTU of {underlay} leaves less than 576 bytes for pods"
-        ))
-    })?;
+    let pod_mtu = pod_mtu(underlay).ok_or(RunError::UnderlayMtuTooSmall { underlay })?;
 
     // Everything that can fail to bind is bound before the kernel is touched, so a failure
     // leaves nothing behind.
     let socket_path = state.control_socket();
-    let control_listener = control::bind(&socket_path).map_err(io(format!(
-        "bind the control socket {}",
-        socket_path.display()
-    )))?;
+    let control_listener =
+        control::bind(&socket_path).map_err(bind_error(Socket::Control(socket_path.clone())))?;
     let metrics_listener = match config.metrics {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
                 .await
-                .map_err(io(format!("bind metrics {addr}")))?,
+                .map_err(bind_error(Socket::Metrics(addr)))?,
         ),
         None => None,
     };
     // A std socket and a sync TUN device, registered with no epoll: the data-plane thread
     // waits on them itself, and a tokio registration would wake the runtime on every
     // arrival for nothing (thousands of wake-ups a second under load, measured).
-    let socket = std::net::UdpSocket::bind(config.listen)
-        .map_err(io(format!("bind UDP {}", config.listen)))?;
+    let socket =
+        std::net::UdpSocket::bind(config.listen).map_err(bind_error(Socket::Udp(config.listen)))?;
     socket
         .set_nonblocking(true)
-        .map_err(io("make the UDP socket non-blocking"))?;
+        .map_err(udp_error(UdpStep::NonBlocking))?;
     grow_buffers(&socket);
-    let listen = socket.local_addr().map_err(io("read the socket address"))?;
-    let udp = quinn_udp::UdpSocketState::new((&socket).into())
-        .map_err(io("configure the UDP socket (GSO/GRO probe)"))?;
+    let listen = socket.local_addr().map_err(udp_error(UdpStep::LocalAddr))?;
+    let udp =
+        quinn_udp::UdpSocketState::new((&socket).into()).map_err(udp_error(UdpStep::Probe))?;
     let gso = config.offload != Offload::Off && udp.max_gso_segments() > 1;
     let gro = config.offload != Offload::Off && udp.gro_segments() > 1;
     if !gro && udp.gro_segments() > 1 {
@@ -217,8 +305,7 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
     }
     let range = config.cluster_range;
     blocking(|| netconf::disable_ipv6(TUN_NAME)).await?;
-    tun.enabled(true)
-        .map_err(io(format!("bring {TUN_NAME} up")))?;
+    tun.enabled(true).map_err(RunError::TunUp)?;
     blocking(move || netconf::route_cluster_range(TUN_NAME, range)).await?;
 
     let ready = Arc::new(AtomicBool::new(false));
@@ -257,7 +344,7 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
         }
     }
     info!(
-        id = %key.public(),
+        peer = %key.public(),
         name = %config.name,
         %listen,
         underlay_mtu = underlay,
@@ -310,7 +397,7 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
         .flatten()
         .map(|b| b.cidr());
 
-    // The data plane: two workers beside the control task (DESIGN.md §2).
+    // The data plane: two workers beside the control task (docs/design.md §2).
     let socket = Arc::new(socket);
     let tun = Arc::new(tun);
     let udp = Arc::new(udp);
@@ -333,8 +420,7 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
         shared: shared.clone(),
         to_node: to_node.clone(),
     };
-    let workers =
-        dataplane::Workers::start(tx, rx, to_node).map_err(io("start the data-plane threads"))?;
+    let workers = dataplane::Workers::start(tx, rx, to_node).map_err(RunError::WorkersStart)?;
 
     let mut driver = Driver {
         node,
@@ -434,8 +520,8 @@ impl Driver {
                                 self.node.handle_data_activity(now, &activity);
                             }
                             ToNode::Stopped { worker, error } => {
-                                return Err(RunError::Io {
-                                    what: format!("the data-plane worker {worker}"),
+                                return Err(RunError::WorkerStopped {
+                                    worker,
                                     source: error,
                                 });
                             }
@@ -453,7 +539,7 @@ impl Driver {
                         if let Command::Forget(peer) = &command
                             && self.node.members().get(peer).is_none()
                         {
-                            debug!(?peer, "deleted Node's key was never a member: nothing to forget");
+                            debug!(peer = %peer, "deleted Node's key was never a member: nothing to forget");
                         } else {
                             self.node.handle_command(Instant::now(), command);
                         }
@@ -528,10 +614,12 @@ impl Driver {
                 self.ready.store(true, Ordering::Relaxed);
             }
             None => {
-                warn!(
-                    old = ?self.written_block,
-                    "no pod block any more: withdrawn from weft-cni until one is claimed"
-                );
+                if let Some(old) = self.written_block {
+                    warn!(
+                        block = %old,
+                        "no pod block any more: withdrawn from weft-cni until one is claimed"
+                    );
+                }
                 self.state.remove_block()?;
                 self.ready.store(false, Ordering::Relaxed);
             }
@@ -540,23 +628,22 @@ impl Driver {
         Ok(())
     }
 
+    /// Acts on the Node's events. Each event is logged once, by the layer that knows it
+    /// (docs/logging.md): the mesh logs tunnels, membership, commands and address space as it
+    /// decides them, so only the events it emits without a log line are logged here.
     async fn handle_event(&mut self, event: Event) -> Result<(), RunError> {
         match event {
             Event::StateChanged => self.state.save_mesh(&self.node.persistent_state())?,
-            // Acted on in `sync_block`, after every drain, from the Node's current block.
-            Event::BlockClaimed { block } => debug!(%block, "block claimed"),
-            Event::BlockWaiting { reason } => warn!(%reason, "waiting for a pod block"),
-            Event::PeerUp { peer, path } => {
-                info!(peer = %peer, path = %describe_path(&self.node, &path), "peer up")
-            }
-            Event::PeerDown { peer, reason } => info!(peer = %peer, ?reason, "peer down"),
             Event::MemberJoined { peer, name } => info!(peer = %peer, %name, "member joined"),
-            Event::MemberDeparted { peer } => info!(peer = %peer, "member departed"),
-            Event::CommandRefused { command, reason } => warn!(?command, reason, "command refused"),
-            Event::BlocksTakenOver { from, space } => {
-                info!(from = %from, ?space, "blocks taken over")
-            }
             Event::RoutesChanged => debug!("routes changed"),
+            // Acted on in `sync_block`, after every drain, from the Node's current block.
+            Event::BlockClaimed { .. } | Event::BlockWaiting { .. } => {}
+            // Logged by the mesh; nothing here acts on them.
+            Event::PeerUp { .. }
+            | Event::PeerDown { .. }
+            | Event::MemberDeparted { .. }
+            | Event::CommandRefused { .. }
+            | Event::BlocksTakenOver { .. } => {}
         }
         Ok(())
     }
@@ -680,5 +767,67 @@ fn describe_path(node: &Node, hop: &NextHop) -> String {
                 .unwrap_or_else(|| format!("{via:?}"));
             format!("via {name}")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_errors_name_what_failed_as_before() {
+        let os = || std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let bind = RunError::Bind {
+            socket: Socket::Udp("198.18.0.1:6786".parse().unwrap()),
+            source: os(),
+        };
+        assert!(
+            bind.to_string().starts_with("bind UDP 198.18.0.1:6786: "),
+            "{bind}"
+        );
+        let control = RunError::Bind {
+            socket: Socket::Control("/var/lib/weft/control.sock".into()),
+            source: os(),
+        };
+        assert!(
+            control
+                .to_string()
+                .starts_with("bind the control socket /var/lib/weft/control.sock: "),
+            "{control}"
+        );
+        let tun = RunError::TunCreate {
+            offloads_required: true,
+            source: os(),
+        };
+        assert!(
+            tun.to_string().starts_with(
+                "create TUN device weft-tun (is another router running in this namespace?) \
+                 with offloads (--offload on): "
+            ),
+            "{tun}"
+        );
+        let tun = RunError::TunCreate {
+            offloads_required: false,
+            source: os(),
+        };
+        assert!(
+            tun.to_string()
+                .contains("(is another router running in this namespace?): "),
+            "{tun}"
+        );
+        assert_eq!(
+            RunError::UnderlayMtuTooSmall { underlay: 600 }.to_string(),
+            "an underlay MTU of 600 leaves less than 576 bytes for pods"
+        );
+        let probe = RunError::UdpSetup {
+            step: UdpStep::Probe,
+            source: os(),
+        };
+        assert!(
+            probe
+                .to_string()
+                .starts_with("configure the UDP socket (GSO/GRO probe): "),
+            "{probe}"
+        );
     }
 }

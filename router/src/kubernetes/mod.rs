@@ -1,4 +1,4 @@
-//! Node discovery under Kubernetes (DESIGN.md §6): the API server's Node objects are the
+//! Node discovery under Kubernetes (docs/design.md §6): the API server's Node objects are the
 //! list of members.
 //!
 //! At start the router lists Nodes, publishes its public key and endpoint as annotations on
@@ -55,7 +55,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 use weft_crypto::PublicKey;
 use weft_mesh::{Command, Endpoint, PeerId};
 
@@ -82,19 +82,54 @@ pub struct KubeConfig {
     pub kubeconfig: Option<PathBuf>,
 }
 
-/// Why discovery could not start.
+/// Why discovery could not start, or why one request to the API server failed. The
+/// variants keep apart what the operator gave (the client configuration, the Node name,
+/// the cluster range), what the cluster refused (RBAC, other answers) and an API server that
+/// does not answer or answers nonsense.
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
-    /// No usable client configuration (kubeconfig unreadable, not in a cluster...).
+    /// The kubeconfig file given could not be read or parsed.
+    #[error("Kubernetes client configuration: reading {}: {source}", .path.display())]
+    KubeconfigUnreadable {
+        /// The file (`--kubeconfig`).
+        path: PathBuf,
+        /// What kube found wrong.
+        source: kube::config::KubeconfigError,
+    },
+    /// The kubeconfig file parsed but names no usable cluster (context, user, certificates).
+    #[error("Kubernetes client configuration: {}: {source}", .path.display())]
+    KubeconfigInvalid {
+        /// The file (`--kubeconfig`).
+        path: PathBuf,
+        /// What kube found wrong.
+        source: kube::config::KubeconfigError,
+    },
+    /// No kubeconfig was given, and neither `KUBECONFIG`, `~/.kube/config` nor a pod's
+    /// ServiceAccount gave a configuration.
+    #[error(
+        "Kubernetes client configuration: {0} (outside a cluster, pass --kubeconfig or set          KUBECONFIG)"
+    )]
+    NoConfig(#[source] kube::config::InferConfigError),
+    /// A client could not be built from the configuration (TLS setup, proxy).
     #[error("Kubernetes client configuration: {0}")]
-    Config(String),
+    Client(#[source] kube::Error),
     /// The API server did not answer (down, wrong address, TLS, network).
-    #[error("cannot reach the Kubernetes API server ({what}): {message}")]
+    #[error("cannot reach the Kubernetes API server ({verb} {resource}): {source}")]
     Unreachable {
-        /// What was being done.
-        what: String,
+        /// The verb tried.
+        verb: &'static str,
+        /// The resource (with subresource) tried.
+        resource: &'static str,
         /// What failed.
-        message: String,
+        source: kube::Error,
+    },
+    /// The API server answered a list without the resource version a watch starts from.
+    #[error("the API server refused {verb} {resource}: no metadata.resourceVersion in the answer")]
+    NoResourceVersion {
+        /// The verb.
+        verb: &'static str,
+        /// The resource.
+        resource: &'static str,
     },
     /// RBAC refused a request.
     #[error(
@@ -161,9 +196,10 @@ impl KubeError {
                 code: status.code,
                 message: status.message.clone(),
             },
-            other => KubeError::Unreachable {
-                what: format!("{verb} {resource}"),
-                message: other.to_string(),
+            source => KubeError::Unreachable {
+                verb,
+                resource,
+                source,
             },
         }
     }
@@ -177,11 +213,9 @@ impl KubeError {
             watcher::Error::WatchError(status) => {
                 Self::from_client(kube::Error::Api(status), "watch", "nodes")
             }
-            watcher::Error::NoResourceVersion => KubeError::Api {
+            watcher::Error::NoResourceVersion => KubeError::NoResourceVersion {
                 verb: "list",
                 resource: "nodes",
-                code: 0,
-                message: "no metadata.resourceVersion in the answer".into(),
             },
         }
     }
@@ -199,20 +233,23 @@ impl KubeError {
 pub async fn client(config: &KubeConfig) -> Result<kube::Client, KubeError> {
     let cfg = match &config.kubeconfig {
         Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| KubeError::Config(format!("reading {}: {e}", path.display())))?;
+            let file = kube::config::Kubeconfig::read_from(path).map_err(|source| {
+                KubeError::KubeconfigUnreadable {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
             kube::Config::from_custom_kubeconfig(file, &Default::default())
                 .await
-                .map_err(|e| KubeError::Config(format!("{}: {e}", path.display())))?
+                .map_err(|source| KubeError::KubeconfigInvalid {
+                    path: path.clone(),
+                    source,
+                })?
         }
-        None => kube::Config::infer().await.map_err(|e| {
-            KubeError::Config(format!(
-                "{e} (outside a cluster, pass --kubeconfig or set KUBECONFIG)"
-            ))
-        })?,
+        None => kube::Config::infer().await.map_err(KubeError::NoConfig)?,
     };
-    info!(server = %cfg.cluster_url, node = %config.node_name, "using the Kubernetes API");
-    kube::Client::try_from(cfg).map_err(|e| KubeError::Config(e.to_string()))
+    info!(server = %cfg.cluster_url, name = %config.node_name, "using the Kubernetes API");
+    kube::Client::try_from(cfg).map_err(KubeError::Client)
 }
 
 /// Discovery once started: this node's block, and the commands for the mesh.
@@ -330,7 +367,12 @@ pub async fn start(
             }
         }
     }
-    info!(node = %own.node_name, key = %own.key, endpoint = ?endpoint, "published our key on our Node");
+    info!(
+        name = %own.node_name,
+        peer = %own.key,
+        endpoint = endpoint.map(tracing::field::display),
+        "published our key on our Node"
+    );
     // 3. Our block.
     let mut said = tokio::time::Instant::now();
     let pod_cidr = loop {
@@ -339,7 +381,7 @@ pub async fn start(
         }
         if said.elapsed() >= WAITING_LOG {
             warn!(
-                node = %own.node_name,
+                name = %own.node_name,
                 "waiting for spec.podCIDRs on our Node (does kube-controller-manager run with \
                  --allocate-node-cidrs?)"
             );
@@ -355,7 +397,7 @@ pub async fn start(
             });
         }
     };
-    info!(%pod_cidr, "pod block from our Node's podCIDR");
+    info!(block = %pod_cidr, "pod block from our Node's podCIDR");
     let task = tokio::spawn(follow(api, nodes, stream, ready));
     Ok(Discovery {
         pod_cidr,
@@ -377,12 +419,8 @@ async fn follow(api: Api<Node>, mut nodes: Nodes, mut stream: NodeStream, ready:
     let mut poll = tokio::time::interval(READY_POLL);
     loop {
         tokio::select! {
-            r = nodes.next(&mut stream) => {
-                if let Err(e) = r {
-                    // Logged in `next`; the watcher's backoff paces the retries.
-                    debug!(error = %e, "Node watch");
-                }
-            }
+            // Errors are logged in `next`, once; the watcher's backoff paces the retries.
+            _ = nodes.next(&mut stream) => {}
             _ = poll.tick() => {
                 let Some(view) = nodes.views.get(&name).cloned() else {
                     continue;
@@ -394,7 +432,7 @@ async fn follow(api: Api<Node>, mut nodes: Nodes, mut stream: NodeStream, ready:
                 if ready.load(Ordering::Relaxed) && !view.network_available && condition.due() {
                     let r = set_condition(&api, &name).await;
                     if r.is_ok() {
-                        info!(node = %name, "NetworkUnavailable=False ({CONDITION_REASON})");
+                        info!(name = %name, "NetworkUnavailable=False ({CONDITION_REASON})");
                     }
                     condition.after(r, "setting our Node's NetworkUnavailable condition");
                 }
@@ -581,7 +619,7 @@ impl Nodes {
     fn view(&mut self, node: &Node) -> NodeView {
         let view = NodeView::from_node(node);
         if !view.problems.is_empty() && self.logged.get(&view.name) != Some(&view.problems) {
-            warn!(node = %view.name, problems = ?view.problems, "ignoring what does not parse on a Node");
+            warn!(name = %view.name, problems = ?view.problems, "ignoring what does not parse on a Node");
             self.logged.insert(view.name.clone(), view.problems.clone());
         }
         if view.name == self.own.node_name
@@ -589,7 +627,7 @@ impl Nodes {
             && key != PeerId::from(self.own.key)
         {
             warn!(
-                node = %view.name, annotated = %key, ours = %self.own.key,
+                name = %view.name, annotated = %key, ours = %self.own.key,
                 "our Node carries another key than ours: the other routers will refuse us"
             );
         }
@@ -616,7 +654,11 @@ impl Nodes {
             self.pins = Some(pins);
         }
         for v in gone {
-            info!(node = %v.name, key = ?v.key, "Node deleted: forgetting its peer");
+            info!(
+                name = %v.name,
+                peer = v.key.map(tracing::field::display),
+                "Node deleted: forgetting its peer"
+            );
             if let Some(key) = v.key
                 && key != PeerId::from(self.own.key)
             {

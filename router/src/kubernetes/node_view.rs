@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use ipnet::Ipv4Net;
 use k8s_openapi::api::core::v1::Node;
-use weft_crypto::PublicKey;
+use weft_crypto::{ParseKeyError, PublicKey};
 use weft_mesh::{DEFAULT_PORT, Endpoint, PeerId};
 
 /// The annotation that carries a node's public key (base64, as `weft pubkey` prints it).
@@ -103,11 +103,8 @@ impl NodeView {
 
 /// A public key as the annotation carries it: exactly what `PublicKey`'s `FromStr` takes
 /// (no trimming: an annotation is written by a router, not typed by hand).
-pub fn parse_key(value: &str) -> Result<PeerId, String> {
-    value
-        .parse::<PublicKey>()
-        .map(PeerId::from)
-        .map_err(|e| e.to_string())
+pub fn parse_key(value: &str) -> Result<PeerId, ParseKeyError> {
+    value.parse::<PublicKey>().map(PeerId::from)
 }
 
 /// The address to dial a node at: the first InternalIP, else the first ExternalIP; IPv4
