@@ -19,7 +19,7 @@ pub const HANDSHAKE_ATTEMPTS: u32 = 3;
 /// First retry delay after a failed connection; doubles per failure up to [`BACKOFF_MAX`].
 pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// Longest retry delay: short enough that a healed partition reconnects within half a
-/// minute (scenario c), long enough not to spin on a dead peer.
+/// minute, long enough not to spin on a dead peer.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(16);
 /// A connection that lived this long resets the backoff (a flapping peer keeps backing off).
 pub const STABLE_AFTER: Duration = Duration::from_secs(60);
