@@ -81,7 +81,7 @@ impl Node {
         let grant = rand_u64(&mut &mut *self.rng);
         match self.space.give(from, grant, self.config.block_prefix) {
             Some(space) => {
-                info!(to = ?from, ?space, "giving address space");
+                info!(peer = %from, ?space, "giving address space");
                 // Persist before the grant leaves (events are drained before transmits).
                 self.events.push_back(Event::StateChanged);
                 self.own_dirty = true;
@@ -126,7 +126,7 @@ impl Node {
         if had.is_none()
             && let Some(block) = self.space.block()
         {
-            info!(%block, from = ?from, "block claimed");
+            info!(%block, peer = %from, "block claimed");
             self.events.push_back(Event::BlockClaimed { block });
             self.set_waiting(None);
         }
@@ -202,7 +202,7 @@ impl Node {
             self.events.push_back(Event::BlockClaimed { block });
             self.set_waiting(None);
         }
-        warn!(from = ?peer, ?space, "took over the address space of a departed peer");
+        warn!(peer = %peer, ?space, "took over the address space of a departed peer");
         self.events
             .push_back(Event::BlocksTakenOver { from: peer, space });
     }

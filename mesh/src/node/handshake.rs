@@ -13,7 +13,7 @@ use weft_crypto::{Keyring, REKEY_TIMEOUT, Role, Session};
 use crate::drop::DropReason;
 use crate::id::{Endpoint, PeerId};
 use crate::routes::NextHop;
-use crate::tunnel::{Attempt, Tunnel};
+use crate::tunnel::Attempt;
 use crate::wire::{ControlMessage, RELAY_MAX_HOPS, RelayKind, RelayPacket};
 
 use super::{
@@ -87,7 +87,7 @@ impl Node {
                 );
             }
             Err(e) => {
-                debug!(error = %e, from = %source.endpoint, "initiation refused");
+                debug!(error = %e, endpoint = %source.endpoint, "initiation refused");
                 self.indices.remove(&index);
                 self.drop_for(DropReason::HandshakeRejected);
             }
@@ -173,7 +173,7 @@ impl Node {
         index: u32,
         rejected: weft_crypto::Rejected<weft_crypto::Initiator>,
     ) {
-        debug!(peer = ?id, error = %rejected.error, "response refused");
+        debug!(peer = %id, error = %rejected.error, "response refused");
         self.drop_for(self.handshake_drop(&rejected.error));
         if let Some(a) = self
             .peers
@@ -213,7 +213,7 @@ impl Node {
                 self.on_session(id, session, source, now);
             }
             Err(rejected) => {
-                debug!(from = %source.endpoint, error = %rejected.error, "finish refused");
+                debug!(endpoint = %source.endpoint, error = %rejected.error, "finish refused");
                 self.drop_for(self.handshake_drop(&rejected.error));
                 match rejected.state {
                     Some(state) => {
@@ -303,7 +303,7 @@ impl Node {
                 if hears_it || p.tunnel.attempt().is_some() {
                     return;
                 }
-                debug!(peer = ?id, endpoint = %ep, "data for an unknown index: handshaking");
+                debug!(peer = %id, endpoint = %ep, "data for an unknown index: handshaking");
                 self.start_handshake(id, now);
             }
             _ => {
@@ -365,45 +365,17 @@ impl Node {
                 })
         };
         let mut demoted = false;
-        let mut install = |keys: &mut Keyring, session| {
+        let install = |keys: &mut Keyring| {
             if crossed(keys) {
-                debug!(peer = ?id, "handshakes crossed: the lower key's session stays current");
+                debug!(peer = %id, "handshakes crossed: the lower key's session stays current");
                 demoted = true;
                 keys.install_previous(session, now)
             } else {
                 keys.install(session, now)
             }
         };
-        let tunnel = std::mem::replace(&mut p.tunnel, Tunnel::Idle { retry_at: now });
-        p.tunnel = match tunnel {
-            Tunnel::Idle { .. } => {
-                let mut keys = Keyring::new();
-                released.extend(keys.install(session, now));
-                Tunnel::Established { keys }
-            }
-            Tunnel::Handshaking { attempt, .. } => {
-                if role == Role::Responder {
-                    // The peer's handshake beat ours: ours is abandoned.
-                    released.push(attempt.index);
-                }
-                let mut keys = Keyring::new();
-                released.extend(keys.install(session, now));
-                Tunnel::Established { keys }
-            }
-            Tunnel::Established { mut keys } => {
-                released.extend(install(&mut keys, session));
-                Tunnel::Established { keys }
-            }
-            Tunnel::Rekeying {
-                mut keys, attempt, ..
-            } => {
-                if role == Role::Responder {
-                    released.push(attempt.index);
-                }
-                released.extend(install(&mut keys, session));
-                Tunnel::Established { keys }
-            }
-        };
+        // The peer's handshake beat ours when we respond: ours is abandoned.
+        released.extend(p.tunnel.establish(role == Role::Responder, now, install));
         p.last_rx = now;
         p.last_handshake = Some(now);
         // Which run of the peer this session is with is told by its record, sent under it.
@@ -449,7 +421,7 @@ impl Node {
         self.note_path(id, path);
         self.touched.insert(id);
         if !was_up {
-            info!(peer = ?id, ?path, "peer up");
+            info!(peer = %id, ?path, "peer up");
             if let Some(path) = path {
                 self.events.push_back(Event::PeerUp { peer: id, path });
             }
@@ -551,24 +523,7 @@ impl Node {
             resend_at,
         };
         let p = self.peers.get_mut(&id).expect("checked above");
-        let tunnel = std::mem::replace(&mut p.tunnel, Tunnel::Idle { retry_at: now });
-        p.tunnel = match tunnel {
-            Tunnel::Idle { .. } => Tunnel::Handshaking { attempt, tries: 1 },
-            Tunnel::Handshaking { tries, .. } => Tunnel::Handshaking {
-                attempt,
-                tries: tries + 1,
-            },
-            Tunnel::Established { keys } => Tunnel::Rekeying {
-                keys,
-                attempt,
-                tries: 1,
-            },
-            Tunnel::Rekeying { keys, tries, .. } => Tunnel::Rekeying {
-                keys,
-                attempt,
-                tries: tries + 1,
-            },
-        };
+        p.tunnel.begin_attempt(attempt, now);
         // Candidates: where it talks to us from, where it announces, where peers see it,
         // where an introducer or a punch said it is.
         let mut direct: BTreeSet<Endpoint> = BTreeSet::new();

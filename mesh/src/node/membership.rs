@@ -45,7 +45,7 @@ impl Node {
                 revived,
             } => {
                 if departed {
-                    info!(peer = ?id, "member departed");
+                    info!(peer = %id, "member departed");
                     self.events.push_back(Event::MemberDeparted { peer: id });
                     self.close_peer(id, DownReason::Departed, now, true);
                 } else if restarted && !revived && !self.session_with_run(id, rec.incarnation, now)
@@ -109,10 +109,10 @@ impl Node {
         };
         self.names.insert(winner.name.clone(), winner.id);
         if loser.id == self.id {
-            warn!(name = %loser.name, other = ?winner.id, "another node uses our name");
+            warn!(name = %loser.name, peer = %winner.id, "another node uses our name");
             return;
         }
-        info!(name = %loser.name, old = ?loser.id, new = ?winner.id, "name taken by a new key: tombstoning the old record");
+        info!(name = %loser.name, peer = %loser.id, new = %winner.id, "name taken by a new key: tombstoning the old record");
         let tomb = loser.tombstone(winner.id, false);
         self.merge_record(tomb, now);
     }
@@ -130,7 +130,7 @@ impl Node {
                     .collect();
                 let had_block = self.space.block();
                 if self.space.surrender(&taken) {
-                    warn!(?by, "our address space was taken over while we were away");
+                    warn!(peer = %by, "our address space was taken over while we were away");
                     self.events.push_back(Event::StateChanged);
                     self.own_dirty = true;
                     if had_block.is_some() && self.space.block().is_none() {

@@ -18,6 +18,28 @@
 //! Read access for a status API: [`Node::status`], [`Node::members`], [`Node::routes`],
 //! [`Node::drops`], [`Node::stats`]; for data-plane workers: [`Node::data_plane`].
 //!
+//! # The parts
+//!
+//! This file is the entry point: the public API, the [`Node`] struct and the dispatch of
+//! datagrams and control messages. Each protocol is a file of its own beside it:
+//!
+//! | file | owns |
+//! |---|---|
+//! | `peer.rs` | `Peer`: one peer's tunnel, path, queue and counters, and its next deadline |
+//! | `timers.rs` | `TimerTable`: the named global timers and per-peer deadlines, one next deadline |
+//! | `indices.rs` | `IndexUse`: what each local index we handed out is for |
+//! | `handshake.rs` | handshakes (answering, initiating, dialling), installing sessions |
+//! | `tunnels.rs` | the per-peer clock: retries, rekeys, keepalives, dead peers, closing |
+//! | `paths.rs` | direct and relayed paths, NAT discovery, introductions, punching, routes |
+//! | `sealed.rs` | opening and sealing data and control; the anti-spoofing check on delivery |
+//! | `gossip.rs` | our record, rumours, digests |
+//! | `membership.rs` | merging records, names, refuting our tombstone, which members we keep |
+//! | `address_space.rs` | asking for, granting and taking over address space (IPAM) |
+//! | `pinning.rs` | membership pinned to a list of keys |
+//!
+//! Tunnel state transitions are methods of [`crate::tunnel::Tunnel`]; drop reasons are in
+//! [`crate::drop`]; the IPv4 view and the anti-spoofing rule in [`crate::packet`].
+//!
 //! # Who initiates
 //!
 //! In XX the responder learns who is calling only at the third message, so two peers that
@@ -431,7 +453,7 @@ impl Node {
             node.events.push_back(Event::BlockClaimed { block });
         }
         node.events.push_back(Event::StateChanged);
-        info!(id = ?node.id, incarnation, "mesh node started");
+        info!(peer = %node.id, incarnation, "mesh node started");
         node
     }
 
@@ -772,7 +794,7 @@ impl Node {
     }
 
     fn drop_for(&mut self, reason: DropReason) {
-        trace!(?reason, "drop");
+        trace!(reason = reason.as_str(), "drop");
         *self.drops.entry(reason).or_default() += 1;
     }
 

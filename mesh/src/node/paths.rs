@@ -148,7 +148,12 @@ impl Node {
                 self.relay_hop(&id)
             }
         };
-        info!(peer = ?id, via = ?hop, "direct path silent: relaying");
+        match hop {
+            Some(NextHop::Relay { via, .. }) => {
+                info!(peer = %id, relay = %via, "direct path silent: relaying")
+            }
+            _ => info!(peer = %id, "direct path silent, and no relay"),
+        }
         if let Some(p) = self.peers.get_mut(&id) {
             // With no relay at all, the direct path stays the only hope.
             p.path = hop.or(old);
@@ -286,7 +291,7 @@ impl Node {
         p.punch_at = Some(now);
         p.punch_endpoint = Some(endpoint);
         if self.id < from_peer {
-            debug!(peer = ?from_peer, %endpoint, "punch received: initiating");
+            debug!(peer = %from_peer, %endpoint, "punch received: initiating");
             self.start_handshake(from_peer, now);
         } else {
             self.stats.punches += 1;
@@ -313,7 +318,7 @@ impl Node {
                     .is_some_and(|r| r.is_alive() && !r.links_down.contains(&short))
             });
         if let Some(via) = via {
-            debug!(peer = ?target, ?via, "asking for an introduction");
+            debug!(peer = %target, relay = %via, "asking for an introduction");
             self.send_control(via, &ControlMessage::IntroduceRequest { target }, now);
         }
     }

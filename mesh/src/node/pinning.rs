@@ -26,7 +26,7 @@ impl Node {
             .copied()
             .collect();
         for id in unpinned {
-            info!(peer = ?id, "key no longer pinned: closing its tunnel");
+            info!(peer = %id, "key no longer pinned: closing its tunnel");
             self.close_peer(id, DownReason::Unpinned, now, true);
         }
         let pinned_endpoints: BTreeSet<Endpoint> = pins.values().copied().collect();

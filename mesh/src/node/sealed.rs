@@ -121,7 +121,7 @@ impl Node {
                     self.drop_for(DropReason::ControlUnknown)
                 }
                 Err(e) => {
-                    debug!(peer = ?id, error = %e, "control message refused");
+                    debug!(peer = %id, error = %e, "control message refused");
                     self.drop_for(DropReason::ControlMalformed)
                 }
             },

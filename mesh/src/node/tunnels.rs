@@ -86,7 +86,7 @@ impl Node {
             self.touched.insert(id);
         }
         if was_up {
-            info!(peer = ?id, ?reason, "peer down");
+            info!(peer = %id, reason = ?reason, "peer down");
             self.events.push_back(Event::PeerDown { peer: id, reason });
         }
         self.routes_dirty = true;
@@ -102,7 +102,7 @@ impl Node {
                 p.unreachable = true;
                 self.own_dirty = true;
                 self.routes_dirty = true;
-                debug!(peer = ?id, "no direct path: listing as unreachable, relaying");
+                debug!(peer = %id, "no direct path: listing as unreachable, relaying");
             }
             if p.intro_at.is_none() && now >= since + INTRODUCE_AFTER {
                 p.intro_at = Some(now);
@@ -181,7 +181,7 @@ impl Node {
                 .is_some_and(|prev| prev.established() > current.established())
             && keys.promote_previous(now)
         {
-            debug!(peer = ?id, "our crossed session was never confirmed: the peer's is current");
+            debug!(peer = %id, "our crossed session was never confirmed: the peer's is current");
             self.touched.insert(id);
         }
         let rekey_due = match &p.tunnel {
@@ -208,14 +208,9 @@ impl Node {
             // abandoned rather than resent through the relay: the peer may be doing the same,
             // and two handshakes crossing there would leave each side on a different session.
             let p = self.peers.get_mut(&id).expect("present");
-            let tunnel = std::mem::replace(&mut p.tunnel, Tunnel::Idle { retry_at: now });
-            p.tunnel = match tunnel {
-                Tunnel::Rekeying { keys, attempt, .. } => {
-                    self.indices.remove(&attempt.index);
-                    Tunnel::Established { keys }
-                }
-                other => other,
-            };
+            if let Some(index) = p.tunnel.abandon_rekey(now) {
+                self.indices.remove(&index);
+            }
             rekey_due = false;
             self.relay_session(id, None, now);
         }
