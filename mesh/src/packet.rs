@@ -159,4 +159,65 @@ mod tests {
         let p = packet([1; 4], [2; 4], 19, 20);
         assert!(Ipv4View::new_checked(&p).is_err());
     }
+
+    fn record(id: PeerId, blocks: Vec<ipnet::Ipv4Net>) -> crate::record::PeerRecord {
+        crate::record::PeerRecord {
+            id,
+            incarnation: 1,
+            version: 1,
+            name: String::new(),
+            liveness: crate::record::Liveness::Alive,
+            announced: vec![],
+            seen: vec![],
+            pod_blocks: blocks,
+            external: false,
+            free_space: vec![],
+            links_down: vec![],
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the blocks (overlapping ones included), a packet from a peer is admitted
+        /// exactly when the peer owns the longest block holding its source, and refused with
+        /// `UnknownSender` when no block holds it and `SpoofedSource` when another's does.
+        #[test]
+        fn admit_follows_the_route_table(
+            blocks in proptest::collection::vec((0u8..4, 0u8..4, 22u8..27), 0..6),
+            sender in 0u8..4,
+            src in proptest::array::uniform4(0u8..4),
+        ) {
+            let ids: Vec<PeerId> = (0..4u8).map(|i| PeerId([i + 1; 32])).collect();
+            let records: Vec<_> = blocks
+                .iter()
+                .map(|(owner, third, prefix)| {
+                    let net = ipnet::Ipv4Net::new(Ipv4Addr::new(10, 32, *third, 0), *prefix)
+                        .unwrap()
+                        .trunc();
+                    record(ids[*owner as usize], vec![net])
+                })
+                .collect();
+            let routes = RouteTable::compute(ids[0], records.iter(), &Default::default());
+            let src = Ipv4Addr::new(10, 32, src[2], src[3]);
+            let p = packet(src.octets(), [10, 32, 9, 9], 20, 20);
+            let peer = ids[sender as usize];
+            let got = admit(&routes, peer, &p).map(|v| v.src());
+            // The owner, read off the records: the longest block holding the source, the
+            // lowest key among equals.
+            let owner = records
+                .iter()
+                .flat_map(|r| r.pod_blocks.iter().map(move |b| (b, r.id)))
+                .filter(|(b, _)| b.contains(&src))
+                .min_by_key(|(b, id)| (std::cmp::Reverse(b.prefix_len()), **b, *id))
+                .map(|(_, id)| id);
+            let want = match owner {
+                None => Err(DropReason::UnknownSender),
+                Some(o) if o != peer => Err(DropReason::SpoofedSource),
+                Some(_) => Ok(src),
+            };
+            proptest::prop_assert_eq!(got, want);
+            let mut bad = p.clone();
+            bad[0] = 0x65;
+            proptest::prop_assert_eq!(admit(&routes, peer, &bad), Err(DropReason::NotIpv4));
+        }
+    }
 }

@@ -88,7 +88,7 @@ impl Node {
             }
             Err(e) => {
                 debug!(error = %e, endpoint = %source.endpoint, "initiation refused");
-                self.indices.remove(&index);
+                self.indices.release(index);
                 self.drop_for(DropReason::HandshakeRejected);
             }
         }
@@ -99,7 +99,7 @@ impl Node {
             return self.drop_for(DropReason::Malformed);
         };
         let index = resp.receiver_index();
-        match self.indices.get(&index).copied() {
+        match self.indices.get(index) {
             Some(IndexUse::Initiating(id)) => {
                 let Some(attempt) = self
                     .peers
@@ -117,7 +117,7 @@ impl Node {
                     Ok((session, finish)) => {
                         self.stats.handshake_bytes += finish.len() as u64;
                         self.send_back(source, &finish);
-                        self.indices.remove(&index);
+                        self.indices.release(index);
                         if let Some(p) = self.peers.get_mut(&id) {
                             p.rtt = Some(now.saturating_duration_since(sent_at));
                         }
@@ -140,7 +140,7 @@ impl Node {
                     Ok((session, finish)) => {
                         self.stats.handshake_bytes += finish.len() as u64;
                         self.send_back(source, &finish);
-                        self.indices.remove(&index);
+                        self.indices.release(index);
                         self.dials.remove(&endpoint);
                         let id = PeerId::from(session.remote());
                         if id == self.id || self.forgotten.contains(&id) {
@@ -197,7 +197,7 @@ impl Node {
         let expected_source = pending.source;
         match self.handshaker.handle_finish(pending.state, bytes, now) {
             Ok(session) => {
-                self.indices.remove(&index);
+                self.indices.release(index);
                 let id = PeerId::from(session.remote());
                 if source.relayed_from.is_some_and(|claimed| claimed != id)
                     || expected_source.relayed_from.is_some_and(|c| c != id)
@@ -227,7 +227,7 @@ impl Node {
                         );
                     }
                     None => {
-                        self.indices.remove(&index);
+                        self.indices.release(index);
                     }
                 }
             }
@@ -338,7 +338,7 @@ impl Node {
         let sealing = session.clone();
         let local = session.local_index();
         let role = session.role();
-        self.indices.insert(local, IndexUse::Session(id));
+        self.indices.set_session(local, id);
         self.stats.handshakes += 1;
         let path = self.path_of(source);
         let mut released = Vec::new();
@@ -411,9 +411,7 @@ impl Node {
         let queued: Vec<Vec<u8>> = p.queue.drain(..).collect();
         // Our abandoned initiation, and a previous session pushed out early by this one.
         p.indices.retain(|i| !released.contains(i));
-        for i in released {
-            self.indices.remove(&i);
-        }
+        self.indices.release_all(released);
         if own_changed {
             self.own_dirty = true;
             self.routes_dirty = true;
@@ -469,7 +467,7 @@ impl Node {
             .and_then(|d| d.attempt.take())
             .map(|a| a.index);
         if let Some(i) = old {
-            self.indices.remove(&i);
+            self.indices.release(i);
         }
         let index = self.alloc_index(IndexUse::Dialing(endpoint));
         let wall = self.wall(now);
@@ -478,7 +476,7 @@ impl Node {
             self.handshaker
                 .initiate(index, expected, wall, &mut &mut *self.rng)
         else {
-            self.indices.remove(&index);
+            self.indices.release(index);
             return;
         };
         let resend_at = now + REKEY_TIMEOUT + self.jitter(Duration::from_millis(333));
@@ -503,7 +501,7 @@ impl Node {
         };
         let old = p.tunnel.attempt().map(|a| a.index);
         if let Some(i) = old {
-            self.indices.remove(&i);
+            self.indices.release(i);
         }
         let index = self.alloc_index(IndexUse::Initiating(id));
         let wall = self.wall(now);
@@ -511,7 +509,7 @@ impl Node {
             self.handshaker
                 .initiate(index, Some(id.key()), wall, &mut &mut *self.rng)
         else {
-            self.indices.remove(&index);
+            self.indices.release(index);
             return;
         };
         // WireGuard jitters its handshake resends by up to a third of a second.

@@ -93,7 +93,7 @@ pub use peer::CONFIRM_TIMEOUT;
 pub use sealed::QUEUE_LIMIT;
 
 use handshake::{Dial, Pending};
-use indices::IndexUse;
+use indices::{IndexUse, Indices};
 use paths::Source;
 use peer::Peer;
 use timers::{Timer, TimerTable};
@@ -327,7 +327,7 @@ pub struct Node {
     peers: BTreeMap<PeerId, Peer>,
     by_endpoint: HashMap<Endpoint, PeerId>,
     dials: BTreeMap<Endpoint, Dial>,
-    indices: HashMap<u32, IndexUse>,
+    indices: Indices,
     responding: HashMap<u32, Pending>,
     /// Endpoints peers reported seeing us at, newest last.
     seen: VecDeque<Endpoint>,
@@ -414,7 +414,7 @@ impl Node {
             peers: BTreeMap::new(),
             by_endpoint: HashMap::new(),
             dials: BTreeMap::new(),
-            indices: HashMap::new(),
+            indices: Indices::default(),
             responding: HashMap::new(),
             seen: VecDeque::new(),
             synced: false,
@@ -534,15 +534,13 @@ impl Node {
     /// Whether we hold any session whose remote is `peer` (used by tests to show that a
     /// relay holds no session for the pair it relays).
     pub fn holds_session_with(&self, peer: &PeerId) -> bool {
-        self.indices
-            .values()
-            .any(|u| matches!(u, IndexUse::Session(p) if p == peer))
+        self.indices.holds_session_with(peer)
     }
 
     /// Whether `index` is one of our local indices (a session, or a handshake in flight).
     /// Tests use it to show a relay holds nothing for the pair it relays.
     pub fn holds_index(&self, index: u32) -> bool {
-        self.indices.contains_key(&index)
+        self.indices.contains(index)
     }
 
     /// A snapshot for a status API.
@@ -805,15 +803,7 @@ impl Node {
     }
 
     fn alloc_index(&mut self, usage: IndexUse) -> u32 {
-        loop {
-            let mut b = [0u8; 4];
-            self.rng.fill(&mut b);
-            let i = u32::from_le_bytes(b);
-            if i != 0 && !self.indices.contains_key(&i) {
-                self.indices.insert(i, usage);
-                return i;
-            }
-        }
+        self.indices.alloc(&mut *self.rng, usage)
     }
 
     /// Ends every input: reschedules touched peers, refreshes routes and our record.

@@ -38,7 +38,7 @@ impl Node {
             .collect();
         for ep in stale {
             if let Some(a) = self.dials.remove(&ep).and_then(|d| d.attempt) {
-                self.indices.remove(&a.index);
+                self.indices.release(a.index);
             }
         }
         let before = self.pinned.replace(pins.clone()).unwrap_or_default();

@@ -26,7 +26,7 @@ impl Node {
         let Ok(header) = weft_crypto::wire::DataHeader::parse(bytes) else {
             return self.drop_for(DropReason::Malformed);
         };
-        let Some(IndexUse::Session(id)) = self.indices.get(&header.receiver_index).copied() else {
+        let Some(IndexUse::Session(id)) = self.indices.get(header.receiver_index) else {
             return self.on_unknown_index(now, source);
         };
         let Some(session) = self

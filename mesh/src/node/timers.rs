@@ -127,7 +127,7 @@ impl Node {
             .collect();
         for i in expired {
             self.responding.remove(&i);
-            self.indices.remove(&i);
+            self.indices.release(i);
         }
         let wall = self.wall(now);
         self.handshaker.expire_initiations(wall);
@@ -148,7 +148,7 @@ impl Node {
             if d.attempt.is_some() && d.tries >= HANDSHAKE_ATTEMPTS {
                 if d.once {
                     if let Some(a) = self.dials.remove(&ep).and_then(|d| d.attempt) {
-                        self.indices.remove(&a.index);
+                        self.indices.release(a.index);
                     }
                     continue;
                 }
@@ -156,7 +156,7 @@ impl Node {
                 d.tries = 0;
                 let b = backoff(d.failures);
                 if let Some(a) = d.attempt.take() {
-                    self.indices.remove(&a.index);
+                    self.indices.release(a.index);
                 }
                 let delay = b / 2 + self.jitter(b / 2);
                 if let Some(d) = self.dials.get_mut(&ep) {

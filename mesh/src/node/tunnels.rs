@@ -56,9 +56,7 @@ impl Node {
         p.lost_direct = None;
         p.direct_probe_at = None;
         let failures = p.failures;
-        for i in released {
-            self.indices.remove(&i);
-        }
+        self.indices.release_all(released);
         if let Some(NextHop::Direct(ep)) = path
             && self.by_endpoint.get(&ep) == Some(&id)
         {
@@ -124,7 +122,7 @@ impl Node {
                         let index = attempt.index;
                         p.failures += 1;
                         let b = backoff(p.failures);
-                        self.indices.remove(&index);
+                        self.indices.release(index);
                         let delay = b / 2 + self.jitter(b / 2);
                         if let Some(p) = self.peers.get_mut(&id) {
                             p.tunnel = Tunnel::Idle {
@@ -152,9 +150,7 @@ impl Node {
             .map(|k| k.handle_timeout(now))
             .unwrap_or_default();
         p.indices.retain(|i| !released.contains(i));
-        for i in &released {
-            self.indices.remove(i);
-        }
+        self.indices.release_all(released.iter().copied());
         let p = self.peers.get_mut(&id).expect("present");
         let expired = p.tunnel.keys().is_some_and(|k| k.current().is_none());
         if expired {
@@ -209,7 +205,7 @@ impl Node {
             // and two handshakes crossing there would leave each side on a different session.
             let p = self.peers.get_mut(&id).expect("present");
             if let Some(index) = p.tunnel.abandon_rekey(now) {
-                self.indices.remove(&index);
+                self.indices.release(index);
             }
             rekey_due = false;
             self.relay_session(id, None, now);
