@@ -558,11 +558,8 @@ impl Node {
         if let Some(p) = self.peers.get_mut(&id) {
             p.last_tx = now;
             // An initiation must be answered: like data, it starts the silence clock.
-            if p.tunnel.is_up()
-                && matches!(p.path, Some(NextHop::Direct(_)))
-                && p.unanswered_since.is_none()
-            {
-                p.unanswered_since = Some(now);
+            if p.tunnel.is_up() {
+                p.expect_answer(now);
             }
         }
         self.touched.insert(id);

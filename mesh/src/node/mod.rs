@@ -639,9 +639,7 @@ impl Node {
             if let Some((first, last)) = a.sent {
                 p.last_tx = p.last_tx.max(last);
                 p.tx_bytes += a.sent_bytes;
-                if matches!(p.path, Some(NextHop::Direct(_))) && p.unanswered_since.is_none() {
-                    p.unanswered_since = Some(first);
-                }
+                p.expect_answer(first);
             }
             if let Some((last, from)) = a.received {
                 p.last_rx = p.last_rx.max(last);

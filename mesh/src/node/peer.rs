@@ -79,6 +79,15 @@ impl Peer {
         }
     }
 
+    /// Something that must be answered (data, an initiation) went out at `at`: on a direct
+    /// path, the silence clock starts unless it runs already; an answer on the path stops
+    /// it, and past [`super::SILENT_PROBE_AFTER`] the path is probed, then relayed round.
+    pub(super) fn expect_answer(&mut self, at: Instant) {
+        if matches!(self.path, Some(NextHop::Direct(_))) && self.unanswered_since.is_none() {
+            self.unanswered_since = Some(at);
+        }
+    }
+
     /// The peer's next deadline.
     pub(super) fn deadline(&self) -> Option<Instant> {
         let mut d = match &self.tunnel {

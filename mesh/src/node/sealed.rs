@@ -235,11 +235,8 @@ impl Node {
             p.queue.push_back(packet);
             // Waiting on a session the peer has not confirmed over the direct path: the
             // silence clock runs, as it would for data sent.
-            if p.tunnel.is_up()
-                && matches!(p.path, Some(NextHop::Direct(_)))
-                && p.unanswered_since.is_none()
-            {
-                p.unanswered_since = Some(now);
+            if p.tunnel.is_up() {
+                p.expect_answer(now);
             }
             if let Tunnel::Idle { retry_at } = &mut p.tunnel {
                 // Traffic waits: do not sit out the backoff or the fallback delay.
@@ -256,11 +253,8 @@ impl Node {
         {
             return self.drop_for(DropReason::SealFailed);
         }
-        if let Some(p) = self.peers.get_mut(&id)
-            && matches!(p.path, Some(NextHop::Direct(_)))
-            && p.unanswered_since.is_none()
-        {
-            p.unanswered_since = Some(now);
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.expect_answer(now);
         }
         self.send_to_peer(id, buf, now);
     }
