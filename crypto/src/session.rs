@@ -1,6 +1,6 @@
 //! Established sessions: two directional ChaCha20-Poly1305 keys (ring), a send counter and a
 //! replay window. Sealing and opening work in place and over batches; both take `&self` so
-//! several data-plane workers can share one session (DESIGN.md §2).
+//! several data-plane workers can share one session (docs/design.md §2).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -139,7 +139,7 @@ impl std::fmt::Debug for Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        // Session keys must not outlive the session in memory (DESIGN.md §3).
+        // Session keys must not outlive the session in memory (docs/design.md §3).
         wipe_key(&mut self.sealer);
         wipe_key(&mut self.opener);
     }

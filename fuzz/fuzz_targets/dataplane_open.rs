@@ -1,7 +1,7 @@
 //! Arbitrary bytes through a data-plane worker's receive decision (`DataPlane::open`), as
 //! they come off the network, and as the payload of a real sealed datagram: random bytes
-//! never authenticate, and an authentic packet is delivered exactly when it is IPv4 from
-//! the sender's own block.
+//! never authenticate, and an authentic packet is delivered exactly when it is IPv4 (checked
+//! as `Ipv4View` checks it) from the sender's own block.
 #![no_main]
 
 use std::collections::{BTreeSet, HashMap};
@@ -104,8 +104,17 @@ fuzz_target!(|data: &[u8]| {
         bad[DATA_HEADER_LEN] ^= 1;
         assert_eq!(s.dp.open(&mut bad, s.from, s.now), Received::Failed);
     }
-    let src = (data.len() >= 20 && data[0] >> 4 == 4)
-        .then(|| Ipv4Addr::new(data[12], data[13], data[14], data[15]));
+    // IPv4 as the checked view defines it: version 4, a header of 5 words or more within
+    // the packet, a total length between the header's and the buffer's.
+    let ihl = data.first().map_or(0, |b| usize::from(b & 0x0f) * 4);
+    let total = data.get(2..4).map_or(0, |t| usize::from(u16::from_be_bytes([t[0], t[1]])));
+    let src = (data.len() >= 20
+        && data[0] >> 4 == 4
+        && ihl >= 20
+        && ihl <= data.len()
+        && total >= ihl
+        && total <= data.len())
+    .then(|| Ipv4Addr::new(data[12], data[13], data[14], data[15]));
     let want = match src {
         None => Received::Refused {
             peer: s.peer,

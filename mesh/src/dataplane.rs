@@ -1,4 +1,4 @@
-//! The per-packet decisions, for data-plane workers that run beside the Node (DESIGN.md §2:
+//! The per-packet decisions, for data-plane workers that run beside the Node (docs/design.md §2:
 //! "the mesh decides, the data plane executes").
 //!
 //! [`crate::Node::data_plane`] publishes a read-mostly [`DataPlane`] snapshot: the route
@@ -19,8 +19,9 @@ use std::time::Instant;
 use weft_crypto::wire::DataHeader;
 use weft_crypto::{MessageType, PayloadKind, Session};
 
+use crate::drop::DropReason;
 use crate::id::{Endpoint, PeerId};
-use crate::node::DropReason;
+use crate::packet;
 use crate::routes::{NextHop, RouteTable};
 
 /// What a data-plane worker needs to send to one peer, without asking the Node.
@@ -140,52 +141,10 @@ impl DataPlane {
         };
         let range = opened.range();
         let peer = r.peer;
-        match ipv4_addrs(&datagram[range.clone()]).map(|(src, _)| self.routes.owner(src)) {
-            None => Received::Refused {
-                peer,
-                reason: DropReason::NotIpv4,
-            },
-            Some(None) => Received::Refused {
-                peer,
-                reason: DropReason::UnknownSender,
-            },
-            Some(Some(owner)) if owner != peer => Received::Refused {
-                peer,
-                reason: DropReason::SpoofedSource,
-            },
-            Some(Some(_)) => Received::Deliver { peer, range },
+        match packet::admit(&self.routes, peer, &datagram[range.clone()]) {
+            Ok(_) => Received::Deliver { peer, range },
+            Err(reason) => Received::Refused { peer, reason },
         }
-    }
-}
-
-/// Source and destination of an IPv4 packet, if it is one: what a worker needs to route
-/// it (the kernel hands over, and the AEAD has authenticated, whole packets).
-pub fn ipv4_addrs(packet: &[u8]) -> Option<(Ipv4Addr, Ipv4Addr)> {
-    if packet.len() < 20 || packet[0] >> 4 != 4 {
-        return None;
-    }
-    let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
-    let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
-    Some((src, dst))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_ipv4_packets_have_addresses() {
-        let mut p = [0u8; 20];
-        p[0] = 0x45;
-        p[12..16].copy_from_slice(&[10, 32, 1, 2]);
-        p[16..20].copy_from_slice(&[10, 32, 2, 3]);
-        assert_eq!(
-            ipv4_addrs(&p),
-            Some((Ipv4Addr::new(10, 32, 1, 2), Ipv4Addr::new(10, 32, 2, 3)))
-        );
-        p[0] = 0x60;
-        assert_eq!(ipv4_addrs(&p), None);
-        assert_eq!(ipv4_addrs(&[0x45; 19]), None);
     }
 }
 

@@ -8,10 +8,10 @@ use weft_crypto::PublicKey;
 /// An underlay address and port: plain data, never a socket (the mesh is sans-IO).
 pub type Endpoint = std::net::SocketAddr;
 
-/// The one UDP port weft uses between routers (DESIGN.md §1), where nothing else is said.
+/// The one UDP port weft uses between routers (docs/design.md §1), where nothing else is said.
 pub const DEFAULT_PORT: u16 = 6786;
 
-/// A node's identity: its static public key (DESIGN.md §3). Ordered by key bytes, which is
+/// A node's identity: its static public key (docs/design.md §3). Ordered by key bytes, which is
 /// the deterministic tie-break everywhere in the mesh.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PeerId(pub [u8; 32]);

@@ -1,4 +1,4 @@
-//! Address blocks for clusters without Kubernetes podCIDRs (DESIGN.md §5).
+//! Address blocks for clusters without Kubernetes podCIDRs (docs/design.md §5).
 //!
 //! # Why no block ever has two owners
 //!
@@ -32,9 +32,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::id::PeerId;
 
-/// Default cluster range (DESIGN.md §5, Weave's default too).
+/// Default cluster range (docs/design.md §5, Weave's default too).
 pub const DEFAULT_CLUSTER_RANGE: &str = "10.32.0.0/12";
-/// Default node block prefix (DESIGN.md §5): 254 pods per node.
+/// Default node block prefix (docs/design.md §5): 254 pods per node.
 pub const DEFAULT_BLOCK_PREFIX: u8 = 24;
 
 /// A grant on its way to another node: no longer ours, not yet (known to be) theirs.

@@ -9,26 +9,30 @@
 //! It must never do I/O: no tokio, no sockets, no netlink, no clock reads, no OS randomness.
 //! Time (`Instant` for timers, `Timestamp` for the wall clock) and randomness
 //! ([`weft_crypto::Random`]) come in through its inputs, so a simulator can run hundreds of
-//! nodes on a virtual clock and replay a run from its seed (DESIGN.md §8). Every byte from the
+//! nodes on a virtual clock and replay a run from its seed (docs/design.md §8). Every byte from the
 //! network is parsed once by checked code and a malformed datagram is a counted drop
 //! ([`DropReason`]), never a panic.
 
 pub mod dataplane;
+pub mod drop;
 pub mod id;
 pub mod ipam;
 pub mod node;
+pub mod packet;
 pub mod record;
 pub mod routes;
 pub mod tunnel;
 pub mod wire;
 
 pub use dataplane::{DataActivity, DataPlane, PeerPath, Received, Receiving};
+pub use drop::{DropCounters, DropReason};
 pub use id::{DEFAULT_PORT, Endpoint, PeerId, ShortId};
 pub use ipam::{AddressSpace, WaitReason};
 pub use node::{
-    Command, Config, DownReason, DropCounters, DropReason, Event, Node, NodeStats, NodeStatus,
-    PeerStatus, PersistentState, Transmit,
+    Command, Config, DownReason, Event, Node, NodeStats, NodeStatus, PeerStatus, PersistentState,
+    Transmit,
 };
+pub use packet::{Ipv4Error, Ipv4View};
 pub use record::{Liveness, PeerRecord, PeerTable};
 pub use routes::{NextHop, RouteTable};
 pub use tunnel::TunnelState;

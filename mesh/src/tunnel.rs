@@ -1,6 +1,6 @@
 //! The per-peer tunnel state machine: `Idle → Handshaking → Established → Rekeying`, each
-//! state holding only what is valid in it (STYLE.md, the rustls habit). The Node drives the
-//! transitions; this module owns the states, their deadlines and the retry backoff.
+//! state holding only what is valid in it (STYLE.md, the rustls habit). The Node decides when
+//! to move; this module owns the states, the transitions between them and the retry backoff.
 
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ pub const HANDSHAKE_ATTEMPTS: u32 = 3;
 /// First retry delay after a failed connection; doubles per failure up to [`BACKOFF_MAX`].
 pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// Longest retry delay: short enough that a healed partition reconnects within half a
-/// minute (scenario c), long enough not to spin on a dead peer.
+/// minute, long enough not to spin on a dead peer.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(16);
 /// A connection that lived this long resets the backoff (a flapping peer keeps backing off).
 pub const STABLE_AFTER: Duration = Duration::from_secs(60);
@@ -114,6 +114,69 @@ impl Tunnel {
     /// Whether sessions are up.
     pub fn is_up(&self) -> bool {
         self.keys().is_some()
+    }
+
+    /// A new initiation went out: `Idle` starts handshaking, `Established` starts
+    /// rekeying, and a state already waiting on one counts another try.
+    pub fn begin_attempt(&mut self, attempt: Attempt, now: Instant) {
+        *self = match std::mem::replace(self, Self::Idle { retry_at: now }) {
+            Self::Idle { .. } => Self::Handshaking { attempt, tries: 1 },
+            Self::Handshaking { tries, .. } => Self::Handshaking {
+                attempt,
+                tries: tries + 1,
+            },
+            Self::Established { keys } => Self::Rekeying {
+                keys,
+                attempt,
+                tries: 1,
+            },
+            Self::Rekeying { keys, tries, .. } => Self::Rekeying {
+                keys,
+                attempt,
+                tries: tries + 1,
+            },
+        };
+    }
+
+    /// A handshake completed: the tunnel is `Established`, with `install` putting the new
+    /// session into its keyring (a fresh one when none was up). `abandon`: an initiation of
+    /// ours in flight is given up (the peer's handshake won). Returns the local indices
+    /// released: the abandoned initiation's and those `install` returns.
+    pub fn establish<I: IntoIterator<Item = u32>>(
+        &mut self,
+        abandon: bool,
+        now: Instant,
+        install: impl FnOnce(&mut Keyring) -> I,
+    ) -> Vec<u32> {
+        let (mut keys, attempt) = match std::mem::replace(self, Self::Idle { retry_at: now }) {
+            Self::Idle { .. } => (Keyring::new(), None),
+            Self::Handshaking { attempt, .. } => (Keyring::new(), Some(attempt)),
+            Self::Established { keys } => (keys, None),
+            Self::Rekeying { keys, attempt, .. } => (keys, Some(attempt)),
+        };
+        let mut released: Vec<u32> = attempt
+            .filter(|_| abandon)
+            .map(|a| a.index)
+            .into_iter()
+            .collect();
+        released.extend(install(&mut keys));
+        *self = Self::Established { keys };
+        released
+    }
+
+    /// Gives up the rekey in flight and stays `Established` on the sessions it has; returns
+    /// the abandoned initiation's index. Other states are left as they are.
+    pub fn abandon_rekey(&mut self, now: Instant) -> Option<u32> {
+        match std::mem::replace(self, Self::Idle { retry_at: now }) {
+            Self::Rekeying { keys, attempt, .. } => {
+                *self = Self::Established { keys };
+                Some(attempt.index)
+            }
+            other => {
+                *self = other;
+                None
+            }
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! The mesh's own wire formats, each parsed once by checked code (DESIGN.md §9, STYLE.md
+//! The mesh's own wire formats, each parsed once by checked code (docs/design.md §9, STYLE.md
 //! "parse untrusted bytes once"):
 //!
 //! - **Control messages** travel sealed inside sessions (`PayloadKind::Control`). The

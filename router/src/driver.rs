@@ -739,21 +739,10 @@ impl Driver {
     }
 }
 
-/// A drop reason as metrics and the status API name it: the variant in snake_case
-/// (`SpoofedSource` → `spoofed_source`), one fixed spelling for dashboards.
+/// A drop reason as metrics and the status API name it: its stable label
+/// ([`weft_mesh::DropReason::as_str`]), one fixed spelling for dashboards.
 pub fn drop_reason_name(reason: weft_mesh::DropReason) -> String {
-    let mut out = String::new();
-    for (i, c) in format!("{reason:?}").chars().enumerate() {
-        if c.is_ascii_uppercase() {
-            if i > 0 {
-                out.push('_');
-            }
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    reason.as_str().to_owned()
 }
 
 fn describe_path(node: &Node, hop: &NextHop) -> String {

@@ -1,4 +1,4 @@
-//! The per-packet path (DESIGN.md §2: "the mesh decides, the data plane executes").
+//! The per-packet path (docs/design.md §2: "the mesh decides, the data plane executes").
 //!
 //! A data-plane thread moves pod traffic without waiting on the Node, in two halves: [`tx`]
 //! reads the TUN device, seals and sends; [`rx`] receives, opens and writes to the TUN

@@ -18,8 +18,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 use tun_rs::SyncDevice;
 use weft_crypto::{DATA_HEADER_LEN, DATA_OVERHEAD};
-use weft_mesh::dataplane::ipv4_addrs;
-use weft_mesh::{DropReason, PeerId, PeerPath};
+use weft_mesh::{DropReason, Ipv4View, PeerId, PeerPath};
 
 use super::{Shared, Tally, ToNode, wait};
 
@@ -187,8 +186,10 @@ impl Tx {
             b.dest[i] = None;
             let len = b.sizes[i];
             let slot = &mut b.out[i * b.stride..i * b.stride + DATA_OVERHEAD + len];
-            let target = match ipv4_addrs(&slot[DATA_HEADER_LEN..DATA_HEADER_LEN + len]) {
-                Some((_, dst)) => match last {
+            let target = match Ipv4View::new_checked(&slot[DATA_HEADER_LEN..DATA_HEADER_LEN + len])
+                .map(|v| v.dst())
+            {
+                Ok(dst) => match last {
                     Some((addr, t)) if addr == dst => t,
                     _ => {
                         let t = dp.route(dst);
@@ -196,7 +197,7 @@ impl Tx {
                         t
                     }
                 },
-                None => None,
+                Err(_) => None,
             };
             if let Some((peer, path)) = target
                 && let Some(endpoint) = path.seal(slot, now)

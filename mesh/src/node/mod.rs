@@ -1,0 +1,941 @@
+//! [`Node`]: one router's mesh logic, sans-IO, in the shape of quinn-proto's `Connection`.
+//!
+//! # Inputs and outputs
+//!
+//! Inputs, each with `now`: [`Node::handle_datagram`] (anything that arrived on the weft
+//! port), [`Node::handle_tun_packets`] (a batch of IP packets read from the TUN device),
+//! [`Node::handle_timeout`] (the deadline from `poll_timeout` passed) and
+//! [`Node::handle_command`] (`connect`, `forget`, take-over...).
+//!
+//! Outputs: after every input, drain in this order:
+//! 1. [`Node::poll_event`] until `None`. On [`Event::StateChanged`], write
+//!    [`Node::persistent_state`] durably **before** sending anything: a grant of address space
+//!    must be on disk before the datagram that announces it leaves (see `ipam.rs`).
+//! 2. [`Node::poll_transmit`] until `None`: datagrams to send.
+//! 3. [`Node::poll_tun`] until `None`: decrypted IP packets for the TUN device.
+//! 4. [`Node::poll_timeout`]: when to call `handle_timeout` next (one deadline for everything).
+//!
+//! Read access for a status API: [`Node::status`], [`Node::members`], [`Node::routes`],
+//! [`Node::drops`], [`Node::stats`]; for data-plane workers: [`Node::data_plane`].
+//!
+//! # The parts
+//!
+//! This file is the entry point: the public API, the [`Node`] struct and the dispatch of
+//! datagrams and control messages. Each protocol is a file of its own beside it:
+//!
+//! | file | owns |
+//! |---|---|
+//! | `peer.rs` | `Peer`: one peer's tunnel, path, queue and counters, and its next deadline |
+//! | `timers.rs` | `TimerTable`: the named global timers and per-peer deadlines, one next deadline |
+//! | `indices.rs` | `IndexUse`: what each local index we handed out is for |
+//! | `handshake.rs` | handshakes (answering, initiating, dialling), installing sessions |
+//! | `tunnels.rs` | the per-peer clock: retries, rekeys, keepalives, dead peers, closing |
+//! | `paths.rs` | direct and relayed paths, NAT discovery, introductions, punching, routes |
+//! | `sealed.rs` | opening and sealing data and control; the anti-spoofing check on delivery |
+//! | `gossip.rs` | our record, rumours, digests |
+//! | `membership.rs` | merging records, names, refuting our tombstone, which members we keep |
+//! | `address_space.rs` | asking for, granting and taking over address space (IPAM) |
+//! | `pinning.rs` | membership pinned to a list of keys |
+//!
+//! Tunnel state transitions are methods of [`crate::tunnel::Tunnel`]; drop reasons are in
+//! [`crate::drop`]; the IPv4 view and the anti-spoofing rule in [`crate::packet`].
+//!
+//! # Who initiates
+//!
+//! In XX the responder learns who is calling only at the third message, so two peers that
+//! dial each other at once would each complete a handshake and could settle on different
+//! sessions. To avoid crossing handshakes, for a member learned by gossip the peer with the
+//! lower key initiates at once and the higher one only after [`INITIATE_FALLBACK`] (it may be
+//! the only one that can get through a NAT). A hole punch follows the same rule: both send
+//! punches, the lower key answers a punch with an initiation.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+use tracing::{info, trace, warn};
+use weft_crypto::{Handshaker, MessageType, Random, Timestamp};
+
+use crate::dataplane::{DataActivity, DataPlane, PeerPath, Receiving};
+use crate::drop::{DropCounters, DropReason};
+use crate::id::{Endpoint, PeerId, ShortId};
+use crate::ipam::{AddressSpace, WaitReason};
+use crate::packet::Ipv4View;
+use crate::record::{MAX_ENDPOINTS, PeerTable};
+use crate::routes::{NextHop, RouteTable};
+use crate::tunnel::TunnelState;
+use crate::wire::{ControlMessage, RelayKind, RelayPacket};
+
+mod address_space;
+mod gossip;
+mod handshake;
+mod indices;
+mod membership;
+mod paths;
+mod peer;
+mod pinning;
+mod sealed;
+mod timers;
+mod tunnels;
+
+pub use address_space::{GRANT_RESEND, IPAM_RETRY};
+pub use gossip::{DIGEST_INTERVAL, GOSSIP_INTERVAL, TOMBSTONE_TTL};
+pub use handshake::{
+    CROSSING_WINDOW, INITIATE_FALLBACK, RESPONDING_TIMEOUT, UNKNOWN_INDEX_ENDPOINTS,
+    UNKNOWN_INDEX_INTERVAL,
+};
+pub use paths::{
+    DIRECT_PATH_BOUND, DIRECT_PROBE_INTERVAL, INTRODUCE_AFTER, PUNCH_INTERVAL, ROUTE_INTERVAL,
+    SILENT_PROBE_AFTER,
+};
+pub use peer::CONFIRM_TIMEOUT;
+pub use sealed::QUEUE_LIMIT;
+
+use handshake::{Dial, Pending};
+use indices::{IndexUse, Indices};
+use paths::Source;
+use peer::Peer;
+use timers::{Timer, TimerTable};
+
+/// What a node is told at start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This node's label (the Kubernetes node name).
+    pub name: String,
+    /// Endpoints this node listens on, announced to peers.
+    pub announce: Vec<Endpoint>,
+    /// Endpoints to dial at start (their keys are not known).
+    pub seeds: Vec<Endpoint>,
+    /// The cluster's address range.
+    pub cluster_range: Ipv4Net,
+    /// Prefix length of a node's block.
+    pub block_prefix: u8,
+    /// A block given from outside (podCIDR): used as is, no claim.
+    pub pod_cidr: Option<Ipv4Net>,
+    /// Whether this node starts the cluster's address space (owns the whole range at first).
+    /// Exactly one node of a new cluster is started with it.
+    pub found_address_space: bool,
+}
+
+impl Config {
+    /// A config with the defaults of docs/design.md §5.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            announce: Vec::new(),
+            seeds: Vec::new(),
+            cluster_range: crate::ipam::DEFAULT_CLUSTER_RANGE
+                .parse()
+                .expect("valid default"),
+            block_prefix: crate::ipam::DEFAULT_BLOCK_PREFIX,
+            pod_cidr: None,
+            found_address_space: false,
+        }
+    }
+}
+
+/// What a node keeps on disk between runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PersistentState {
+    /// The incarnation of the last run.
+    pub incarnation: u64,
+    /// Owned address space and grants in flight.
+    pub space: AddressSpace,
+}
+
+/// An operator's (or the router's) instruction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Dial this endpoint (a seed, or `weft connect`).
+    Connect(Endpoint),
+    /// Remove a member: close its tunnel and spread a tombstone. This node refuses its
+    /// handshakes from then on; if it is in fact alive, it refutes the tombstone with a new
+    /// incarnation through the other members (SWIM's rule), which revives it here too.
+    Forget(PeerId),
+    /// Take over the address space of a member gone for good (Weave's `rmpeer`): the operator
+    /// asserts it will not come back with its old state.
+    TakeOverBlocks(PeerId),
+    /// Pin membership to these keys, each expected at its endpoint (the keys annotated on
+    /// Kubernetes Nodes, docs/design.md §3): a handshake that authenticates any other key is
+    /// refused, tunnels of peers no longer listed close, a dial of a listed endpoint expects
+    /// that endpoint's key, and each listed peer is dialled at its endpoint. Replaces the
+    /// previous pins; there is no way back to unpinned (a router is pinned for its lifetime).
+    Pin(BTreeMap<PeerId, Endpoint>),
+}
+
+/// A datagram to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to.
+    pub destination: Endpoint,
+    /// The datagram.
+    pub bytes: Vec<u8>,
+}
+
+/// Why a peer went down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownReason {
+    /// No packet from it for [`DEAD_AFTER`].
+    Dead,
+    /// Its sessions expired and no rekey succeeded.
+    Expired,
+    /// It restarted (new incarnation): its sessions are gone.
+    Restarted,
+    /// It departed or was forgotten.
+    Departed,
+    /// Its key is no longer pinned (see [`Command::Pin`]).
+    Unpinned,
+}
+
+/// Something the router may want to know, log or export.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A tunnel came up.
+    PeerUp {
+        /// The peer.
+        peer: PeerId,
+        /// How it is reached.
+        path: NextHop,
+    },
+    /// A tunnel went down.
+    PeerDown {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: DownReason,
+    },
+    /// A new member was learned.
+    MemberJoined {
+        /// Its id.
+        peer: PeerId,
+        /// Its name.
+        name: String,
+    },
+    /// A member became a tombstone.
+    MemberDeparted {
+        /// Its id.
+        peer: PeerId,
+    },
+    /// The route table changed (read it with [`Node::routes`]).
+    RoutesChanged,
+    /// This node now has a block for its pods.
+    BlockClaimed {
+        /// The block.
+        block: Ipv4Net,
+    },
+    /// This node has no block and is waiting, for this reason.
+    BlockWaiting {
+        /// Why.
+        reason: WaitReason,
+    },
+    /// A take-over command succeeded.
+    BlocksTakenOver {
+        /// The departed owner.
+        from: PeerId,
+        /// The space now ours.
+        space: Vec<Ipv4Net>,
+    },
+    /// A command was refused.
+    CommandRefused {
+        /// The command.
+        command: Command,
+        /// Why.
+        reason: &'static str,
+    },
+    /// [`Node::persistent_state`] changed: write it before sending the pending transmits.
+    StateChanged,
+}
+
+/// Counters of what the node sent, for metrics and the scale figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Bytes of gossip datagrams sent (records and sync requests, sealed, on the wire).
+    pub gossip_bytes: u64,
+    /// Bytes of all control datagrams sent (gossip, keepalives, IPAM, NAT).
+    pub control_bytes: u64,
+    /// Bytes of handshake datagrams sent.
+    pub handshake_bytes: u64,
+    /// Datagrams forwarded for other peers (relay).
+    pub relayed: u64,
+    /// Handshakes completed.
+    pub handshakes: u64,
+    /// Introductions made for two other peers (as the mutual peer).
+    pub introductions: u64,
+    /// Hole punches sent.
+    pub punches: u64,
+}
+
+/// A peer, as a status API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// Its id.
+    pub id: PeerId,
+    /// Its name, if its record is known.
+    pub name: Option<String>,
+    /// Tunnel state.
+    pub state: TunnelState,
+    /// How it is reached (when known).
+    pub path: Option<NextHop>,
+    /// Handshake round-trip time of the last handshake we initiated.
+    pub rtt: Option<Duration>,
+    /// Bytes sent to it.
+    pub tx_bytes: u64,
+    /// Bytes received from it.
+    pub rx_bytes: u64,
+    /// When the last handshake completed.
+    pub last_handshake: Option<Instant>,
+    /// Whether we list it as not directly reachable.
+    pub unreachable: bool,
+}
+
+/// The node, as a status API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// Our id.
+    pub id: PeerId,
+    /// Our name.
+    pub name: String,
+    /// Our incarnation.
+    pub incarnation: u64,
+    /// Our pod block, if any.
+    pub block: Option<Ipv4Net>,
+    /// Why we have none, if we have none.
+    pub waiting: Option<WaitReason>,
+    /// Free space we own.
+    pub free_space: Vec<Ipv4Net>,
+    /// Every peer with tunnel state.
+    pub peers: Vec<PeerStatus>,
+    /// Members known (tombstones excluded), ourselves included.
+    pub members: usize,
+}
+
+/// One router's mesh logic. See the module docs for the call order.
+pub struct Node {
+    config: Config,
+    handshaker: Handshaker,
+    id: PeerId,
+    rng: Box<dyn Random + Send>,
+    instant_base: Instant,
+    wall_base: Duration,
+    incarnation: u64,
+    version: u64,
+    own_dirty: bool,
+    table: PeerTable,
+    names: BTreeMap<String, PeerId>,
+    forgotten: BTreeSet<PeerId>,
+    peers: BTreeMap<PeerId, Peer>,
+    by_endpoint: HashMap<Endpoint, PeerId>,
+    dials: BTreeMap<Endpoint, Dial>,
+    indices: Indices,
+    responding: HashMap<u32, Pending>,
+    /// Endpoints peers reported seeing us at, newest last.
+    seen: VecDeque<Endpoint>,
+    synced: bool,
+    rumors: BTreeSet<PeerId>,
+    space: AddressSpace,
+    waiting: Option<WaitReason>,
+    denied: BTreeMap<PeerId, Instant>,
+    /// Keys membership is pinned to and where each is expected ([`Command::Pin`]); `None`
+    /// while unpinned.
+    pinned: Option<BTreeMap<PeerId, Endpoint>>,
+    /// Endpoints that sent us data for an unknown index, and when we last acted on it.
+    unknown_index_from: HashMap<Endpoint, Instant>,
+    routes: Arc<RouteTable>,
+    routes_dirty: bool,
+    routes_computed: Option<Instant>,
+    data_plane: Option<Arc<DataPlane>>,
+    timers: TimerTable,
+    touched: BTreeSet<PeerId>,
+    transmits: VecDeque<Transmit>,
+    tun: VecDeque<Vec<u8>>,
+    events: VecDeque<Event>,
+    drops: DropCounters,
+    stats: NodeStats,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.id)
+            .field("name", &self.config.name)
+            .field("peers", &self.peers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn rand_u64(rng: &mut dyn Random) -> u64 {
+    let mut b = [0u8; 8];
+    rng.fill(&mut b);
+    u64::from_le_bytes(b)
+}
+
+impl Node {
+    /// A node. `persisted` is what [`Node::persistent_state`] returned in the last run (with
+    /// the same key), if any. `now` and `wall` are the same instant on the two clocks; later
+    /// wall times are derived from `now` (call [`Node::handle_wall_clock`] after a clock step).
+    pub fn new(
+        config: Config,
+        handshaker: Handshaker,
+        persisted: Option<PersistentState>,
+        rng: Box<dyn Random + Send>,
+        now: Instant,
+        wall: Timestamp,
+    ) -> Self {
+        let id = PeerId::from(handshaker.public());
+        let persisted = persisted.unwrap_or_default();
+        // A fresh incarnation beats every record of earlier runs: the wall clock in ms, or
+        // one more than the last run's if the clock went back.
+        let wall_ms = wall.to_unix().as_millis() as u64;
+        let incarnation = wall_ms.max(persisted.incarnation + 1);
+        let mut space = persisted.space;
+        if let Some(block) = config.pod_cidr {
+            space = AddressSpace::external(block);
+        } else if config.found_address_space
+            && space.pod_block.is_none()
+            && space.free.is_empty()
+            && space.outgoing.is_empty()
+            && persisted.incarnation == 0
+        {
+            space = AddressSpace::found(config.cluster_range, config.block_prefix);
+        }
+        let mut node = Self {
+            handshaker,
+            id,
+            rng,
+            instant_base: now,
+            wall_base: wall.to_unix(),
+            incarnation,
+            version: 0,
+            own_dirty: true,
+            table: PeerTable::new(),
+            names: BTreeMap::new(),
+            forgotten: BTreeSet::new(),
+            peers: BTreeMap::new(),
+            by_endpoint: HashMap::new(),
+            dials: BTreeMap::new(),
+            indices: Indices::default(),
+            responding: HashMap::new(),
+            seen: VecDeque::new(),
+            synced: false,
+            rumors: BTreeSet::new(),
+            space,
+            waiting: None,
+            denied: BTreeMap::new(),
+            pinned: None,
+            unknown_index_from: HashMap::new(),
+            routes: Arc::default(),
+            routes_dirty: true,
+            routes_computed: None,
+            data_plane: None,
+            timers: TimerTable::default(),
+            touched: BTreeSet::new(),
+            transmits: VecDeque::new(),
+            tun: VecDeque::new(),
+            events: VecDeque::new(),
+            drops: DropCounters::new(),
+            stats: NodeStats::default(),
+            config,
+        };
+        node.publish_own(now);
+        for seed in node.config.seeds.clone() {
+            node.add_dial(seed, now);
+        }
+        node.timers.set(Timer::Gossip, now + GOSSIP_INTERVAL);
+        let jitter = node.jitter(DIGEST_INTERVAL);
+        node.timers
+            .set(Timer::Digest, now + DIGEST_INTERVAL / 2 + jitter);
+        node.timers.set(Timer::Ipam, now);
+        node.timers
+            .set(Timer::Maintenance, now + Duration::from_secs(1));
+        node.timers.set(Timer::Routes, now);
+        if let Some(block) = node.space.block() {
+            node.events.push_back(Event::BlockClaimed { block });
+        }
+        node.events.push_back(Event::StateChanged);
+        info!(peer = %node.id, incarnation, "mesh node started");
+        node
+    }
+
+    /// Our id.
+    pub fn id(&self) -> PeerId {
+        self.id
+    }
+
+    /// Our name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// What to keep on disk (see [`Event::StateChanged`]).
+    pub fn persistent_state(&self) -> PersistentState {
+        PersistentState {
+            incarnation: self.incarnation,
+            space: self.space.clone(),
+        }
+    }
+
+    /// Our address space.
+    pub fn address_space(&self) -> &AddressSpace {
+        &self.space
+    }
+
+    /// Our pod block, if we have one.
+    pub fn block(&self) -> Option<Ipv4Net> {
+        self.space.block()
+    }
+
+    /// Why we have no block, if we have none.
+    pub fn waiting(&self) -> Option<&WaitReason> {
+        self.waiting.as_ref()
+    }
+
+    /// Every record we know, tombstones included.
+    pub fn members(&self) -> &PeerTable {
+        &self.table
+    }
+
+    /// The current route table.
+    pub fn routes(&self) -> Arc<RouteTable> {
+        self.routes.clone()
+    }
+
+    /// Drop counts by reason.
+    pub fn drops(&self) -> &DropCounters {
+        &self.drops
+    }
+
+    /// Send counters.
+    pub fn stats(&self) -> NodeStats {
+        self.stats
+    }
+
+    /// Whether a tunnel to `peer` is up.
+    pub fn is_up(&self, peer: &PeerId) -> bool {
+        self.peers.get(peer).is_some_and(|p| p.tunnel.is_up())
+    }
+
+    /// How `peer` is reached, if it is.
+    pub fn path(&self, peer: &PeerId) -> Option<NextHop> {
+        self.peers
+            .get(peer)
+            .filter(|p| p.tunnel.is_up())
+            .and_then(|p| p.path)
+    }
+
+    /// Peers with a tunnel up.
+    pub fn up_peers(&self) -> impl Iterator<Item = PeerId> + '_ {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.tunnel.is_up())
+            .map(|(id, _)| *id)
+    }
+
+    /// Whether we hold any session whose remote is `peer` (used by tests to show that a
+    /// relay holds no session for the pair it relays).
+    pub fn holds_session_with(&self, peer: &PeerId) -> bool {
+        self.indices.holds_session_with(peer)
+    }
+
+    /// Whether `index` is one of our local indices (a session, or a handshake in flight).
+    /// Tests use it to show a relay holds nothing for the pair it relays.
+    pub fn holds_index(&self, index: u32) -> bool {
+        self.indices.contains(index)
+    }
+
+    /// A snapshot for a status API.
+    pub fn status(&self) -> NodeStatus {
+        NodeStatus {
+            id: self.id,
+            name: self.config.name.clone(),
+            incarnation: self.incarnation,
+            block: self.space.block(),
+            waiting: self.waiting.clone(),
+            free_space: self.space.free.clone(),
+            peers: self
+                .peers
+                .iter()
+                .map(|(id, p)| PeerStatus {
+                    id: *id,
+                    name: self.table.get(id).map(|r| r.name.clone()),
+                    state: p.tunnel.name(),
+                    path: p.path,
+                    rtt: p.rtt,
+                    tx_bytes: p.tx_bytes,
+                    rx_bytes: p.rx_bytes,
+                    last_handshake: p.last_handshake,
+                    unreachable: p.unreachable,
+                })
+                .collect(),
+            members: self.table.alive().count(),
+        }
+    }
+
+    /// The read-mostly state for data-plane workers. It is rebuilt after any input changed
+    /// the Node (the same `Arc` otherwise, so a router can compare pointers and swap): only
+    /// confirmed sessions are in it, exactly those [`Node::handle_tun_packets`] would seal
+    /// with, and a worker hands the Node anything the snapshot does not cover.
+    pub fn data_plane(&mut self, now: Instant) -> Arc<DataPlane> {
+        if let Some(dp) = &self.data_plane {
+            return dp.clone();
+        }
+        let mut peers = BTreeMap::new();
+        let mut receiving = HashMap::new();
+        for (id, p) in &self.peers {
+            let Some(keys) = p.tunnel.keys() else {
+                continue;
+            };
+            if let (Some(session), Some(next_hop)) = (
+                keys.sending(now)
+                    .filter(|s| s.is_confirmed() && !s.is_expired(now)),
+                p.path,
+            ) {
+                // `sending` changes its answer when the previous session's grace ends.
+                let until = keys.previous_until().filter(|t| *t > now);
+                let session = session.clone();
+                peers.insert(
+                    *id,
+                    PeerPath {
+                        session,
+                        next_hop,
+                        until,
+                    },
+                );
+            }
+            let direct = match p.path {
+                Some(NextHop::Direct(ep)) => Some(ep),
+                _ => None,
+            };
+            for session in keys.current().into_iter().chain(keys.previous(now)) {
+                if session.is_confirmed() {
+                    receiving.insert(
+                        session.local_index(),
+                        Receiving {
+                            peer: *id,
+                            session: session.clone(),
+                            direct,
+                        },
+                    );
+                }
+            }
+        }
+        let dp = Arc::new(DataPlane {
+            local: Some(self.id),
+            routes: (*self.routes).clone(),
+            peers,
+            receiving,
+        });
+        self.data_plane = Some(dp.clone());
+        dp
+    }
+
+    /// What data-plane workers sealed and opened outside the Node since their last report:
+    /// keeps the liveness, keepalive and silent-path clocks as if the Node had done it.
+    pub fn handle_data_activity(&mut self, now: Instant, activity: &[DataActivity]) {
+        for a in activity {
+            let Some(p) = self.peers.get_mut(&a.peer) else {
+                continue;
+            };
+            if let Some((first, last)) = a.sent {
+                p.last_tx = p.last_tx.max(last);
+                p.tx_bytes += a.sent_bytes;
+                p.expect_answer(first);
+            }
+            if let Some((last, from)) = a.received {
+                p.last_rx = p.last_rx.max(last);
+                p.rx_bytes += a.received_bytes;
+                if p.path == Some(NextHop::Direct(from)) {
+                    p.last_direct_rx = Some(p.last_direct_rx.map_or(last, |t| t.max(last)));
+                    if p.unanswered_since.is_some_and(|t| t <= last) {
+                        p.unanswered_since = None;
+                    }
+                    p.direct_probe_at = None;
+                }
+            }
+            self.touched.insert(a.peer);
+        }
+        self.finish(now);
+    }
+
+    /// Drops counted by a data-plane worker (the Node's [`Node::drops`] stays the one tally).
+    pub fn count_drops(&mut self, reason: DropReason, n: u64) {
+        if n > 0 {
+            *self.drops.entry(reason).or_default() += n;
+        }
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next decrypted IP packet for the TUN device.
+    pub fn poll_tun(&mut self) -> Option<Vec<u8>> {
+        self.tun.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Node::handle_timeout`] must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.next_deadline()
+    }
+
+    /// Resets the wall clock (after NTP stepped it): later wall times derive from this pair.
+    pub fn handle_wall_clock(&mut self, now: Instant, wall: Timestamp) {
+        self.instant_base = now;
+        self.wall_base = wall.to_unix();
+    }
+
+    /// A datagram arrived from `from`.
+    pub fn handle_datagram(&mut self, now: Instant, from: Endpoint, bytes: &[u8]) {
+        match MessageType::of(bytes) {
+            Err(_) => self.drop_for(DropReason::Malformed),
+            Ok(MessageType::Relay) => self.handle_relay(now, from, bytes),
+            Ok(_) => self.handle_inner(
+                now,
+                Source {
+                    endpoint: from,
+                    relayed_from: None,
+                },
+                bytes,
+            ),
+        }
+        self.finish(now);
+    }
+
+    /// A batch of datagrams arrived.
+    pub fn handle_datagrams<'a>(
+        &mut self,
+        now: Instant,
+        batch: impl IntoIterator<Item = (Endpoint, &'a [u8])>,
+    ) {
+        for (from, bytes) in batch {
+            self.handle_datagram(now, from, bytes);
+        }
+    }
+
+    /// A batch of IP packets from the TUN device, to seal and send to their owners.
+    pub fn handle_tun_packets(&mut self, now: Instant, packets: impl IntoIterator<Item = Vec<u8>>) {
+        for packet in packets {
+            let Ok(view) = Ipv4View::new_checked(&packet) else {
+                self.drop_for(DropReason::NotIpv4);
+                continue;
+            };
+            let Some(owner) = self.routes.owner(view.dst()) else {
+                self.drop_for(DropReason::NoRoute);
+                continue;
+            };
+            if owner == self.id {
+                self.drop_for(DropReason::Local);
+                continue;
+            }
+            self.send_data(owner, packet, now);
+        }
+        self.finish(now);
+    }
+
+    /// An instruction.
+    pub fn handle_command(&mut self, now: Instant, command: Command) {
+        match command.clone() {
+            Command::Connect(endpoint) => self.add_dial(endpoint, now),
+            Command::Forget(peer) => {
+                if peer == self.id {
+                    self.refuse(command, "cannot forget ourselves");
+                } else if let Some(r) = self.table.get(&peer).cloned() {
+                    self.forgotten.insert(peer);
+                    let tomb = r.tombstone(self.id, false);
+                    self.merge_record(tomb, now);
+                } else {
+                    self.refuse(command, "unknown peer");
+                }
+            }
+            Command::TakeOverBlocks(peer) => self.take_over(now, peer, command),
+            Command::Pin(pins) => self.pin(pins, now),
+        }
+        self.finish(now);
+    }
+
+    /// The deadline from [`Node::poll_timeout`] has passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for timer in Timer::ALL {
+            if self.timers.expire(timer, now) {
+                match timer {
+                    Timer::Gossip => self.on_gossip_timer(now),
+                    Timer::Digest => self.on_digest_timer(now),
+                    Timer::Ipam => self.on_ipam_timer(now),
+                    Timer::Maintenance => self.on_maintenance_timer(now),
+                    Timer::Routes => self.on_routes_timer(now),
+                }
+            }
+        }
+        for id in self.timers.expire_peers(now) {
+            self.on_peer_timer(id, now);
+            self.touched.insert(id);
+        }
+        self.finish(now);
+    }
+
+    fn wall(&self, now: Instant) -> Timestamp {
+        Timestamp::from_unix(self.wall_base + now.saturating_duration_since(self.instant_base))
+    }
+
+    /// A uniformly random duration in `[0, max)`.
+    fn jitter(&mut self, max: Duration) -> Duration {
+        let nanos = max.as_nanos().max(1) as u64;
+        Duration::from_nanos(rand_u64(&mut &mut *self.rng) % nanos)
+    }
+
+    fn drop_for(&mut self, reason: DropReason) {
+        trace!(reason = reason.as_str(), "drop");
+        *self.drops.entry(reason).or_default() += 1;
+    }
+
+    fn refuse(&mut self, command: Command, reason: &'static str) {
+        warn!(?command, reason, "command refused");
+        self.events
+            .push_back(Event::CommandRefused { command, reason });
+    }
+
+    fn alloc_index(&mut self, usage: IndexUse) -> u32 {
+        self.indices.alloc(&mut *self.rng, usage)
+    }
+
+    /// Ends every input: reschedules touched peers, refreshes routes and our record.
+    fn finish(&mut self, now: Instant) {
+        // Any input may have moved a session, path or route: the data plane's snapshot is
+        // rebuilt on next request rather than tracked change by change (a missed case there
+        // would seal with a stale session). This is the one place it is dropped.
+        self.data_plane = None;
+        if self.own_dirty {
+            // Our record changes are published at the next gossip tick (batched), but the
+            // local table and routes see them at once.
+            self.publish_own(now);
+        }
+        let touched = std::mem::take(&mut self.touched);
+        for id in touched {
+            self.reschedule(id);
+        }
+        if self.routes_dirty && !self.timers.is_set(Timer::Routes) {
+            let slot = self.routes_computed.map_or(now, |t| t + ROUTE_INTERVAL);
+            self.timers.set(Timer::Routes, slot.max(now));
+        }
+    }
+
+    fn transmit(&mut self, destination: Endpoint, bytes: Vec<u8>) {
+        self.transmits.push_back(Transmit { destination, bytes });
+    }
+
+    fn handle_inner(&mut self, now: Instant, source: Source, bytes: &[u8]) {
+        match MessageType::of(bytes) {
+            Ok(MessageType::HandshakeInitiation) => self.on_initiation(now, source, bytes),
+            Ok(MessageType::HandshakeResponse) => self.on_response(now, source, bytes),
+            Ok(MessageType::HandshakeFinish) => self.on_finish(now, source, bytes),
+            Ok(MessageType::Data | MessageType::Control) => self.on_sealed(now, source, bytes),
+            _ => self.drop_for(DropReason::Malformed),
+        }
+    }
+
+    /// A control message from `from`; `under_current`: it opened under our current session
+    /// with it.
+    fn on_control(&mut self, now: Instant, from: PeerId, msg: ControlMessage, under_current: bool) {
+        match msg {
+            ControlMessage::Gossip { full, records } => {
+                for r in records {
+                    if r.id == from && under_current {
+                        self.note_session_incarnation(from, r.incarnation, now);
+                    }
+                    self.merge_record(r, now);
+                }
+                if full {
+                    self.synced = true;
+                }
+            }
+            ControlMessage::SyncRequest => self.send_full(from, now),
+            ControlMessage::DigestSummary { hash, count } => {
+                if self.table_summary() != (hash, count) {
+                    self.send_digest(from, ShortId(0), ShortId(u64::MAX), false, now);
+                }
+            }
+            ControlMessage::Digest {
+                reply,
+                low,
+                high,
+                entries,
+            } => self.on_digest(now, from, reply, low, high, entries),
+            ControlMessage::Observed { endpoint } => {
+                if !self.seen.contains(&endpoint) && !self.config.announce.contains(&endpoint) {
+                    self.seen.push_back(endpoint);
+                    while self.seen.len() > MAX_ENDPOINTS {
+                        self.seen.pop_front();
+                    }
+                    self.own_dirty = true;
+                }
+            }
+            ControlMessage::IntroduceRequest { target } => {
+                let (Some(a), Some(b)) =
+                    (self.direct_endpoint(&from), self.direct_endpoint(&target))
+                else {
+                    return;
+                };
+                // Both at once, so both punch at about the same time.
+                self.stats.introductions += 1;
+                self.send_control(
+                    target,
+                    &ControlMessage::Introduce {
+                        peer: from,
+                        endpoint: a,
+                    },
+                    now,
+                );
+                self.send_control(
+                    from,
+                    &ControlMessage::Introduce {
+                        peer: target,
+                        endpoint: b,
+                    },
+                    now,
+                );
+            }
+            ControlMessage::Introduce { peer, endpoint } => {
+                let direct_up = self.direct_endpoint(&peer).is_some();
+                if direct_up || peer == self.id {
+                    return;
+                }
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.punch_endpoint = Some(endpoint);
+                    p.punch_at = Some(now);
+                    self.stats.punches += 1;
+                    let punch = RelayPacket::encode(RelayKind::Punch, 0, peer, self.id, &[]);
+                    self.transmit(endpoint, punch);
+                    if self.id < peer {
+                        self.start_handshake(peer, now);
+                    }
+                    self.touched.insert(peer);
+                }
+            }
+            ControlMessage::BlockRequest { request } => self.on_block_request(now, from, request),
+            ControlMessage::BlockGrant { grant, space } => {
+                self.on_block_grant(now, from, grant, space)
+            }
+            ControlMessage::BlockGrantAck { grant } => {
+                if self
+                    .space
+                    .outgoing
+                    .get(&grant)
+                    .is_some_and(|g| g.to == from)
+                {
+                    self.space.outgoing.remove(&grant);
+                    self.events.push_back(Event::StateChanged);
+                }
+            }
+            ControlMessage::BlockDenied { .. } => {
+                self.denied.insert(from, now + 4 * IPAM_RETRY);
+                self.timers.set(Timer::Ipam, now);
+            }
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! Paths: how each peer is reached (direct, or through a relay), NAT discovery
+//! (observed endpoints), introductions and hole punching, relaying for others, moving a
+//! session off a silent direct path, and the route table.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info};
+use weft_crypto::{DATA_OVERHEAD, PayloadKind, REKEY_TIMEOUT};
+
+use crate::drop::DropReason;
+use crate::id::{Endpoint, PeerId};
+use crate::routes::{NextHop, RouteTable};
+use crate::wire::{ControlMessage, RELAY_MAX_HOPS, RelayKind, RelayPacket};
+
+use super::{Event, Node, Timer};
+
+/// Where a datagram came from: directly, or through a relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Source {
+    /// The underlay source (the relay's, if relayed).
+    pub(super) endpoint: Endpoint,
+    /// The source peer the relay envelope claims, if relayed.
+    pub(super) relayed_from: Option<PeerId>,
+}
+
+/// After this without a session, ask a mutual peer to introduce us (hole punching).
+pub const INTRODUCE_AFTER: Duration = REKEY_TIMEOUT;
+
+/// After this without a direct session, the peer is listed as unreachable in our record and
+/// reached through relays (the bound we promise: two handshake timeouts).
+pub const DIRECT_PATH_BOUND: Duration = Duration::from_secs(2 * REKEY_TIMEOUT.as_secs());
+
+/// Routes through relays are recomputed at most this often (they matter only for peers past
+/// [`DIRECT_PATH_BOUND`], so a second of staleness costs nothing).
+pub const ROUTE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The minimum time between two punches or punch-triggered initiations towards one peer.
+pub const PUNCH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Data sent over a direct path and nothing received on it for this long: the path may be
+/// dead, so a handshake goes out as a probe (it must be answered). WireGuard waits
+/// `KEEPALIVE_TIMEOUT + REKEY_TIMEOUT` because it has no other way round a dead path; we have
+/// relays, and our bound for failover is 15 s, so we probe after one `REKEY_TIMEOUT`
+/// and give the probe one more `REKEY_TIMEOUT` before relaying.
+pub const SILENT_PROBE_AFTER: Duration = REKEY_TIMEOUT;
+
+/// While a session runs through a relay because its direct path went silent, a keepalive is
+/// sent straight to the peer this often: when it gets through, the peer roams back to the
+/// direct path (and so do we when its answer arrives directly).
+pub const DIRECT_PROBE_INTERVAL: Duration = REKEY_TIMEOUT;
+
+impl Node {
+    /// Sends a datagram back the way `source` came (directly or through its relay).
+    pub(super) fn send_back(&mut self, source: Source, datagram: &[u8]) {
+        match source.relayed_from {
+            None => self.transmit(source.endpoint, datagram.to_vec()),
+            Some(src) => {
+                let wrapped =
+                    RelayPacket::encode(RelayKind::Forward, RELAY_MAX_HOPS, src, self.id, datagram);
+                self.transmit(source.endpoint, wrapped);
+            }
+        }
+    }
+
+    pub(super) fn path_of(&self, source: Source) -> Option<NextHop> {
+        match source.relayed_from {
+            None => Some(NextHop::Direct(source.endpoint)),
+            Some(_) => self
+                .by_endpoint
+                .get(&source.endpoint)
+                .map(|via| NextHop::Relay {
+                    via: *via,
+                    endpoint: source.endpoint,
+                }),
+        }
+    }
+
+    /// The direct endpoint of an up peer.
+    pub(super) fn direct_endpoint(&self, id: &PeerId) -> Option<Endpoint> {
+        match self.peers.get(id)?.path? {
+            NextHop::Direct(ep) if self.is_up(id) => Some(ep),
+            _ => None,
+        }
+    }
+
+    /// Sends a datagram to a peer along its path (or the route's relay).
+    pub(super) fn send_to_peer(&mut self, id: PeerId, datagram: Vec<u8>, now: Instant) {
+        let hop = match self.peers.get(&id).and_then(|p| p.path) {
+            Some(h) => Some(h),
+            None => self.relay_hop(&id),
+        };
+        let Some(hop) = hop else {
+            self.drop_for(DropReason::NoPath);
+            return;
+        };
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.last_tx = now;
+            p.tx_bytes += datagram.len() as u64;
+        }
+        self.touched.insert(id);
+        match hop {
+            NextHop::Direct(ep) => self.transmit(ep, datagram),
+            NextHop::Relay { endpoint, .. } => {
+                let wrapped =
+                    RelayPacket::encode(RelayKind::Forward, RELAY_MAX_HOPS, id, self.id, &datagram);
+                self.transmit(endpoint, wrapped);
+            }
+        }
+    }
+
+    /// The relay hop towards `id` from the route table, if its first relay is up directly.
+    pub(super) fn relay_hop(&self, id: &PeerId) -> Option<NextHop> {
+        let via = self.routes.relay_for(id)?;
+        let endpoint = self.direct_endpoint(&via)?;
+        Some(NextHop::Relay { via, endpoint })
+    }
+
+    /// Moves the session with `id` off its silent direct path onto `relay` (or the route
+    /// table's relay): the session is end to end, so the relay needs no keys. The peer is
+    /// listed as unreachable directly (so every node routes the pair through relays) and the
+    /// direct path is probed in the background.
+    pub(super) fn relay_session(&mut self, id: PeerId, relay: Option<NextHop>, now: Instant) {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let old = p.path;
+        if let Some(NextHop::Direct(ep)) = old {
+            p.lost_direct = Some(ep);
+        }
+        p.unanswered_since = None;
+        p.direct_probe_at = Some(now + DIRECT_PROBE_INTERVAL);
+        if !p.unreachable {
+            p.unreachable = true;
+            self.own_dirty = true;
+            self.routes_dirty = true;
+        }
+        let hop = match relay {
+            Some(hop) => Some(hop),
+            None => {
+                // Our record and routes now, not at the next slot: traffic waits on them.
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.path = None;
+                }
+                self.publish_own(now);
+                self.compute_routes(now);
+                self.relay_hop(&id)
+            }
+        };
+        match hop {
+            Some(NextHop::Relay { via, .. }) => {
+                info!(peer = %id, relay = %via, "direct path silent: relaying")
+            }
+            _ => info!(peer = %id, "direct path silent, and no relay"),
+        }
+        if let Some(p) = self.peers.get_mut(&id) {
+            // With no relay at all, the direct path stays the only hope.
+            p.path = hop.or(old);
+        }
+        self.touched.insert(id);
+    }
+
+    /// A keepalive under the current session straight to where the peer was last reached
+    /// directly (and where its record says it is), past the relay it is reached through now.
+    pub(super) fn send_direct_probe(&mut self, id: PeerId, now: Instant) {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        p.direct_probe_at = Some(now + DIRECT_PROBE_INTERVAL);
+        let mut targets: BTreeSet<Endpoint> = p.lost_direct.into_iter().collect();
+        let Some(session) = p.tunnel.keys().and_then(|k| k.sending(now)).cloned() else {
+            return;
+        };
+        if let Some(r) = self.table.get(&id) {
+            targets.extend(r.announced.iter().chain(&r.seen));
+        }
+        for ep in targets {
+            let mut buf = vec![0u8; DATA_OVERHEAD];
+            if session
+                .seal_in_place(PayloadKind::Control, &mut buf, now)
+                .is_err()
+            {
+                return;
+            }
+            self.stats.control_bytes += buf.len() as u64;
+            self.transmit(ep, buf);
+        }
+    }
+
+    /// Records a peer's path and keeps the endpoint → peer index for relayed traffic.
+    pub(super) fn note_path(&mut self, id: PeerId, path: Option<NextHop>) {
+        if let Some(NextHop::Direct(ep)) = path {
+            self.by_endpoint.insert(ep, id);
+        }
+    }
+
+    /// Tells a peer where we see it, unless its record says it knows (NAT discovery).
+    pub(super) fn report_observed(&mut self, id: PeerId, source: Source, now: Instant) {
+        if source.relayed_from.is_some() {
+            return;
+        }
+        let known = self.table.get(&id).is_some_and(|r| {
+            r.announced.contains(&source.endpoint) || r.seen.contains(&source.endpoint)
+        });
+        if known {
+            return;
+        }
+        let changed = self
+            .peers
+            .get(&id)
+            .is_some_and(|p| p.observed_sent != Some(source.endpoint));
+        if changed {
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.observed_sent = Some(source.endpoint);
+            }
+            self.send_control(
+                id,
+                &ControlMessage::Observed {
+                    endpoint: source.endpoint,
+                },
+                now,
+            );
+        }
+    }
+
+    pub(super) fn handle_relay(&mut self, now: Instant, from: Endpoint, bytes: &[u8]) {
+        let packet = match RelayPacket::parse(bytes) {
+            Ok(p) => p,
+            Err(_) => return self.drop_for(DropReason::RelayMalformed),
+        };
+        if packet.kind == RelayKind::Punch {
+            if packet.destination == self.id {
+                self.on_punch(now, packet.source, from);
+            } else {
+                self.drop_for(DropReason::RelayMalformed);
+            }
+            return;
+        }
+        // Only members with a direct tunnel to us may use us as a relay, or send through one.
+        if !self.by_endpoint.get(&from).is_some_and(|p| self.is_up(p)) {
+            return self.drop_for(DropReason::RelayFromStranger);
+        }
+        if packet.destination == self.id {
+            let source = Source {
+                endpoint: from,
+                relayed_from: Some(packet.source),
+            };
+            return self.handle_inner(now, source, packet.inner);
+        }
+        if packet.hops_left == 0 {
+            return self.drop_for(DropReason::RelayHops);
+        }
+        // Forward without opening: we hold no key for this pair.
+        let next = self.direct_endpoint(&packet.destination).or_else(|| {
+            match self.relay_hop(&packet.destination) {
+                Some(NextHop::Relay { endpoint, .. }) => Some(endpoint),
+                _ => None,
+            }
+        });
+        let Some(next) = next else {
+            return self.drop_for(DropReason::RelayNoRoute);
+        };
+        let forwarded = RelayPacket::encode(
+            RelayKind::Forward,
+            packet.hops_left - 1,
+            packet.destination,
+            packet.source,
+            packet.inner,
+        );
+        self.stats.relayed += 1;
+        self.transmit(next, forwarded);
+    }
+
+    /// A hole punch arrived: the sender's NAT now lets our packets in (and ours, theirs).
+    pub(super) fn on_punch(&mut self, now: Instant, from_peer: PeerId, endpoint: Endpoint) {
+        if !self.table.get(&from_peer).is_some_and(|r| r.is_alive()) {
+            return self.drop_for(DropReason::NotMember);
+        }
+        let Some(p) = self.peers.get_mut(&from_peer) else {
+            return;
+        };
+        if p.tunnel.is_up() && matches!(p.path, Some(NextHop::Direct(_))) {
+            return;
+        }
+        if p.punch_at
+            .is_some_and(|t| now.saturating_duration_since(t) < PUNCH_INTERVAL)
+        {
+            return;
+        }
+        p.punch_at = Some(now);
+        p.punch_endpoint = Some(endpoint);
+        if self.id < from_peer {
+            debug!(peer = %from_peer, %endpoint, "punch received: initiating");
+            self.start_handshake(from_peer, now);
+        } else {
+            self.stats.punches += 1;
+            let punch = RelayPacket::encode(RelayKind::Punch, 0, from_peer, self.id, &[]);
+            self.transmit(endpoint, punch);
+        }
+        self.touched.insert(from_peer);
+    }
+
+    pub(super) fn request_introduction(&mut self, target: PeerId, now: Instant) {
+        // A mutual peer: up directly with us, and not listing the target as unreachable
+        // (lowest key first: deterministic).
+        let short = target.short();
+        let via = self
+            .peers
+            .iter()
+            .filter(|(id, p)| {
+                **id != target && p.tunnel.is_up() && matches!(p.path, Some(NextHop::Direct(_)))
+            })
+            .map(|(id, _)| *id)
+            .find(|id| {
+                self.table
+                    .get(id)
+                    .is_some_and(|r| r.is_alive() && !r.links_down.contains(&short))
+            });
+        if let Some(via) = via {
+            debug!(peer = %target, relay = %via, "asking for an introduction");
+            self.send_control(via, &ControlMessage::IntroduceRequest { target }, now);
+        }
+    }
+
+    pub(super) fn on_routes_timer(&mut self, now: Instant) {
+        if !self.routes_dirty {
+            return;
+        }
+        // At most once per interval: the next change waits for the next slot.
+        self.timers.stop(Timer::Routes);
+        self.compute_routes(now);
+    }
+
+    pub(super) fn compute_routes(&mut self, now: Instant) {
+        self.routes_dirty = false;
+        let direct: BTreeSet<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.tunnel.is_up() && matches!(p.path, Some(NextHop::Direct(_))))
+            .map(|(id, _)| *id)
+            .collect();
+        let table = RouteTable::compute(self.id, self.table.records(), &direct);
+        if table != *self.routes {
+            self.routes = Arc::new(table);
+            self.events.push_back(Event::RoutesChanged);
+        }
+        self.routes_computed = Some(now);
+    }
+}
