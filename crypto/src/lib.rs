@@ -79,6 +79,8 @@ pub use keys::{
     ParseKeyError, PublicKey,
 };
 pub use noise::DhCounter;
+#[cfg(feature = "test-rng")]
+pub use random::SeededRng;
 pub use random::{OsRandom, Random};
 pub use replay::{ReplayWindow, WINDOW_SIZE};
 pub use secret::Secret;
