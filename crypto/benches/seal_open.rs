@@ -10,8 +10,8 @@ use divan::counter::BytesCount;
 use divan::{Bencher, black_box};
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use weft_crypto::{
-    DATA_HEADER_LEN, DATA_OVERHEAD, Handshaker, JoinSecret, KeyPair, PayloadKind, Random, Session,
-    Timestamp,
+    DATA_HEADER_LEN, DATA_OVERHEAD, Handshaker, JoinSecret, KeyPair, PayloadKind, SeededRng,
+    Session, Timestamp,
 };
 
 const BATCH: usize = 64;
@@ -21,21 +21,8 @@ fn main() {
     divan::main();
 }
 
-struct Rng(u64);
-impl Random for Rng {
-    fn fill(&mut self, dest: &mut [u8]) {
-        for b in dest {
-            self.0 = self
-                .0
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            *b = (self.0 >> 56) as u8;
-        }
-    }
-}
-
 fn sessions() -> (Session, Session, Instant) {
-    let mut rng = Rng(1);
+    let mut rng = SeededRng::new(1);
     let secret = JoinSecret::new(b"benchmark join secret").unwrap();
     let a = Handshaker::new(KeyPair::generate(&mut rng), secret.clone());
     let mut b = Handshaker::new(KeyPair::generate(&mut rng), secret);

@@ -78,6 +78,8 @@ pub use keys::{
     JoinSecret, JoinSecretError, KEY_LEN, KeyPair, MIN_JOIN_SECRET_LEN, ParseKeyError, PublicKey,
 };
 pub use noise::DhCounter;
+#[cfg(feature = "test-rng")]
+pub use random::SeededRng;
 pub use random::{OsRandom, Random};
 pub use replay::{ReplayWindow, WINDOW_SIZE};
 pub use secret::Secret;

@@ -6,28 +6,13 @@ use std::time::{Duration, Instant};
 use weft_crypto::wire::{FINISH_LEN, INITIATION_LEN, PROTOCOL_VERSION, RESPONSE_LEN, WireError};
 use weft_crypto::{
     DATA_HEADER_LEN, DATA_OVERHEAD, HandshakeError, Handshaker, JoinSecret, KeyPair,
-    MAX_CLOCK_SKEW, PayloadKind, Random, Session, Timestamp,
+    MAX_CLOCK_SKEW, PayloadKind, SeededRng, Session, Timestamp,
 };
-
-/// A seeded generator for tests (splitmix64): not secure, only reproducible.
-struct TestRng(u64);
-
-impl Random for TestRng {
-    fn fill(&mut self, dest: &mut [u8]) {
-        for b in dest {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            *b = (z ^ (z >> 31)) as u8;
-        }
-    }
-}
 
 const SECRET: &[u8] = b"correct horse battery staple";
 
 fn node(seed: u64, secret: &[u8]) -> Handshaker {
-    let mut rng = TestRng(seed);
+    let mut rng = SeededRng::new(seed);
     Handshaker::new(
         KeyPair::generate(&mut rng),
         JoinSecret::new(secret).unwrap(),
@@ -47,7 +32,7 @@ struct Transcript {
 }
 
 /// Runs a whole handshake from `a` to `b` at wall time `t`.
-fn handshake(a: &Handshaker, b: &mut Handshaker, t: Timestamp, rng: &mut TestRng) -> Transcript {
+fn handshake(a: &Handshaker, b: &mut Handshaker, t: Timestamp, rng: &mut SeededRng) -> Transcript {
     let now = Instant::now();
     let (initiator, init) = a.initiate(1, None, t, rng).unwrap();
     let (responding, resp) = b.handle_initiation(&init, 2, t, rng).unwrap();
@@ -79,7 +64,7 @@ fn exchange(from: &Session, to: &Session, payload: &[u8]) -> Vec<u8> {
 
 #[test]
 fn mutual_authentication_gives_each_side_the_others_key() {
-    let mut rng = TestRng(1);
+    let mut rng = SeededRng::new(1);
     let a = node(10, SECRET);
     let mut b = node(20, SECRET);
     let t = handshake(&a, &mut b, wall(0), &mut rng);
@@ -93,7 +78,7 @@ fn mutual_authentication_gives_each_side_the_others_key() {
 
 #[test]
 fn an_allow_list_refuses_unknown_keys_on_both_sides() {
-    let mut rng = TestRng(2);
+    let mut rng = SeededRng::new(2);
     let stranger = node(30, SECRET);
     let mut b = node(20, SECRET);
     b.set_allowed(Some(HashSet::from([node(10, SECRET).public()])));
@@ -139,7 +124,7 @@ fn an_allow_list_refuses_unknown_keys_on_both_sides() {
 
 #[test]
 fn a_wrong_join_secret_is_refused_on_the_first_message_before_any_diffie_hellman() {
-    let mut rng = TestRng(3);
+    let mut rng = SeededRng::new(3);
     let outsider = node(40, b"a different secret, sixteen+");
     let mut b = node(20, SECRET);
     let (_i, init) = outsider.initiate(1, None, wall(0), &mut rng).unwrap();
@@ -163,7 +148,7 @@ fn a_wrong_join_secret_is_refused_on_the_first_message_before_any_diffie_hellman
 
 #[test]
 fn a_captured_initiation_sent_again_is_refused() {
-    let mut rng = TestRng(4);
+    let mut rng = SeededRng::new(4);
     let a = node(10, SECRET);
     let mut b = node(20, SECRET);
     let t = handshake(&a, &mut b, wall(0), &mut rng);
@@ -204,7 +189,7 @@ fn a_captured_initiation_sent_again_is_refused() {
 
 #[test]
 fn an_initiation_older_than_the_peers_last_is_refused_at_the_finish() {
-    let mut rng = TestRng(5);
+    let mut rng = SeededRng::new(5);
     let a = node(10, SECRET);
     let mut b = node(20, SECRET);
     let now = Instant::now();
@@ -234,12 +219,12 @@ fn an_initiation_older_than_the_peers_last_is_refused_at_the_finish() {
 
 #[test]
 fn forward_secrecy_stolen_long_term_secrets_do_not_open_a_recorded_session() {
-    let a_keys = KeyPair::generate(&mut TestRng(10));
-    let b_keys = KeyPair::generate(&mut TestRng(20));
+    let a_keys = KeyPair::generate(&mut SeededRng::new(10));
+    let b_keys = KeyPair::generate(&mut SeededRng::new(20));
     let a = Handshaker::new(a_keys.clone(), JoinSecret::new(SECRET).unwrap());
     let mut b = Handshaker::new(b_keys.clone(), JoinSecret::new(SECRET).unwrap());
     // The ephemeral keys of this run come from this generator, then are gone.
-    let t = handshake(&a, &mut b, wall(0), &mut TestRng(6));
+    let t = handshake(&a, &mut b, wall(0), &mut SeededRng::new(6));
     let now = t.a.established();
     let mut recorded = vec![0u8; DATA_OVERHEAD + 6];
     recorded[DATA_HEADER_LEN..DATA_HEADER_LEN + 6].copy_from_slice(b"secret");
@@ -249,7 +234,7 @@ fn forward_secrecy_stolen_long_term_secrets_do_not_open_a_recorded_session() {
 
     // Later, a thief has both static keys, the join secret and the whole transcript.
     let thief = |keys: &KeyPair| Handshaker::new(keys.clone(), JoinSecret::new(SECRET).unwrap());
-    let mut rng = TestRng(99);
+    let mut rng = SeededRng::new(99);
     // Replaying the initiation into b's identity yields a response with a new ephemeral: the
     // recorded finish does not fit it.
     let mut thief_b = thief(&b_keys);
@@ -281,7 +266,7 @@ fn forward_secrecy_stolen_long_term_secrets_do_not_open_a_recorded_session() {
         &thief(&a_keys),
         &mut thief(&b_keys),
         wall(0),
-        &mut TestRng(6),
+        &mut SeededRng::new(6),
     );
     assert_eq!(replayed.init, t.init);
     let o = replayed.b.open_in_place(&mut recorded, now).unwrap();
@@ -290,7 +275,7 @@ fn forward_secrecy_stolen_long_term_secrets_do_not_open_a_recorded_session() {
 
 #[test]
 fn the_initiators_static_key_never_appears_in_clear() {
-    let mut rng = TestRng(7);
+    let mut rng = SeededRng::new(7);
     let a = node(10, SECRET);
     let mut b = node(20, SECRET);
     let t = handshake(&a, &mut b, wall(0), &mut rng);
@@ -310,7 +295,7 @@ fn the_initiators_static_key_never_appears_in_clear() {
 
 #[test]
 fn malformed_messages_give_typed_errors_and_leave_the_state_usable() {
-    let mut rng = TestRng(8);
+    let mut rng = SeededRng::new(8);
     let a = node(10, SECRET);
     let mut b = node(20, SECRET);
     let (initiator, init) = a.initiate(1, None, wall(0), &mut rng).unwrap();
@@ -378,7 +363,7 @@ fn malformed_messages_give_typed_errors_and_leave_the_state_usable() {
 
 #[test]
 fn clock_skew_within_the_window_is_accepted_and_beyond_it_refused() {
-    let mut rng = TestRng(9);
+    let mut rng = SeededRng::new(9);
     let a = node(10, SECRET);
     let mut b = node(20, SECRET);
     let skew = MAX_CLOCK_SKEW.as_secs();
@@ -402,7 +387,7 @@ fn clock_skew_within_the_window_is_accepted_and_beyond_it_refused() {
 #[test]
 fn the_same_seeds_give_the_same_handshake() {
     let run = || {
-        let mut rng = TestRng(42);
+        let mut rng = SeededRng::new(42);
         let a = node(10, SECRET);
         let mut b = node(20, SECRET);
         let t = handshake(&a, &mut b, wall(0), &mut rng);
@@ -414,13 +399,13 @@ fn the_same_seeds_give_the_same_handshake() {
 #[cfg(feature = "insecure-fast-dh")]
 #[test]
 fn the_simulation_curve_completes_handshakes_between_its_own_kind() {
-    let mut rng = TestRng(11);
+    let mut rng = SeededRng::new(11);
     let a = Handshaker::new_insecure_for_simulation(
-        KeyPair::generate(&mut TestRng(10)),
+        KeyPair::generate(&mut SeededRng::new(10)),
         JoinSecret::new(SECRET).unwrap(),
     );
     let mut b = Handshaker::new_insecure_for_simulation(
-        KeyPair::generate(&mut TestRng(20)),
+        KeyPair::generate(&mut SeededRng::new(20)),
         JoinSecret::new(SECRET).unwrap(),
     );
     let t = handshake(&a, &mut b, wall(0), &mut rng);

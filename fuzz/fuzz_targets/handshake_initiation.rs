@@ -6,7 +6,7 @@ use libfuzzer_sys::fuzz_target;
 use std::time::Duration;
 use weft_crypto::wire::Initiation;
 use weft_crypto::{HandshakeError, MAX_CLOCK_SKEW, Timestamp};
-use weft_fuzz::{FuzzRng, node, wall};
+use weft_fuzz::{SeededRng, node, wall};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(view) = Initiation::parse(data) {
@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut b = node(2);
     // Random bytes never know the join secret: nothing may pass, and no DH may happen.
-    assert!(b.handle_initiation(data, 2, wall(), &mut FuzzRng(3)).is_err());
+    assert!(b.handle_initiation(data, 2, wall(), &mut SeededRng::new(3)).is_err());
     assert_eq!(b.dh_operations(), 0);
 
     if data.len() >= 16 {
@@ -26,9 +26,9 @@ fuzz_target!(|data: &[u8]| {
         };
         let (theirs, ours) = (clock(&data[..8]), clock(&data[8..16]));
         let a = node(1);
-        let (_i, init) = a.initiate(7, None, theirs, &mut FuzzRng(5)).unwrap();
+        let (_i, init) = a.initiate(7, None, theirs, &mut SeededRng::new(5)).unwrap();
         let within = theirs.to_unix().abs_diff(ours.to_unix()) <= MAX_CLOCK_SKEW;
-        match b.handle_initiation(&init, 2, ours, &mut FuzzRng(6)) {
+        match b.handle_initiation(&init, 2, ours, &mut SeededRng::new(6)) {
             Ok(_) => assert!(within),
             Err(HandshakeError::Stale { .. }) => assert!(!within),
             Err(e) => panic!("unexpected {e:?}"),

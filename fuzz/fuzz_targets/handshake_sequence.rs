@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use weft_crypto::{
     DATA_HEADER_LEN, DATA_OVERHEAD, Initiator, PayloadKind, Responding, Session, Timestamp,
 };
-use weft_fuzz::{FuzzRng, node};
+use weft_fuzz::{SeededRng, node};
 
 #[derive(Arbitrary, Debug)]
 enum Op {
@@ -29,7 +29,7 @@ enum Op {
 fuzz_target!(|ops: Vec<Op>| {
     let a = node(1);
     let mut b = node(2);
-    let mut rng = FuzzRng(9);
+    let mut rng = SeededRng::new(9);
     let t0 = Instant::now();
     let mut elapsed = Duration::ZERO;
     let mut to_b: Vec<Vec<u8>> = Vec::new();

@@ -1,24 +1,9 @@
 //! Shared set-up for the fuzz targets: deterministic keys and states, so a crash reproduces.
 
 use std::time::{Duration, Instant};
-use weft_crypto::{
-    Handshaker, Initiator, JoinSecret, KeyPair, Random, Responding, Session, Timestamp,
-};
-
-/// splitmix64: reproducible, not secure; fuzzing needs the former.
-pub struct FuzzRng(pub u64);
-
-impl Random for FuzzRng {
-    fn fill(&mut self, dest: &mut [u8]) {
-        for b in dest {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            *b = (z ^ (z >> 31)) as u8;
-        }
-    }
-}
+// Reproducible, not secure: fuzzing needs the former.
+pub use weft_crypto::SeededRng;
+use weft_crypto::{Handshaker, Initiator, JoinSecret, KeyPair, Responding, Session, Timestamp};
 
 pub const SECRET: &[u8] = b"fuzzing join secret, long enough";
 
@@ -28,7 +13,7 @@ pub fn wall() -> Timestamp {
 
 pub fn node(seed: u64) -> Handshaker {
     Handshaker::new(
-        KeyPair::generate(&mut FuzzRng(seed)),
+        KeyPair::generate(&mut SeededRng::new(seed)),
         JoinSecret::new(SECRET).unwrap(),
     )
 }
@@ -44,7 +29,7 @@ pub struct Pair {
 }
 
 pub fn pair() -> Pair {
-    let mut rng = FuzzRng(7);
+    let mut rng = SeededRng::new(7);
     let a = node(1);
     let mut b = node(2);
     let (initiator, initiation) = a.initiate(1, None, wall(), &mut rng).unwrap();

@@ -3,22 +3,8 @@
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
-use weft_crypto::{Handshaker, JoinSecret, KeyPair, Random, Timestamp};
+use weft_crypto::{Handshaker, JoinSecret, KeyPair, SeededRng, Timestamp};
 use weft_mesh::{Config, Node};
-
-struct Rng(u64);
-
-impl Random for Rng {
-    fn fill(&mut self, dest: &mut [u8]) {
-        for b in dest {
-            self.0 = self
-                .0
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            *b = (self.0 >> 56) as u8;
-        }
-    }
-}
 
 fn node(now: Instant) -> Node {
     let mut config = Config::new("n");
@@ -30,7 +16,7 @@ fn node(now: Instant) -> Node {
             JoinSecret::new(b"a join secret for the unit tests").unwrap(),
         ),
         None,
-        Box::new(Rng(5)),
+        Box::new(SeededRng::new(5)),
         now,
         Timestamp::from_unix(Duration::from_secs(1_800_000_000)),
     )

@@ -3,6 +3,12 @@
 //! links, NATs (endpoint-independent and symmetric), crashes and restarts.
 //!
 //! Faults live here, outside the logic under test (STYLE.md: smoltcp's `FaultInjector`).
+//!
+//! Data packets take one of two paths ([`DataPath`]): through the Node alone
+//! ([`Node::handle_tun_packets`], [`Node::handle_datagram`]), or the way a router moves them,
+//! through a data plane beside the Node that seals and opens with the Node's [`DataPlane`]
+//! snapshot and hands the Node only what the snapshot does not cover (`router/src/dataplane`).
+//! Scenarios run on both ([`both_data_paths!`](crate::both_data_paths)).
 //! Every run prints its seed; `WEFT_SIM_SEED=<seed>` replays it exactly: all randomness comes
 //! from the seed, events at the same instant run in the order they were scheduled, and
 //! nothing iterates a `HashMap` where order could matter.
@@ -10,11 +16,18 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
-use weft_crypto::{Handshaker, JoinSecret, KeyPair, Random, Timestamp};
-use weft_mesh::{Config, Event, Node, PeerId, PersistentState, ipam::overlaps};
+use weft_crypto::{
+    DATA_HEADER_LEN, DATA_OVERHEAD, Handshaker, JoinSecret, KeyPair, SeededRng, Timestamp,
+};
+use weft_mesh::dataplane::ipv4_addrs;
+use weft_mesh::{
+    Config, DataActivity, DataPlane, DropReason, Event, Node, PeerId, PersistentState, Received,
+    ipam::overlaps,
+};
 
 /// The port every simulated router listens on (DESIGN.md §1).
 pub const PORT: u16 = 6786;
@@ -22,65 +35,128 @@ pub const PORT: u16 = 6786;
 /// A join secret for simulated clusters.
 pub const JOIN_SECRET: &[u8] = b"weft simulated cluster join secret";
 
-/// xoshiro256++ (Blackman and Vigna, 2019), seeded through splitmix64: fast and
-/// reproducible, not secure, which a simulator does not need.
-#[derive(Debug, Clone)]
-pub struct SimRng([u64; 4]);
+/// The simulator's generator: weft-crypto's seeded xoshiro256++ (feature `test-rng`), so a
+/// seed replays a run exactly.
+pub type SimRng = SeededRng;
 
-impl SimRng {
-    /// A generator from a seed.
-    pub fn new(seed: u64) -> Self {
-        let mut x = seed;
-        let mut next = || {
-            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        };
-        Self([next(), next(), next(), next()])
-    }
+/// How often the simulated data plane reports its activity to the Node: the router's
+/// `weft_router::dataplane::REPORT_EVERY` (a test in `mesh_dataplane.rs` keeps them equal).
+pub const REPORT_EVERY: Duration = Duration::from_millis(100);
 
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        let s = &mut self.0;
-        let result = s[0].wrapping_add(s[3]).rotate_left(23).wrapping_add(s[0]);
-        let t = s[1] << 17;
-        s[2] ^= s[0];
-        s[3] ^= s[1];
-        s[1] ^= s[2];
-        s[0] ^= s[3];
-        s[2] ^= t;
-        s[3] = s[3].rotate_left(45);
-        result
-    }
+/// Which path data packets take through a simulated router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DataPath {
+    /// The Node seals and opens every packet ([`Node::handle_tun_packets`],
+    /// [`Node::handle_datagram`]).
+    #[default]
+    Node,
+    /// A data plane beside the Node seals and opens what the Node's [`DataPlane`] snapshot
+    /// covers and hands the Node the rest, as a router's data-plane thread does.
+    DataPlane,
+}
 
-    /// A float in `[0, 1)`.
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
+impl DataPath {
+    /// Both paths, for scenarios that run on each.
+    pub const ALL: [DataPath; 2] = [DataPath::Node, DataPath::DataPlane];
+}
 
-    /// True with probability `p`.
-    pub fn chance(&mut self, p: f64) -> bool {
-        p > 0.0 && self.unit() < p
-    }
-
-    /// A duration in `[0, max)`.
-    pub fn duration(&mut self, max: Duration) -> Duration {
-        if max.is_zero() {
-            return max;
-        }
-        Duration::from_nanos(self.next_u64() % max.as_nanos() as u64)
+impl std::fmt::Display for DataPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Node => "node",
+            Self::DataPlane => "data-plane",
+        })
     }
 }
 
-impl Random for SimRng {
-    fn fill(&mut self, dest: &mut [u8]) {
-        for chunk in dest.chunks_mut(8) {
-            let v = self.next_u64().to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
+/// How a simulator runs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SimConfig {
+    /// The path data packets take.
+    pub data_path: DataPath,
+}
+
+/// What the simulated data planes did (all hosts): zero on [`DataPath::Node`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DataPlaneStats {
+    /// Packets sealed and sent without the Node.
+    pub sealed: u64,
+    /// Datagrams opened and delivered without the Node.
+    pub opened: u64,
+    /// Datagrams opened whose packet was refused (spoofed or unknown source), counted.
+    pub refused: u64,
+    /// Datagrams that failed to open (forged, replayed, expired), counted.
+    pub failed: u64,
+    /// Packets handed to the Node (no route, a relay, no confirmed session...).
+    pub packets_to_node: u64,
+    /// Datagrams handed to the Node (control, relayed, roaming, a new session's first...).
+    pub datagrams_to_node: u64,
+    /// Activity reports given to the Node.
+    pub reports: u64,
+}
+
+/// The two halves of a data plane, each with its own tally, as the router's `tx` and `rx`.
+const TX: usize = 0;
+const RX: usize = 1;
+
+/// What a data-plane half did since its last report: the router's `Tally`.
+#[derive(Debug, Default)]
+struct Tally {
+    peers: Vec<DataActivity>,
+    drops: BTreeMap<DropReason, u64>,
+    /// When the first thing since the last report happened.
+    since: Option<Instant>,
+}
+
+impl Tally {
+    fn entry(&mut self, peer: PeerId, now: Instant) -> &mut DataActivity {
+        self.since.get_or_insert(now);
+        let i = match self.peers.iter().position(|a| a.peer == peer) {
+            Some(i) => i,
+            None => {
+                self.peers.push(DataActivity {
+                    peer,
+                    sent_bytes: 0,
+                    sent: None,
+                    received_bytes: 0,
+                    received: None,
+                });
+                self.peers.len() - 1
+            }
+        };
+        &mut self.peers[i]
     }
+
+    fn sent(&mut self, peer: PeerId, bytes: usize, now: Instant) {
+        let a = self.entry(peer, now);
+        a.sent_bytes += bytes as u64;
+        a.sent = Some((a.sent.map_or(now, |(first, _)| first), now));
+    }
+
+    fn received(&mut self, peer: PeerId, bytes: usize, now: Instant, from: SocketAddr) {
+        let a = self.entry(peer, now);
+        a.received_bytes += bytes as u64;
+        a.received = Some((now, from));
+    }
+
+    fn drop_for(&mut self, reason: DropReason, now: Instant) {
+        self.since.get_or_insert(now);
+        *self.drops.entry(reason).or_default() += 1;
+    }
+}
+
+/// A host's data plane: the snapshot it works on and its two tallies.
+#[derive(Debug, Default)]
+struct Worker {
+    snapshot: Arc<DataPlane>,
+    /// The Node changed at this instant (a drain): the snapshot is the Node's
+    /// [`Node::data_plane`] as of then. A router publishes after every drain; building it
+    /// only when a packet needs it gives the same snapshot (no input came in between, and it
+    /// is built for the drain's instant) without rebuilding it at every gossip message.
+    stale_since: Option<Instant>,
+    tallies: [Tally; 2],
+    /// When each tally's pending report is due.
+    report_at: [Option<Duration>; 2],
 }
 
 /// The underlay between two hosts.
@@ -182,6 +258,7 @@ struct Host {
     starts: u64,
     tun_rx: Vec<Vec<u8>>,
     events: Vec<Event>,
+    worker: Worker,
 }
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -194,6 +271,11 @@ enum What {
     },
     Timer {
         host: usize,
+    },
+    /// A data-plane half's activity report is due.
+    Report {
+        host: usize,
+        half: usize,
     },
 }
 
@@ -222,6 +304,7 @@ pub struct UnderlayStats {
 pub struct Sim {
     /// The seed of this run.
     pub seed: u64,
+    config: SimConfig,
     base: Instant,
     wall_base: Duration,
     now: Duration,
@@ -241,6 +324,7 @@ pub struct Sim {
     check_ownership: bool,
     ownership_checks: u64,
     events_processed: u64,
+    data_plane: DataPlaneStats,
 }
 
 fn pair(a: usize, b: usize) -> (usize, usize) {
@@ -267,12 +351,26 @@ pub fn init_tracing() {
 }
 
 impl Sim {
-    /// A simulator with no hosts. Prints the seed.
+    /// A simulator with no hosts, data through the Node alone. Prints the seed.
     pub fn new(seed: u64) -> Self {
+        Self::with_config(seed, SimConfig::default())
+    }
+
+    /// A simulator with no hosts whose data takes `data_path`. Prints the seed.
+    pub fn with_data_path(seed: u64, data_path: DataPath) -> Self {
+        Self::with_config(seed, SimConfig { data_path })
+    }
+
+    /// A simulator with no hosts. Prints the seed and the data path.
+    pub fn with_config(seed: u64, config: SimConfig) -> Self {
         init_tracing();
-        eprintln!("simulator seed {seed}: WEFT_SIM_SEED={seed} to replay");
+        eprintln!(
+            "simulator seed {seed}, data path {}: WEFT_SIM_SEED={seed} to replay",
+            config.data_path
+        );
         Self {
             seed,
+            config,
             base: Instant::now(),
             // 2027-01-15, a fixed wall-clock start.
             wall_base: Duration::from_secs(1_800_000_000),
@@ -291,6 +389,37 @@ impl Sim {
             check_ownership: false,
             ownership_checks: 0,
             events_processed: 0,
+            data_plane: DataPlaneStats::default(),
+        }
+    }
+
+    /// The path data packets take.
+    pub fn data_path(&self) -> DataPath {
+        self.config.data_path
+    }
+
+    /// What the simulated data planes did so far.
+    pub fn data_plane_stats(&self) -> DataPlaneStats {
+        self.data_plane
+    }
+
+    /// Panics unless data went the configured way: on [`DataPath::DataPlane`] the data
+    /// planes sealed and opened packets themselves (the mode did not quietly leave it all to
+    /// the Node); on [`DataPath::Node`] they did nothing.
+    pub fn assert_data_path_carried_traffic(&self) {
+        let s = self.data_plane;
+        match self.config.data_path {
+            DataPath::DataPlane => assert!(
+                s.sealed > 0 && s.opened > 0 && s.reports > 0,
+                "seed {}: the data plane carried nothing: {s:?}",
+                self.seed
+            ),
+            DataPath::Node => assert_eq!(
+                s,
+                DataPlaneStats::default(),
+                "seed {}: no data plane on the Node path",
+                self.seed
+            ),
         }
     }
 
@@ -362,6 +491,7 @@ impl Sim {
             starts: 0,
             tun_rx: Vec::new(),
             events: Vec::new(),
+            worker: Worker::default(),
         });
         self.start(i);
         i
@@ -381,7 +511,8 @@ impl Sim {
         } else {
             Handshaker::new(h.key.clone(), secret)
         };
-        let rng = SimRng::new(self.seed ^ (i as u64).wrapping_mul(0x9E37_79B9) ^ (h.starts << 48));
+        let rng =
+            SeededRng::new(self.seed ^ (i as u64).wrapping_mul(0x9E37_79B9) ^ (h.starts << 48));
         let wall = if h.spec.skew_secs >= 0 {
             self.wall_base + self.now + Duration::from_secs(h.spec.skew_secs as u64)
         } else {
@@ -405,13 +536,15 @@ impl Sim {
         self.drain(i);
     }
 
-    /// Stops a host's node; its persisted state stays ("on disk").
+    /// Stops a host's node; its persisted state stays ("on disk"). Its data plane stops with
+    /// it: an unreported tally is lost, as a router's is.
     pub fn crash(&mut self, i: usize) {
         let h = &mut self.hosts[i];
         if let Some(node) = h.node.take() {
             h.persisted = Some(node.persistent_state());
         }
         h.next_timer = None;
+        h.worker = Worker::default();
     }
 
     /// Starts a crashed host again, with its key and state, or as a new member (new key, no
@@ -513,10 +646,13 @@ impl Sim {
     }
 
     /// Takes a node's outputs: events (persisting on `StateChanged`), then datagrams, then
-    /// TUN packets, then its next deadline, as the Node's docs ask.
+    /// TUN packets, then its next deadline, as the Node's docs ask; then, on
+    /// [`DataPath::DataPlane`], publishes its snapshot to its data plane, as a router does
+    /// after every drain.
     pub fn drain(&mut self, i: usize) {
         let mut transmits = Vec::new();
         let mut ownership_changed = false;
+        let now = self.instant();
         {
             let h = &mut self.hosts[i];
             let Some(node) = h.node.as_mut() else {
@@ -543,6 +679,9 @@ impl Sim {
                     self.queue
                         .push(Reverse((at, self.seq, What::Timer { host: i })));
                 }
+            }
+            if self.config.data_path == DataPath::DataPlane {
+                h.worker.stale_since = Some(now);
             }
         }
         for t in transmits {
@@ -650,11 +789,12 @@ impl Sim {
                 span.in_scope(|| node.handle_timeout(now));
                 self.drain(host);
             }
+            What::Report { host, half } => self.report(host, half, at),
             What::Deliver {
                 to,
                 dst,
                 from,
-                bytes,
+                mut bytes,
             } => {
                 let h = &mut self.hosts[to];
                 if let Some(nat) = &h.nat {
@@ -672,11 +812,18 @@ impl Sim {
                     self.underlay.unroutable += 1;
                     return true;
                 }
-                let Some(node) = h.node.as_mut() else {
+                if h.node.is_none() {
                     self.underlay.host_down += 1;
                     return true;
-                };
+                }
                 self.underlay.delivered += 1;
+                if self.config.data_path == DataPath::DataPlane
+                    && self.receive(to, from, &mut bytes)
+                {
+                    return true;
+                }
+                let h = &mut self.hosts[to];
+                let node = h.node.as_mut().expect("checked");
                 let span = tracing::info_span!("node", name = %h.spec.name);
                 span.in_scope(|| node.handle_datagram(now, from, &bytes));
                 self.drain(to);
@@ -820,9 +967,136 @@ impl Sim {
         )
     }
 
-    /// Hands a batch of packets to host `a`'s node as if read from its TUN device.
+    /// Hands a batch of packets to host `a` as if read from its TUN device: to its node, or
+    /// on [`DataPath::DataPlane`] to its data plane, which hands the node what it cannot send.
     pub fn send_packets(&mut self, a: usize, packets: Vec<Vec<u8>>) {
-        self.with_node(a, |n, now| n.handle_tun_packets(now, packets));
+        match self.config.data_path {
+            DataPath::Node => self.with_node(a, |n, now| n.handle_tun_packets(now, packets)),
+            DataPath::DataPlane => self.seal_and_send(a, packets),
+        }
+    }
+
+    /// Host `i`'s data-plane snapshot: the Node's, as of its last drain.
+    fn snapshot(&mut self, i: usize) -> Arc<DataPlane> {
+        let h = &mut self.hosts[i];
+        if let Some(at) = h.worker.stale_since.take() {
+            let node = h.node.as_mut().expect("host is running");
+            h.worker.snapshot = node.data_plane(at);
+        }
+        h.worker.snapshot.clone()
+    }
+
+    /// The sending half of a router's data plane (`router/src/dataplane/tx.rs`): each packet
+    /// is routed, sealed in a slot with room for the header and tag, and sent to its peer's
+    /// endpoint; what `route` or `seal` leaves (no route, a relay, no confirmed session, a
+    /// session past its limits) goes to the Node.
+    fn seal_and_send(&mut self, a: usize, packets: Vec<Vec<u8>>) {
+        let now = self.instant();
+        let dp = self.snapshot(a);
+        let tally = &mut self.hosts[a].worker.tallies[TX];
+        let mut sealed = Vec::new();
+        let mut slow = Vec::new();
+        for packet in packets {
+            let len = packet.len();
+            let mut slot = vec![0u8; DATA_OVERHEAD + len];
+            slot[DATA_HEADER_LEN..DATA_HEADER_LEN + len].copy_from_slice(&packet);
+            if let Some((peer, path)) = ipv4_addrs(&packet).and_then(|(_, dst)| dp.route(dst))
+                && let Some(endpoint) = path.seal(&mut slot, now)
+            {
+                tally.sent(peer, slot.len(), now);
+                sealed.push((endpoint, slot));
+            } else {
+                slow.push(packet);
+            }
+        }
+        self.data_plane.sealed += sealed.len() as u64;
+        for (endpoint, datagram) in sealed {
+            self.send(a, endpoint, datagram);
+        }
+        self.schedule_report(a, TX);
+        if !slow.is_empty() {
+            self.data_plane.packets_to_node += slow.len() as u64;
+            self.with_node(a, |n, now| n.handle_tun_packets(now, slow));
+        }
+    }
+
+    /// The receiving half (`router/src/dataplane/rx.rs`): opens a datagram the snapshot
+    /// covers, delivering its packet or counting its drop. Returns false when the Node must
+    /// see it, untouched.
+    fn receive(&mut self, i: usize, from: SocketAddr, datagram: &mut [u8]) -> bool {
+        if datagram.is_empty() {
+            // The router hands an empty datagram to the Node, which counts it.
+            self.data_plane.datagrams_to_node += 1;
+            return false;
+        }
+        let now = self.instant();
+        let dp = self.snapshot(i);
+        let len = datagram.len();
+        let h = &mut self.hosts[i];
+        let tally = &mut h.worker.tallies[RX];
+        match dp.open(datagram, from, now) {
+            Received::ToNode => {
+                self.data_plane.datagrams_to_node += 1;
+                return false;
+            }
+            Received::Failed => {
+                self.data_plane.failed += 1;
+                tally.drop_for(DropReason::OpenFailed, now);
+            }
+            Received::Refused { peer, reason } => {
+                self.data_plane.refused += 1;
+                tally.received(peer, len, now, from);
+                tally.drop_for(reason, now);
+            }
+            Received::Deliver { peer, range } => {
+                self.data_plane.opened += 1;
+                tally.received(peer, len, now, from);
+                h.tun_rx.push(datagram[range].to_vec());
+            }
+        }
+        self.schedule_report(i, RX);
+        true
+    }
+
+    /// Schedules a tally's report [`REPORT_EVERY`] after its first entry, as a router's
+    /// worker wakes for it even when no more traffic comes.
+    fn schedule_report(&mut self, i: usize, half: usize) {
+        let w = &mut self.hosts[i].worker;
+        let Some(since) = w.tallies[half].since else {
+            return;
+        };
+        if w.report_at[half].is_some() {
+            return;
+        }
+        let at = since.saturating_duration_since(self.base) + REPORT_EVERY;
+        w.report_at[half] = Some(at);
+        self.seq += 1;
+        self.queue
+            .push(Reverse((at, self.seq, What::Report { host: i, half })));
+    }
+
+    /// Gives the Node a tally's report: its drops, then its activity, as the router's
+    /// control task does.
+    fn report(&mut self, i: usize, half: usize, at: Duration) {
+        let now = self.instant();
+        let h = &mut self.hosts[i];
+        if h.worker.report_at[half] != Some(at) {
+            return; // from a run that crashed since
+        }
+        h.worker.report_at[half] = None;
+        let Some(node) = h.node.as_mut() else {
+            return;
+        };
+        let tally = std::mem::take(&mut h.worker.tallies[half]);
+        self.data_plane.reports += 1;
+        let span = tracing::info_span!("node", name = %h.spec.name);
+        span.in_scope(|| {
+            for (reason, n) in tally.drops {
+                node.count_drops(reason, n);
+            }
+            node.handle_data_activity(now, &tally.peers);
+        });
+        self.drain(i);
     }
 }
 
@@ -840,16 +1114,21 @@ pub fn ipv4_packet(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
     p
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Runs simulator scenarios once on each [`DataPath`]: for each `name`, a function
+/// `fn name(data_path: DataPath)` becomes the tests `name::node` and `name::data_plane`.
+#[macro_export]
+macro_rules! both_data_paths {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn node() {
+                super::$name($crate::sim::DataPath::Node)
+            }
 
-    #[test]
-    fn the_generator_replays_from_its_seed() {
-        let (mut a, mut b) = (SimRng::new(7), SimRng::new(7));
-        for _ in 0..100 {
-            assert_eq!(a.next_u64(), b.next_u64());
+            #[test]
+            fn data_plane() {
+                super::$name($crate::sim::DataPath::DataPlane)
+            }
         }
-        assert_ne!(SimRng::new(8).next_u64(), SimRng::new(7).next_u64());
-    }
+    )+};
 }

@@ -3,12 +3,21 @@
 
 use std::time::Duration;
 
-use weft_crypto::{DATA_HEADER_LEN, PayloadKind, TAG_LEN};
+use weft_crypto::{DATA_HEADER_LEN, DATA_OVERHEAD, PayloadKind, TAG_LEN};
 use weft_mesh::{DataActivity, DropReason, NextHop, Received};
+use weft_tests::sim::{DataPath, DataPlaneStats};
 use weft_tests::{NodeSpec, Sim, seed_from_env, summary};
 
-fn two_nodes(seed: u64) -> Sim {
-    let mut sim = Sim::new(seed_from_env(seed));
+// Each scenario runs on both data paths: `name::node` and `name::data_plane`.
+weft_tests::both_data_paths!(
+    a_packet_sealed_from_one_snapshot_opens_with_the_peers,
+    reported_activity_counts_as_traffic_and_keeps_keepalives_quiet,
+    direct_traffic_is_sealed_and_opened_beside_the_node_and_reported,
+    a_spoofed_source_is_refused_and_counted_at_the_receiver,
+);
+
+fn two_nodes(seed: u64, data_path: DataPath) -> Sim {
+    let mut sim = Sim::with_data_path(seed_from_env(seed), data_path);
     for i in 0..2 {
         let mut spec = NodeSpec::new(format!("node-{i}"), if i == 0 { vec![] } else { vec![0] });
         spec.found = i == 0;
@@ -30,9 +39,8 @@ fn two_nodes(seed: u64) -> Sim {
 
 /// What a sending worker seals with one node's snapshot, a receiving worker opens with the
 /// other's, exactly as the Node would: the two snapshots agree on the session and its index.
-#[test]
-fn a_packet_sealed_from_one_snapshot_opens_with_the_peers() {
-    let mut sim = two_nodes(11);
+fn a_packet_sealed_from_one_snapshot_opens_with_the_peers(data_path: DataPath) {
+    let mut sim = two_nodes(11, data_path);
     let (a, b) = (0, 1);
     let (ida, idb) = (sim.id(a), sim.id(b));
     let dp_a = sim.with_node(a, |n, now| n.data_plane(now));
@@ -128,9 +136,8 @@ fn a_packet_sealed_from_one_snapshot_opens_with_the_peers() {
 
 /// Workers' reports count as traffic: the byte counters grow, and the Node sends no
 /// keepalive of its own while reports say data went out.
-#[test]
-fn reported_activity_counts_as_traffic_and_keeps_keepalives_quiet() {
-    let mut sim = two_nodes(12);
+fn reported_activity_counts_as_traffic_and_keeps_keepalives_quiet(data_path: DataPath) {
+    let mut sim = two_nodes(12, data_path);
     let (a, b) = (0, 1);
     let idb = sim.id(b);
     let endpoint = match sim.node(a).path(&idb) {
@@ -176,4 +183,80 @@ fn peer_bytes(sim: &Sim, i: usize, peer: weft_mesh::PeerId) -> (u64, u64) {
     let s = sim.node(i).status();
     let p = s.peers.iter().find(|p| p.id == peer).expect("peer listed");
     (p.tx_bytes, p.rx_bytes)
+}
+
+/// The simulator reports data-plane activity exactly as often as a router does.
+#[test]
+fn the_simulator_reports_activity_as_often_as_the_router() {
+    assert_eq!(
+        weft_tests::sim::REPORT_EVERY,
+        weft_router::dataplane::REPORT_EVERY
+    );
+}
+
+/// Direct traffic arrives whole on either path; on the data-plane path the simulated data
+/// planes seal and open every packet themselves, and their reports keep the Node's byte
+/// counters as if it had seen each one.
+fn direct_traffic_is_sealed_and_opened_beside_the_node_and_reported(data_path: DataPath) {
+    let mut sim = two_nodes(13, data_path);
+    let (a, b) = (0, 1);
+    let (ida, idb) = (sim.id(a), sim.id(b));
+    sim.take_tun(b);
+    let (sent_before, received_before) = (peer_bytes(&sim, a, idb).0, peer_bytes(&sim, b, ida).1);
+    let packets: Vec<_> = (0..50).map(|t| sim.packet(a, b, t)).collect();
+    sim.send_packets(a, packets.clone());
+    sim.run_for(Duration::from_secs(1));
+    let mut got = sim.take_tun(b);
+    got.sort();
+    let mut want = packets.clone();
+    want.sort();
+    assert_eq!(got, want, "seed {}: every packet arrives once", sim.seed);
+    let sealed: u64 = packets
+        .iter()
+        .map(|p| (p.len() + DATA_OVERHEAD) as u64)
+        .sum();
+    assert!(peer_bytes(&sim, a, idb).0 - sent_before >= sealed);
+    assert!(peer_bytes(&sim, b, ida).1 - received_before >= sealed);
+    let stats = sim.data_plane_stats();
+    match data_path {
+        DataPath::DataPlane => {
+            assert_eq!(stats.sealed, 50, "{stats:?}");
+            assert_eq!(stats.opened, 50, "{stats:?}");
+            assert_eq!(stats.packets_to_node, 0, "{stats:?}");
+            // One report from each side (a's sending half, b's receiving half).
+            assert_eq!(stats.reports, 2, "{stats:?}");
+        }
+        DataPath::Node => assert_eq!(stats, DataPlaneStats::default()),
+    }
+    sim.assert_data_path_carried_traffic();
+}
+
+/// An authentic packet whose source is outside its sender's block is refused at the
+/// receiver and counted there as spoofed, whoever opened it (the Node, or the data plane,
+/// which reports the drop).
+fn a_spoofed_source_is_refused_and_counted_at_the_receiver(data_path: DataPath) {
+    let mut sim = two_nodes(14, data_path);
+    let (a, b) = (0, 1);
+    sim.take_tun(b);
+    let spoofed_before = drops(&sim, b, DropReason::SpoofedSource);
+    let mut packet = sim.packet(a, b, 1);
+    let foreign = sim.packet(b, a, 1); // its source is in b's own block
+    packet[12..16].copy_from_slice(&foreign[12..16]);
+    sim.send_packets(a, vec![packet]);
+    sim.run_for(Duration::from_secs(1));
+    assert!(sim.take_tun(b).is_empty(), "seed {}", sim.seed);
+    assert_eq!(
+        drops(&sim, b, DropReason::SpoofedSource),
+        spoofed_before + 1,
+        "seed {}: {:?}",
+        sim.seed,
+        sim.data_plane_stats()
+    );
+    if data_path == DataPath::DataPlane {
+        assert_eq!(sim.data_plane_stats().refused, 1);
+    }
+}
+
+fn drops(sim: &Sim, i: usize, reason: DropReason) -> u64 {
+    sim.node(i).drops().get(&reason).copied().unwrap_or(0)
 }

@@ -3,7 +3,15 @@
 use std::time::Duration;
 
 use weft_mesh::{Command, Event, Liveness};
+use weft_tests::sim::DataPath;
 use weft_tests::{NodeSpec, Sim, seed_from_env, star, summary};
+
+// Each scenario runs on both data paths: `name::node` and `name::data_plane`.
+weft_tests::both_data_paths!(
+    c_partition_for_120s_then_heal_full_mesh_within_30s_blocks_never_shared,
+    d_restart_with_same_key_keeps_block_new_key_is_new_member,
+    forgetting_a_live_member_is_refuted_and_it_comes_back,
+);
 
 fn settle(sim: &mut Sim, limit: Duration, what: &str) -> Duration {
     let took = sim.run_until(limit, Duration::from_millis(500), |s| {
@@ -19,9 +27,8 @@ fn settle(sim: &mut Sim, limit: Duration, what: &str) -> Duration {
 /// c. Partition into two halves for 120 s, then heal: full mesh again within 30 s; no block
 /// has two owners at any step. A node joins each half during the partition: each gets a
 /// block from an owner on its side, or waits and says why; none guesses.
-#[test]
-fn c_partition_for_120s_then_heal_full_mesh_within_30s_blocks_never_shared() {
-    let mut sim = Sim::new(seed_from_env(3));
+fn c_partition_for_120s_then_heal_full_mesh_within_30s_blocks_never_shared(data_path: DataPath) {
+    let mut sim = Sim::with_data_path(seed_from_env(3), data_path);
     sim.check_ownership_every_step();
     let n = 30;
     star(&mut sim, n);
@@ -58,9 +65,8 @@ fn c_partition_for_120s_then_heal_full_mesh_within_30s_blocks_never_shared() {
 
 /// d. A node restarts with its key: its block and peers come back. With a new key it is a new
 /// member, its old record is tombstoned, and its old block can be taken over explicitly.
-#[test]
-fn d_restart_with_same_key_keeps_block_new_key_is_new_member() {
-    let mut sim = Sim::new(seed_from_env(4));
+fn d_restart_with_same_key_keeps_block_new_key_is_new_member(data_path: DataPath) {
+    let mut sim = Sim::with_data_path(seed_from_env(4), data_path);
     sim.check_ownership_every_step();
     let n = 12;
     star(&mut sim, n);
@@ -153,9 +159,8 @@ fn d_restart_with_same_key_keeps_block_new_key_is_new_member() {
 
 /// Forgetting a live member: it is tombstoned everywhere, refutes the tombstone with a new
 /// incarnation through the others, and the full mesh comes back.
-#[test]
-fn forgetting_a_live_member_is_refuted_and_it_comes_back() {
-    let mut sim = Sim::new(seed_from_env(17));
+fn forgetting_a_live_member_is_refuted_and_it_comes_back(data_path: DataPath) {
+    let mut sim = Sim::with_data_path(seed_from_env(17), data_path);
     star(&mut sim, 6);
     settle(&mut sim, Duration::from_secs(30), "start");
     let victim = sim.id(4);

@@ -2,7 +2,15 @@
 
 use std::time::Duration;
 
+use weft_tests::sim::DataPath;
 use weft_tests::{LinkConfig, NodeSpec, Sim, seed_from_env, star, summary};
+
+// Each scenario runs on both data paths: `name::node` and `name::data_plane`.
+weft_tests::both_data_paths!(
+    a_fifty_nodes_from_one_seed_converge_within_30s,
+    b_fifty_nodes_converge_with_loss_and_reordering_within_60s,
+    g_twenty_nodes_joining_at_once_get_distinct_blocks_within_30s,
+);
 
 fn converge(sim: &mut Sim, limit: Duration) -> Duration {
     let took = sim.run_until(limit, Duration::from_millis(500), |s| {
@@ -21,9 +29,8 @@ fn converge(sim: &mut Sim, limit: Duration) -> Duration {
 
 /// a. 50 nodes, each started knowing only node 0: every pair established and every node
 /// knows every block within 30 virtual seconds.
-#[test]
-fn a_fifty_nodes_from_one_seed_converge_within_30s() {
-    let mut sim = Sim::new(seed_from_env(1));
+fn a_fifty_nodes_from_one_seed_converge_within_30s(data_path: DataPath) {
+    let mut sim = Sim::with_data_path(seed_from_env(1), data_path);
     sim.check_ownership_every_step();
     star(&mut sim, 50);
     converge(&mut sim, Duration::from_secs(30));
@@ -37,9 +44,8 @@ fn a_fifty_nodes_from_one_seed_converge_within_30s() {
 }
 
 /// b. The same with 5% loss and reordering on every link, within 60 virtual seconds.
-#[test]
-fn b_fifty_nodes_converge_with_loss_and_reordering_within_60s() {
-    let mut sim = Sim::new(seed_from_env(2));
+fn b_fifty_nodes_converge_with_loss_and_reordering_within_60s(data_path: DataPath) {
+    let mut sim = Sim::with_data_path(seed_from_env(2), data_path);
     sim.check_ownership_every_step();
     sim.default_link = LinkConfig {
         loss: 0.05,
@@ -59,9 +65,8 @@ fn b_fifty_nodes_converge_with_loss_and_reordering_within_60s() {
 
 /// g. 20 nodes join a running cluster at the same instant: distinct blocks, settled within 30
 /// virtual seconds; the ownership invariant is checked at every step.
-#[test]
-fn g_twenty_nodes_joining_at_once_get_distinct_blocks_within_30s() {
-    let mut sim = Sim::new(seed_from_env(7));
+fn g_twenty_nodes_joining_at_once_get_distinct_blocks_within_30s(data_path: DataPath) {
+    let mut sim = Sim::with_data_path(seed_from_env(7), data_path);
     sim.check_ownership_every_step();
     star(&mut sim, 3);
     converge(&mut sim, Duration::from_secs(30));

@@ -3,7 +3,16 @@
 use std::time::Duration;
 
 use weft_mesh::{DropReason, NextHop};
+use weft_tests::sim::DataPath;
 use weft_tests::{NatKind, NodeSpec, Sim, seed_from_env, star, summary};
+
+// Each scenario runs on both data paths: `name::node` and `name::data_plane`.
+weft_tests::both_data_paths!(
+    e_blocked_link_relays_through_b_which_holds_no_key_for_the_pair,
+    f_endpoint_independent_nats_punch_a_direct_path,
+    f_symmetric_nats_fall_back_to_the_relay,
+    h_wrong_join_secret_cannot_join_learn_or_deliver,
+);
 
 fn settle(sim: &mut Sim, limit: Duration) {
     let ok = sim.run_until(limit, Duration::from_millis(500), |s| {
@@ -24,9 +33,8 @@ fn exchange(sim: &mut Sim, a: usize, c: usize, count: u32) -> usize {
 
 /// e. The direct link A–C is blocked: A and C exchange packets through B, and B never holds a
 /// session for the pair A–C.
-#[test]
-fn e_blocked_link_relays_through_b_which_holds_no_key_for_the_pair() {
-    let mut sim = Sim::new(seed_from_env(5));
+fn e_blocked_link_relays_through_b_which_holds_no_key_for_the_pair(data_path: DataPath) {
+    let mut sim = Sim::with_data_path(seed_from_env(5), data_path);
     let (a, b, c) = (1, 0, 2);
     for i in 0..3 {
         let mut spec = NodeSpec::new(format!("node-{i}"), if i == 0 { vec![] } else { vec![0] });
@@ -47,6 +55,11 @@ fn e_blocked_link_relays_through_b_which_holds_no_key_for_the_pair() {
     assert_eq!(exchange(&mut sim, a, c, 20), 20, "A to C through B");
     assert_eq!(exchange(&mut sim, c, a, 20), 20, "C to A through B");
     assert!(sim.node(b).stats().relayed >= relayed_before + 40);
+    if data_path == DataPath::DataPlane {
+        // A relayed peer is the Node's to send to: the data plane hands it every packet.
+        let s = sim.data_plane_stats();
+        assert!(s.packets_to_node >= 40 && s.sealed == 0, "{s:?}");
+    }
 
     // The session A–C is end to end: B holds neither of its indices, and no session of B's
     // is with a peer other than A and C themselves.
@@ -67,8 +80,8 @@ fn e_blocked_link_relays_through_b_which_holds_no_key_for_the_pair() {
     }));
 }
 
-fn nat_pair(kind: NatKind, seed: u64) -> Sim {
-    let mut sim = Sim::new(seed_from_env(seed));
+fn nat_pair(kind: NatKind, seed: u64, data_path: DataPath) -> Sim {
+    let mut sim = Sim::with_data_path(seed_from_env(seed), data_path);
     let mut spec = NodeSpec::new("public", vec![]);
     spec.found = true;
     sim.add(spec);
@@ -82,9 +95,8 @@ fn nat_pair(kind: NatKind, seed: u64) -> Sim {
 }
 
 /// f. A and C behind endpoint-independent NATs get a direct path by hole punching.
-#[test]
-fn f_endpoint_independent_nats_punch_a_direct_path() {
-    let mut sim = nat_pair(NatKind::EndpointIndependent, 6);
+fn f_endpoint_independent_nats_punch_a_direct_path(data_path: DataPath) {
+    let mut sim = nat_pair(NatKind::EndpointIndependent, 6, data_path);
     let (a, c) = (1, 2);
     let idc = sim.id(c);
     assert!(
@@ -107,12 +119,12 @@ fn f_endpoint_independent_nats_punch_a_direct_path() {
         intro > 0 && punches > 0,
         "the public node introduced them and they punched"
     );
+    sim.assert_data_path_carried_traffic();
 }
 
 /// f. Behind symmetric NATs no punch can work: they relay through the public node.
-#[test]
-fn f_symmetric_nats_fall_back_to_the_relay() {
-    let mut sim = nat_pair(NatKind::Symmetric, 16);
+fn f_symmetric_nats_fall_back_to_the_relay(data_path: DataPath) {
+    let mut sim = nat_pair(NatKind::Symmetric, 16, data_path);
     let (a, c) = (1, 2);
     let (idb, idc) = (sim.id(0), sim.id(c));
     assert!(
@@ -127,9 +139,8 @@ fn f_symmetric_nats_fall_back_to_the_relay() {
 
 /// h. A node with the wrong join secret cannot join, learn the member list, or get a packet
 /// delivered.
-#[test]
-fn h_wrong_join_secret_cannot_join_learn_or_deliver() {
-    let mut sim = Sim::new(seed_from_env(8));
+fn h_wrong_join_secret_cannot_join_learn_or_deliver(data_path: DataPath) {
+    let mut sim = Sim::with_data_path(seed_from_env(8), data_path);
     star(&mut sim, 5);
     settle(&mut sim, Duration::from_secs(30));
     let mut spec = NodeSpec::new("intruder", vec![0, 1, 2]);

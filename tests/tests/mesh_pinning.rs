@@ -8,7 +8,18 @@ use std::time::Duration;
 
 use weft_crypto::KeyPair;
 use weft_mesh::{Command, DropReason, PeerId};
+use weft_tests::sim::DataPath;
 use weft_tests::{NodeSpec, Sim, SimRng, seed_from_env, summary};
+
+// Each scenario runs on both data paths: `name::node` and `name::data_plane`.
+weft_tests::both_data_paths!(
+    pinned_nodes_find_each_other_without_seeds,
+    a_key_other_than_the_pinned_one_is_refused_until_the_pin_is_right,
+    an_unpinned_and_forgotten_node_loses_tunnels_and_routes_for_good,
+    a_forgotten_node_pinned_again_comes_back,
+    nodes_pinned_at_once_keep_talking_past_the_previous_sessions_grace,
+    nodes_pinned_at_once_over_bad_links_never_go_silent,
+);
 
 /// Three nodes with podCIDR-style blocks and no seeds.
 fn three(sim: &mut Sim) {
@@ -55,9 +66,8 @@ fn drops(sim: &Sim, node: usize, reason: DropReason) -> u64 {
     sim.node(node).drops().get(&reason).copied().unwrap_or(0)
 }
 
-#[test]
-fn pinned_nodes_find_each_other_without_seeds() {
-    let mut sim = Sim::new(seed_from_env(61));
+fn pinned_nodes_find_each_other_without_seeds(data_path: DataPath) {
+    let mut sim = Sim::with_data_path(seed_from_env(61), data_path);
     three(&mut sim);
     pin_everyone_at_once(&mut sim);
     let took = sim.run_until(Duration::from_secs(30), Duration::from_millis(200), |s| {
@@ -74,9 +84,8 @@ fn pinned_nodes_find_each_other_without_seeds() {
     }
 }
 
-#[test]
-fn a_key_other_than_the_pinned_one_is_refused_until_the_pin_is_right() {
-    let mut sim = Sim::new(seed_from_env(62));
+fn a_key_other_than_the_pinned_one_is_refused_until_the_pin_is_right(data_path: DataPath) {
+    let mut sim = Sim::with_data_path(seed_from_env(62), data_path);
     three(&mut sim);
     // Node 2's endpoint carries a key node 2 does not hold: whoever answers there is refused.
     let impostor = PeerId::from(KeyPair::generate(&mut SimRng::new(7)).public());
@@ -119,9 +128,8 @@ fn a_key_other_than_the_pinned_one_is_refused_until_the_pin_is_right() {
     assert!(took.is_some(), "seed {}\n{}", sim.seed, summary(&sim));
 }
 
-#[test]
-fn an_unpinned_and_forgotten_node_loses_tunnels_and_routes_for_good() {
-    let mut sim = Sim::new(seed_from_env(63));
+fn an_unpinned_and_forgotten_node_loses_tunnels_and_routes_for_good(data_path: DataPath) {
+    let mut sim = Sim::with_data_path(seed_from_env(63), data_path);
     three(&mut sim);
     let all = pin_everyone_at_once(&mut sim);
     let took = sim.run_until(Duration::from_secs(30), Duration::from_millis(200), |s| {
@@ -149,9 +157,8 @@ fn an_unpinned_and_forgotten_node_loses_tunnels_and_routes_for_good() {
     assert!(sim.node(0).is_up(&id1) && sim.node(1).is_up(&id0));
 }
 
-#[test]
-fn a_forgotten_node_pinned_again_comes_back() {
-    let mut sim = Sim::new(seed_from_env(64));
+fn a_forgotten_node_pinned_again_comes_back(data_path: DataPath) {
+    let mut sim = Sim::with_data_path(seed_from_env(64), data_path);
     three(&mut sim);
     let all = pin_everyone_at_once(&mut sim);
     let took = sim.run_until(Duration::from_secs(30), Duration::from_millis(200), |s| {
@@ -186,10 +193,9 @@ fn a_forgotten_node_pinned_again_comes_back() {
 /// sealing with a different session, and once the previous session's grace (10 s) is over
 /// each drops what the other seals. Whatever the start, every pair must settle on sessions
 /// both ends hold: packets between every pair, well past the grace, all arrive.
-#[test]
-fn nodes_pinned_at_once_keep_talking_past_the_previous_sessions_grace() {
+fn nodes_pinned_at_once_keep_talking_past_the_previous_sessions_grace(data_path: DataPath) {
     for seed in [65, 66, 67, 68] {
-        let mut sim = Sim::new(seed_from_env(seed));
+        let mut sim = Sim::with_data_path(seed_from_env(seed), data_path);
         three(&mut sim);
         pin_everyone_at_once(&mut sim);
         let took = sim.run_until(Duration::from_secs(30), Duration::from_millis(100), |s| {
@@ -229,6 +235,7 @@ fn nodes_pinned_at_once_keep_talking_past_the_previous_sessions_grace() {
                 sim.seed
             );
         }
+        sim.assert_data_path_carried_traffic();
     }
 }
 
@@ -238,8 +245,7 @@ fn nodes_pinned_at_once_keep_talking_past_the_previous_sessions_grace() {
 /// pair that receives nothing for 1.5 s is a pair whose ends seal with sessions the other
 /// side no longer holds. (Over seeds 80..400: 197 seeds had such a pair before crossed
 /// handshakes were settled, none after.)
-#[test]
-fn nodes_pinned_at_once_over_bad_links_never_go_silent() {
+fn nodes_pinned_at_once_over_bad_links_never_go_silent(data_path: DataPath) {
     use weft_tests::LinkConfig;
     let bad = LinkConfig {
         latency: Duration::from_millis(80),
@@ -254,7 +260,7 @@ fn nodes_pinned_at_once_over_bad_links_never_go_silent() {
         ..LinkConfig::default()
     };
     for seed in 80..200 {
-        let mut sim = Sim::new(seed_from_env(seed));
+        let mut sim = Sim::with_data_path(seed_from_env(seed), data_path);
         three(&mut sim);
         for (a, b) in [(0, 1), (0, 2), (1, 2)] {
             sim.set_link(a, b, bad);
@@ -299,5 +305,6 @@ fn nodes_pinned_at_once_over_bad_links_never_go_silent() {
                 );
             }
         }
+        sim.assert_data_path_carried_traffic();
     }
 }

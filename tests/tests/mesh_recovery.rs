@@ -5,7 +5,15 @@
 use std::time::Duration;
 
 use weft_mesh::{DropReason, NextHop};
+use weft_tests::sim::DataPath;
 use weft_tests::{Sim, seed_from_env, star, summary};
+
+// Each scenario runs on both data paths: `name::node` and `name::data_plane`.
+weft_tests::both_data_paths!(
+    a_restarted_peer_keeps_the_session_formed_with_its_new_run,
+    a_silent_direct_path_moves_the_session_to_a_relay_and_back,
+    a_restarted_node_without_seeds_is_found_again_within_10s,
+);
 
 /// The probe period of the end-to-end prober.
 const TICK: Duration = Duration::from_millis(50);
@@ -68,8 +76,8 @@ impl Echo {
     }
 }
 
-fn settled(seed: u64) -> Sim {
-    let mut sim = Sim::new(seed_from_env(seed));
+fn settled(seed: u64, data_path: DataPath) -> Sim {
+    let mut sim = Sim::with_data_path(seed_from_env(seed), data_path);
     star(&mut sim, 3);
     let ok = sim.run_until(Duration::from_secs(30), Duration::from_millis(500), |s| {
         s.full_mesh() && s.all_know_all_blocks()
@@ -87,10 +95,9 @@ fn settled(seed: u64) -> Sim {
 /// answers again within 10 s and then stays up. The bug: the peer formed a session with the
 /// new run, then learned of the restart by gossip and closed that fresh session, which the
 /// restarted side kept using until DEAD_AFTER (30 s).
-#[test]
-fn a_restarted_peer_keeps_the_session_formed_with_its_new_run() {
+fn a_restarted_peer_keeps_the_session_formed_with_its_new_run(data_path: DataPath) {
     for (seed, victim, other) in [(41, 2, 1), (42, 1, 2), (43, 2, 1), (44, 0, 2)] {
-        let mut sim = settled(seed);
+        let mut sim = settled(seed, data_path);
         let mut echo = Echo::new(&sim, other, victim);
         echo.run(&mut sim, Duration::from_secs(3));
         sim.crash(victim);
@@ -113,16 +120,16 @@ fn a_restarted_peer_keeps_the_session_formed_with_its_new_run() {
         );
         let v = sim.id(victim);
         assert!(sim.node(other).is_up(&v) && sim.node(victim).is_up(&sim.id(other)));
+        sim.assert_data_path_carried_traffic();
     }
 }
 
 /// e. The underlay between two nodes is blocked under traffic: the session moves to a relay
 /// within 15 s (the bound), and back to the direct path once the block is lifted.
-#[test]
-fn a_silent_direct_path_moves_the_session_to_a_relay_and_back() {
+fn a_silent_direct_path_moves_the_session_to_a_relay_and_back(data_path: DataPath) {
     let (a, relay, c) = (1, 0, 2);
     for seed in [51, 52, 53] {
-        let mut sim = settled(seed);
+        let mut sim = settled(seed, data_path);
         let mut echo = Echo::new(&sim, a, c);
         echo.run(&mut sim, Duration::from_secs(3));
         sim.block(a, c);
@@ -168,17 +175,17 @@ fn a_silent_direct_path_moves_the_session_to_a_relay_and_back() {
         );
         let gap = echo.longest_gap(lifted, sim.elapsed());
         assert!(gap <= Duration::from_secs(1), "seed {seed}: gap {gap:?}");
+        sim.assert_data_path_carried_traffic();
     }
 }
 
 /// d, second part: the founder (started without seeds) is killed and restarted with no
 /// seeds. It knows nobody; the others send under sessions it lost. They must find it again,
 /// and traffic from its pods answer, within 10 s.
-#[test]
-fn a_restarted_node_without_seeds_is_found_again_within_10s() {
+fn a_restarted_node_without_seeds_is_found_again_within_10s(data_path: DataPath) {
     let (founder, other) = (0, 2);
     for seed in [61, 62, 63] {
-        let mut sim = settled(seed);
+        let mut sim = settled(seed, data_path);
         let mut echo = Echo::new(&sim, founder, other);
         echo.run(&mut sim, Duration::from_secs(3));
         sim.crash(founder);
@@ -206,5 +213,6 @@ fn a_restarted_node_without_seeds_is_found_again_within_10s() {
         );
         let unknown = sim.node(founder).drops().get(&DropReason::UnknownIndex);
         eprintln!("seed {seed}: unknown index drops at the founder: {unknown:?}");
+        sim.assert_data_path_carried_traffic();
     }
 }

@@ -3,10 +3,18 @@
 use std::time::Duration;
 
 use weft_mesh::DropReason;
+use weft_tests::sim::DataPath;
 use weft_tests::{LinkConfig, Sim, star, summary};
 
-fn run(seed: u64) -> (String, u64, u64, u64) {
-    let mut sim = Sim::new(seed);
+// Each scenario runs on both data paths: `name::node` and `name::data_plane`.
+weft_tests::both_data_paths!(
+    the_same_seed_replays_the_same_run,
+    without_an_owner_nodes_wait_and_say_why_external_blocks_bypass,
+    clock_skew_within_bounds_joins_beyond_is_refused,
+);
+
+fn run(seed: u64, data_path: DataPath) -> (String, u64, u64, u64) {
+    let mut sim = Sim::with_data_path(seed, data_path);
     sim.default_link = LinkConfig {
         loss: 0.05,
         reorder: 0.1,
@@ -24,12 +32,11 @@ fn run(seed: u64) -> (String, u64, u64, u64) {
     )
 }
 
-#[test]
-fn the_same_seed_replays_the_same_run() {
-    let a = run(11);
-    let b = run(11);
+fn the_same_seed_replays_the_same_run(data_path: DataPath) {
+    let a = run(11, data_path);
+    let b = run(11, data_path);
     assert_eq!(a, b, "same seed, same run");
-    let c = run(12);
+    let c = run(12, data_path);
     assert_ne!(
         (a.1, a.2, a.3),
         (c.1, c.2, c.3),
@@ -37,11 +44,30 @@ fn the_same_seed_replays_the_same_run() {
     );
 }
 
+mod packets_wait_for_the_handshake_and_overflow_is_counted {
+    use super::DataPath;
+
+    #[test]
+    fn node() {
+        super::packets_wait_for_the_handshake_and_overflow_is_counted(DataPath::Node)
+    }
+
+    /// Fails today, a difference between the two paths that this mode found: after the
+    /// restart, node 2 knows node 1's record before its route table (computed on a timer)
+    /// has node 1's block. The Node checks a sender against its record and delivers; the data
+    /// plane (`DataPlane::open`) checks the route table and refuses the queued packets as
+    /// `unknown_sender`. Run it with `--ignored`.
+    #[test]
+    #[ignore = "DataPlane::open refuses a sender the route table does not know yet, the Node does not"]
+    fn data_plane() {
+        super::packets_wait_for_the_handshake_and_overflow_is_counted(DataPath::DataPlane)
+    }
+}
+
 /// Packets for a peer whose session is not up wait in a bounded queue; the overflow is
 /// dropped and counted, the rest is delivered once the handshake completes.
-#[test]
-fn packets_wait_for_the_handshake_and_overflow_is_counted() {
-    let mut sim = Sim::new(weft_tests::seed_from_env(13));
+fn packets_wait_for_the_handshake_and_overflow_is_counted(data_path: DataPath) {
+    let mut sim = Sim::with_data_path(weft_tests::seed_from_env(13), data_path);
     star(&mut sim, 3);
     let ok = sim.run_until(Duration::from_secs(30), Duration::from_millis(500), |s| {
         s.full_mesh() && s.all_know_all_blocks()
@@ -72,10 +98,9 @@ fn packets_wait_for_the_handshake_and_overflow_is_counted() {
 /// With no owner of free space anywhere (nobody founded the address space), nodes wait, say
 /// why (an event and their status), and never guess a block; a block given from outside
 /// (podCIDR) is used at once and routed to by the others.
-#[test]
-fn without_an_owner_nodes_wait_and_say_why_external_blocks_bypass() {
+fn without_an_owner_nodes_wait_and_say_why_external_blocks_bypass(data_path: DataPath) {
     use weft_mesh::{Event, WaitReason};
-    let mut sim = Sim::new(weft_tests::seed_from_env(14));
+    let mut sim = Sim::with_data_path(weft_tests::seed_from_env(14), data_path);
     for i in 0..3 {
         sim.add(weft_tests::NodeSpec::new(
             format!("node-{i}"),
@@ -110,9 +135,8 @@ fn without_an_owner_nodes_wait_and_say_why_external_blocks_bypass() {
 
 /// Wall clocks: a node 20 s off still joins; one 5 minutes off (past the handshake's
 /// `MAX_CLOCK_SKEW`) is refused and counted, and never gets a tunnel.
-#[test]
-fn clock_skew_within_bounds_joins_beyond_is_refused() {
-    let mut sim = Sim::new(weft_tests::seed_from_env(15));
+fn clock_skew_within_bounds_joins_beyond_is_refused(data_path: DataPath) {
+    let mut sim = Sim::with_data_path(weft_tests::seed_from_env(15), data_path);
     star(&mut sim, 3);
     let mut near = weft_tests::NodeSpec::new("skewed-20s", vec![0]);
     near.skew_secs = 20;
