@@ -23,7 +23,7 @@ use ipnet::Ipv4Net;
 use weft_crypto::{
     DATA_HEADER_LEN, DATA_OVERHEAD, Handshaker, JoinSecret, KeyPair, SeededRng, Timestamp,
 };
-use weft_mesh::dataplane::ipv4_addrs;
+use weft_mesh::Ipv4View;
 use weft_mesh::{
     Config, DataActivity, DataPlane, DropReason, Event, Node, PeerId, PersistentState, Received,
     ipam::overlaps,
@@ -1000,7 +1000,9 @@ impl Sim {
             let len = packet.len();
             let mut slot = vec![0u8; DATA_OVERHEAD + len];
             slot[DATA_HEADER_LEN..DATA_HEADER_LEN + len].copy_from_slice(&packet);
-            if let Some((peer, path)) = ipv4_addrs(&packet).and_then(|(_, dst)| dp.route(dst))
+            if let Some((peer, path)) = Ipv4View::new_checked(&packet)
+                .ok()
+                .and_then(|ip| dp.route(ip.dst()))
                 && let Some(endpoint) = path.seal(&mut slot, now)
             {
                 tally.sent(peer, slot.len(), now);

@@ -52,13 +52,7 @@ mod packets_wait_for_the_handshake_and_overflow_is_counted {
         super::packets_wait_for_the_handshake_and_overflow_is_counted(DataPath::Node)
     }
 
-    /// Fails today, a difference between the two paths that this mode found: after the
-    /// restart, node 2 knows node 1's record before its route table (computed on a timer)
-    /// has node 1's block. The Node checks a sender against its record and delivers; the data
-    /// plane (`DataPlane::open`) checks the route table and refuses the queued packets as
-    /// `unknown_sender`. Run it with `--ignored`.
     #[test]
-    #[ignore = "DataPlane::open refuses a sender the route table does not know yet, the Node does not"]
     fn data_plane() {
         super::packets_wait_for_the_handshake_and_overflow_is_counted(DataPath::DataPlane)
     }
