@@ -8,7 +8,7 @@
 //!
 //! # The handshake: `Noise_XXpsk0_25519_ChaChaPoly_BLAKE2s`, and why
 //!
-//! DESIGN.md §3 asks for five properties. XX with the join secret as `psk0` gives them all:
+//! docs/design.md §3 asks for five properties. XX with the join secret as `psk0` gives them all:
 //!
 //! ```text
 //! -> psk, e      + AEAD(timestamp)       initiation, 68 bytes

@@ -1,4 +1,4 @@
-//! The handshake's properties (DESIGN.md §3), one test each, through the public API.
+//! The handshake's properties (docs/design.md §3), one test each, through the public API.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};

@@ -29,7 +29,7 @@ use weft_mesh::{
     ipam::overlaps,
 };
 
-/// The port every simulated router listens on (DESIGN.md §1).
+/// The port every simulated router listens on (docs/design.md §1).
 pub const PORT: u16 = 6786;
 
 /// A join secret for simulated clusters.

@@ -1,5 +1,5 @@
 //! Every document in `deploy/` parses into its Kubernetes type, and the DaemonSet has what
-//! issue 6 asks of it. No API server is needed: this is what `kubectl apply` would reject
+//! docs/design.md §6 asks of it. No API server is needed: this is what `kubectl apply` would reject
 //! (unknown kinds, wrong types) plus what it would silently accept (a misspelled field is
 //! dropped by the API server, so each document must survive a round trip through its type
 //! unchanged).

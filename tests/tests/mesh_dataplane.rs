@@ -1,4 +1,4 @@
-//! The Node's side of the data-plane split (DESIGN.md §2): the snapshot workers seal and open
+//! The Node's side of the data-plane split (docs/design.md §2): the snapshot workers seal and open
 //! with, and the activity they report back instead of showing the Node every packet.
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! Scenarios c and d: a partition that heals, and restarts with the same key and a new one.
+//! A partition that heals, and restarts with the same key and a new one.
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! Scenarios a, b and g: joining through one seed, on clean and lossy links, and many at once.
+//! Joining through one seed, on clean and lossy links, and many at once.
 
 use std::time::Duration;
 

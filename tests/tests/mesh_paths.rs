@@ -1,4 +1,4 @@
-//! Scenarios e, f and h: relays, NAT traversal, and a node with the wrong join secret.
+//! Relays, NAT traversal, and a node with the wrong join secret.
 
 use std::time::Duration;
 

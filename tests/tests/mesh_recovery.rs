@@ -1,4 +1,4 @@
-//! Traffic across faults, as the end-to-end tests of issue 5 (d and e) drive it, on the
+//! Traffic across faults, as the end-to-end fault tests drive it, on the
 //! simulator: a pod pings another every 50 ms and the other answers; we measure when answers
 //! stop and come back. Each test reproduces the sequence an end-to-end run showed.
 
@@ -125,7 +125,7 @@ fn a_restarted_peer_keeps_the_session_formed_with_its_new_run(data_path: DataPat
 }
 
 /// e. The underlay between two nodes is blocked under traffic: the session moves to a relay
-/// within 15 s (the issue's bound), and back to the direct path once the block is lifted.
+/// within 15 s (the failover bound we hold the mesh to), and back to the direct path once the block is lifted.
 fn a_silent_direct_path_moves_the_session_to_a_relay_and_back(data_path: DataPath) {
     let (a, relay, c) = (1, 0, 2);
     for seed in [51, 52, 53] {

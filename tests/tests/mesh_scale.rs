@@ -1,4 +1,4 @@
-//! Scenario i: 500 nodes from one seed converge. Prints the virtual time to converge, gossip
+//! 500 nodes from one seed converge. Prints the virtual time to converge, gossip
 //! bytes sent per node per second in steady state, and memory per peer.
 
 use std::alloc::{GlobalAlloc, Layout, System};
