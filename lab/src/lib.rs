@@ -20,7 +20,6 @@
 //! exec NS`), underlay addresses come from `198.18.0.0/15`, and traffic only flows between
 //! the lab's namespaces.
 
-mod atomic;
 mod build;
 pub mod capability;
 pub mod delay;

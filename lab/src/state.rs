@@ -10,7 +10,6 @@ use anyhow::{Context, bail};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::atomic;
 use crate::plan::{self, LabSpec};
 
 /// Where labs keep their state: tmpfs, gone after a reboot like the namespaces themselves.
@@ -128,5 +127,6 @@ pub fn status(prefix: &str) -> anyhow::Result<LabState> {
 /// Saves `state` as its lab's state file, replacing the earlier one whole.
 pub(crate) fn save(state: &LabState) -> anyhow::Result<()> {
     let json = serde_json::to_vec_pretty(state)?;
-    atomic::replace(&state_file(&state.spec.prefix), &json).context("saving the lab's state")
+    weft_sys::durable::write_atomic(&state_file(&state.spec.prefix), &json, 0o644)
+        .context("saving the lab's state")
 }

@@ -97,8 +97,7 @@ pub fn pids_in(ns: &str) -> Vec<i32> {
 
 /// Fails with a clear message unless we are root with the tools the lab needs.
 pub fn check_prerequisites() -> anyhow::Result<()> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc_geteuid() } != 0 {
+    if !weft_sys::user::is_root() {
         bail!("weft lab needs root (it creates network namespaces); run it with sudo");
     }
     for tool in crate::LAB_TOOLS {
@@ -107,9 +106,4 @@ pub fn check_prerequisites() -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-unsafe extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
 }
