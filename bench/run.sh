@@ -20,6 +20,9 @@
 #   gotatun    the same through Mullvad's fork of boringtun (the `gotatun` binary of
 #              gotatun-cli; 198.19.253.1 <-> 198.19.253.2, UDP 51821); only when gotatun is
 #              on PATH
+#   baseline   pod n1-p1 -> pod n2-p1 of a second lab run by other weft binaries (an earlier
+#              commit's, from WEFT_BASELINE), to compare two versions of weft in one run;
+#              only when WEFT_BASELINE is set
 #
 # and prints a table with each path's ratio to the bare veth, weft's ratios to boringtun and
 # gotatun, and weft's figures against its performance targets. The rounds are interleaved
@@ -55,6 +58,12 @@
 #                     flag; unset: the router's default. A router without that flag ignores it
 #                     (the report says so).
 #   NO_BUILD=0        1: skip `cargo build` and use the binaries already built
+#   WEFT_BASELINE=    a directory holding release `weft` and `weft-cni` binaries of another
+#                     version (for example an earlier commit's target/release): adds the
+#                     baseline row, measured in a second lab (prefix BASE_PREFIX) side by side
+#                     with this version in the same rounds, and their ratios
+#   BASE_PREFIX=wbase the baseline lab's namespace prefix
+#   WEFT_BASELINE_REV=  what to call the baseline in the report (default: its --version)
 #   CARGO_TARGET_DIR  where cargo builds (default: target/ in the repository)
 #   WEFT_REV=         what to call the source in the report when it is not a git checkout
 #   OUT=              a directory to keep the raw results in (iperf3 JSON, ping output,
@@ -85,6 +94,8 @@ BORINGTUN=${BORINGTUN:-auto}
 GOTATUN=${GOTATUN:-auto}
 NO_BUILD=${NO_BUILD:-0}
 OUT=${OUT:-}
+BASELINE=${WEFT_BASELINE:-}
+BASE_PREFIX=${BASE_PREFIX:-wbase}
 
 die() { echo "bench/run.sh: $*" >&2; exit 1; }
 log() { echo "bench: $*" >&2; }
@@ -93,6 +104,13 @@ log() { echo "bench: $*" >&2; }
 [[ $DURATION =~ ^[1-9][0-9]*$ ]] || die "DURATION must be a positive integer (seconds)"
 [[ $PINGS =~ ^[1-9][0-9]*$ ]] || die "PINGS must be a positive integer"
 [[ $PREFIX =~ ^[a-z0-9]{1,8}$ ]] || die "PREFIX must be 1-8 lowercase letters or digits"
+if [[ -n $BASELINE ]]; then
+    [[ $BASE_PREFIX =~ ^[a-z0-9]{1,8}$ ]] || die "BASE_PREFIX must be 1-8 lowercase letters or digits"
+    [[ $BASE_PREFIX != "$PREFIX" ]] || die "BASE_PREFIX must differ from PREFIX"
+    [[ -x $BASELINE/weft && -x $BASELINE/weft-cni ]] ||
+        die "WEFT_BASELINE=$BASELINE holds no executable weft and weft-cni"
+    BASELINE=$(cd "$BASELINE" && pwd)
+fi
 case ${WEFT_OFFLOAD-unset} in
 unset | on | off | auto) ;;
 *) die "WEFT_OFFLOAD must be on, off or auto (or unset)" ;;
@@ -130,6 +148,7 @@ WORK=$(mktemp -d /tmp/weft-bench.XXXXXX)
 PIDS=()          # iperf3 servers and WireGuard processes we started
 WG_IFS=()        # WireGuard interfaces (their UAPI sockets live in the shared /var/run)
 LAB_UP=0
+BASE_UP=0
 NODE_DIR=()      # the nodes' state directories, from `weft lab status --json`
 
 cleanup() {
@@ -145,6 +164,10 @@ cleanup() {
             done
         fi
         "$WEFT" lab down --prefix "$PREFIX" >/dev/null || echo "bench: lab down failed" >&2
+    fi
+    if [[ $BASE_UP == 1 ]]; then
+        "$BASELINE/weft" lab down --prefix "$BASE_PREFIX" >/dev/null ||
+            echo "bench: baseline lab down failed" >&2
     fi
     rm -rf "$WORK"
     exit "$rc"
@@ -203,6 +226,26 @@ for pid in ${TPIDS[weft]}; do
     [[ $pid =~ ^[0-9]+$ && -r /proc/$pid/stat ]] || die "weft router pid $pid (from lab status) is not running"
 done
 
+# The baseline: a second lab of the same shape, run by the other binaries. Its namespaces
+# carry their own prefix, so the two labs' addresses never meet.
+if [[ -n $BASELINE ]]; then
+    BASE_UP=1
+    log "baseline: $BASELINE/weft lab up --nodes 2 --pods 1 --prefix $BASE_PREFIX"
+    "$BASELINE/weft" lab up --nodes 2 --pods 1 --prefix "$BASE_PREFIX" >&2
+    "$BASELINE/weft" lab status --prefix "$BASE_PREFIX" --json >"$RAW/lab-baseline.json"
+    jqb() { jq -er "$1" "$RAW/lab-baseline.json"; }
+    B_N1=$(jqb '.nodes[] | select(.name=="n1") | .namespace')
+    B_N2=$(jqb '.nodes[] | select(.name=="n2") | .namespace')
+    B_P1=$(jqb '.pods[] | select(.node=="n1") | .namespace')
+    B_P2=$(jqb '.pods[] | select(.node=="n2") | .namespace')
+    B_P2_ADDR=$(jqb '.pods[] | select(.node=="n2") | .address')
+    TPIDS[baseline]="$(jqb '[.nodes[] | select(.name=="n1" or .name=="n2") | .router_pid | tostring] | join(" ")')"
+    for pid in ${TPIDS[baseline]}; do
+        [[ $pid =~ ^[0-9]+$ && -r /proc/$pid/stat ]] || die "baseline router pid $pid is not running"
+    done
+    BASE_REV=${WEFT_BASELINE_REV:-$("$BASELINE/weft" --version 2>&1 | head -n1)}
+fi
+
 in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
 # Waits (up to 30 s) until `ping` from namespace $1 reaches $2.
@@ -217,6 +260,7 @@ wait_reachable() {
 
 wait_reachable "$N1" "$N2_ADDR" "bare veth"
 wait_reachable "$P1" "$P2_ADDR" "weft (pod n1-p1 -> pod n2-p1)"
+[[ -z $BASELINE ]] || wait_reachable "$B_P1" "$B_P2_ADDR" "baseline (pod n1-p1 -> pod n2-p1)"
 
 # --- WireGuard tunnels (boringtun, gotatun) -----------------------------------------------
 # One interface per node namespace and implementation, a /24 of 198.19.0.0/16 (benchmark
@@ -281,6 +325,7 @@ start_server() {
 }
 start_server "$P2" pod
 start_server "$N2" node
+[[ -z $BASELINE ]] || start_server "$B_P2" baseline
 
 # path key -> (client namespace, server address, label)
 # bare1 is the bare veth with node n1's eth0 limited to one segment per GSO packet
@@ -292,6 +337,10 @@ declare -A SERVER=([bare]=$N2_ADDR [bare1]=$N2_ADDR [weft]=$P2_ADDR)
 declare -A LABEL=([bare]="bare veth (node->node)" [bare1]="bare veth, 1 seg/packet"
     [weft]="weft (pod->pod)" [boringtun]="boringtun (node->node)" [gotatun]="gotatun (node->node)")
 GSO_SEGS=$(ip -n "$N1" -d -j link show eth0 | jq -r '.[0].gso_max_segs')
+if [[ -n $BASELINE ]]; then
+    PATHS+=(baseline)
+    CLIENT[baseline]=$B_P1 SERVER[baseline]=$B_P2_ADDR LABEL[baseline]="weft baseline (pod->pod)"
+fi
 for impl in "${WG_PATHS[@]}"; do
     PATHS+=("$impl")
     CLIENT[$impl]=$N1 SERVER[$impl]=${SERVER_ADDR[$impl]}
@@ -304,18 +353,26 @@ done
 # interface: the tunnel process did not read fast enough). Summed over both nodes, read before
 # and after each one-stream run.
 tun_dev() { # path, node number -> its tunnel device in that node's namespace (or nothing)
-    case $1 in weft) echo weft-tun ;; boringtun | gotatun) wg_dev "$1" "$2" ;; esac
+    case $1 in weft | baseline) echo weft-tun ;; boringtun | gotatun) wg_dev "$1" "$2" ;; esac
+}
+path_ns() { # path, node number -> that node's namespace (the baseline has a lab of its own)
+    if [[ $1 == baseline ]]; then
+        if [[ $2 == 1 ]]; then echo "$B_N1"; else echo "$B_N2"; fi
+    else
+        echo "${NODE_NS[$2]}"
+    fi
 }
 drop_counter() {
-    local p=$1 i dev total=0 n
+    local p=$1 i dev total=0 n ns
     for i in 1 2; do
+        ns=$(path_ns "$p" "$i")
         # shellcheck disable=SC2016  # awk's own $i, not the shell's
-        n=$(in_ns "${NODE_NS[i]}" awk '/^Udp:/ { if (!h) { for (i = 1; i <= NF; i++) k[i] = $i; h = 1 }
+        n=$(in_ns "$ns" awk '/^Udp:/ { if (!h) { for (i = 1; i <= NF; i++) k[i] = $i; h = 1 }
             else for (i = 1; i <= NF; i++) if (k[i] == "RcvbufErrors") print $i }' /proc/net/snmp)
         total=$((total + n))
         dev=$(tun_dev "$p" "$i")
         if [[ -n $dev ]]; then
-            n=$(ip -n "${NODE_NS[i]}" -s -j link show "$dev" | jq -r '.[0].stats64.tx.dropped')
+            n=$(ip -n "$ns" -s -j link show "$dev" | jq -r '.[0].stats64.tx.dropped')
             total=$((total + n))
         fi
     done
@@ -466,6 +523,7 @@ echo "machine: $(nproc) CPUs ($cpu), kernel $(uname -r), load average $(cut -d' 
 echo "iperf3: 1 TCP stream and 4 (-P 4), $RUNS runs x ${DURATION} s (+1 s omitted) each per path; ping: $RUNS x $PINGS at ${PING_INTERVAL} s idle, $RUNS x $LOADED_PINGS at 0.1 s loaded"
 echo "pod MTU $POD_MTU; WireGuard MTU $WG_MTU; underlay MTU 1500; weft offload: $OFFLOAD_NOTE"
 echo "tunnels beside weft: ${versions:-none}"
+[[ -z $BASELINE ]] || echo "baseline: $BASE_REV ($BASELINE), in lab $BASE_PREFIX"
 echo
 
 # The summary: throughput, ratio, latency, CPU, memory. Values kept for the ratios below.
@@ -514,6 +572,13 @@ for impl in "${WG_PATHS[@]}"; do
         printf "weft / %s: 1 stream %.2fx, 4 streams %.2fx, CPU-s/GB %.2fx\n",
             name, w1 / o1, w4 / o4, wc / oc }'
 done
+if [[ -n $BASELINE ]]; then
+    awk -v w1="${MED1[weft]}" -v w4="${MED4[weft]}" -v wc="${CPU[weft]}" -v wr="${RTT[weft]}" \
+        -v o1="${MED1[baseline]}" -v o4="${MED4[baseline]}" -v oc="${CPU[baseline]}" \
+        -v ob="${RTT[baseline]}" 'BEGIN {
+        printf "weft / baseline: 1 stream %.2fx, 4 streams %.2fx, CPU-s/GB %.2fx, ping %+.3f ms\n",
+            w1 / o1, w4 / o4, wc / oc, wr - ob }'
+fi
 if has_wg boringtun; then
     bt1=${MED1[boringtun]} bt4=${MED4[boringtun]} btc=${CPU[boringtun]}
 else
