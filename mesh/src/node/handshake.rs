@@ -346,7 +346,6 @@ impl Node {
             return;
         };
         let was_up = p.tunnel.is_up();
-        p.indices.push(local);
         // Handshakes that crossed (each side initiated one at once, or one dialled a peer
         // whose data overtook its finish) leave each side with both sessions, installed in
         // opposite orders. Both must seal with the same one, or each drops what the other
@@ -410,7 +409,6 @@ impl Node {
         }
         let queued: Vec<Vec<u8>> = p.queue.drain(..).collect();
         // Our abandoned initiation, and a previous session pushed out early by this one.
-        p.indices.retain(|i| !released.contains(i));
         self.indices.release_all(released);
         if own_changed {
             self.own_dirty = true;

@@ -27,7 +27,7 @@
 //! |---|---|
 //! | `peer.rs` | `Peer`: one peer's tunnel, path, queue and counters, and its next deadline |
 //! | `timers.rs` | `TimerTable`: the named global timers and per-peer deadlines, one next deadline |
-//! | `indices.rs` | `IndexUse`: what each local index we handed out is for |
+//! | `indices.rs` | `Indices`: every local index we handed out and what it is for (the only record of a peer's indices) |
 //! | `handshake.rs` | handshakes (answering, initiating, dialling), installing sessions |
 //! | `tunnels.rs` | the per-peer clock: retries, rekeys, keepalives, dead peers, closing |
 //! | `paths.rs` | direct and relayed paths, NAT discovery, introductions, punching, routes |

@@ -30,8 +30,6 @@ pub(super) struct Peer {
     pub(super) rx_bytes: u64,
     pub(super) last_handshake: Option<Instant>,
     pub(super) rtt: Option<Duration>,
-    /// Session indices we hold for it.
-    pub(super) indices: Vec<u32>,
     pub(super) intro_at: Option<Instant>,
     pub(super) punch_at: Option<Instant>,
     /// An endpoint learned from an introduction or a punch.
@@ -67,7 +65,6 @@ impl Peer {
             rx_bytes: 0,
             last_handshake: None,
             rtt: None,
-            indices: Vec::new(),
             intro_at: None,
             punch_at: None,
             punch_endpoint: None,

@@ -30,10 +30,6 @@ impl Node {
             return;
         };
         let was_up = p.tunnel.is_up();
-        let mut released = std::mem::take(&mut p.indices);
-        if let Some(a) = p.tunnel.attempt() {
-            released.push(a.index);
-        }
         let lived = p
             .up_since
             .map(|t| now.saturating_duration_since(t))
@@ -56,7 +52,7 @@ impl Node {
         p.lost_direct = None;
         p.direct_probe_at = None;
         let failures = p.failures;
-        self.indices.release_all(released);
+        self.indices.release_peer(id);
         if let Some(NextHop::Direct(ep)) = path
             && self.by_endpoint.get(&ep) == Some(&id)
         {
@@ -149,8 +145,7 @@ impl Node {
             .keys_mut()
             .map(|k| k.handle_timeout(now))
             .unwrap_or_default();
-        p.indices.retain(|i| !released.contains(i));
-        self.indices.release_all(released.iter().copied());
+        self.indices.release_all(released);
         let p = self.peers.get_mut(&id).expect("present");
         let expired = p.tunnel.keys().is_some_and(|k| k.current().is_none());
         if expired {
