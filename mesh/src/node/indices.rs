@@ -113,7 +113,10 @@ mod tests {
         let a_session = t.alloc(&mut rng, IndexUse::Session(a));
         let a_init = t.alloc(&mut rng, IndexUse::Initiating(a));
         let b_session = t.alloc(&mut rng, IndexUse::Session(b));
-        let dial = t.alloc(&mut rng, IndexUse::Dialing("198.18.0.1:6786".parse().unwrap()));
+        let dial = t.alloc(
+            &mut rng,
+            IndexUse::Dialing("198.18.0.1:6786".parse().unwrap()),
+        );
         let responding = t.alloc(&mut rng, IndexUse::Responding);
 
         t.release_peer(a);

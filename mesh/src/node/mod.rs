@@ -26,11 +26,12 @@
 //! | file | owns |
 //! |---|---|
 //! | `peer.rs` | `Peer`: one peer's tunnel, path, queue and counters, and its next deadline |
+//! | `path_state.rs` | `PathState`: how one peer is reached; the silence clock, probes, punches, introductions |
 //! | `timers.rs` | `TimerTable`: the named global timers and per-peer deadlines, one next deadline |
 //! | `indices.rs` | `Indices`: every local index we handed out and what it is for (the only record of a peer's indices) |
 //! | `handshake.rs` | handshakes (answering, initiating, dialling), installing sessions |
 //! | `tunnels.rs` | the per-peer clock: retries, rekeys, keepalives, dead peers, closing |
-//! | `paths.rs` | direct and relayed paths, NAT discovery, introductions, punching, routes |
+//! | `paths.rs` | sending along paths, relaying, NAT discovery, introductions, punching, routes |
 //! | `sealed.rs` | opening and sealing data and control; the anti-spoofing check on delivery |
 //! | `gossip.rs` | our record, rumours, digests |
 //! | `membership.rs` | merging records, names, refuting our tombstone, which members we keep |
@@ -72,6 +73,7 @@ mod gossip;
 mod handshake;
 mod indices;
 mod membership;
+mod path_state;
 mod paths;
 mod peer;
 mod pinning;
@@ -85,10 +87,8 @@ pub use handshake::{
     CROSSING_WINDOW, INITIATE_FALLBACK, RESPONDING_TIMEOUT, UNKNOWN_INDEX_ENDPOINTS,
     UNKNOWN_INDEX_INTERVAL,
 };
-pub use paths::{
-    DIRECT_PATH_BOUND, DIRECT_PROBE_INTERVAL, INTRODUCE_AFTER, PUNCH_INTERVAL, ROUTE_INTERVAL,
-    SILENT_PROBE_AFTER,
-};
+pub use path_state::{DIRECT_PROBE_INTERVAL, INTRODUCE_AFTER, PUNCH_INTERVAL, SILENT_PROBE_AFTER};
+pub use paths::{DIRECT_PATH_BOUND, ROUTE_INTERVAL};
 pub use peer::CONFIRM_TIMEOUT;
 pub use sealed::QUEUE_LIMIT;
 
@@ -520,7 +520,7 @@ impl Node {
         self.peers
             .get(peer)
             .filter(|p| p.tunnel.is_up())
-            .and_then(|p| p.path)
+            .and_then(|p| p.path.next_hop)
     }
 
     /// Peers with a tunnel up.
@@ -559,7 +559,7 @@ impl Node {
                     id: *id,
                     name: self.table.get(id).map(|r| r.name.clone()),
                     state: p.tunnel.name(),
-                    path: p.path,
+                    path: p.path.next_hop,
                     rtt: p.rtt,
                     tx_bytes: p.tx_bytes,
                     rx_bytes: p.rx_bytes,
@@ -588,7 +588,7 @@ impl Node {
             if let (Some(session), Some(next_hop)) = (
                 keys.sending(now)
                     .filter(|s| s.is_confirmed() && !s.is_expired(now)),
-                p.path,
+                p.path.next_hop,
             ) {
                 // `sending` changes its answer when the previous session's grace ends.
                 let until = keys.previous_until().filter(|t| *t > now);
@@ -602,10 +602,7 @@ impl Node {
                     },
                 );
             }
-            let direct = match p.path {
-                Some(NextHop::Direct(ep)) => Some(ep),
-                _ => None,
-            };
+            let direct = p.path.direct();
             for session in keys.current().into_iter().chain(keys.previous(now)) {
                 if session.is_confirmed() {
                     receiving.insert(
@@ -639,18 +636,12 @@ impl Node {
             if let Some((first, last)) = a.sent {
                 p.last_tx = p.last_tx.max(last);
                 p.tx_bytes += a.sent_bytes;
-                p.expect_answer(first);
+                p.path.expect_answer(first);
             }
             if let Some((last, from)) = a.received {
                 p.last_rx = p.last_rx.max(last);
                 p.rx_bytes += a.received_bytes;
-                if p.path == Some(NextHop::Direct(from)) {
-                    p.last_direct_rx = Some(p.last_direct_rx.map_or(last, |t| t.max(last)));
-                    if p.unanswered_since.is_some_and(|t| t <= last) {
-                        p.unanswered_since = None;
-                    }
-                    p.direct_probe_at = None;
-                }
+                p.path.direct_rx_reported(from, last);
             }
             self.touched.insert(a.peer);
         }
@@ -906,8 +897,7 @@ impl Node {
                     return;
                 }
                 if let Some(p) = self.peers.get_mut(&peer) {
-                    p.punch_endpoint = Some(endpoint);
-                    p.punch_at = Some(now);
+                    p.path.punching(endpoint, now);
                     self.stats.punches += 1;
                     let punch = RelayPacket::encode(RelayKind::Punch, 0, peer, self.id, &[]);
                     self.transmit(endpoint, punch);
