@@ -160,9 +160,8 @@ impl PathState {
     /// Whether a punch from the peer may be acted on now: at most one per
     /// [`PUNCH_INTERVAL`], since a punch may make us initiate.
     pub(super) fn punch_allowed(&self, now: Instant) -> bool {
-        !self
-            .punch_at
-            .is_some_and(|t| now.saturating_duration_since(t) < PUNCH_INTERVAL)
+        self.punch_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= PUNCH_INTERVAL)
     }
 
     /// We punch (or initiate) towards `endpoint` now: it is a handshake candidate from here on.
