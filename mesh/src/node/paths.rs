@@ -12,6 +12,7 @@ use weft_crypto::{DATA_OVERHEAD, PayloadKind, REKEY_TIMEOUT};
 
 use crate::drop::DropReason;
 use crate::id::{Endpoint, PeerId};
+use crate::record::MAX_ENDPOINTS;
 use crate::routes::{NextHop, RouteTable};
 use crate::wire::{ControlMessage, RELAY_MAX_HOPS, RelayKind, RelayPacket};
 
@@ -242,6 +243,62 @@ impl Node {
         );
         self.stats.relayed += 1;
         self.transmit(next, forwarded);
+    }
+
+    /// A peer reports where it sees us: an endpoint for our record (NAT discovery).
+    pub(super) fn on_observed(&mut self, endpoint: Endpoint) {
+        if !self.seen.contains(&endpoint) && !self.config.announce.contains(&endpoint) {
+            self.seen.push_back(endpoint);
+            while self.seen.len() > MAX_ENDPOINTS {
+                self.seen.pop_front();
+            }
+            self.own_dirty = true;
+        }
+    }
+
+    /// `from` asks us, a mutual peer, to introduce it to `target`.
+    pub(super) fn on_introduce_request(&mut self, now: Instant, from: PeerId, target: PeerId) {
+        let (Some(a), Some(b)) = (self.direct_endpoint(&from), self.direct_endpoint(&target))
+        else {
+            return;
+        };
+        // Both at once, so both punch at about the same time.
+        self.stats.introductions += 1;
+        self.send_control(
+            target,
+            &ControlMessage::Introduce {
+                peer: from,
+                endpoint: a,
+            },
+            now,
+        );
+        self.send_control(
+            from,
+            &ControlMessage::Introduce {
+                peer: target,
+                endpoint: b,
+            },
+            now,
+        );
+    }
+
+    /// A mutual peer introduces `peer`, seen at `endpoint`: punch towards it (and the lower
+    /// key initiates).
+    pub(super) fn on_introduce(&mut self, now: Instant, peer: PeerId, endpoint: Endpoint) {
+        let direct_up = self.direct_endpoint(&peer).is_some();
+        if direct_up || peer == self.id {
+            return;
+        }
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.path.punching(endpoint, now);
+            self.stats.punches += 1;
+            let punch = RelayPacket::encode(RelayKind::Punch, 0, peer, self.id, &[]);
+            self.transmit(endpoint, punch);
+            if self.id < peer {
+                self.start_handshake(peer, now);
+            }
+            self.touched.insert(peer);
+        }
     }
 
     /// A hole punch arrived: the sender's NAT now lets our packets in (and ours, theirs).
