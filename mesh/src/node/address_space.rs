@@ -72,6 +72,25 @@ impl Node {
         }
     }
 
+    /// `from` acknowledged our grant: stop resending it.
+    pub(super) fn on_block_grant_ack(&mut self, from: PeerId, grant: u64) {
+        if self
+            .space
+            .outgoing
+            .get(&grant)
+            .is_some_and(|g| g.to == from)
+        {
+            self.space.outgoing.remove(&grant);
+            self.events.push_back(Event::StateChanged);
+        }
+    }
+
+    /// `from` refused our request: leave it out for a while and ask the others now.
+    pub(super) fn on_block_denied(&mut self, now: Instant, from: PeerId) {
+        self.denied.insert(from, now + 4 * IPAM_RETRY);
+        self.timers.set(Timer::Ipam, now);
+    }
+
     pub(super) fn on_block_request(&mut self, now: Instant, from: PeerId, request: u64) {
         // One grant in flight per peer: a repeated request gets the same grant again.
         if let Some((grant, g)) = self.space.outgoing.iter().find(|(_, g)| g.to == from) {

@@ -346,7 +346,6 @@ impl Node {
             return;
         };
         let was_up = p.tunnel.is_up();
-        p.indices.push(local);
         // Handshakes that crossed (each side initiated one at once, or one dialled a peer
         // whose data overtook its finish) leave each side with both sessions, installed in
         // opposite orders. Both must seal with the same one, or each drops what the other
@@ -385,24 +384,24 @@ impl Node {
             p.session_incarnation = None;
         }
         if let Some(path) = path {
-            p.path = Some(path);
+            p.path.next_hop = Some(path);
         }
-        if !matches!(p.path, Some(NextHop::Direct(_))) {
-            p.unanswered_since = None;
+        if !matches!(p.path.next_hop, Some(NextHop::Direct(_))) {
+            p.path.unanswered_since = None;
         }
         if matches!(path, Some(NextHop::Direct(_))) {
-            p.last_direct_rx = Some(now);
-            p.unanswered_since = None;
-            p.lost_direct = None;
-            p.direct_probe_at = None;
-        } else if p.direct_probe_at.is_none() {
-            p.direct_probe_at = Some(now + DIRECT_PROBE_INTERVAL);
+            p.path.last_direct_rx = Some(now);
+            p.path.unanswered_since = None;
+            p.path.lost_direct = None;
+            p.path.direct_probe_at = None;
+        } else if p.path.direct_probe_at.is_none() {
+            p.path.direct_probe_at = Some(now + DIRECT_PROBE_INTERVAL);
         }
         let mut own_changed = false;
         if !was_up {
             p.up_since = Some(now);
             p.wanted_since = None;
-            p.intro_at = None;
+            p.path.intro_at = None;
         }
         if matches!(path, Some(NextHop::Direct(_))) && p.unreachable {
             p.unreachable = false;
@@ -410,7 +409,6 @@ impl Node {
         }
         let queued: Vec<Vec<u8>> = p.queue.drain(..).collect();
         // Our abandoned initiation, and a previous session pushed out early by this one.
-        p.indices.retain(|i| !released.contains(i));
         self.indices.release_all(released);
         if own_changed {
             self.own_dirty = true;
@@ -525,17 +523,17 @@ impl Node {
         // Candidates: where it talks to us from, where it announces, where peers see it,
         // where an introducer or a punch said it is.
         let mut direct: BTreeSet<Endpoint> = BTreeSet::new();
-        if let Some(NextHop::Direct(ep)) = p.path {
+        if let Some(NextHop::Direct(ep)) = p.path.next_hop {
             direct.insert(ep);
         }
-        if let Some(ep) = p.punch_endpoint {
+        if let Some(ep) = p.path.punch_endpoint {
             direct.insert(ep);
         }
         if let Some(ep) = self.pinned.as_ref().and_then(|pins| pins.get(&id)) {
             direct.insert(*ep);
         }
         let unreachable = p.unreachable;
-        let path = p.path;
+        let path = p.path.next_hop;
         if let Some(r) = self.table.get(&id) {
             direct.extend(r.announced.iter().chain(&r.seen));
         }
@@ -559,7 +557,7 @@ impl Node {
             p.last_tx = now;
             // An initiation must be answered: like data, it starts the silence clock.
             if p.tunnel.is_up() {
-                p.expect_answer(now);
+                p.path.expect_answer(now);
             }
         }
         self.touched.insert(id);

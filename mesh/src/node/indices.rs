@@ -1,4 +1,5 @@
-//! Local session indices: what each index we handed out is for.
+//! Local session indices: what each index we handed out is for. This table is the only
+//! record of them: a peer's indices are the ones whose use names it.
 
 use std::collections::HashMap;
 
@@ -72,5 +73,84 @@ impl Indices {
         for i in indices {
             self.uses.remove(&i);
         }
+    }
+
+    /// Frees every index held for `peer`: its sessions and our initiation to it (its
+    /// tunnel closed).
+    pub(super) fn release_peer(&mut self, peer: PeerId) {
+        self.uses.retain(|_, u| !Self::is_for(u, peer));
+    }
+
+    fn is_for(usage: &IndexUse, peer: PeerId) -> bool {
+        matches!(usage, IndexUse::Session(p) | IndexUse::Initiating(p) if *p == peer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts up: every index is fresh.
+    struct Counter(u32);
+
+    impl Random for Counter {
+        fn fill(&mut self, dest: &mut [u8]) {
+            self.0 += 1;
+            dest.copy_from_slice(&self.0.to_le_bytes());
+        }
+    }
+
+    fn peer(b: u8) -> PeerId {
+        PeerId([b; 32])
+    }
+
+    #[test]
+    fn release_peer_frees_its_sessions_and_initiation_only() {
+        let mut rng = Counter(0);
+        let mut t = Indices::default();
+        let a = peer(1);
+        let b = peer(2);
+        let a_session = t.alloc(&mut rng, IndexUse::Session(a));
+        let a_init = t.alloc(&mut rng, IndexUse::Initiating(a));
+        let b_session = t.alloc(&mut rng, IndexUse::Session(b));
+        let dial = t.alloc(
+            &mut rng,
+            IndexUse::Dialing("198.18.0.1:6786".parse().unwrap()),
+        );
+        let responding = t.alloc(&mut rng, IndexUse::Responding);
+
+        t.release_peer(a);
+        assert!(!t.holds_session_with(&a));
+        assert!(!t.contains(a_session) && !t.contains(a_init));
+        assert!(t.contains(b_session) && t.contains(dial) && t.contains(responding));
+        assert!(t.holds_session_with(&b));
+    }
+
+    #[test]
+    fn a_completed_handshake_keeps_its_index_as_a_session() {
+        let mut rng = Counter(0);
+        let mut t = Indices::default();
+        let a = peer(1);
+        let i = t.alloc(&mut rng, IndexUse::Initiating(a));
+        t.set_session(i, a);
+        assert_eq!(t.get(i), Some(IndexUse::Session(a)));
+        assert!(t.holds_session_with(&a));
+        t.release_peer(a);
+        assert!(!t.contains(i));
+    }
+
+    #[test]
+    fn alloc_skips_zero_and_indices_in_use() {
+        // The generator yields 0, then 1 twice, then 2.
+        struct Seq(Vec<u32>);
+        impl Random for Seq {
+            fn fill(&mut self, dest: &mut [u8]) {
+                dest.copy_from_slice(&self.0.remove(0).to_le_bytes());
+            }
+        }
+        let mut rng = Seq(vec![0, 1, 1, 2]);
+        let mut t = Indices::default();
+        assert_eq!(t.alloc(&mut rng, IndexUse::Responding), 1);
+        assert_eq!(t.alloc(&mut rng, IndexUse::Responding), 2);
     }
 }

@@ -21,16 +21,20 @@
 //! # The parts
 //!
 //! This file is the entry point: the public API, the [`Node`] struct and the dispatch of
-//! datagrams and control messages. Each protocol is a file of its own beside it:
+//! datagrams and control messages. The types that go in and out are in `io.rs` and
+//! `status.rs`; each protocol is a file of its own beside them:
 //!
 //! | file | owns |
 //! |---|---|
+//! | `io.rs` | what goes in and out: `Config`, `PersistentState`, `Command`, `Transmit`, `Event` |
+//! | `status.rs` | what a status API and metrics read: `NodeStatus`, `PeerStatus`, `NodeStats` |
 //! | `peer.rs` | `Peer`: one peer's tunnel, path, queue and counters, and its next deadline |
+//! | `path_state.rs` | `PathState`: how one peer is reached; the silence clock, probes, punches, introductions |
 //! | `timers.rs` | `TimerTable`: the named global timers and per-peer deadlines, one next deadline |
-//! | `indices.rs` | `IndexUse`: what each local index we handed out is for |
+//! | `indices.rs` | `Indices`: every local index we handed out and what it is for (the only record of a peer's indices) |
 //! | `handshake.rs` | handshakes (answering, initiating, dialling), installing sessions |
 //! | `tunnels.rs` | the per-peer clock: retries, rekeys, keepalives, dead peers, closing |
-//! | `paths.rs` | direct and relayed paths, NAT discovery, introductions, punching, routes |
+//! | `paths.rs` | sending along paths, relaying, NAT discovery, introductions, punching, routes |
 //! | `sealed.rs` | opening and sealing data and control; the anti-spoofing check on delivery |
 //! | `gossip.rs` | our record, rumours, digests |
 //! | `membership.rs` | merging records, names, refuting our tombstone, which members we keep |
@@ -62,33 +66,36 @@ use crate::drop::{DropCounters, DropReason};
 use crate::id::{Endpoint, PeerId, ShortId};
 use crate::ipam::{AddressSpace, WaitReason};
 use crate::packet::Ipv4View;
-use crate::record::{MAX_ENDPOINTS, PeerTable};
+use crate::record::PeerTable;
 use crate::routes::{NextHop, RouteTable};
-use crate::tunnel::TunnelState;
-use crate::wire::{ControlMessage, RelayKind, RelayPacket};
+use crate::wire::ControlMessage;
 
 mod address_space;
 mod gossip;
 mod handshake;
 mod indices;
+mod io;
 mod membership;
+mod path_state;
 mod paths;
 mod peer;
 mod pinning;
 mod sealed;
+mod status;
 mod timers;
 mod tunnels;
 
 pub use address_space::{GRANT_RESEND, IPAM_RETRY};
 pub use gossip::{DIGEST_INTERVAL, GOSSIP_INTERVAL, TOMBSTONE_TTL};
+pub use io::{Command, Config, DownReason, Event, PersistentState, Transmit};
+pub use status::{NodeStats, NodeStatus, PeerStatus};
+
 pub use handshake::{
     CROSSING_WINDOW, INITIATE_FALLBACK, RESPONDING_TIMEOUT, UNKNOWN_INDEX_ENDPOINTS,
     UNKNOWN_INDEX_INTERVAL,
 };
-pub use paths::{
-    DIRECT_PATH_BOUND, DIRECT_PROBE_INTERVAL, INTRODUCE_AFTER, PUNCH_INTERVAL, ROUTE_INTERVAL,
-    SILENT_PROBE_AFTER,
-};
+pub use path_state::{DIRECT_PROBE_INTERVAL, INTRODUCE_AFTER, PUNCH_INTERVAL, SILENT_PROBE_AFTER};
+pub use paths::{DIRECT_PATH_BOUND, ROUTE_INTERVAL};
 pub use peer::CONFIRM_TIMEOUT;
 pub use sealed::QUEUE_LIMIT;
 
@@ -97,218 +104,6 @@ use indices::{IndexUse, Indices};
 use paths::Source;
 use peer::Peer;
 use timers::{Timer, TimerTable};
-
-/// What a node is told at start.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// This node's label (the Kubernetes node name).
-    pub name: String,
-    /// Endpoints this node listens on, announced to peers.
-    pub announce: Vec<Endpoint>,
-    /// Endpoints to dial at start (their keys are not known).
-    pub seeds: Vec<Endpoint>,
-    /// The cluster's address range.
-    pub cluster_range: Ipv4Net,
-    /// Prefix length of a node's block.
-    pub block_prefix: u8,
-    /// A block given from outside (podCIDR): used as is, no claim.
-    pub pod_cidr: Option<Ipv4Net>,
-    /// Whether this node starts the cluster's address space (owns the whole range at first).
-    /// Exactly one node of a new cluster is started with it.
-    pub found_address_space: bool,
-}
-
-impl Config {
-    /// A config with the defaults of docs/design.md §5.
-    pub fn new(name: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            announce: Vec::new(),
-            seeds: Vec::new(),
-            cluster_range: crate::ipam::DEFAULT_CLUSTER_RANGE
-                .parse()
-                .expect("valid default"),
-            block_prefix: crate::ipam::DEFAULT_BLOCK_PREFIX,
-            pod_cidr: None,
-            found_address_space: false,
-        }
-    }
-}
-
-/// What a node keeps on disk between runs.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PersistentState {
-    /// The incarnation of the last run.
-    pub incarnation: u64,
-    /// Owned address space and grants in flight.
-    pub space: AddressSpace,
-}
-
-/// An operator's (or the router's) instruction.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
-    /// Dial this endpoint (a seed, or `weft connect`).
-    Connect(Endpoint),
-    /// Remove a member: close its tunnel and spread a tombstone. This node refuses its
-    /// handshakes from then on; if it is in fact alive, it refutes the tombstone with a new
-    /// incarnation through the other members (SWIM's rule), which revives it here too.
-    Forget(PeerId),
-    /// Take over the address space of a member gone for good (Weave's `rmpeer`): the operator
-    /// asserts it will not come back with its old state.
-    TakeOverBlocks(PeerId),
-    /// Pin membership to these keys, each expected at its endpoint (the keys annotated on
-    /// Kubernetes Nodes, docs/design.md §3): a handshake that authenticates any other key is
-    /// refused, tunnels of peers no longer listed close, a dial of a listed endpoint expects
-    /// that endpoint's key, and each listed peer is dialled at its endpoint. Replaces the
-    /// previous pins; there is no way back to unpinned (a router is pinned for its lifetime).
-    Pin(BTreeMap<PeerId, Endpoint>),
-}
-
-/// A datagram to send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transmit {
-    /// Where to.
-    pub destination: Endpoint,
-    /// The datagram.
-    pub bytes: Vec<u8>,
-}
-
-/// Why a peer went down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DownReason {
-    /// No packet from it for [`DEAD_AFTER`].
-    Dead,
-    /// Its sessions expired and no rekey succeeded.
-    Expired,
-    /// It restarted (new incarnation): its sessions are gone.
-    Restarted,
-    /// It departed or was forgotten.
-    Departed,
-    /// Its key is no longer pinned (see [`Command::Pin`]).
-    Unpinned,
-}
-
-/// Something the router may want to know, log or export.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    /// A tunnel came up.
-    PeerUp {
-        /// The peer.
-        peer: PeerId,
-        /// How it is reached.
-        path: NextHop,
-    },
-    /// A tunnel went down.
-    PeerDown {
-        /// The peer.
-        peer: PeerId,
-        /// Why.
-        reason: DownReason,
-    },
-    /// A new member was learned.
-    MemberJoined {
-        /// Its id.
-        peer: PeerId,
-        /// Its name.
-        name: String,
-    },
-    /// A member became a tombstone.
-    MemberDeparted {
-        /// Its id.
-        peer: PeerId,
-    },
-    /// The route table changed (read it with [`Node::routes`]).
-    RoutesChanged,
-    /// This node now has a block for its pods.
-    BlockClaimed {
-        /// The block.
-        block: Ipv4Net,
-    },
-    /// This node has no block and is waiting, for this reason.
-    BlockWaiting {
-        /// Why.
-        reason: WaitReason,
-    },
-    /// A take-over command succeeded.
-    BlocksTakenOver {
-        /// The departed owner.
-        from: PeerId,
-        /// The space now ours.
-        space: Vec<Ipv4Net>,
-    },
-    /// A command was refused.
-    CommandRefused {
-        /// The command.
-        command: Command,
-        /// Why.
-        reason: &'static str,
-    },
-    /// [`Node::persistent_state`] changed: write it before sending the pending transmits.
-    StateChanged,
-}
-
-/// Counters of what the node sent, for metrics and the scale figures.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct NodeStats {
-    /// Bytes of gossip datagrams sent (records and sync requests, sealed, on the wire).
-    pub gossip_bytes: u64,
-    /// Bytes of all control datagrams sent (gossip, keepalives, IPAM, NAT).
-    pub control_bytes: u64,
-    /// Bytes of handshake datagrams sent.
-    pub handshake_bytes: u64,
-    /// Datagrams forwarded for other peers (relay).
-    pub relayed: u64,
-    /// Handshakes completed.
-    pub handshakes: u64,
-    /// Introductions made for two other peers (as the mutual peer).
-    pub introductions: u64,
-    /// Hole punches sent.
-    pub punches: u64,
-}
-
-/// A peer, as a status API shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerStatus {
-    /// Its id.
-    pub id: PeerId,
-    /// Its name, if its record is known.
-    pub name: Option<String>,
-    /// Tunnel state.
-    pub state: TunnelState,
-    /// How it is reached (when known).
-    pub path: Option<NextHop>,
-    /// Handshake round-trip time of the last handshake we initiated.
-    pub rtt: Option<Duration>,
-    /// Bytes sent to it.
-    pub tx_bytes: u64,
-    /// Bytes received from it.
-    pub rx_bytes: u64,
-    /// When the last handshake completed.
-    pub last_handshake: Option<Instant>,
-    /// Whether we list it as not directly reachable.
-    pub unreachable: bool,
-}
-
-/// The node, as a status API shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeStatus {
-    /// Our id.
-    pub id: PeerId,
-    /// Our name.
-    pub name: String,
-    /// Our incarnation.
-    pub incarnation: u64,
-    /// Our pod block, if any.
-    pub block: Option<Ipv4Net>,
-    /// Why we have none, if we have none.
-    pub waiting: Option<WaitReason>,
-    /// Free space we own.
-    pub free_space: Vec<Ipv4Net>,
-    /// Every peer with tunnel state.
-    pub peers: Vec<PeerStatus>,
-    /// Members known (tombstones excluded), ourselves included.
-    pub members: usize,
-}
 
 /// One router's mesh logic. See the module docs for the call order.
 pub struct Node {
@@ -520,7 +315,7 @@ impl Node {
         self.peers
             .get(peer)
             .filter(|p| p.tunnel.is_up())
-            .and_then(|p| p.path)
+            .and_then(|p| p.path.next_hop)
     }
 
     /// Peers with a tunnel up.
@@ -559,7 +354,7 @@ impl Node {
                     id: *id,
                     name: self.table.get(id).map(|r| r.name.clone()),
                     state: p.tunnel.name(),
-                    path: p.path,
+                    path: p.path.next_hop,
                     rtt: p.rtt,
                     tx_bytes: p.tx_bytes,
                     rx_bytes: p.rx_bytes,
@@ -588,7 +383,7 @@ impl Node {
             if let (Some(session), Some(next_hop)) = (
                 keys.sending(now)
                     .filter(|s| s.is_confirmed() && !s.is_expired(now)),
-                p.path,
+                p.path.next_hop,
             ) {
                 // `sending` changes its answer when the previous session's grace ends.
                 let until = keys.previous_until().filter(|t| *t > now);
@@ -602,10 +397,7 @@ impl Node {
                     },
                 );
             }
-            let direct = match p.path {
-                Some(NextHop::Direct(ep)) => Some(ep),
-                _ => None,
-            };
+            let direct = p.path.direct();
             for session in keys.current().into_iter().chain(keys.previous(now)) {
                 if session.is_confirmed() {
                     receiving.insert(
@@ -639,18 +431,12 @@ impl Node {
             if let Some((first, last)) = a.sent {
                 p.last_tx = p.last_tx.max(last);
                 p.tx_bytes += a.sent_bytes;
-                p.expect_answer(first);
+                p.path.expect_answer(first);
             }
             if let Some((last, from)) = a.received {
                 p.last_rx = p.last_rx.max(last);
                 p.rx_bytes += a.received_bytes;
-                if p.path == Some(NextHop::Direct(from)) {
-                    p.last_direct_rx = Some(p.last_direct_rx.map_or(last, |t| t.max(last)));
-                    if p.unanswered_since.is_some_and(|t| t <= last) {
-                        p.unanswered_since = None;
-                    }
-                    p.direct_probe_at = None;
-                }
+                p.path.direct_rx_reported(from, last);
             }
             self.touched.insert(a.peer);
         }
@@ -866,76 +652,17 @@ impl Node {
                 high,
                 entries,
             } => self.on_digest(now, from, reply, low, high, entries),
-            ControlMessage::Observed { endpoint } => {
-                if !self.seen.contains(&endpoint) && !self.config.announce.contains(&endpoint) {
-                    self.seen.push_back(endpoint);
-                    while self.seen.len() > MAX_ENDPOINTS {
-                        self.seen.pop_front();
-                    }
-                    self.own_dirty = true;
-                }
-            }
+            ControlMessage::Observed { endpoint } => self.on_observed(endpoint),
             ControlMessage::IntroduceRequest { target } => {
-                let (Some(a), Some(b)) =
-                    (self.direct_endpoint(&from), self.direct_endpoint(&target))
-                else {
-                    return;
-                };
-                // Both at once, so both punch at about the same time.
-                self.stats.introductions += 1;
-                self.send_control(
-                    target,
-                    &ControlMessage::Introduce {
-                        peer: from,
-                        endpoint: a,
-                    },
-                    now,
-                );
-                self.send_control(
-                    from,
-                    &ControlMessage::Introduce {
-                        peer: target,
-                        endpoint: b,
-                    },
-                    now,
-                );
+                self.on_introduce_request(now, from, target)
             }
-            ControlMessage::Introduce { peer, endpoint } => {
-                let direct_up = self.direct_endpoint(&peer).is_some();
-                if direct_up || peer == self.id {
-                    return;
-                }
-                if let Some(p) = self.peers.get_mut(&peer) {
-                    p.punch_endpoint = Some(endpoint);
-                    p.punch_at = Some(now);
-                    self.stats.punches += 1;
-                    let punch = RelayPacket::encode(RelayKind::Punch, 0, peer, self.id, &[]);
-                    self.transmit(endpoint, punch);
-                    if self.id < peer {
-                        self.start_handshake(peer, now);
-                    }
-                    self.touched.insert(peer);
-                }
-            }
+            ControlMessage::Introduce { peer, endpoint } => self.on_introduce(now, peer, endpoint),
             ControlMessage::BlockRequest { request } => self.on_block_request(now, from, request),
             ControlMessage::BlockGrant { grant, space } => {
                 self.on_block_grant(now, from, grant, space)
             }
-            ControlMessage::BlockGrantAck { grant } => {
-                if self
-                    .space
-                    .outgoing
-                    .get(&grant)
-                    .is_some_and(|g| g.to == from)
-                {
-                    self.space.outgoing.remove(&grant);
-                    self.events.push_back(Event::StateChanged);
-                }
-            }
-            ControlMessage::BlockDenied { .. } => {
-                self.denied.insert(from, now + 4 * IPAM_RETRY);
-                self.timers.set(Timer::Ipam, now);
-            }
+            ControlMessage::BlockGrantAck { grant } => self.on_block_grant_ack(from, grant),
+            ControlMessage::BlockDenied { .. } => self.on_block_denied(now, from),
         }
     }
 }

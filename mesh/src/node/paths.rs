@@ -1,6 +1,7 @@
-//! Paths: how each peer is reached (direct, or through a relay), NAT discovery
-//! (observed endpoints), introductions and hole punching, relaying for others, moving a
-//! session off a silent direct path, and the route table.
+//! Paths, the Node's side: sending along a peer's path (direct, or through a relay), NAT
+//! discovery (observed endpoints), introductions and hole punching, relaying for others,
+//! moving a session off a silent direct path, and the route table. The per-peer state and
+//! its rules are [`super::path_state::PathState`].
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use weft_crypto::{DATA_OVERHEAD, PayloadKind, REKEY_TIMEOUT};
 
 use crate::drop::DropReason;
 use crate::id::{Endpoint, PeerId};
+use crate::record::MAX_ENDPOINTS;
 use crate::routes::{NextHop, RouteTable};
 use crate::wire::{ControlMessage, RELAY_MAX_HOPS, RelayKind, RelayPacket};
 
@@ -25,9 +27,6 @@ pub(super) struct Source {
     pub(super) relayed_from: Option<PeerId>,
 }
 
-/// After this without a session, ask a mutual peer to introduce us (hole punching).
-pub const INTRODUCE_AFTER: Duration = REKEY_TIMEOUT;
-
 /// After this without a direct session, the peer is listed as unreachable in our record and
 /// reached through relays (the bound we promise: two handshake timeouts).
 pub const DIRECT_PATH_BOUND: Duration = Duration::from_secs(2 * REKEY_TIMEOUT.as_secs());
@@ -35,21 +34,6 @@ pub const DIRECT_PATH_BOUND: Duration = Duration::from_secs(2 * REKEY_TIMEOUT.as
 /// Routes through relays are recomputed at most this often (they matter only for peers past
 /// [`DIRECT_PATH_BOUND`], so a second of staleness costs nothing).
 pub const ROUTE_INTERVAL: Duration = Duration::from_secs(1);
-
-/// The minimum time between two punches or punch-triggered initiations towards one peer.
-pub const PUNCH_INTERVAL: Duration = Duration::from_millis(500);
-
-/// Data sent over a direct path and nothing received on it for this long: the path may be
-/// dead, so a handshake goes out as a probe (it must be answered). WireGuard waits
-/// `KEEPALIVE_TIMEOUT + REKEY_TIMEOUT` because it has no other way round a dead path; we have
-/// relays, and our bound for failover is 15 s, so we probe after one `REKEY_TIMEOUT`
-/// and give the probe one more `REKEY_TIMEOUT` before relaying.
-pub const SILENT_PROBE_AFTER: Duration = REKEY_TIMEOUT;
-
-/// While a session runs through a relay because its direct path went silent, a keepalive is
-/// sent straight to the peer this often: when it gets through, the peer roams back to the
-/// direct path (and so do we when its answer arrives directly).
-pub const DIRECT_PROBE_INTERVAL: Duration = REKEY_TIMEOUT;
 
 impl Node {
     /// Sends a datagram back the way `source` came (directly or through its relay).
@@ -79,15 +63,13 @@ impl Node {
 
     /// The direct endpoint of an up peer.
     pub(super) fn direct_endpoint(&self, id: &PeerId) -> Option<Endpoint> {
-        match self.peers.get(id)?.path? {
-            NextHop::Direct(ep) if self.is_up(id) => Some(ep),
-            _ => None,
-        }
+        let p = self.peers.get(id)?;
+        p.path.direct().filter(|_| p.tunnel.is_up())
     }
 
     /// Sends a datagram to a peer along its path (or the route's relay).
     pub(super) fn send_to_peer(&mut self, id: PeerId, datagram: Vec<u8>, now: Instant) {
-        let hop = match self.peers.get(&id).and_then(|p| p.path) {
+        let hop = match self.peers.get(&id).and_then(|p| p.path.next_hop) {
             Some(h) => Some(h),
             None => self.relay_hop(&id),
         };
@@ -125,12 +107,7 @@ impl Node {
         let Some(p) = self.peers.get_mut(&id) else {
             return;
         };
-        let old = p.path;
-        if let Some(NextHop::Direct(ep)) = old {
-            p.lost_direct = Some(ep);
-        }
-        p.unanswered_since = None;
-        p.direct_probe_at = Some(now + DIRECT_PROBE_INTERVAL);
+        let old = p.path.leave_direct(now);
         if !p.unreachable {
             p.unreachable = true;
             self.own_dirty = true;
@@ -141,7 +118,7 @@ impl Node {
             None => {
                 // Our record and routes now, not at the next slot: traffic waits on them.
                 if let Some(p) = self.peers.get_mut(&id) {
-                    p.path = None;
+                    p.path.next_hop = None;
                 }
                 self.publish_own(now);
                 self.compute_routes(now);
@@ -156,7 +133,7 @@ impl Node {
         }
         if let Some(p) = self.peers.get_mut(&id) {
             // With no relay at all, the direct path stays the only hope.
-            p.path = hop.or(old);
+            p.path.next_hop = hop.or(old);
         }
         self.touched.insert(id);
     }
@@ -167,8 +144,7 @@ impl Node {
         let Some(p) = self.peers.get_mut(&id) else {
             return;
         };
-        p.direct_probe_at = Some(now + DIRECT_PROBE_INTERVAL);
-        let mut targets: BTreeSet<Endpoint> = p.lost_direct.into_iter().collect();
+        let mut targets: BTreeSet<Endpoint> = p.path.probe_sent(now).into_iter().collect();
         let Some(session) = p.tunnel.keys().and_then(|k| k.sending(now)).cloned() else {
             return;
         };
@@ -206,14 +182,11 @@ impl Node {
         if known {
             return;
         }
-        let changed = self
+        let news = self
             .peers
-            .get(&id)
-            .is_some_and(|p| p.observed_sent != Some(source.endpoint));
-        if changed {
-            if let Some(p) = self.peers.get_mut(&id) {
-                p.observed_sent = Some(source.endpoint);
-            }
+            .get_mut(&id)
+            .is_some_and(|p| p.path.observed(source.endpoint));
+        if news {
             self.send_control(
                 id,
                 &ControlMessage::Observed {
@@ -272,6 +245,62 @@ impl Node {
         self.transmit(next, forwarded);
     }
 
+    /// A peer reports where it sees us: an endpoint for our record (NAT discovery).
+    pub(super) fn on_observed(&mut self, endpoint: Endpoint) {
+        if !self.seen.contains(&endpoint) && !self.config.announce.contains(&endpoint) {
+            self.seen.push_back(endpoint);
+            while self.seen.len() > MAX_ENDPOINTS {
+                self.seen.pop_front();
+            }
+            self.own_dirty = true;
+        }
+    }
+
+    /// `from` asks us, a mutual peer, to introduce it to `target`.
+    pub(super) fn on_introduce_request(&mut self, now: Instant, from: PeerId, target: PeerId) {
+        let (Some(a), Some(b)) = (self.direct_endpoint(&from), self.direct_endpoint(&target))
+        else {
+            return;
+        };
+        // Both at once, so both punch at about the same time.
+        self.stats.introductions += 1;
+        self.send_control(
+            target,
+            &ControlMessage::Introduce {
+                peer: from,
+                endpoint: a,
+            },
+            now,
+        );
+        self.send_control(
+            from,
+            &ControlMessage::Introduce {
+                peer: target,
+                endpoint: b,
+            },
+            now,
+        );
+    }
+
+    /// A mutual peer introduces `peer`, seen at `endpoint`: punch towards it (and the lower
+    /// key initiates).
+    pub(super) fn on_introduce(&mut self, now: Instant, peer: PeerId, endpoint: Endpoint) {
+        let direct_up = self.direct_endpoint(&peer).is_some();
+        if direct_up || peer == self.id {
+            return;
+        }
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.path.punching(endpoint, now);
+            self.stats.punches += 1;
+            let punch = RelayPacket::encode(RelayKind::Punch, 0, peer, self.id, &[]);
+            self.transmit(endpoint, punch);
+            if self.id < peer {
+                self.start_handshake(peer, now);
+            }
+            self.touched.insert(peer);
+        }
+    }
+
     /// A hole punch arrived: the sender's NAT now lets our packets in (and ours, theirs).
     pub(super) fn on_punch(&mut self, now: Instant, from_peer: PeerId, endpoint: Endpoint) {
         if !self.table.get(&from_peer).is_some_and(|r| r.is_alive()) {
@@ -280,16 +309,10 @@ impl Node {
         let Some(p) = self.peers.get_mut(&from_peer) else {
             return;
         };
-        if p.tunnel.is_up() && matches!(p.path, Some(NextHop::Direct(_))) {
+        if p.is_up_directly() || !p.path.punch_allowed(now) {
             return;
         }
-        if p.punch_at
-            .is_some_and(|t| now.saturating_duration_since(t) < PUNCH_INTERVAL)
-        {
-            return;
-        }
-        p.punch_at = Some(now);
-        p.punch_endpoint = Some(endpoint);
+        p.path.punching(endpoint, now);
         if self.id < from_peer {
             debug!(peer = %from_peer, %endpoint, "punch received: initiating");
             self.start_handshake(from_peer, now);
@@ -308,9 +331,7 @@ impl Node {
         let via = self
             .peers
             .iter()
-            .filter(|(id, p)| {
-                **id != target && p.tunnel.is_up() && matches!(p.path, Some(NextHop::Direct(_)))
-            })
+            .filter(|(id, p)| **id != target && p.is_up_directly())
             .map(|(id, _)| *id)
             .find(|id| {
                 self.table
@@ -337,7 +358,7 @@ impl Node {
         let direct: BTreeSet<PeerId> = self
             .peers
             .iter()
-            .filter(|(_, p)| p.tunnel.is_up() && matches!(p.path, Some(NextHop::Direct(_))))
+            .filter(|(_, p)| p.is_up_directly())
             .map(|(id, _)| *id)
             .collect();
         let table = RouteTable::compute(self.id, self.table.records(), &direct);

@@ -5,17 +5,17 @@ use std::time::{Duration, Instant};
 
 use weft_crypto::{KEEPALIVE_TIMEOUT, Keyring, REKEY_TIMEOUT, Role};
 
-use crate::id::Endpoint;
-use crate::routes::NextHop;
 use crate::tunnel::{DEAD_AFTER, Tunnel};
 
-use super::{DIRECT_PATH_BOUND, INTRODUCE_AFTER, SILENT_PROBE_AFTER};
+use super::DIRECT_PATH_BOUND;
+use super::path_state::PathState;
 
 /// Our state for one peer.
 #[derive(Debug)]
 pub(super) struct Peer {
     pub(super) tunnel: Tunnel,
-    pub(super) path: Option<NextHop>,
+    /// How it is reached, and the rules about its direct path.
+    pub(super) path: PathState,
     pub(super) queue: VecDeque<Vec<u8>>,
     pub(super) failures: u32,
     /// Since when we want a session and have none (None while up).
@@ -24,68 +24,39 @@ pub(super) struct Peer {
     pub(super) unreachable: bool,
     pub(super) last_rx: Instant,
     pub(super) last_tx: Instant,
-    pub(super) last_direct_rx: Option<Instant>,
     pub(super) up_since: Option<Instant>,
     pub(super) tx_bytes: u64,
     pub(super) rx_bytes: u64,
     pub(super) last_handshake: Option<Instant>,
     pub(super) rtt: Option<Duration>,
-    /// Session indices we hold for it.
-    pub(super) indices: Vec<u32>,
-    pub(super) intro_at: Option<Instant>,
-    pub(super) punch_at: Option<Instant>,
-    /// An endpoint learned from an introduction or a punch.
-    pub(super) punch_endpoint: Option<Endpoint>,
-    /// The source endpoint we last reported to it.
-    pub(super) observed_sent: Option<Endpoint>,
     /// The incarnation of the run the current session was formed with, from the peer's own
     /// record sent under that session (None until it arrives).
     pub(super) session_incarnation: Option<u64>,
-    /// Since when data went out on the direct path with nothing received on it.
-    pub(super) unanswered_since: Option<Instant>,
-    /// The direct endpoint of a session moved to a relay because the path went silent.
-    pub(super) lost_direct: Option<Endpoint>,
-    /// When to send the next keepalive straight to `lost_direct` (and the record's
-    /// endpoints), to find out whether the direct path is back.
-    pub(super) direct_probe_at: Option<Instant>,
 }
 
 impl Peer {
     pub(super) fn new(now: Instant, retry_at: Instant) -> Self {
         Self {
             tunnel: Tunnel::Idle { retry_at },
-            path: None,
+            path: PathState::default(),
             queue: VecDeque::new(),
             failures: 0,
             wanted_since: Some(now),
             unreachable: false,
             last_rx: now,
             last_tx: now,
-            last_direct_rx: None,
             up_since: None,
             tx_bytes: 0,
             rx_bytes: 0,
             last_handshake: None,
             rtt: None,
-            indices: Vec::new(),
-            intro_at: None,
-            punch_at: None,
-            punch_endpoint: None,
-            observed_sent: None,
             session_incarnation: None,
-            unanswered_since: None,
-            lost_direct: None,
-            direct_probe_at: None,
         }
     }
 
-    /// Something that must be answered (data, an initiation) went out at `at`: on a direct
-    /// path, the silence clock starts unless it runs already; an answer on the path stops
-    /// it, and past [`super::SILENT_PROBE_AFTER`] the path is probed, then relayed round.
-    pub(super) fn expect_answer(&mut self, at: Instant) {
-        if matches!(self.path, Some(NextHop::Direct(_))) && self.unanswered_since.is_none() {
-            self.unanswered_since = Some(at);
-        }
+    /// Whether the tunnel is up and the peer reached directly.
+    pub(super) fn is_up_directly(&self) -> bool {
+        self.tunnel.is_up() && self.path.is_direct()
     }
 
     /// The peer's next deadline.
@@ -102,9 +73,7 @@ impl Peer {
             if !self.unreachable {
                 d = min_opt(d, Some(since + DIRECT_PATH_BOUND));
             }
-            if self.intro_at.is_none() {
-                d = min_opt(d, Some(since + INTRODUCE_AFTER));
-            }
+            d = min_opt(d, self.path.introduction_at(since));
         }
         d
     }
@@ -126,12 +95,9 @@ pub(super) fn up_deadline(p: &Peer, keys: &Keyring) -> Instant {
     if let (Tunnel::Established { .. }, Some(t)) = (&p.tunnel, unconfirmed_since(keys)) {
         d = d.min(t);
     }
-    if let (Tunnel::Established { .. }, Some(t), Some(NextHop::Direct(_))) =
-        (&p.tunnel, p.unanswered_since, p.path)
-    {
-        d = d.min(t + SILENT_PROBE_AFTER);
-    }
-    if let Some(t) = p.direct_probe_at {
+    // A rekey in flight probes the path already: silence is watched while established.
+    let established = matches!(p.tunnel, Tunnel::Established { .. });
+    if let Some(t) = p.path.deadline(established) {
         d = d.min(t);
     }
     if let Some(t) = keys.previous_until() {

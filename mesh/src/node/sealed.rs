@@ -61,19 +61,19 @@ impl Node {
             p.rx_bytes += bytes.len() as u64;
             match path {
                 Some(NextHop::Direct(ep)) => {
-                    p.last_direct_rx = Some(now);
-                    p.unanswered_since = None;
-                    p.direct_probe_at = None;
-                    if p.path != path {
+                    p.path.last_direct_rx = Some(now);
+                    p.path.unanswered_since = None;
+                    p.path.direct_probe_at = None;
+                    if p.path.next_hop != path {
                         // Roaming (WireGuard's rule): the latest authenticated source wins.
-                        p.path = path;
+                        p.path.next_hop = path;
                         new_direct = Some(ep);
                     }
-                    if p.lost_direct.is_some() || p.unreachable {
+                    if p.path.lost_direct.is_some() || p.unreachable {
                         // The direct path works again (a probe of ours or the peer's got
                         // through): stop listing it as down.
-                        p.lost_direct = None;
-                        p.direct_probe_at = None;
+                        p.path.lost_direct = None;
+                        p.path.direct_probe_at = None;
                         if p.unreachable {
                             p.unreachable = false;
                             self.own_dirty = true;
@@ -85,9 +85,10 @@ impl Node {
                     // The peer relays: its direct path went silent. Unless ours still hears
                     // it, follow (the session is end to end; only the path changes).
                     let direct_fresh = p
+                        .path
                         .last_direct_rx
                         .is_some_and(|t| now.saturating_duration_since(t) < SILENT_PROBE_AFTER);
-                    if !direct_fresh && p.path != Some(relay) {
+                    if !direct_fresh && p.path.next_hop != Some(relay) {
                         relay_now = Some(relay);
                     }
                 }
@@ -236,7 +237,7 @@ impl Node {
             // Waiting on a session the peer has not confirmed over the direct path: the
             // silence clock runs, as it would for data sent.
             if p.tunnel.is_up() {
-                p.expect_answer(now);
+                p.path.expect_answer(now);
             }
             if let Tunnel::Idle { retry_at } = &mut p.tunnel {
                 // Traffic waits: do not sit out the backoff or the fallback delay.
@@ -254,7 +255,7 @@ impl Node {
             return self.drop_for(DropReason::SealFailed);
         }
         if let Some(p) = self.peers.get_mut(&id) {
-            p.expect_answer(now);
+            p.path.expect_answer(now);
         }
         self.send_to_peer(id, buf, now);
     }

@@ -12,10 +12,7 @@ use crate::tunnel::{DEAD_AFTER, HANDSHAKE_ATTEMPTS, STABLE_AFTER, Tunnel, backof
 
 use super::peer::unconfirmed_since;
 
-use super::{
-    DIRECT_PATH_BOUND, DIRECT_PROBE_INTERVAL, DownReason, Event, INITIATE_FALLBACK,
-    INTRODUCE_AFTER, Node, SILENT_PROBE_AFTER,
-};
+use super::{DIRECT_PATH_BOUND, DownReason, Event, INITIATE_FALLBACK, Node};
 
 impl Node {
     /// Tears a tunnel down. `remove`: forget the peer entirely; otherwise reconnect.
@@ -30,10 +27,6 @@ impl Node {
             return;
         };
         let was_up = p.tunnel.is_up();
-        let mut released = std::mem::take(&mut p.indices);
-        if let Some(a) = p.tunnel.attempt() {
-            released.push(a.index);
-        }
         let lived = p
             .up_since
             .map(|t| now.saturating_duration_since(t))
@@ -46,17 +39,12 @@ impl Node {
                 p.failures + 1
             };
         }
-        let path = p.path.take();
+        let path = p.path.tunnel_closed();
         p.up_since = None;
         p.wanted_since = Some(now);
-        p.intro_at = None;
-        p.observed_sent = None;
         p.session_incarnation = None;
-        p.unanswered_since = None;
-        p.lost_direct = None;
-        p.direct_probe_at = None;
         let failures = p.failures;
-        self.indices.release_all(released);
+        self.indices.release_peer(id);
         if let Some(NextHop::Direct(ep)) = path
             && self.by_endpoint.get(&ep) == Some(&id)
         {
@@ -102,8 +90,7 @@ impl Node {
                 self.routes_dirty = true;
                 debug!(peer = %id, "no direct path: listing as unreachable, relaying");
             }
-            if p.intro_at.is_none() && now >= since + INTRODUCE_AFTER {
-                p.intro_at = Some(now);
+            if p.path.introduction_due(since, now) {
                 self.request_introduction(id, now);
             }
         }
@@ -149,8 +136,7 @@ impl Node {
             .keys_mut()
             .map(|k| k.handle_timeout(now))
             .unwrap_or_default();
-        p.indices.retain(|i| !released.contains(i));
-        self.indices.release_all(released.iter().copied());
+        self.indices.release_all(released);
         let p = self.peers.get_mut(&id).expect("present");
         let expired = p.tunnel.keys().is_some_and(|k| k.current().is_none());
         if expired {
@@ -161,10 +147,7 @@ impl Node {
         }
         // Data went out directly and nothing came back: a handshake probes the path; if
         // that is not answered on it either, the session moves to a relay.
-        let silent = p
-            .unanswered_since
-            .is_some_and(|t| now >= t + SILENT_PROBE_AFTER)
-            && matches!(p.path, Some(NextHop::Direct(_)));
+        let silent = p.path.is_silent(now);
         let mut direct_dead = false;
         // Our session is still unconfirmed while the one beside it is newer: that one was
         // kept for opening only as crossing ours, but the peer never had ours (our finish was
@@ -186,18 +169,12 @@ impl Node {
             }
             Tunnel::Rekeying { attempt, .. } => {
                 let due = now >= attempt.resend_at;
-                direct_dead = due && silent && p.last_direct_rx.is_none_or(|t| t < attempt.sent_at);
+                direct_dead = due && silent && p.path.unheard_since(attempt.sent_at);
                 due
             }
             _ => false,
         };
-        // A session on a relay path (the direct one went silent, or the handshake itself went
-        // through a relay before we knew the peer's endpoints) probes the direct path.
-        if matches!(p.path, Some(NextHop::Relay { .. })) && p.direct_probe_at.is_none() {
-            p.direct_probe_at = Some(now + DIRECT_PROBE_INTERVAL);
-        }
-        let probe_due = p.direct_probe_at.is_some_and(|t| now >= t)
-            && !matches!(p.path, Some(NextHop::Direct(_)));
+        let probe_due = p.path.probe_due(now);
         let mut rekey_due = rekey_due;
         if direct_dead {
             // The session stays (it is end to end); only its path moves. The probe is

@@ -1,0 +1,74 @@
+//! What a [`Node`](super::Node) shows a status API and metrics: counters, and snapshots of
+//! itself and its peers.
+
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+
+use crate::id::PeerId;
+use crate::ipam::WaitReason;
+use crate::routes::NextHop;
+use crate::tunnel::TunnelState;
+
+/// Counters of what the node sent, for metrics and the scale figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Bytes of gossip datagrams sent (records and sync requests, sealed, on the wire).
+    pub gossip_bytes: u64,
+    /// Bytes of all control datagrams sent (gossip, keepalives, IPAM, NAT).
+    pub control_bytes: u64,
+    /// Bytes of handshake datagrams sent.
+    pub handshake_bytes: u64,
+    /// Datagrams forwarded for other peers (relay).
+    pub relayed: u64,
+    /// Handshakes completed.
+    pub handshakes: u64,
+    /// Introductions made for two other peers (as the mutual peer).
+    pub introductions: u64,
+    /// Hole punches sent.
+    pub punches: u64,
+}
+
+/// A peer, as a status API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// Its id.
+    pub id: PeerId,
+    /// Its name, if its record is known.
+    pub name: Option<String>,
+    /// Tunnel state.
+    pub state: TunnelState,
+    /// How it is reached (when known).
+    pub path: Option<NextHop>,
+    /// Handshake round-trip time of the last handshake we initiated.
+    pub rtt: Option<Duration>,
+    /// Bytes sent to it.
+    pub tx_bytes: u64,
+    /// Bytes received from it.
+    pub rx_bytes: u64,
+    /// When the last handshake completed.
+    pub last_handshake: Option<Instant>,
+    /// Whether we list it as not directly reachable.
+    pub unreachable: bool,
+}
+
+/// The node, as a status API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// Our id.
+    pub id: PeerId,
+    /// Our name.
+    pub name: String,
+    /// Our incarnation.
+    pub incarnation: u64,
+    /// Our pod block, if any.
+    pub block: Option<Ipv4Net>,
+    /// Why we have none, if we have none.
+    pub waiting: Option<WaitReason>,
+    /// Free space we own.
+    pub free_space: Vec<Ipv4Net>,
+    /// Every peer with tunnel state.
+    pub peers: Vec<PeerStatus>,
+    /// Members known (tombstones excluded), ourselves included.
+    pub members: usize,
+}
