@@ -16,8 +16,8 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
-use weft_crypto::wire::DataHeader;
-use weft_crypto::{MessageType, PayloadKind, Session};
+use weft_crypto::wire::Sealed;
+use weft_crypto::{PayloadKind, Session};
 
 use crate::drop::DropReason;
 use crate::id::{Endpoint, PeerId};
@@ -124,19 +124,20 @@ impl DataPlane {
     /// Classifies a received datagram and, when it is data under a confirmed session from
     /// the peer's direct endpoint, opens it in place.
     pub fn open(&self, datagram: &mut [u8], from: Endpoint, now: Instant) -> Received {
-        if datagram.first() != Some(&(MessageType::Data as u8)) {
-            return Received::ToNode;
-        }
-        let Ok(header) = DataHeader::parse(datagram) else {
+        // The one read of the header: the session opens this checked view as it is.
+        let Ok(mut sealed) = Sealed::parse(&mut *datagram) else {
             return Received::ToNode;
         };
-        let Some(r) = self.receiving.get(&header.receiver_index) else {
+        if sealed.kind() != PayloadKind::Data {
+            return Received::ToNode;
+        }
+        let Some(r) = self.receiving.get(&sealed.receiver_index()) else {
             return Received::ToNode;
         };
         if r.direct != Some(from) {
             return Received::ToNode;
         }
-        let Ok(opened) = r.session.open_in_place(datagram, now) else {
+        let Ok(opened) = r.session.open_in_place(&mut sealed, now) else {
             return Received::Failed;
         };
         let range = opened.range();
