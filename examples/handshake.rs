@@ -6,7 +6,7 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use weft_crypto::wire::DataHeader;
+use weft_crypto::wire::Sealed;
 use weft_crypto::{
     DATA_HEADER_LEN, DATA_OVERHEAD, Handshaker, JoinSecret, KeyPair, OsRandom, PayloadKind,
     Timestamp,
@@ -45,16 +45,18 @@ fn main() -> anyhow::Result<()> {
     let mut packet = vec![0u8; DATA_OVERHEAD + payload.len()];
     packet[DATA_HEADER_LEN..DATA_HEADER_LEN + payload.len()].copy_from_slice(payload);
     alice_session.seal_in_place(PayloadKind::Data, &mut packet, now)?;
-    let header = DataHeader::parse(&packet)?;
+    // The receiver checks the header once; the session opens the checked datagram.
+    let mut sealed = Sealed::parse(&mut packet[..])?;
+    let header = sealed.header();
     println!(
         "data        alice -> bob   {:>3} bytes ({} of payload + {DATA_OVERHEAD} of overhead), \
          receiver index {:#x}, counter {}",
-        packet.len(),
+        sealed.as_bytes().len(),
         payload.len(),
         header.receiver_index,
         header.counter
     );
-    let opened = bob_session.open_in_place(&mut packet, now)?;
+    let opened = bob_session.open_in_place(&mut sealed, now)?;
     println!(
         "opened: {:?}",
         String::from_utf8_lossy(&packet[opened.range()])

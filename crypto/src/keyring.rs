@@ -167,7 +167,7 @@ fn grace(session: Arc<Session>, now: Instant) -> (Arc<Session>, Instant) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::tests::{pair, pair_with};
+    use crate::session::tests::{open, pair, pair_with};
     use crate::session::{REJECT_AFTER_TIME, REKEY_AFTER_TIME};
     use crate::wire::{DATA_HEADER_LEN, DATA_OVERHEAD, PayloadKind};
     use std::time::Duration;
@@ -207,7 +207,7 @@ mod tests {
         // ...and the late packet still opens through the previous session during the grace.
         let during = t_rekey + PREVIOUS_SESSION_GRACE - Duration::from_millis(1);
         let s = ring_b.for_index(20, during).expect("previous session held");
-        assert!(s.open_in_place(&mut late.clone(), during).is_ok());
+        assert!(open(s, &mut late.clone(), during).is_ok());
         assert!(ring_b.handle_timeout(during).is_empty());
 
         // After the grace it is gone.
@@ -244,10 +244,7 @@ mod tests {
         // A packet from the peer under the new session confirms it.
         let mut p = packet();
         b2.seal_in_place(PayloadKind::Control, &mut p, t1).unwrap();
-        ring.for_index(11, t1)
-            .unwrap()
-            .open_in_place(&mut p, t1)
-            .unwrap();
+        open(ring.for_index(11, t1).unwrap(), &mut p, t1).unwrap();
         assert_eq!(ring.sending(t1).unwrap().local_index(), 11);
         // Once the previous session's grace is over, the current one is used regardless.
         let (a3, _b3) = pair_with(t1, 12, 22);
@@ -277,10 +274,7 @@ mod tests {
         peer_ours
             .seal_in_place(PayloadKind::Control, &mut p, t0)
             .unwrap();
-        ring.for_index(10, t0)
-            .unwrap()
-            .open_in_place(&mut p, t0)
-            .unwrap();
+        open(ring.for_index(10, t0).unwrap(), &mut p, t0).unwrap();
         assert_eq!(ring.sending(t0).unwrap().local_index(), 10);
         // Theirs goes after the grace like any previous session.
         let later = t0 + PREVIOUS_SESSION_GRACE;

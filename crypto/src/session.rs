@@ -12,7 +12,9 @@ use crate::keys::PublicKey;
 use crate::noise::wipe_key;
 use crate::replay::ReplayWindow;
 use crate::secret::Secret;
-use crate::wire::{DATA_HEADER_LEN, DATA_OVERHEAD, DataHeader, PayloadKind, TAG_LEN, WireError};
+use crate::wire::{
+    DATA_HEADER_LEN, DATA_OVERHEAD, DataHeader, PayloadKind, Sealed, TAG_LEN, WireError,
+};
 
 // Timer and limit constants are WireGuard's (J. A. Donenfeld, "WireGuard: Next Generation
 // Kernel Network Tunnel", NDSS 2017, §6.1 "Preliminaries", table of constants). The handshake
@@ -66,7 +68,8 @@ pub enum SealError {
 /// Why a datagram was not opened. The window did not move.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum OpenError {
-    /// Malformed input.
+    /// Malformed input: [`Sealed::parse`] refused it (for callers that parse and open in
+    /// one chain; opening itself reads no header).
     #[error(transparent)]
     Malformed(#[from] WireError),
     /// The datagram names another session's index (misuse: the caller picked the wrong session).
@@ -295,8 +298,12 @@ impl Session {
     }
 
     /// Authenticates and decrypts everything but the replay check.
-    fn open_only(&self, datagram: &mut [u8], now: Instant) -> Result<Opened, OpenError> {
-        let header = DataHeader::parse(datagram)?;
+    fn open_only(
+        &self,
+        header: DataHeader,
+        datagram: &mut [u8],
+        now: Instant,
+    ) -> Result<Opened, OpenError> {
         if header.receiver_index != self.local_index {
             return Err(OpenError::WrongSession {
                 got: header.receiver_index,
@@ -325,13 +332,18 @@ impl Session {
         self.replay.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Opens one datagram in place; the plaintext is at [`Opened::range`].
-    pub fn open_in_place(&self, datagram: &mut [u8], now: Instant) -> Result<Opened, OpenError> {
-        let header = DataHeader::parse(datagram)?;
+    /// Opens one checked datagram in place; the plaintext is then at [`Opened::range`] of its
+    /// bytes. After an error the bytes are unspecified (the window did not move).
+    pub fn open_in_place<B: AsMut<[u8]>>(
+        &self,
+        datagram: &mut Sealed<B>,
+        now: Instant,
+    ) -> Result<Opened, OpenError> {
+        let (header, bytes) = datagram.parts_mut();
         if !self.window().check(header.counter) {
             return Err(OpenError::Replay(header.counter));
         }
-        let opened = self.open_only(datagram, now)?;
+        let opened = self.open_only(header, bytes, now)?;
         if !self.window().mark(opened.counter) {
             return Err(OpenError::Replay(opened.counter));
         }
@@ -339,13 +351,13 @@ impl Session {
         Ok(opened)
     }
 
-    /// Opens a batch of datagrams in place, pushing one result per datagram, in order, into
-    /// `results` (cleared first; reuse it across batches to avoid allocating). The replay
-    /// window is locked twice per batch, not per packet, and moves only for packets that
-    /// authenticated.
+    /// Opens a batch of checked datagrams in place, pushing one result per datagram, in
+    /// order, into `results` (cleared first; reuse it across batches to avoid allocating). The
+    /// replay window is locked twice per batch, not per packet, and moves only for packets
+    /// that authenticated.
     pub fn open_batch<P: AsMut<[u8]>>(
         &self,
-        datagrams: &mut [P],
+        datagrams: &mut [Sealed<P>],
         now: Instant,
         results: &mut Vec<Result<Opened, OpenError>>,
     ) {
@@ -353,22 +365,22 @@ impl Session {
         {
             // Cheap early refusal of obvious replays, before spending time on decryption.
             let window = self.window();
-            for d in datagrams.iter_mut() {
-                let d = d.as_mut();
-                results.push(match DataHeader::parse(d) {
-                    Ok(h) if !window.check(h.counter) => Err(OpenError::Replay(h.counter)),
-                    Ok(_) => Ok(Opened {
+            results.extend(datagrams.iter().map(|d| {
+                if window.check(d.counter()) {
+                    Ok(Opened {
                         kind: PayloadKind::Data,
                         len: 0,
                         counter: 0,
-                    }),
-                    Err(e) => Err(e.into()),
-                });
-            }
+                    })
+                } else {
+                    Err(OpenError::Replay(d.counter()))
+                }
+            }));
         }
         for (d, r) in datagrams.iter_mut().zip(results.iter_mut()) {
             if r.is_ok() {
-                *r = self.open_only(d.as_mut(), now);
+                let (header, bytes) = d.parts_mut();
+                *r = self.open_only(header, bytes, now);
             }
         }
         let mut window = self.window();
@@ -425,6 +437,23 @@ pub(crate) mod tests {
         (a, b)
     }
 
+    /// Parses and opens, as a receive path does.
+    pub(crate) fn open(
+        s: &Session,
+        datagram: &mut [u8],
+        now: Instant,
+    ) -> Result<Opened, OpenError> {
+        s.open_in_place(&mut Sealed::parse(datagram)?, now)
+    }
+
+    /// Checked views of a batch of datagrams, for [`Session::open_batch`].
+    fn views(batch: &mut [Vec<u8>]) -> Vec<Sealed<&mut Vec<u8>>> {
+        batch
+            .iter_mut()
+            .map(|p| Sealed::parse(p).unwrap())
+            .collect()
+    }
+
     fn packet(payload: &[u8]) -> Vec<u8> {
         let mut p = vec![0u8; DATA_OVERHEAD + payload.len()];
         p[DATA_HEADER_LEN..DATA_HEADER_LEN + payload.len()].copy_from_slice(payload);
@@ -439,16 +468,13 @@ pub(crate) mod tests {
         a.seal_in_place(PayloadKind::Data, &mut p, now).unwrap();
         assert_ne!(&p[DATA_HEADER_LEN..DATA_HEADER_LEN + 9], b"hello pod");
         assert!(!a.is_confirmed());
-        let o = b.open_in_place(&mut p, now).unwrap();
+        let o = open(&b, &mut p, now).unwrap();
         assert_eq!(o.kind, PayloadKind::Data);
         assert_eq!(&p[o.range()], b"hello pod");
         // An empty payload (a keepalive) works too, and confirms the session to its receiver.
         let mut k = packet(b"");
         b.seal_in_place(PayloadKind::Control, &mut k, now).unwrap();
-        assert_eq!(
-            a.open_in_place(&mut k, now).unwrap().kind,
-            PayloadKind::Control
-        );
+        assert_eq!(open(&a, &mut k, now).unwrap().kind, PayloadKind::Control);
         assert!(a.is_confirmed());
     }
 
@@ -461,7 +487,7 @@ pub(crate) mod tests {
         for i in [0usize, 1, 6, DATA_HEADER_LEN + 2, p.len() - 1] {
             let mut t = p.clone();
             t[i] ^= 0x01;
-            let err = b.open_in_place(&mut t, now).unwrap_err();
+            let err = open(&b, &mut t, now).unwrap_err();
             assert!(
                 matches!(
                     err,
@@ -473,7 +499,7 @@ pub(crate) mod tests {
             );
         }
         // The untouched packet still opens: forged copies did not mark its counter.
-        b.open_in_place(&mut p, now).unwrap();
+        open(&b, &mut p, now).unwrap();
     }
 
     #[test]
@@ -483,16 +509,16 @@ pub(crate) mod tests {
         let mut p = packet(b"once");
         a.seal_in_place(PayloadKind::Data, &mut p, now).unwrap();
         let copy = p.clone();
-        b.open_in_place(&mut p, now).unwrap();
+        open(&b, &mut p, now).unwrap();
         let mut again = copy.clone();
-        assert_eq!(b.open_in_place(&mut again, now), Err(OpenError::Replay(0)));
+        assert_eq!(open(&b, &mut again, now), Err(OpenError::Replay(0)));
         // Twice in one batch: the first wins.
         let (a, b) = pair(now);
         let mut p = packet(b"twice");
         a.seal_in_place(PayloadKind::Data, &mut p, now).unwrap();
         let mut batch = vec![p.clone(), p];
         let mut results = Vec::new();
-        b.open_batch(&mut batch, now, &mut results);
+        b.open_batch(&mut views(&mut batch), now, &mut results);
         assert!(results[0].is_ok());
         assert_eq!(results[1], Err(OpenError::Replay(0)));
     }
@@ -514,7 +540,7 @@ pub(crate) mod tests {
         // Reordered batch: all open.
         batch.swap(1, 30);
         let mut results = Vec::new();
-        b.open_batch(&mut batch[1..], now, &mut results);
+        b.open_batch(&mut views(&mut batch[1..]), now, &mut results);
         assert!(results.iter().all(|r| r.is_ok()));
         let o = results[29].as_ref().unwrap();
         assert_eq!(&batch[30][o.range()], &[1u8; 100][..]);
@@ -545,7 +571,7 @@ pub(crate) mod tests {
         );
         // The last counter below the limit still opens at the receiver.
         let mut p = batch[1].clone();
-        assert!(b.open_in_place(&mut p, now).is_ok());
+        assert!(open(&b, &mut p, now).is_ok());
     }
 
     #[test]
@@ -562,7 +588,7 @@ pub(crate) mod tests {
         )
         .unwrap();
         assert_eq!(
-            b.open_in_place(&mut p.clone(), t0 + REJECT_AFTER_TIME),
+            open(&b, &mut p.clone(), t0 + REJECT_AFTER_TIME),
             Err(OpenError::Expired)
         );
         assert_eq!(
@@ -584,10 +610,10 @@ pub(crate) mod tests {
         a.seal_in_place(PayloadKind::Data, &mut p, now).unwrap();
         // Opening with the sender's own session: wrong receiver index.
         assert!(matches!(
-            a.open_in_place(&mut p, now),
+            open(&a, &mut p, now),
             Err(OpenError::WrongSession { .. })
         ));
-        assert!(b.open_in_place(&mut p, now).is_ok());
+        assert!(open(&b, &mut p, now).is_ok());
     }
 
     #[test]
@@ -638,7 +664,7 @@ pub(crate) mod tests {
                     .map(|_| {
                         let mut copy = p.clone();
                         let b = &b;
-                        scope.spawn(move || usize::from(b.open_in_place(&mut copy, now).is_ok()))
+                        scope.spawn(move || usize::from(open(b, &mut copy, now).is_ok()))
                     })
                     .collect();
                 workers.into_iter().map(|w| w.join().unwrap()).sum()

@@ -272,6 +272,74 @@ impl DataHeader {
     }
 }
 
+/// A checked sealed datagram (data or control) in its buffer `B` (a byte slice or a `Vec`).
+///
+/// Only [`Sealed::parse`] makes one, so its header was read and checked exactly once; a
+/// [`Session`](crate::Session) opens it without reading the header again, and the receive
+/// path that looked the session up by [`Sealed::receiver_index`] hands the same view on.
+/// The bytes cannot be changed through the view (the header it holds stays the header they
+/// carry); opening decrypts them in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sealed<B> {
+    header: DataHeader,
+    buffer: B,
+}
+
+impl<B: AsRef<[u8]>> Sealed<B> {
+    /// Checks `buffer` as [`DataHeader::parse`] does and keeps the header it read.
+    pub fn parse(buffer: B) -> Result<Self, WireError> {
+        let header = DataHeader::parse(buffer.as_ref())?;
+        Ok(Self { header, buffer })
+    }
+
+    /// A copy of the datagram in a buffer of its own, with the header already checked (the
+    /// Node opens a copy, not the bytes it was handed).
+    pub fn to_vec(&self) -> Sealed<Vec<u8>> {
+        Sealed {
+            header: self.header,
+            buffer: self.buffer.as_ref().to_vec(),
+        }
+    }
+
+    /// The datagram's bytes (after a successful open, the plaintext is at
+    /// [`crate::Opened::range`]).
+    pub fn as_bytes(&self) -> &[u8] {
+        self.buffer.as_ref()
+    }
+}
+
+impl<B> Sealed<B> {
+    /// The checked header.
+    pub fn header(&self) -> DataHeader {
+        self.header
+    }
+    /// Data or control.
+    pub fn kind(&self) -> PayloadKind {
+        self.header.kind
+    }
+    /// The receiver's session index: which session opens it (a lookup key, not trusted
+    /// until the session has opened it).
+    pub fn receiver_index(&self) -> u32 {
+        self.header.receiver_index
+    }
+    /// The sender's counter.
+    pub fn counter(&self) -> u64 {
+        self.header.counter
+    }
+    /// The buffer back.
+    pub fn into_inner(self) -> B {
+        self.buffer
+    }
+}
+
+impl<B: AsMut<[u8]>> Sealed<B> {
+    /// The header and the bytes to open in place; for the session only, so the bytes change
+    /// only by being opened.
+    pub(crate) fn parts_mut(&mut self) -> (DataHeader, &mut [u8]) {
+        (self.header, self.buffer.as_mut())
+    }
+}
+
 /// A wall-clock instant as TAI64N (8 bytes of seconds from 1970 TAI + 2^62, 4 of
 /// nanoseconds, big-endian), as WireGuard puts in its initiation. Compared as bytes, later
 /// instants are larger.
@@ -390,6 +458,38 @@ mod tests {
         buf[0] = 1;
         assert!(matches!(
             DataHeader::parse(&buf),
+            Err(WireError::UnexpectedType { .. })
+        ));
+    }
+
+    #[test]
+    fn a_sealed_view_keeps_the_header_it_checked() {
+        let h = DataHeader {
+            kind: PayloadKind::Data,
+            receiver_index: 7,
+            counter: 42,
+        };
+        let mut buf = [0u8; DATA_OVERHEAD + 3];
+        h.write(&mut buf);
+        let view = Sealed::parse(&mut buf[..]).unwrap();
+        assert_eq!(view.header(), h);
+        assert_eq!(
+            (view.kind(), view.receiver_index(), view.counter()),
+            (PayloadKind::Data, 7, 42)
+        );
+        let copy = view.to_vec();
+        assert_eq!(copy.header(), h);
+        assert_eq!(copy.as_bytes(), view.as_bytes());
+        assert_eq!(view.into_inner().len(), DATA_OVERHEAD + 3);
+        // The same refusals as the header's own parser.
+        assert_eq!(
+            Sealed::parse(&buf[..DATA_OVERHEAD - 1]).unwrap_err(),
+            DataHeader::parse(&buf[..DATA_OVERHEAD - 1]).unwrap_err()
+        );
+        assert_eq!(Sealed::parse(&[][..]).unwrap_err(), WireError::Empty);
+        buf[0] = MessageType::HandshakeFinish as u8;
+        assert!(matches!(
+            Sealed::parse(&buf[..]),
             Err(WireError::UnexpectedType { .. })
         ));
     }

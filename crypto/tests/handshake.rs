@@ -3,10 +3,12 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use weft_crypto::wire::{FINISH_LEN, INITIATION_LEN, PROTOCOL_VERSION, RESPONSE_LEN, WireError};
+use weft_crypto::wire::{
+    FINISH_LEN, INITIATION_LEN, PROTOCOL_VERSION, RESPONSE_LEN, Sealed, WireError,
+};
 use weft_crypto::{
     DATA_HEADER_LEN, DATA_OVERHEAD, HandshakeError, Handshaker, JoinSecret, KeyPair,
-    MAX_CLOCK_SKEW, PayloadKind, SeededRng, Session, Timestamp,
+    MAX_CLOCK_SKEW, OpenError, Opened, PayloadKind, SeededRng, Session, Timestamp,
 };
 
 const SECRET: &[u8] = b"correct horse battery staple";
@@ -53,12 +55,17 @@ fn handshake(a: &Handshaker, b: &mut Handshaker, t: Timestamp, rng: &mut SeededR
     }
 }
 
+/// Parses and opens, as a receive path does.
+fn open(s: &Session, datagram: &mut [u8], now: Instant) -> Result<Opened, OpenError> {
+    s.open_in_place(&mut Sealed::parse(datagram)?, now)
+}
+
 fn exchange(from: &Session, to: &Session, payload: &[u8]) -> Vec<u8> {
     let now = from.established();
     let mut p = vec![0u8; DATA_OVERHEAD + payload.len()];
     p[DATA_HEADER_LEN..DATA_HEADER_LEN + payload.len()].copy_from_slice(payload);
     from.seal_in_place(PayloadKind::Data, &mut p, now).unwrap();
-    let o = to.open_in_place(&mut p, now).unwrap();
+    let o = open(to, &mut p, now).unwrap();
     p[o.range()].to_vec()
 }
 
@@ -256,7 +263,7 @@ fn forward_secrecy_stolen_long_term_secrets_do_not_open_a_recorded_session() {
     assert_eq!(err, HandshakeError::Authentication);
     // A full handshake between the two stolen identities gives other keys.
     let stolen = handshake(&thief(&a_keys), &mut thief(&b_keys), wall(0), &mut rng);
-    assert!(stolen.b.open_in_place(&mut recorded.clone(), now).is_err());
+    assert!(open(&stolen.b, &mut recorded.clone(), now).is_err());
 
     // The control: what the thief lacks is exactly the ephemeral private keys. Given those
     // too (the same generator), the same run is reproduced and the recording opens. So the
@@ -269,7 +276,7 @@ fn forward_secrecy_stolen_long_term_secrets_do_not_open_a_recorded_session() {
         &mut SeededRng::new(6),
     );
     assert_eq!(replayed.init, t.init);
-    let o = replayed.b.open_in_place(&mut recorded, now).unwrap();
+    let o = open(&replayed.b, &mut recorded, now).unwrap();
     assert_eq!(&recorded[o.range()], b"secret");
 }
 

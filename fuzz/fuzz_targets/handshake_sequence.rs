@@ -5,6 +5,7 @@
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use std::time::{Duration, Instant};
+use weft_crypto::wire::Sealed;
 use weft_crypto::{
     DATA_HEADER_LEN, DATA_OVERHEAD, Initiator, PayloadKind, Responding, Session, Timestamp,
 };
@@ -105,7 +106,8 @@ fuzz_target!(|ops: Vec<Op>| {
                         let mut p = vec![0u8; DATA_OVERHEAD + 3];
                         p[DATA_HEADER_LEN..DATA_HEADER_LEN + 3].copy_from_slice(b"abc");
                         if sa.seal_in_place(PayloadKind::Data, &mut p, now).is_ok() {
-                            let o = sb.open_in_place(&mut p, now).unwrap();
+                            let mut sealed = Sealed::parse(&mut p[..]).unwrap();
+                            let o = sb.open_in_place(&mut sealed, now).unwrap();
                             assert_eq!(&p[o.range()], b"abc");
                         }
                     }

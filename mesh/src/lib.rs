@@ -24,7 +24,9 @@ pub mod routes;
 pub mod tunnel;
 pub mod wire;
 
-pub use dataplane::{DataActivity, DataPlane, PeerPath, Received, Receiving};
+pub use dataplane::{
+    ActivityReport, DataActivity, DataPlane, PeerPath, Received, Receiving, Tally,
+};
 pub use drop::{DropCounters, DropReason};
 pub use id::{DEFAULT_PORT, Endpoint, PeerId, ShortId};
 pub use ipam::{AddressSpace, WaitReason};

@@ -513,12 +513,7 @@ impl Driver {
                                 now,
                                 datagrams.iter().map(|(from, d)| (*from, d.as_slice())),
                             ),
-                            ToNode::Activity { activity, drops } => {
-                                for (reason, n) in drops {
-                                    self.node.count_drops(reason, n);
-                                }
-                                self.node.handle_data_activity(now, &activity);
-                            }
+                            ToNode::Activity(report) => report.apply(&mut self.node, now),
                             ToNode::Stopped { worker, error } => {
                                 return Err(RunError::WorkerStopped {
                                     worker,

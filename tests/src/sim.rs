@@ -25,7 +25,7 @@ use weft_crypto::{
 };
 use weft_mesh::Ipv4View;
 use weft_mesh::{
-    Config, DataActivity, DataPlane, DropReason, Event, Node, PeerId, PersistentState, Received,
+    Config, DataPlane, DropReason, Event, Node, PeerId, PersistentState, Received, Tally,
     ipam::overlaps,
 };
 
@@ -40,8 +40,8 @@ pub const JOIN_SECRET: &[u8] = b"weft simulated cluster join secret";
 pub type SimRng = SeededRng;
 
 /// How often the simulated data plane reports its activity to the Node: the router's
-/// `weft_router::dataplane::REPORT_EVERY` (a test in `mesh_dataplane.rs` keeps them equal).
-pub const REPORT_EVERY: Duration = Duration::from_millis(100);
+/// (a test in `mesh_dataplane.rs` keeps them equal).
+pub use weft_mesh::dataplane::REPORT_EVERY;
 
 /// Which path data packets take through a simulated router.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -98,52 +98,6 @@ pub struct DataPlaneStats {
 /// The two halves of a data plane, each with its own tally, as the router's `tx` and `rx`.
 const TX: usize = 0;
 const RX: usize = 1;
-
-/// What a data-plane half did since its last report: the router's `Tally`.
-#[derive(Debug, Default)]
-struct Tally {
-    peers: Vec<DataActivity>,
-    drops: BTreeMap<DropReason, u64>,
-    /// When the first thing since the last report happened.
-    since: Option<Instant>,
-}
-
-impl Tally {
-    fn entry(&mut self, peer: PeerId, now: Instant) -> &mut DataActivity {
-        self.since.get_or_insert(now);
-        let i = match self.peers.iter().position(|a| a.peer == peer) {
-            Some(i) => i,
-            None => {
-                self.peers.push(DataActivity {
-                    peer,
-                    sent_bytes: 0,
-                    sent: None,
-                    received_bytes: 0,
-                    received: None,
-                });
-                self.peers.len() - 1
-            }
-        };
-        &mut self.peers[i]
-    }
-
-    fn sent(&mut self, peer: PeerId, bytes: usize, now: Instant) {
-        let a = self.entry(peer, now);
-        a.sent_bytes += bytes as u64;
-        a.sent = Some((a.sent.map_or(now, |(first, _)| first), now));
-    }
-
-    fn received(&mut self, peer: PeerId, bytes: usize, now: Instant, from: SocketAddr) {
-        let a = self.entry(peer, now);
-        a.received_bytes += bytes as u64;
-        a.received = Some((now, from));
-    }
-
-    fn drop_for(&mut self, reason: DropReason, now: Instant) {
-        self.since.get_or_insert(now);
-        *self.drops.entry(reason).or_default() += 1;
-    }
-}
 
 /// A host's data plane: the snapshot it works on and its two tallies.
 #[derive(Debug, Default)]
@@ -1064,13 +1018,13 @@ impl Sim {
     /// worker wakes for it even when no more traffic comes.
     fn schedule_report(&mut self, i: usize, half: usize) {
         let w = &mut self.hosts[i].worker;
-        let Some(since) = w.tallies[half].since else {
+        let Some(due) = w.tallies[half].due() else {
             return;
         };
         if w.report_at[half].is_some() {
             return;
         }
-        let at = since.saturating_duration_since(self.base) + REPORT_EVERY;
+        let at = due.saturating_duration_since(self.base);
         w.report_at[half] = Some(at);
         self.seq += 1;
         self.queue
@@ -1089,15 +1043,10 @@ impl Sim {
         let Some(node) = h.node.as_mut() else {
             return;
         };
-        let tally = std::mem::take(&mut h.worker.tallies[half]);
+        let report = h.worker.tallies[half].take().unwrap_or_default();
         self.data_plane.reports += 1;
         let span = tracing::info_span!("node", name = %h.spec.name);
-        span.in_scope(|| {
-            for (reason, n) in tally.drops {
-                node.count_drops(reason, n);
-            }
-            node.handle_data_activity(now, &tally.peers);
-        });
+        span.in_scope(|| report.apply(node, now));
         self.drain(i);
     }
 }

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use weft_crypto::wire::Sealed;
 use weft_crypto::{DATA_HEADER_LEN, DATA_OVERHEAD, PayloadKind, TAG_LEN};
 use weft_mesh::{DataActivity, DropReason, NextHop, Received};
 use weft_tests::sim::{DataPath, DataPlaneStats};
@@ -71,14 +72,15 @@ fn a_packet_sealed_from_one_snapshot_opens_with_the_peers(data_path: DataPath) {
         .unwrap_or_else(|| panic!("b's snapshot opens index {index:#x}"));
     assert_eq!(receiving.peer, ida);
     assert!(receiving.direct.is_some(), "b knows a's direct endpoint");
+    let mut sealed = Sealed::parse(&mut datagram[..]).expect("a sealed datagram");
     let opened = receiving
         .session
-        .open_in_place(&mut datagram, now)
+        .open_in_place(&mut sealed, now)
         .expect("opens");
-    assert_eq!(&datagram[opened.range()], &packet[..]);
+    assert_eq!(&sealed.as_bytes()[opened.range()], &packet[..]);
     // The replay window is the Node's too: the same datagram does not open twice, whoever
     // tries.
-    assert!(receiving.session.open_in_place(&mut datagram, now).is_err());
+    assert!(receiving.session.open_in_place(&mut sealed, now).is_err());
     assert_eq!(
         sim.node(b).path(&ida),
         receiving.direct.map(NextHop::Direct),

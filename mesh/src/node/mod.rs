@@ -59,6 +59,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use tracing::{info, trace, warn};
+use weft_crypto::wire::Sealed;
 use weft_crypto::{Handshaker, MessageType, Random, Timestamp};
 
 use crate::dataplane::{DataActivity, DataPlane, PeerPath, Receiving};
@@ -481,12 +482,13 @@ impl Node {
         match MessageType::of(bytes) {
             Err(_) => self.drop_for(DropReason::Malformed),
             Ok(MessageType::Relay) => self.handle_relay(now, from, bytes),
-            Ok(_) => self.handle_inner(
+            Ok(kind) => self.dispatch(
                 now,
                 Source {
                     endpoint: from,
                     relayed_from: None,
                 },
+                kind,
                 bytes,
             ),
         }
@@ -615,13 +617,27 @@ impl Node {
         self.transmits.push_back(Transmit { destination, bytes });
     }
 
+    /// A datagram that came inside a relay envelope.
     fn handle_inner(&mut self, now: Instant, source: Source, bytes: &[u8]) {
         match MessageType::of(bytes) {
-            Ok(MessageType::HandshakeInitiation) => self.on_initiation(now, source, bytes),
-            Ok(MessageType::HandshakeResponse) => self.on_response(now, source, bytes),
-            Ok(MessageType::HandshakeFinish) => self.on_finish(now, source, bytes),
-            Ok(MessageType::Data | MessageType::Control) => self.on_sealed(now, source, bytes),
-            _ => self.drop_for(DropReason::Malformed),
+            Ok(kind) => self.dispatch(now, source, kind, bytes),
+            Err(_) => self.drop_for(DropReason::Malformed),
+        }
+    }
+
+    /// Hands a datagram whose type was read once (`kind`) to its handler; a sealed one goes
+    /// on as the checked view the session opens.
+    fn dispatch(&mut self, now: Instant, source: Source, kind: MessageType, bytes: &[u8]) {
+        match kind {
+            MessageType::HandshakeInitiation => self.on_initiation(now, source, bytes),
+            MessageType::HandshakeResponse => self.on_response(now, source, bytes),
+            MessageType::HandshakeFinish => self.on_finish(now, source, bytes),
+            MessageType::Data | MessageType::Control => match Sealed::parse(bytes) {
+                Ok(sealed) => self.on_sealed(now, source, sealed),
+                Err(_) => self.drop_for(DropReason::Malformed),
+            },
+            // A relay envelope inside a relay envelope.
+            MessageType::Relay => self.drop_for(DropReason::Malformed),
         }
     }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::debug;
+use weft_crypto::wire::Sealed;
 use weft_crypto::{DATA_HEADER_LEN, DATA_OVERHEAD, PayloadKind, Session, TAG_LEN};
 
 use crate::drop::DropReason;
@@ -22,18 +23,16 @@ use super::{IndexUse, Node, SILENT_PROBE_AFTER, Source};
 pub const QUEUE_LIMIT: usize = 64;
 
 impl Node {
-    pub(super) fn on_sealed(&mut self, now: Instant, source: Source, bytes: &[u8]) {
-        let Ok(header) = weft_crypto::wire::DataHeader::parse(bytes) else {
-            return self.drop_for(DropReason::Malformed);
-        };
-        let Some(IndexUse::Session(id)) = self.indices.get(header.receiver_index) else {
+    pub(super) fn on_sealed(&mut self, now: Instant, source: Source, sealed: Sealed<&[u8]>) {
+        let index = sealed.receiver_index();
+        let Some(IndexUse::Session(id)) = self.indices.get(index) else {
             return self.on_unknown_index(now, source);
         };
         let Some(session) = self
             .peers
             .get(&id)
             .and_then(|p| p.tunnel.keys())
-            .and_then(|k| k.for_index(header.receiver_index, now))
+            .and_then(|k| k.for_index(index, now))
             .cloned()
         else {
             return self.on_unknown_index(now, source);
@@ -43,8 +42,8 @@ impl Node {
             .get(&id)
             .and_then(|p| p.tunnel.keys())
             .and_then(|k| k.current())
-            .is_some_and(|c| c.local_index() == header.receiver_index);
-        let mut buf = bytes.to_vec();
+            .is_some_and(|c| c.local_index() == index);
+        let mut buf = sealed.to_vec();
         let opened = match session.open_in_place(&mut buf, now) {
             Ok(o) => o,
             Err(_) => return self.drop_for(DropReason::OpenFailed),
@@ -58,7 +57,7 @@ impl Node {
         let mut relay_now = None;
         if let Some(p) = self.peers.get_mut(&id) {
             p.last_rx = now;
-            p.rx_bytes += bytes.len() as u64;
+            p.rx_bytes += sealed.as_bytes().len() as u64;
             match path {
                 Some(NextHop::Direct(ep)) => {
                     p.path.last_direct_rx = Some(now);
@@ -112,7 +111,7 @@ impl Node {
         for packet in waiting {
             self.send_data(id, packet, now);
         }
-        let plain = &buf[opened.range()];
+        let plain = &buf.as_bytes()[opened.range()];
         match opened.kind {
             PayloadKind::Data => self.on_data(id, plain, now),
             PayloadKind::Control if plain.is_empty() => {} // keepalive

@@ -6,8 +6,8 @@
 //! confirmed sessions, direct endpoints; the per-packet decisions are `weft_mesh::dataplane`'s)
 //! and hands the Node everything the snapshot does not cover: handshakes, control messages,
 //! relayed or roaming datagrams, packets for peers without a session. It reports what it
-//! sealed and opened ([`DataActivity`]) so the Node's liveness and keepalive clocks run as if
-//! it had seen every packet. The socket and the TUN device are registered with no tokio
+//! sealed and opened (a [`weft_mesh::Tally`] per worker) so the Node's liveness and keepalive clocks run
+//! as if it had seen every packet. The socket and the TUN device are registered with no tokio
 //! reactor: the thread sleeps in `poll` on them itself.
 //!
 //! The cost of a userspace tunnel is per system call, not per byte (docs/performance.md), so
@@ -24,7 +24,6 @@
 pub mod rx;
 pub mod tx;
 
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -35,11 +34,9 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use tokio::sync::mpsc;
-use weft_mesh::{DataActivity, DataPlane, DropReason, PeerId};
+use weft_mesh::{ActivityReport, DataPlane};
 
-/// How often a worker reports its activity to the Node while traffic flows. The Node's
-/// clocks work in seconds (keepalives, silent paths), so a tenth of one is plenty.
-pub const REPORT_EVERY: Duration = Duration::from_millis(100);
+pub use weft_mesh::dataplane::REPORT_EVERY;
 
 /// Whether to use the kernel's segmentation offloads (`--offload`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -127,84 +124,7 @@ pub enum ToNode {
     /// Datagrams that are not confirmed-session data from a peer's direct endpoint.
     Datagrams(Vec<(SocketAddr, Vec<u8>)>),
     /// What was sealed and opened, and dropped, since the last report.
-    Activity {
-        /// Per peer.
-        activity: Vec<DataActivity>,
-        /// Per reason.
-        drops: Vec<(DropReason, u64)>,
-    },
-}
-
-/// A worker's running tally between reports.
-#[derive(Debug, Default)]
-struct Tally {
-    peers: Vec<DataActivity>,
-    /// Where each peer is in `peers`; consecutive packets mostly share a peer, so the last
-    /// hit is tried before hashing.
-    index: HashMap<PeerId, usize>,
-    last: usize,
-    drops: HashMap<DropReason, u64>,
-    since: Option<Instant>,
-}
-
-impl Tally {
-    fn entry(&mut self, peer: PeerId, now: Instant) -> &mut DataActivity {
-        self.since.get_or_insert(now);
-        if self.peers.get(self.last).is_none_or(|a| a.peer != peer) {
-            let peers = &mut self.peers;
-            self.last = *self.index.entry(peer).or_insert_with(|| {
-                peers.push(DataActivity {
-                    peer,
-                    sent_bytes: 0,
-                    sent: None,
-                    received_bytes: 0,
-                    received: None,
-                });
-                peers.len() - 1
-            });
-        }
-        &mut self.peers[self.last]
-    }
-
-    fn sent(&mut self, peer: PeerId, bytes: usize, now: Instant) {
-        let a = self.entry(peer, now);
-        a.sent_bytes += bytes as u64;
-        a.sent = Some((a.sent.map_or(now, |(first, _)| first), now));
-    }
-
-    fn received(&mut self, peer: PeerId, bytes: usize, now: Instant, from: SocketAddr) {
-        let a = self.entry(peer, now);
-        a.received_bytes += bytes as u64;
-        a.received = Some((now, from));
-    }
-
-    /// The pending report, when it is due at `now`.
-    fn take_if_due(&mut self, now: Instant) -> Option<ToNode> {
-        if self.due().is_some_and(|t| t <= now) {
-            self.take()
-        } else {
-            None
-        }
-    }
-
-    fn drop_for(&mut self, reason: DropReason, now: Instant) {
-        self.since.get_or_insert(now);
-        *self.drops.entry(reason).or_default() += 1;
-    }
-
-    /// When the pending report is due, if anything is pending.
-    fn due(&self) -> Option<Instant> {
-        self.since.map(|t| t + REPORT_EVERY)
-    }
-
-    fn take(&mut self) -> Option<ToNode> {
-        self.since.take()?;
-        self.index.clear();
-        Some(ToNode::Activity {
-            activity: std::mem::take(&mut self.peers),
-            drops: self.drops.drain().collect(),
-        })
-    }
+    Activity(ActivityReport),
 }
 
 /// The longest a worker sleeps before it looks at its stop flag.
@@ -292,47 +212,5 @@ impl Drop for Workers {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_tally_reports_first_and_last_send_and_the_last_receive() {
-        let t0 = Instant::now();
-        let peer = PeerId([7; 32]);
-        let from: SocketAddr = "198.18.0.2:6786".parse().unwrap();
-        let mut tally = Tally::default();
-        assert!(tally.due().is_none());
-        tally.sent(peer, 100, t0);
-        tally.sent(peer, 50, t0 + Duration::from_millis(5));
-        tally.received(peer, 70, t0 + Duration::from_millis(7), from);
-        tally.drop_for(DropReason::SpoofedSource, t0);
-        assert_eq!(tally.due(), Some(t0 + REPORT_EVERY));
-        let Some(ToNode::Activity { activity, drops }) = tally.take() else {
-            panic!("a report was pending");
-        };
-        assert_eq!(activity.len(), 1);
-        let a = activity[0];
-        assert_eq!(a.sent_bytes, 150);
-        assert_eq!(a.sent, Some((t0, t0 + Duration::from_millis(5))));
-        assert_eq!(a.received_bytes, 70);
-        assert_eq!(a.received, Some((t0 + Duration::from_millis(7), from)));
-        assert_eq!(drops, vec![(DropReason::SpoofedSource, 1)]);
-        assert!(tally.take().is_none(), "nothing is reported twice");
-
-        // Peers interleaved: each keeps its own sums.
-        let other = PeerId([8; 32]);
-        for i in 0..10 {
-            tally.sent(if i % 3 == 0 { other } else { peer }, 10, t0);
-        }
-        let Some(ToNode::Activity { mut activity, .. }) = tally.take() else {
-            panic!("a report was pending");
-        };
-        activity.sort_by_key(|a| a.peer);
-        let sums: Vec<_> = activity.iter().map(|a| (a.peer, a.sent_bytes)).collect();
-        assert_eq!(sums, vec![(peer, 60), (other, 40)]);
     }
 }

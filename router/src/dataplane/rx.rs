@@ -16,9 +16,9 @@ use tokio::sync::mpsc;
 use tracing::debug;
 use tun_rs::{GROTable, SyncDevice};
 use weft_crypto::DATA_HEADER_LEN;
-use weft_mesh::{DataPlane, DropReason, Received};
+use weft_mesh::{DataPlane, DropReason, Received, Tally};
 
-use super::{Shared, Tally, ToNode};
+use super::{Shared, ToNode};
 
 /// Messages per `recvmmsg`.
 const MESSAGES: usize = 16;
@@ -154,7 +154,7 @@ impl Rx {
             }
         };
         if let Some(report) = st.tally.take_if_due(now) {
-            let _ = self.to_node.try_send(report);
+            let _ = self.to_node.try_send(ToNode::Activity(report));
         }
         Ok(busy)
     }

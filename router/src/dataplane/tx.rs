@@ -18,9 +18,9 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 use tun_rs::SyncDevice;
 use weft_crypto::{DATA_HEADER_LEN, DATA_OVERHEAD};
-use weft_mesh::{DropReason, Ipv4View, PeerId, PeerPath};
+use weft_mesh::{DropReason, Ipv4View, PeerId, PeerPath, Tally};
 
-use super::{Shared, Tally, ToNode, wait};
+use super::{Shared, ToNode, wait};
 
 /// Packet slots per batch.
 const SLOTS: usize = 256;
@@ -142,7 +142,7 @@ impl Tx {
             }
         };
         if let Some(report) = st.tally.take_if_due(now) {
-            let _ = self.to_node.try_send(report);
+            let _ = self.to_node.try_send(ToNode::Activity(report));
         }
         Ok(busy)
     }
