@@ -21,7 +21,6 @@
 //! the lab's namespaces.
 
 mod build;
-pub mod capability;
 pub mod delay;
 pub mod plan;
 mod routers;
@@ -41,6 +40,9 @@ pub use state::{
     LAB_ROOT, LabState, NodeState, PodState, delay_line_log, join_secret_file, lab_dir,
     node_state_dir, state_file, status,
 };
+/// The capability check the lab's tests and the end-to-end tests use (weft-sys's, shared with
+/// the CNI plugin's tests).
+pub use weft_sys::capability;
 
 /// The tools a lab runs (iproute2, nftables, tc, procps): [`up`] refuses to start without
 /// them, and tests that build labs ask [`capability::can_run`] for them.
