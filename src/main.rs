@@ -324,18 +324,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keygen {
             key_file: Some(path),
             ..
-        } => {
-            if path.exists() {
-                bail!(
-                    "{} already exists; weft keygen never replaces a key (a node's key is its \
-                     identity). Remove it first if you really mean to",
-                    path.display()
-                );
-            }
-            let pair = KeyPair::generate(&mut OsRandom);
-            weft_router::keyfile::save(&pair, &path).context("writing the new key")?;
-            println!("{}", pair.public());
-        }
+        } => println!("{}", keygen(&path)?),
         Command::Keygen { .. } => bail!("say what to make: --key-file PATH or --join-secret"),
         Command::Pubkey { key_file } => {
             println!("{}", weft_router::keyfile::load(&key_file)?.public())
@@ -358,6 +347,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `weft keygen --key-file PATH`: a new key pair, its private key written to a new file at
+/// `path` (never over an existing one: checked and created in one step); returns the public
+/// key to print.
+fn keygen(path: &std::path::Path) -> anyhow::Result<weft_crypto::PublicKey> {
+    use weft_router::keyfile::{self, KeyFileError};
+    let pair = KeyPair::generate(&mut OsRandom);
+    match keyfile::create(&pair, path) {
+        Ok(()) => Ok(pair.public()),
+        Err(KeyFileError::Exists { .. }) => bail!(
+            "{} already exists; weft keygen never replaces a key (a node's key is its \
+             identity). Remove it first if you really mean to",
+            path.display()
+        ),
+        Err(e) => Err(e).context("writing the new key"),
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -683,4 +689,32 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keygen_writes_a_new_key_and_refuses_an_existing_file() {
+        let dir = std::env::temp_dir().join(format!("weft-keygen-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("key");
+        let public = keygen(&path).unwrap();
+        assert_eq!(weft_router::keyfile::load(&path).unwrap().public(), public);
+        let before = std::fs::read(&path).unwrap();
+        let err = format!("{:#}", keygen(&path).unwrap_err());
+        assert!(err.contains("already exists"), "{err}");
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "the key was replaced"
+        );
+        // A directory that is not there is an I/O error, said as such.
+        let err = format!("{:#}", keygen(&dir.join("missing/key")).unwrap_err());
+        assert!(err.starts_with("writing the new key: "), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -178,7 +178,11 @@ fn fill_checksum(frame: &mut [u8]) {
 
 /// Forwards frames between interfaces `a` and `b` (in the current namespace), each held for
 /// `delay`. Runs until an interface goes away (the lab's `down` removes the namespace).
-pub fn run(a: &str, b: &str, delay: Duration) -> anyhow::Result<()> {
+pub fn run(a: &str, b: &str, delay: Duration) -> Result<(), crate::LabError> {
+    Ok(forward(a, b, delay)?)
+}
+
+fn forward(a: &str, b: &str, delay: Duration) -> anyhow::Result<()> {
     let ports = [
         std::sync::Arc::new(Port::open(a)?),
         std::sync::Arc::new(Port::open(b)?),

@@ -21,8 +21,8 @@
 //! the lab's namespaces.
 
 mod build;
-pub mod capability;
 pub mod delay;
+pub mod error;
 pub mod plan;
 mod routers;
 mod state;
@@ -33,7 +33,10 @@ mod tests;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+
+pub use error::LabError;
+use error::refuse;
 
 pub use plan::{LabSpec, Names, Netem};
 pub use routers::{RouterAction, router};
@@ -41,6 +44,9 @@ pub use state::{
     LAB_ROOT, LabState, NodeState, PodState, delay_line_log, join_secret_file, lab_dir,
     node_state_dir, state_file, status,
 };
+/// The capability check the lab's tests and the end-to-end tests use (weft-sys's, shared with
+/// the CNI plugin's tests).
+pub use weft_sys::capability;
 
 /// The tools a lab runs (iproute2, nftables, tc, procps): [`up`] refuses to start without
 /// them, and tests that build labs ask [`capability::can_run`] for them.
@@ -67,20 +73,21 @@ impl Binaries {
     /// The `weft` and `weft-cni` cargo built for the running test binary: a test binary sits
     /// in `target/PROFILE/deps/`, the programs one directory up. An error names the missing
     /// program and how to build it.
-    pub fn beside_test_binary() -> anyhow::Result<Self> {
+    pub fn beside_test_binary() -> Result<Self, LabError> {
         let exe = std::env::current_exe().context("finding the test binary")?;
-        let dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .context("the test binary is not in target/PROFILE/deps")?;
+        let Some(dir) = exe.parent().and_then(Path::parent) else {
+            return Err(LabError::Unsupported(
+                "the test binary is not in target/PROFILE/deps".into(),
+            ));
+        };
         let bins = Self::beside(dir.join("weft"));
         for b in [&bins.weft, &bins.cni] {
             if !b.is_file() {
-                bail!(
+                return Err(LabError::Unsupported(format!(
                     "{} is missing: run `cargo build --workspace --bins` (with the same \
                      CARGO_TARGET_DIR) before these tests",
                     b.display()
-                );
+                )));
             }
         }
         Ok(bins)
@@ -88,15 +95,15 @@ impl Binaries {
 }
 
 /// Builds the lab `spec` describes. Whatever fails, nothing of this prefix is left behind.
-pub fn up(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState> {
+pub fn up(spec: &LabSpec, bins: &Binaries) -> Result<LabState, LabError> {
     sys::check_prerequisites()?;
     spec.validate()?;
     for (what, path) in [("weft-cni", &bins.cni), ("weft", &bins.weft)] {
         if !path.is_file() {
-            bail!(
+            return Err(LabError::Unsupported(format!(
                 "{what} not found at {} (build it with `cargo build --workspace --bins`)",
                 path.display()
-            );
+            )));
         }
     }
     let swept = down(&spec.prefix)?;
@@ -112,14 +119,16 @@ pub fn up(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState> {
             if let Err(cleanup) = down(&spec.prefix) {
                 eprintln!("weft lab: cleaning up after the failure also failed: {cleanup:#}");
             }
-            Err(e.context(format!("bringing up lab {:?} (removed again)", spec.prefix)))
+            Err(e
+                .context(format!("bringing up lab {:?} (removed again)", spec.prefix))
+                .into())
         }
     }
 }
 
 /// Removes every namespace of lab `prefix` (killing what runs in them) and its state.
 /// Returns how many namespaces it removed.
-pub fn down(prefix: &str) -> anyhow::Result<usize> {
+pub fn down(prefix: &str) -> Result<usize, LabError> {
     plan::validate_prefix(prefix)?;
     let names = Names::new(prefix);
     let mine: Vec<String> = sys::namespaces()?
@@ -143,17 +152,17 @@ pub fn down(prefix: &str) -> anyhow::Result<usize> {
 }
 
 /// Runs `cmd` inside pod `pod` of lab `prefix`, returning its exit code.
-pub fn exec(prefix: &str, pod: &str, cmd: &[String]) -> anyhow::Result<i32> {
+pub fn exec(prefix: &str, pod: &str, cmd: &[String]) -> Result<i32, LabError> {
     let state = status(prefix)?;
     let Some(p) = state.pods.iter().find(|p| p.name == pod) else {
         let known: Vec<&str> = state.pods.iter().map(|p| p.name.as_str()).collect();
-        bail!(
+        refuse!(
             "lab {prefix:?} has no pod {pod:?} (pods: {})",
             known.join(", ")
         );
     };
     if cmd.is_empty() {
-        bail!("say what to run: weft lab exec {pod} -- COMMAND [ARGS…]");
+        refuse!("say what to run: weft lab exec {pod} -- COMMAND [ARGS…]");
     }
     let status = std::process::Command::new("ip")
         .args(["netns", "exec", &p.namespace])
@@ -165,12 +174,12 @@ pub fn exec(prefix: &str, pod: &str, cmd: &[String]) -> anyhow::Result<i32> {
 
 /// Blocks (or, with `blocked` false, unblocks) the underlay between nodes `a` and `b` at the
 /// switch, while the lab runs.
-pub fn set_blocked(prefix: &str, link: (usize, usize), blocked: bool) -> anyhow::Result<()> {
+pub fn set_blocked(prefix: &str, link: (usize, usize), blocked: bool) -> Result<(), LabError> {
     let mut state = status(prefix)?;
     if blocked {
         state.spec.blocked.insert(link);
     } else if !state.spec.blocked.remove(&link) {
-        bail!("link {}-{} is not blocked", link.0, link.1);
+        refuse!("link {}-{} is not blocked", link.0, link.1);
     }
     state.spec.validate()?;
     let u = Names::new(prefix).underlay_ns();
@@ -182,7 +191,7 @@ pub fn set_blocked(prefix: &str, link: (usize, usize), blocked: bool) -> anyhow:
         Some(rules.as_bytes()),
     )
     .context("replacing the switch's filter")?;
-    state::save(&state)
+    Ok(state::save(&state)?)
 }
 
 /// A table for people.

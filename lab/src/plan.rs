@@ -8,7 +8,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use anyhow::{Context, bail, ensure};
+use crate::LabError;
+use crate::error::{refuse, refuse_unless};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
@@ -32,28 +33,30 @@ pub struct Netem {
 }
 
 impl std::str::FromStr for Netem {
-    type Err = anyhow::Error;
+    type Err = LabError;
     /// `loss=5%,delay=20ms` (either part may be left out).
-    fn from_str(s: &str) -> anyhow::Result<Self> {
+    fn from_str(s: &str) -> Result<Self, LabError> {
         let mut n = Netem::default();
         for part in s.split(',').filter(|p| !p.is_empty()) {
-            let (k, v) = part
-                .split_once('=')
-                .with_context(|| format!("netem option {part:?} is not key=value"))?;
+            let Some((k, v)) = part.split_once('=') else {
+                refuse!("netem option {part:?} is not key=value");
+            };
             match k {
                 "loss" => {
                     let v = v.trim_end_matches('%');
-                    n.loss_percent = v.parse().with_context(|| format!("loss {v:?}"))?;
-                    ensure!(
+                    n.loss_percent = v.parse().map_err(|e| refused(format!("loss {v:?}: {e}")))?;
+                    refuse_unless!(
                         (0.0..=100.0).contains(&n.loss_percent),
                         "loss must be 0–100%"
                     );
                 }
                 "delay" => {
                     let v = v.trim_end_matches("ms");
-                    n.delay_ms = v.parse().with_context(|| format!("delay {v:?}"))?;
+                    n.delay_ms = v
+                        .parse()
+                        .map_err(|e| refused(format!("delay {v:?}: {e}")))?;
                 }
-                other => bail!("unknown netem option {other:?} (known: loss, delay)"),
+                other => refuse!("unknown netem option {other:?} (known: loss, delay)"),
             }
         }
         Ok(n)
@@ -102,13 +105,13 @@ fn yes() -> bool {
 
 impl LabSpec {
     /// Checks the spec before anything is created.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> Result<(), LabError> {
         validate_prefix(&self.prefix)?;
-        ensure!(
+        refuse_unless!(
             (1..=MAX_NODES).contains(&self.nodes),
             "--nodes must be 1–{MAX_NODES}"
         );
-        ensure!(self.pods <= MAX_PODS, "--pods must be 0–{MAX_PODS}");
+        refuse_unless!(self.pods <= MAX_PODS, "--pods must be 0–{MAX_PODS}");
         let node_ok = |n: usize| (1..=self.nodes).contains(&n);
         for n in self
             .nat
@@ -116,21 +119,21 @@ impl LabSpec {
             .chain(self.netem.keys())
             .chain(&self.wrong_secret)
         {
-            ensure!(
+            refuse_unless!(
                 node_ok(*n),
                 "node {n} is not in this lab (1–{})",
                 self.nodes
             );
         }
         for (a, b) in &self.blocked {
-            ensure!(node_ok(*a) && node_ok(*b), "block {a}-{b}: no such node");
-            ensure!(
+            refuse_unless!(node_ok(*a) && node_ok(*b), "block {a}-{b}: no such node");
+            refuse_unless!(
                 a != b,
                 "block {a}-{b}: a node cannot be blocked from itself"
             );
         }
         if self.routers {
-            ensure!(
+            refuse_unless!(
                 (1..=self.nodes).any(|n| !self.nat.contains(&n) && !self.wrong_secret.contains(&n)),
                 "a lab needs a node that is neither behind NAT nor given a wrong secret, to found \
                  the address space"
@@ -149,8 +152,8 @@ impl LabSpec {
 }
 
 /// Checks a lab prefix: short and plain, since it names namespaces.
-pub fn validate_prefix(prefix: &str) -> anyhow::Result<()> {
-    ensure!(
+pub fn validate_prefix(prefix: &str) -> Result<(), LabError> {
+    refuse_unless!(
         (1..=8).contains(&prefix.len())
             && prefix
                 .bytes()
@@ -161,24 +164,28 @@ pub fn validate_prefix(prefix: &str) -> anyhow::Result<()> {
 }
 
 /// Parses `A-B` as a pair of node numbers, smaller first.
-pub fn parse_link(s: &str) -> anyhow::Result<(usize, usize)> {
-    let (a, b) = s
-        .split_once('-')
-        .with_context(|| format!("link {s:?} is not A-B (node numbers)"))?;
-    let a: usize = a.parse().with_context(|| format!("node {a:?}"))?;
-    let b: usize = b.parse().with_context(|| format!("node {b:?}"))?;
+pub fn parse_link(s: &str) -> Result<(usize, usize), LabError> {
+    let Some((a, b)) = s.split_once('-') else {
+        refuse!("link {s:?} is not A-B (node numbers)");
+    };
+    let (a, b) = (node_number(a)?, node_number(b)?);
     Ok((a.min(b), a.max(b)))
 }
 
+fn node_number(s: &str) -> Result<usize, LabError> {
+    s.parse().map_err(|e| refused(format!("node {s:?}: {e}")))
+}
+
+fn refused(message: String) -> LabError {
+    LabError::Refused(message)
+}
+
 /// `NODE:OPTIONS`, e.g. `2:loss=5%,delay=20ms`.
-pub fn parse_netem(s: &str) -> anyhow::Result<(usize, Netem)> {
-    let (node, opts) = s
-        .split_once(':')
-        .with_context(|| format!("netem {s:?} is not NODE:loss=5%,delay=20ms"))?;
-    Ok((
-        node.parse().with_context(|| format!("node {node:?}"))?,
-        opts.parse()?,
-    ))
+pub fn parse_netem(s: &str) -> Result<(usize, Netem), LabError> {
+    let Some((node, opts)) = s.split_once(':') else {
+        refuse!("netem {s:?} is not NODE:loss=5%,delay=20ms");
+    };
+    Ok((node_number(node)?, opts.parse()?))
 }
 
 /// Names and addresses of one lab.

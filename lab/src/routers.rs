@@ -5,10 +5,12 @@
 use std::fs;
 use std::path::Path;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use ipnet::Ipv4Net;
 use weft_cni::node_block::NodeBlock;
 
+use crate::LabError;
+use crate::error::refuse;
 use crate::plan::{self, LabSpec, UNDERLAY_MTU};
 use crate::state::{self, LabState, NodeState};
 use crate::sys;
@@ -183,7 +185,7 @@ fn routed_blocks(
     Ok(report.routes.into_iter().map(|r| r.block).collect())
 }
 
-fn find_node<'s>(state: &'s mut LabState, node: &str) -> anyhow::Result<&'s mut NodeState> {
+fn find_node<'s>(state: &'s mut LabState, node: &str) -> Result<&'s mut NodeState, LabError> {
     // `3` and `n3` both name node 3.
     let name = if node.starts_with('n') {
         node.to_owned()
@@ -195,7 +197,7 @@ fn find_node<'s>(state: &'s mut LabState, node: &str) -> anyhow::Result<&'s mut 
         .nodes
         .iter_mut()
         .find(|n| n.name == name)
-        .with_context(|| format!("no node {node:?} (nodes: {})", known.join(", ")))
+        .ok_or_else(|| LabError::Refused(format!("no node {node:?} (nodes: {})", known.join(", "))))
 }
 
 /// What `weft lab router` does to one node's router.
@@ -219,7 +221,7 @@ pub fn router(
     action: RouterAction,
     original_seeds: bool,
     weft: &Path,
-) -> anyhow::Result<Option<u32>> {
+) -> Result<Option<u32>, LabError> {
     let mut state = state::status(prefix)?;
     ensure_routers(&state)?;
     let spec = state.spec.clone();
@@ -230,7 +232,7 @@ pub fn router(
     let started = match action {
         RouterAction::Stop | RouterAction::Kill => {
             let Some(pid) = running else {
-                bail!("the router of {} is not running", n.name);
+                refuse!("the router of {} is not running", n.name);
             };
             // The pid is `ip netns exec`, which execs the router: it is the router itself.
             let signal = if action == RouterAction::Kill {
@@ -242,7 +244,7 @@ pub fn router(
             let start = std::time::Instant::now();
             while is_alive(pid) {
                 if start.elapsed() > std::time::Duration::from_secs(10) {
-                    bail!("the router of {} (pid {pid}) did not exit", n.name);
+                    return Err(anyhow!("the router of {} (pid {pid}) did not exit", n.name).into());
                 }
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
@@ -251,7 +253,7 @@ pub fn router(
         }
         RouterAction::Start => {
             if let Some(pid) = running {
-                bail!("the router of {} is running (pid {pid})", n.name);
+                refuse!("the router of {} is running (pid {pid})", n.name);
             }
             let mut args = router_args(&spec, n, &state::join_secret_file(prefix));
             // A restarted router is seeded with every node it can reach directly, as under
@@ -288,9 +290,9 @@ fn is_alive(pid: u32) -> bool {
     }
 }
 
-fn ensure_routers(state: &LabState) -> anyhow::Result<()> {
+fn ensure_routers(state: &LabState) -> Result<(), LabError> {
     if !state.spec.routers {
-        bail!("lab {:?} runs no routers", state.spec.prefix);
+        refuse!("lab {:?} runs no routers", state.spec.prefix);
     }
     Ok(())
 }

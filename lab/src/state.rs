@@ -6,10 +6,11 @@ use std::fs;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use crate::LabError;
 use crate::plan::{self, LabSpec};
 
 /// Where labs keep their state: tmpfs, gone after a reboot like the namespaces themselves.
@@ -111,17 +112,22 @@ pub(crate) fn wrong_secret_file(prefix: &str) -> PathBuf {
 }
 
 /// The saved state of lab `prefix`.
-pub fn status(prefix: &str) -> anyhow::Result<LabState> {
+pub fn status(prefix: &str) -> Result<LabState, LabError> {
     plan::validate_prefix(prefix)?;
     let path = state_file(prefix);
     let bytes = match fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!("no lab {prefix:?} is up (start one with `weft lab up`)")
+            return Err(LabError::NotUp {
+                prefix: prefix.to_owned(),
+            });
         }
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        Err(e) => {
+            let e = anyhow::Error::new(e).context(format!("reading {}", path.display()));
+            return Err(e.into());
+        }
     };
-    serde_json::from_slice(&bytes).with_context(|| format!("{} is corrupt", path.display()))
+    Ok(serde_json::from_slice(&bytes).with_context(|| format!("{} is corrupt", path.display()))?)
 }
 
 /// Saves `state` as its lab's state file, replacing the earlier one whole.

@@ -6,6 +6,8 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 
+use crate::LabError;
+
 /// Runs `program args…`, returning stdout; on failure the error names the command and
 /// carries its stderr.
 pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
@@ -96,13 +98,18 @@ pub fn pids_in(ns: &str) -> Vec<i32> {
 }
 
 /// Fails with a clear message unless we are root with the tools the lab needs.
-pub fn check_prerequisites() -> anyhow::Result<()> {
+pub fn check_prerequisites() -> Result<(), LabError> {
+    let unsupported = |why: String| Err(LabError::Unsupported(why));
     if !weft_sys::user::is_root() {
-        bail!("weft lab needs root (it creates network namespaces); run it with sudo");
+        return unsupported(
+            "weft lab needs root (it creates network namespaces); run it with sudo".into(),
+        );
     }
     for tool in crate::LAB_TOOLS {
         if run("sh", &["-c", &format!("command -v {tool}")]).is_err() {
-            bail!("weft lab needs `{tool}` (Debian: apt-get install iproute2 nftables procps)");
+            return unsupported(format!(
+                "weft lab needs `{tool}` (Debian: apt-get install iproute2 nftables procps)"
+            ));
         }
     }
     Ok(())

@@ -14,26 +14,11 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
+mod request;
+pub use request::{Request, RequestError, parse_request};
+
 /// The largest request accepted: requests are a few dozen bytes.
 pub const MAX_REQUEST: usize = 4096;
-
-/// A request to the router.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Request {
-    /// The node and its peers.
-    Status,
-    /// Dial an endpoint.
-    Connect {
-        /// `address:port`.
-        endpoint: SocketAddr,
-    },
-    /// Forget a member (its public key, base64).
-    Forget {
-        /// The member's key.
-        peer: String,
-    },
-}
 
 /// The answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -128,7 +113,8 @@ pub struct PeerReport {
     pub last_handshake_secs: Option<u64>,
 }
 
-/// Control requests refused, by reason; reported with the Node's drops (`control_*`).
+/// Control requests refused, by reason; reported with the Node's drops under labels of their
+/// own ([`RefusedRequests::by_reason`]).
 #[derive(Debug, Default)]
 pub struct RefusedRequests {
     /// Not a request we know (bad JSON, unknown command or field, bad value).
@@ -140,10 +126,16 @@ pub struct RefusedRequests {
 }
 
 impl RefusedRequests {
-    /// The counts by reason name, as `drops` shows them.
+    /// The counts by reason name, as `drops` shows them. No name is a
+    /// [`weft_mesh::DropReason`] label: the mesh's `control_malformed` counts control
+    /// *messages* from peers that do not decode, this socket's requests are
+    /// `control_request_malformed`.
     pub fn by_reason(&self) -> [(&'static str, u64); 3] {
         [
-            ("control_malformed", self.malformed.load(Ordering::Relaxed)),
+            (
+                "control_request_malformed",
+                self.malformed.load(Ordering::Relaxed),
+            ),
             ("control_too_long", self.too_long.load(Ordering::Relaxed)),
             ("control_timeout", self.timeout.load(Ordering::Relaxed)),
         ]
@@ -239,41 +231,6 @@ async fn answer(
     write.shutdown().await
 }
 
-/// What a refused request is told to send instead.
-const REQUEST_EXAMPLES: &str = "send one JSON object such as {\"command\":\"status\"}, \
-     {\"command\":\"connect\",\"endpoint\":\"198.18.0.1:6786\"} or \
-     {\"command\":\"forget\",\"peer\":\"BASE64KEY\"}";
-
-/// Why a request line was refused; the message says what is wrong and what to send, for
-/// the client to show.
-#[derive(Debug, thiserror::Error)]
-pub enum RequestError {
-    /// Not JSON, or JSON that is no request (unknown command, a value missing or of the
-    /// wrong type).
-    #[error("cannot parse the request ({0}); {examples}", examples = REQUEST_EXAMPLES)]
-    Malformed(#[source] serde_json::Error),
-    /// A request with fields its command does not take.
-    #[error(
-        "cannot parse the request (unknown or malformed fields); {examples}",
-        examples = REQUEST_EXAMPLES
-    )]
-    UnknownFields,
-}
-
-/// Parses one request line.
-pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
-    let value: serde_json::Value =
-        serde_json::from_slice(line.trim_ascii()).map_err(RequestError::Malformed)?;
-    let request: Request =
-        serde_json::from_value(value.clone()).map_err(RequestError::Malformed)?;
-    // serde ignores unknown fields of internally tagged unit variants: a request must be
-    // exactly what it parsed to, so a misspelt option is an error, not silently dropped.
-    if serde_json::to_value(&request).ok().as_ref() != Some(&value) {
-        return Err(RequestError::UnknownFields);
-    }
-    Ok(request)
-}
-
 /// Why a client got no answer from the router.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -320,27 +277,18 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 mod tests {
     use super::*;
 
+    /// A refusal counted under a mesh drop label would replace the mesh's count in the
+    /// status and the metrics (the drops are one map by label).
     #[test]
-    fn requests_parse_and_garbage_gets_a_message() {
-        assert_eq!(
-            parse_request(br#"{"command":"status"}"#).unwrap(),
-            Request::Status
-        );
-        assert_eq!(
-            parse_request(b"{\"command\":\"connect\",\"endpoint\":\"198.18.0.1:6786\"}\n").unwrap(),
-            Request::Connect {
-                endpoint: "198.18.0.1:6786".parse().unwrap()
-            }
-        );
-        for bad in [
-            &b"hello"[..],
-            b"{}",
-            br#"{"command":"reboot"}"#,
-            br#"{"command":"connect"}"#,
-            br#"{"command":"status","x":1}"#,
-        ] {
-            let err = parse_request(bad).unwrap_err().to_string();
-            assert!(err.contains("cannot parse the request"), "{err}");
+    fn refusal_labels_are_no_drop_reasons() {
+        let refused = RefusedRequests::default();
+        for (label, _) in refused.by_reason() {
+            assert!(
+                weft_mesh::DropReason::ALL
+                    .iter()
+                    .all(|r| r.as_str() != label),
+                "{label} is also a DropReason label"
+            );
         }
     }
 }

@@ -2,6 +2,7 @@
 //! network out. It follows the Node's documented drain order after every input: events (the
 //! state is saved before anything is sent), transmits, TUN packets, then the next deadline.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -695,19 +696,7 @@ impl Driver {
                     last_handshake_secs: p.last_handshake.map(|t| now.duration_since(t).as_secs()),
                 })
                 .collect(),
-            drops: self
-                .node
-                .drops()
-                .iter()
-                .map(|(r, n)| (drop_reason_name(*r), *n))
-                .chain(
-                    self.refused
-                        .by_reason()
-                        .into_iter()
-                        .filter(|(_, n)| *n > 0)
-                        .map(|(r, n)| (r.to_string(), n)),
-                )
-                .collect(),
+            drops: drop_counts(self.node.drops(), &self.refused),
             routes: self
                 .node
                 .routes()
@@ -738,6 +727,25 @@ impl Driver {
 /// ([`weft_mesh::DropReason::as_str`]), one fixed spelling for dashboards.
 pub fn drop_reason_name(reason: weft_mesh::DropReason) -> String {
     reason.as_str().to_owned()
+}
+
+/// The `drops` of the status report and the `reason`s of `weft_drops_total`: the Node's drops
+/// by their labels, and the control socket's refusals that have counted something, under
+/// labels no [`weft_mesh::DropReason`] uses (so neither count hides the other).
+pub fn drop_counts(
+    node: &weft_mesh::DropCounters,
+    refused: &control::RefusedRequests,
+) -> BTreeMap<String, u64> {
+    node.iter()
+        .map(|(r, n)| (drop_reason_name(*r), *n))
+        .chain(
+            refused
+                .by_reason()
+                .into_iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(r, n)| (r.to_string(), n)),
+        )
+        .collect()
 }
 
 fn describe_path(node: &Node, hop: &NextHop) -> String {

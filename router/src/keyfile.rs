@@ -43,6 +43,15 @@ pub enum KeyFileError {
         /// Our effective uid.
         me: u32,
     },
+    /// [`create`] found a file (or a link) already there, and left it as it was.
+    #[error(
+        "key file {path} already exists; a node's key is its identity, so it is never \
+         replaced (remove it first if you really mean to)"
+    )]
+    Exists {
+        /// The key file.
+        path: PathBuf,
+    },
     /// The file does not hold one base64 key.
     #[error("key file {path} does not hold a key: {source}")]
     Malformed {
@@ -111,6 +120,21 @@ pub fn save(pair: &KeyPair, path: &Path) -> Result<(), KeyFileError> {
     write(pair, path, durable::write_atomic)
 }
 
+/// Writes the private key to a new file at `path`, mode 0600, like [`save`] but only if
+/// nothing is there: the check and the creation are one step (`link(2)` of a complete
+/// temporary file), so a key that appears meanwhile is never replaced. An existing file, or
+/// a symbolic link, is [`KeyFileError::Exists`].
+pub fn create(pair: &KeyPair, path: &Path) -> Result<(), KeyFileError> {
+    match write(pair, path, durable::create_atomic) {
+        Err(KeyFileError::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => {
+            Err(KeyFileError::Exists {
+                path: path.to_owned(),
+            })
+        }
+        other => other,
+    }
+}
+
 /// Loads the key at `path`, or makes one and saves it there when no file exists. Two
 /// processes racing here end up with the same key: the file is created without replacing one
 /// that appeared meanwhile, and the loser loads the winner's.
@@ -119,13 +143,9 @@ pub fn load_or_generate(path: &Path, rng: &mut impl Random) -> Result<KeyPair, K
         Ok(_) => load(path),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let pair = KeyPair::generate(rng);
-            match write(&pair, path, durable::create_atomic) {
+            match create(&pair, path) {
                 Ok(()) => Ok(pair),
-                Err(KeyFileError::Io { source, .. })
-                    if source.kind() == io::ErrorKind::AlreadyExists =>
-                {
-                    load(path)
-                }
+                Err(KeyFileError::Exists { .. }) => load(path),
                 Err(e) => Err(e),
             }
         }
@@ -221,6 +241,34 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 3, "{names:?}");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn create_never_replaces_a_key_or_follows_a_link() {
+        let dir = temp_dir("create");
+        let path = dir.join("key");
+        let first = KeyPair::generate(&mut OsRandom);
+        create(&first, &path).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let err = create(&KeyPair::generate(&mut OsRandom), &path).unwrap_err();
+        assert!(matches!(err, KeyFileError::Exists { .. }), "{err}");
+        assert!(err.to_string().contains("already exists"), "{err}");
+        assert_eq!(load(&path).unwrap().public(), first.public());
+        // A link, even a dangling one, is something there: nothing is written through it.
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(dir.join("nowhere"), &link).unwrap();
+        let err = create(&KeyPair::generate(&mut OsRandom), &link).unwrap_err();
+        assert!(matches!(err, KeyFileError::Exists { .. }), "{err}");
+        assert!(!dir.join("nowhere").exists());
+        // Nothing else is left in the directory (no temporary files).
+        let mut names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["key", "link"]);
         fs::remove_dir_all(dir).unwrap();
     }
 

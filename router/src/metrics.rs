@@ -344,4 +344,52 @@ mod tests {
         assert!(text.contains("weft_block_addresses 253"), "{text}");
         assert!(text.contains("weft_addresses_in_use 4"), "{text}");
     }
+
+    /// The mesh's undecodable control messages and the control socket's malformed requests
+    /// are two counters: when both have counted, both are exported, each with its own count.
+    #[test]
+    fn mesh_and_control_socket_malformed_counts_are_exported_separately() {
+        use std::sync::atomic::Ordering;
+
+        let mut node = weft_mesh::DropCounters::new();
+        node.insert(weft_mesh::DropReason::ControlMalformed, 2);
+        let refused = crate::control::RefusedRequests::default();
+        refused.malformed.store(5, Ordering::Relaxed);
+        let drops = crate::driver::drop_counts(&node, &refused);
+        assert_eq!(drops.get("control_malformed"), Some(&2), "{drops:?}");
+        assert_eq!(
+            drops.get("control_request_malformed"),
+            Some(&5),
+            "{drops:?}"
+        );
+        // Refusals that counted nothing are not reported.
+        assert_eq!(drops.len(), 2, "{drops:?}");
+
+        let report = StatusReport {
+            id: "k".into(),
+            name: "n1".into(),
+            incarnation: 1,
+            listen: "198.18.0.1:6786".parse().unwrap(),
+            block: None,
+            waiting: None,
+            free_space: vec![],
+            pod_mtu: 1375,
+            members: 1,
+            peers: vec![],
+            drops,
+            routes: vec![],
+            data_path: None,
+        };
+        let shared = Shared::default();
+        shared.update(Snapshot::from_report(&report, NodeStats::default()));
+        let text = render(&shared, 0);
+        assert!(
+            text.contains("weft_drops_total{reason=\"control_malformed\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("weft_drops_total{reason=\"control_request_malformed\"} 5"),
+            "{text}"
+        );
+    }
 }

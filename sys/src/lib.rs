@@ -8,13 +8,16 @@
 //!   files a crash leaves behind;
 //! - [`mtu`]: the tunnel overhead, the pod MTU for an underlay MTU, and the underlay MTU as the
 //!   kernel reports it;
-//! - [`user`]: who we run as ([`is_root`], [`effective_uid`]).
+//! - [`user`]: who we run as ([`is_root`], [`effective_uid`]);
+//! - [`capability`]: whether a test that makes namespaces can run here (root, programs,
+//!   files), with a loud skip, or a failure under `CI=true`.
 //!
 //! What it must never do: decide policy (which bridge, which block, which file names, what to
 //! do when the kernel says no: the callers decide, this crate executes and reports); start or
 //! need an async runtime (the router calls it from blocking threads); depend on weft's mesh,
 //! crypto, router or CNI crates, which all sit above it (docs/design.md §8).
 
+pub mod capability;
 pub mod durable;
 pub mod mtu;
 pub mod netlink;

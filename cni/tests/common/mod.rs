@@ -23,33 +23,11 @@ use weft_cni::node_block::NodeBlock;
 pub const WEFT: &str = env!("CARGO_BIN_EXE_weft-cni");
 pub const REFERENCE_DIR: &str = "/usr/lib/cni";
 
-/// True when this test can create namespaces. Otherwise it says so loudly and, under
-/// `CI=true`, fails: a skipped namespace test in CI would be a silent hole.
+/// True when this test can create namespaces: root, iproute2 and the reference bridge plugin
+/// (weft-sys's one capability check). Otherwise it says so loudly and, under `CI=true`,
+/// fails: a skipped namespace test in CI would be a silent hole.
 pub fn can_run(test: &str) -> bool {
-    let root = nix::unistd::Uid::effective().is_root();
-    let tools = Path::new("/usr/lib/cni/bridge").exists()
-        && Command::new("ip")
-            .arg("-V")
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if root && tools {
-        return true;
-    }
-    let why = if !root {
-        "not root"
-    } else {
-        "iproute2 or containernetworking-plugins missing"
-    };
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: cannot run ({why}) and CI=true: a skip is a failure here");
-    }
-    // Straight to the process's stderr: libtest captures eprintln! of passing tests, and a
-    // skip must be seen.
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n!!!!! SKIPPED {test}: {why}; run as root with iproute2 and containernetworking-plugins !!!!!\n"
-    );
-    false
+    weft_sys::capability::can_run_with(test, &["ip"], &["/usr/lib/cni/bridge"])
 }
 
 /// Runs `ip ARGS`, panicking with its stderr on failure (harness use only: the plugin

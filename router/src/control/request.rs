@@ -1,0 +1,89 @@
+//! A control request and its parser: the bytes a client sends on the control socket become a
+//! [`Request`] here, or an error that says what to send instead. Pure (std, serde): the
+//! control-socket fuzz target compiles this file on its own, without the router's runtime.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// A request to the router.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// The node and its peers.
+    Status,
+    /// Dial an endpoint.
+    Connect {
+        /// `address:port`.
+        endpoint: SocketAddr,
+    },
+    /// Forget a member (its public key, base64).
+    Forget {
+        /// The member's key.
+        peer: String,
+    },
+}
+
+/// What a refused request is told to send instead.
+const REQUEST_EXAMPLES: &str = "send one JSON object such as {\"command\":\"status\"}, \
+     {\"command\":\"connect\",\"endpoint\":\"198.18.0.1:6786\"} or \
+     {\"command\":\"forget\",\"peer\":\"BASE64KEY\"}";
+
+/// Why a request line was refused; the message says what is wrong and what to send, for
+/// the client to show.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// Not JSON, or JSON that is no request (unknown command, a value missing or of the
+    /// wrong type).
+    #[error("cannot parse the request ({0}); {examples}", examples = REQUEST_EXAMPLES)]
+    Malformed(#[source] serde_json::Error),
+    /// A request with fields its command does not take.
+    #[error(
+        "cannot parse the request (unknown or malformed fields); {examples}",
+        examples = REQUEST_EXAMPLES
+    )]
+    UnknownFields,
+}
+
+/// Parses one request line.
+pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(line.trim_ascii()).map_err(RequestError::Malformed)?;
+    let request: Request =
+        serde_json::from_value(value.clone()).map_err(RequestError::Malformed)?;
+    // serde ignores unknown fields of internally tagged unit variants: a request must be
+    // exactly what it parsed to, so a misspelt option is an error, not silently dropped.
+    if serde_json::to_value(&request).ok().as_ref() != Some(&value) {
+        return Err(RequestError::UnknownFields);
+    }
+    Ok(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_and_garbage_gets_a_message() {
+        assert_eq!(
+            parse_request(br#"{"command":"status"}"#).unwrap(),
+            Request::Status
+        );
+        assert_eq!(
+            parse_request(b"{\"command\":\"connect\",\"endpoint\":\"198.18.0.1:6786\"}\n").unwrap(),
+            Request::Connect {
+                endpoint: "198.18.0.1:6786".parse().unwrap()
+            }
+        );
+        for bad in [
+            &b"hello"[..],
+            b"{}",
+            br#"{"command":"reboot"}"#,
+            br#"{"command":"connect"}"#,
+            br#"{"command":"status","x":1}"#,
+        ] {
+            let err = parse_request(bad).unwrap_err().to_string();
+            assert!(err.contains("cannot parse the request"), "{err}");
+        }
+    }
+}
