@@ -4,15 +4,24 @@
 //! The node-wide [`Handshaker`] holds the identity and the replay memory; each handshake in
 //! flight is a value the caller keeps, keyed by its local index: an [`Initiator`] waiting for a
 //! response, or a [`Responding`] waiting for the finish. A transition consumes the state; a
-//! message that is refused before it could change the state hands the state back
-//! ([`Rejected::state`]), so a forged datagram cannot kill a handshake in progress.
+//! message that is malformed or fails authentication hands the state back exactly as it was
+//! before the message ([`Rejected::state`]), so a forged datagram cannot kill a handshake in
+//! progress.
+//!
+//! snow cannot give that by itself: after a failed read it restores the handshake hash and
+//! chaining key but not the cipher key and nonce, and its state cannot be copied. In the
+//! finish, `s` decrypts (the nonce moves) and `se` replaces the key before the payload's tag
+//! fails, so the state it hands back would refuse the real finish. So each waiting state
+//! keeps what built it (the messages up to now, its ephemeral seed, and the results of the
+//! curve operations so far), and after a failed read the state is built again from them:
+//! hashing only, no curve operation.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::keys::{JoinSecret, KeyPair, PublicKey};
-use crate::noise::{Curve, DhCounter, Resolver, WipedHandshake};
+use crate::keys::{JoinSecret, KEY_LEN, KeyPair, PublicKey};
+use crate::noise::{Curve, CurveMemo, DhCounter, Resolver, WipedHandshake, ephemeral_seed};
 use crate::random::Random;
 use crate::secret::Secret;
 use crate::session::{Role, Session};
@@ -91,8 +100,9 @@ pub enum HandshakeError {
     Internal(String),
 }
 
-/// A refused message. `state` is the handshake state, unchanged, when the message was refused
-/// before touching it (keep waiting); `None` when the handshake is over.
+/// A refused message. `state` is the handshake state as it was before the message, when the
+/// message was malformed, named another handshake or failed authentication (keep waiting);
+/// `None` when the handshake is over.
 #[derive(Debug)]
 pub struct Rejected<T> {
     /// Why.
@@ -141,12 +151,23 @@ impl std::fmt::Debug for Handshaker {
     }
 }
 
+/// What builds a waiting state again after a forged message (see the module docs): the
+/// ephemeral seed, the curve results, and what the messages so far were made from. Boxed, so
+/// the states stay small as they move through `Result`s.
+struct Inputs<T> {
+    seed: Secret<[u8; KEY_LEN]>,
+    memo: Arc<CurveMemo>,
+    message: T,
+}
+
 /// An initiator waiting for the response.
 pub struct Initiator {
     // Boxed (snow's state is ~1 KiB and moves through Results) and wiped on drop.
     state: WipedHandshake,
     local_index: u32,
     expected: Option<PublicKey>,
+    /// What builds `state` again after a forged response: the initiation's timestamp.
+    inputs: Box<Inputs<Timestamp>>,
 }
 
 impl std::fmt::Debug for Initiator {
@@ -171,6 +192,8 @@ pub struct Responding {
     local_index: u32,
     remote_index: u32,
     initiated: Timestamp,
+    /// What builds `state` again after a forged finish: the initiation.
+    inputs: Box<Inputs<[u8; INITIATION_LEN]>>,
 }
 
 impl std::fmt::Debug for Responding {
@@ -262,14 +285,21 @@ impl Handshaker {
 
     fn build(
         &self,
-        rng: &mut impl Random,
+        seed: &Secret<[u8; KEY_LEN]>,
+        memo: &Arc<CurveMemo>,
         clear_header: &[u8],
         initiator: bool,
     ) -> Result<WipedHandshake, HandshakeError> {
         let mut prologue = Vec::with_capacity(PROLOGUE.len() + clear_header.len());
         prologue.extend_from_slice(PROLOGUE);
         prologue.extend_from_slice(clear_header);
-        let resolver = Resolver::new(&self.keypair, rng, self.counter.clone(), self.curve);
+        let resolver = Resolver::new(
+            &self.keypair,
+            seed,
+            self.counter.clone(),
+            self.curve,
+            memo.clone(),
+        );
         let params = NOISE_PATTERN.parse().map_err(internal)?;
         let builder = snow::Builder::with_resolver(params, Box::new(resolver))
             .local_private_key(self.keypair.private().expose())
@@ -294,22 +324,85 @@ impl Handshaker {
         wall: Timestamp,
         rng: &mut impl Random,
     ) -> Result<(Initiator, [u8; INITIATION_LEN]), HandshakeError> {
+        let seed = ephemeral_seed(rng);
+        let memo = Arc::default();
+        let (state, out) = self.write_initiation(local_index, wall, &seed, &memo)?;
+        memo.seal();
+        Ok((
+            Initiator {
+                state,
+                local_index,
+                expected,
+                inputs: Box::new(Inputs {
+                    seed,
+                    memo,
+                    message: wall,
+                }),
+            },
+            out,
+        ))
+    }
+
+    /// An initiator's state and its initiation, from the inputs an [`Initiator`] keeps.
+    fn write_initiation(
+        &self,
+        local_index: u32,
+        wall: Timestamp,
+        seed: &Secret<[u8; KEY_LEN]>,
+        memo: &Arc<CurveMemo>,
+    ) -> Result<(WipedHandshake, [u8; INITIATION_LEN]), HandshakeError> {
         let head = header(MessageType::HandshakeInitiation, local_index);
-        let mut state = self.build(rng, &head, true)?;
+        let mut state = self.build(seed, memo, &head, true)?;
         let mut out = [0u8; INITIATION_LEN];
         out[..8].copy_from_slice(&head);
         let n = state
             .write_message(&wall.to_bytes(), &mut out[8..])
             .map_err(internal)?;
         debug_assert_eq!(8 + n, INITIATION_LEN);
-        Ok((
-            Initiator {
-                state,
-                local_index,
-                expected,
-            },
-            out,
-        ))
+        Ok((state, out))
+    }
+
+    /// A responder's state after reading `init`, and the timestamp it carried.
+    fn read_initiation(
+        &self,
+        init: &Initiation<'_>,
+        seed: &Secret<[u8; KEY_LEN]>,
+        memo: &Arc<CurveMemo>,
+    ) -> Result<(WipedHandshake, Timestamp), HandshakeError> {
+        let mut state = self.build(seed, memo, init.header(), false)?;
+        let mut payload = Secret::new([0u8; 64]);
+        let n = state
+            .read_message(init.noise(), payload.expose_mut())
+            .map_err(from_read)?;
+        let stamp: [u8; TIMESTAMP_LEN] = payload.expose()[..n]
+            .try_into()
+            .map_err(|_| WireError::Payload("timestamp length"))?;
+        let initiated =
+            Timestamp::from_bytes(stamp).ok_or(WireError::Payload("timestamp out of range"))?;
+        Ok((state, initiated))
+    }
+
+    /// Builds a waiting initiator's state again, as it was before any response was read.
+    fn rebuild_initiator(&self, initiator: &mut Initiator) -> Result<(), HandshakeError> {
+        let inputs = &initiator.inputs;
+        let (state, _) = self.write_initiation(
+            initiator.local_index,
+            inputs.message,
+            &inputs.seed,
+            &inputs.memo,
+        )?;
+        initiator.state = state;
+        Ok(())
+    }
+
+    /// Builds a waiting responder's state again, as it was before any finish was read.
+    fn rebuild_responding(&self, responding: &mut Responding) -> Result<(), HandshakeError> {
+        let inputs = &responding.inputs;
+        let init = Initiation::parse(&inputs.message)?;
+        let (mut state, _) = self.read_initiation(&init, &inputs.seed, &inputs.memo)?;
+        write_response(&mut state, init.sender_index(), responding.local_index)?;
+        responding.state = state;
+        Ok(())
     }
 
     /// Answers an initiation. The join secret is checked first (the psk0 AEAD over the
@@ -326,16 +419,9 @@ impl Handshaker {
         if self.recent.contains(init.ephemeral()) {
             return Err(HandshakeError::Replay);
         }
-        let mut state = self.build(rng, init.header(), false)?;
-        let mut payload = Secret::new([0u8; 64]);
-        let n = state
-            .read_message(init.noise(), payload.expose_mut())
-            .map_err(from_read)?;
-        let stamp: [u8; TIMESTAMP_LEN] = payload.expose()[..n]
-            .try_into()
-            .map_err(|_| WireError::Payload("timestamp length"))?;
-        let initiated =
-            Timestamp::from_bytes(stamp).ok_or(WireError::Payload("timestamp out of range"))?;
+        let seed = ephemeral_seed(rng);
+        let memo = Arc::default();
+        let (mut state, initiated) = self.read_initiation(&init, &seed, &memo)?;
         let skew = skew_secs(initiated, wall);
         let (t, w) = (initiated.to_unix(), wall.to_unix());
         if t.abs_diff(w) > MAX_CLOCK_SKEW {
@@ -343,18 +429,22 @@ impl Handshaker {
         }
         self.remember(*init.ephemeral(), wall);
 
-        let mut out = [0u8; RESPONSE_LEN];
-        out[..8].copy_from_slice(&header(MessageType::HandshakeResponse, init.sender_index()));
-        let n = state
-            .write_message(&local_index.to_le_bytes(), &mut out[8..])
-            .map_err(from_read)?;
-        debug_assert_eq!(8 + n, RESPONSE_LEN);
+        let out = write_response(&mut state, init.sender_index(), local_index)?;
+        memo.seal();
+        let initiation = message
+            .try_into()
+            .map_err(|_| HandshakeError::Internal("initiation length".into()))?;
         Ok((
             Responding {
                 state,
                 local_index,
                 remote_index: init.sender_index(),
                 initiated,
+                inputs: Box::new(Inputs {
+                    seed,
+                    memo,
+                    message: initiation,
+                }),
             },
             out,
         ))
@@ -390,6 +480,10 @@ impl Handshaker {
 
     /// Completes our handshake with the response: checks the responder's key, writes the
     /// finish, and returns the session (unconfirmed until a packet arrives under it).
+    #[expect(
+        clippy::result_large_err,
+        reason = "the Ok side, a Session, is larger still; the Err hands the state back by value"
+    )]
     pub fn handle_response(
         &self,
         mut initiator: Initiator,
@@ -412,12 +506,17 @@ impl Handshaker {
             return Err(keep(initiator, error));
         }
         let mut payload = [0u8; 64];
+        let done = |error| Rejected { error, state: None };
         let n = match initiator.state.read_message(resp.noise(), &mut payload) {
             Ok(n) => n,
-            // snow restores its state when a read fails: the initiator can keep waiting.
-            Err(e) => return Err(keep(initiator, from_read(e))),
+            // snow restores only part of its state (see the module docs): build it again.
+            Err(e) => {
+                return Err(match self.rebuild_initiator(&mut initiator) {
+                    Ok(()) => keep(initiator, from_read(e)),
+                    Err(error) => done(error),
+                });
+            }
         };
-        let done = |error| Rejected { error, state: None };
         let remote_index = u32::from_le_bytes(
             payload[..n]
                 .try_into()
@@ -477,11 +576,15 @@ impl Handshaker {
             };
             return Err(keep(responding, error));
         }
+        let done = |error| Rejected { error, state: None };
         let mut payload = [0u8; 64];
         if let Err(e) = responding.state.read_message(fin.noise(), &mut payload) {
-            return Err(keep(responding, from_read(e)));
+            // snow restores only part of its state (see the module docs): build it again.
+            return Err(match self.rebuild_responding(&mut responding) {
+                Ok(()) => keep(responding, from_read(e)),
+                Err(error) => done(error),
+            });
         }
-        let done = |error| Rejected { error, state: None };
         let remote = remote_static(&responding.state).map_err(done)?;
         self.check_allowed(remote).map_err(done)?;
         if self
@@ -504,6 +607,21 @@ impl Handshaker {
             now,
         ))
     }
+}
+
+/// Writes the response into a responder's state that read the initiation.
+fn write_response(
+    state: &mut snow::HandshakeState,
+    initiator_index: u32,
+    local_index: u32,
+) -> Result<[u8; RESPONSE_LEN], HandshakeError> {
+    let mut out = [0u8; RESPONSE_LEN];
+    out[..8].copy_from_slice(&header(MessageType::HandshakeResponse, initiator_index));
+    let n = state
+        .write_message(&local_index.to_le_bytes(), &mut out[8..])
+        .map_err(from_read)?;
+    debug_assert_eq!(8 + n, RESPONSE_LEN);
+    Ok(out)
 }
 
 fn remote_static(state: &snow::HandshakeState) -> Result<PublicKey, HandshakeError> {

@@ -2,8 +2,8 @@
 //! the caller's [`Random`] up front, so a seeded simulator replays exactly), and snow's own
 //! BLAKE2s and ChaChaPoly for the handshake's symmetric steps.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use std::ptr::NonNull;
 
@@ -91,7 +91,100 @@ fn sha256(parts: &[&[u8]]) -> [u8; KEY_LEN] {
     ctx.finish().as_ref().try_into().expect("32 bytes")
 }
 
-/// A resolver made for one handshake.
+/// 32 bytes drawn from `rng`: the seed of one handshake's ephemeral key.
+pub(crate) fn ephemeral_seed(rng: &mut impl Random) -> Secret<[u8; KEY_LEN]> {
+    let mut seed = Secret::new([0u8; KEY_LEN]);
+    rng.fill(seed.expose_mut());
+    seed
+}
+
+/// The curve results of one handshake's own messages, so that its state can be built again
+/// from the same inputs (after a forged message: see `handshake.rs`) at the cost of hashing
+/// alone. It records until [`CurveMemo::seal`], called once our side's messages are written;
+/// afterwards it only answers, so forged messages cannot grow it. A miss only costs the
+/// curve operation.
+#[derive(Default)]
+pub(crate) struct CurveMemo(Mutex<MemoSlots>);
+
+/// Room for what a handshake computes before it waits: one ephemeral key, and the responder's
+/// `ee` and `es`. Fixed capacity, so the vectors never move their secrets while growing.
+const MEMO_KEYS: usize = 1;
+const MEMO_SHARED: usize = 2;
+
+struct MemoSlots {
+    sealed: bool,
+    /// Ephemeral keys generated: private half, public half.
+    keys: Vec<(Secret<[u8; KEY_LEN]>, [u8; KEY_LEN])>,
+    shared: Vec<SharedSlot>,
+}
+
+/// A Diffie-Hellman result.
+struct SharedSlot {
+    ours: [u8; KEY_LEN],
+    theirs: [u8; KEY_LEN],
+    secret: Secret<[u8; KEY_LEN]>,
+}
+
+impl Default for MemoSlots {
+    fn default() -> Self {
+        Self {
+            sealed: false,
+            keys: Vec::with_capacity(MEMO_KEYS),
+            shared: Vec::with_capacity(MEMO_SHARED),
+        }
+    }
+}
+
+impl CurveMemo {
+    fn slots(&self) -> std::sync::MutexGuard<'_, MemoSlots> {
+        // The slots are consistent after any panic (each push is one step).
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Stops recording.
+    pub(crate) fn seal(&self) {
+        self.slots().sealed = true;
+    }
+
+    fn public(&self, private: &[u8; KEY_LEN]) -> Option<[u8; KEY_LEN]> {
+        let slots = self.slots();
+        let found = slots.keys.iter().find(|(k, _)| k.expose() == private);
+        found.map(|(_, public)| *public)
+    }
+
+    fn note_public(&self, private: &[u8; KEY_LEN], public: [u8; KEY_LEN]) {
+        let mut slots = self.slots();
+        if !slots.sealed && slots.keys.len() < MEMO_KEYS {
+            slots.keys.push((Secret::new(*private), public));
+        }
+    }
+
+    fn shared(
+        &self,
+        ours: &[u8; KEY_LEN],
+        theirs: &[u8; KEY_LEN],
+    ) -> Option<Secret<[u8; KEY_LEN]>> {
+        let slots = self.slots();
+        let found = slots
+            .shared
+            .iter()
+            .find(|s| s.ours == *ours && s.theirs == *theirs);
+        found.map(|s| s.secret.clone())
+    }
+
+    fn note_shared(&self, ours: [u8; KEY_LEN], theirs: [u8; KEY_LEN], shared: &[u8; KEY_LEN]) {
+        let mut slots = self.slots();
+        if !slots.sealed && slots.shared.len() < MEMO_SHARED {
+            slots.shared.push(SharedSlot {
+                ours,
+                theirs,
+                secret: Secret::new(*shared),
+            });
+        }
+    }
+}
+
+/// A resolver made for one handshake (or for building its state again).
 pub(crate) struct Resolver {
     /// 32 bytes for the one ephemeral key this handshake generates.
     ephemeral_seed: Secret<[u8; KEY_LEN]>,
@@ -99,22 +192,23 @@ pub(crate) struct Resolver {
     local: KeyPair,
     counter: Arc<DhCounter>,
     curve: Curve,
+    memo: Arc<CurveMemo>,
 }
 
 impl Resolver {
     pub(crate) fn new(
         local: &KeyPair,
-        rng: &mut impl Random,
+        seed: &Secret<[u8; KEY_LEN]>,
         counter: Arc<DhCounter>,
         curve: Curve,
+        memo: Arc<CurveMemo>,
     ) -> Self {
-        let mut seed = Secret::new([0u8; KEY_LEN]);
-        rng.fill(seed.expose_mut());
         Self {
-            ephemeral_seed: seed,
+            ephemeral_seed: seed.clone(),
             local: local.clone(),
             counter,
             curve,
+            memo,
         }
     }
 }
@@ -132,6 +226,7 @@ impl CryptoResolver for Resolver {
                 local: self.local.clone(),
                 counter: self.counter.clone(),
                 curve: self.curve,
+                memo: self.memo.clone(),
             })),
             _ => None,
         }
@@ -318,6 +413,7 @@ struct X25519 {
     local: KeyPair,
     counter: Arc<DhCounter>,
     curve: Curve,
+    memo: Arc<CurveMemo>,
 }
 
 impl Dh for X25519 {
@@ -351,8 +447,15 @@ impl Dh for X25519 {
     fn generate(&mut self, rng: &mut dyn snow::types::Random) -> Result<(), snow::Error> {
         let mut key = [0u8; KEY_LEN];
         rng.try_fill_bytes(&mut key)?;
-        self.counter.bump();
-        self.public = self.curve.public(key);
+        self.public = match self.memo.public(&key) {
+            Some(public) => public,
+            None => {
+                self.counter.bump();
+                let public = self.curve.public(key);
+                self.memo.note_public(&key, public);
+                public
+            }
+        };
         *self.private.expose_mut() = key;
         key.zeroize();
         Ok(())
@@ -368,6 +471,10 @@ impl Dh for X25519 {
 
     fn dh(&self, pubkey: &[u8], out: &mut [u8]) -> Result<(), snow::Error> {
         let theirs: [u8; KEY_LEN] = pubkey[..KEY_LEN].try_into().map_err(|_| snow::Error::Dh)?;
+        if let Some(shared) = self.memo.shared(&self.public, &theirs) {
+            out[..KEY_LEN].copy_from_slice(shared.expose());
+            return Ok(());
+        }
         self.counter.bump();
         let shared = self
             .curve
@@ -378,6 +485,7 @@ impl Dh for X25519 {
         if *shared.expose() == [0u8; KEY_LEN] {
             return Err(snow::Error::Dh);
         }
+        self.memo.note_shared(self.public, theirs, shared.expose());
         out[..KEY_LEN].copy_from_slice(shared.expose_mut());
         Ok(())
     }
@@ -395,6 +503,7 @@ mod tests {
             local: pair.clone(),
             counter: counter.clone(),
             curve: Curve::X25519,
+            memo: Arc::default(),
         };
         dh.set(pair.private().expose());
         dh

@@ -279,6 +279,10 @@ pub struct Sim {
     ownership_checks: u64,
     events_processed: u64,
     data_plane: DataPlaneStats,
+    /// [`Sim::forge_handshakes`]: flip a bit in one of this many last bytes.
+    forge_tail: Option<usize>,
+    /// [`Sim::watch`]: bytes nodes sent to each watched address.
+    watched: BTreeMap<SocketAddr, u64>,
 }
 
 fn pair(a: usize, b: usize) -> (usize, usize) {
@@ -344,7 +348,55 @@ impl Sim {
             ownership_checks: 0,
             events_processed: 0,
             data_plane: DataPlaneStats::default(),
+            forge_tail: None,
+            watched: BTreeMap::new(),
         }
+    }
+
+    /// An on-path forger from now on: every direct handshake message (initiation, response,
+    /// finish) is raced by a copy with one bit flipped in one of its last `tail` bytes
+    /// (`usize::MAX`: anywhere), delivered just ahead of the real one.
+    pub fn forge_handshakes(&mut self, tail: usize) {
+        self.forge_tail = Some(tail);
+    }
+
+    /// Counts from now on the bytes nodes send to `address` ([`Sim::bytes_sent_to`]).
+    pub fn watch(&mut self, address: SocketAddr) {
+        self.watched.entry(address).or_default();
+    }
+
+    /// Bytes nodes sent to a watched address since [`Sim::watch`].
+    pub fn bytes_sent_to(&self, address: SocketAddr) -> u64 {
+        self.watched.get(&address).copied().unwrap_or(0)
+    }
+
+    /// Delivers `bytes` to host `to` from `from`, any address (spoofed, or nobody's), after
+    /// the default link's latency.
+    pub fn inject(&mut self, to: usize, from: SocketAddr, bytes: Vec<u8>) {
+        let dst = self.hosts[to].addr;
+        self.seq += 1;
+        self.queue.push(Reverse((
+            self.now + self.default_link.latency,
+            self.seq,
+            What::Deliver {
+                to,
+                dst,
+                from,
+                bytes,
+            },
+        )));
+    }
+
+    /// A forged copy of a handshake message, if forging is on and `bytes` is one.
+    fn forgery(&mut self, bytes: &[u8]) -> Option<Vec<u8>> {
+        let tail = self.forge_tail?.min(bytes.len());
+        if !matches!(bytes.first(), Some(1..=3)) || tail == 0 {
+            return None;
+        }
+        let at = bytes.len() - 1 - (self.rng.next_u64() % tail as u64) as usize;
+        let mut forged = bytes.to_vec();
+        forged[at] ^= 1 << (self.rng.next_u64() % 8);
+        Some(forged)
     }
 
     /// The path data packets take.
@@ -655,6 +707,9 @@ impl Sim {
 
     fn send(&mut self, from_host: usize, dst: SocketAddr, bytes: Vec<u8>) {
         self.underlay.sent += 1;
+        if let Some(n) = self.watched.get_mut(&dst) {
+            *n += bytes.len() as u64;
+        }
         // Source translation.
         let h = &mut self.hosts[from_host];
         let src = match &mut h.nat {
@@ -704,10 +759,26 @@ impl Sim {
         } else {
             1
         };
-        for _ in 0..copies {
+        for copy in 0..copies {
             let mut delay = link.latency + self.rng.duration(link.jitter);
             if self.rng.chance(link.reorder) {
                 delay += self.rng.duration(link.latency * 3);
+            }
+            if copy == 0
+                && let Some(forged) = self.forgery(&bytes)
+            {
+                // Same instant, scheduled first: delivered ahead of the real one.
+                self.seq += 1;
+                self.queue.push(Reverse((
+                    self.now + delay,
+                    self.seq,
+                    What::Deliver {
+                        to,
+                        dst,
+                        from: src,
+                        bytes: forged,
+                    },
+                )));
             }
             self.seq += 1;
             self.queue.push(Reverse((
