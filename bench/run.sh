@@ -221,10 +221,16 @@ NODE_DIR=(unused "$(jqs '.nodes[] | select(.name=="n1") | .state_dir')" \
 # The tunnel processes of each path, both nodes: path -> "pid1 pid2". The lab records its
 # routers' pids (`ip netns exec` execs the router, so the pid it started is the router's).
 declare -A TPIDS=()
-TPIDS[weft]="$(jqs '[.nodes[] | select(.name=="n1" or .name=="n2") | .router_pid | tostring] | join(" ")')"
-for pid in ${TPIDS[weft]}; do
-    [[ $pid =~ ^[0-9]+$ && -r /proc/$pid/stat ]] || die "weft router pid $pid (from lab status) is not running"
-done
+# The router pids of nodes n1 and n2 in a lab's status JSON ($1), checked to be running.
+router_pids() {
+    local pids pid
+    pids=$(jq -er '[.nodes[] | select(.name=="n1" or .name=="n2") | .router_pid | tostring] | join(" ")' "$1")
+    for pid in $pids; do
+        [[ $pid =~ ^[0-9]+$ && -r /proc/$pid/stat ]] || die "router pid $pid (from $1) is not running"
+    done
+    echo "$pids"
+}
+TPIDS[weft]=$(router_pids "$RAW/lab.json")
 
 # The baseline: a second lab of the same shape, run by the other binaries. Its namespaces
 # carry their own prefix, so the two labs' addresses never meet.
@@ -239,10 +245,7 @@ if [[ -n $BASELINE ]]; then
     B_P1=$(jqb '.pods[] | select(.node=="n1") | .namespace')
     B_P2=$(jqb '.pods[] | select(.node=="n2") | .namespace')
     B_P2_ADDR=$(jqb '.pods[] | select(.node=="n2") | .address')
-    TPIDS[baseline]="$(jqb '[.nodes[] | select(.name=="n1" or .name=="n2") | .router_pid | tostring] | join(" ")')"
-    for pid in ${TPIDS[baseline]}; do
-        [[ $pid =~ ^[0-9]+$ && -r /proc/$pid/stat ]] || die "baseline router pid $pid is not running"
-    done
+    TPIDS[baseline]=$(router_pids "$RAW/lab-baseline.json")
     BASE_REV=${WEFT_BASELINE_REV:-$("$BASELINE/weft" --version 2>&1 | head -n1)}
 fi
 

@@ -374,17 +374,22 @@ impl Sim {
     /// the default link's latency.
     pub fn inject(&mut self, to: usize, from: SocketAddr, bytes: Vec<u8>) {
         let dst = self.hosts[to].addr;
-        self.seq += 1;
-        self.queue.push(Reverse((
-            self.now + self.default_link.latency,
-            self.seq,
+        let at = self.now + self.default_link.latency;
+        self.schedule(
+            at,
             What::Deliver {
                 to,
                 dst,
                 from,
                 bytes,
             },
-        )));
+        );
+    }
+
+    /// Queues `what` at `at`; among events at the same instant, the one queued first runs first.
+    fn schedule(&mut self, at: Duration, what: What) {
+        self.seq += 1;
+        self.queue.push(Reverse((at, self.seq, what)));
     }
 
     /// A forged copy of a handshake message, if forging is on and `bytes` is one.
@@ -764,33 +769,24 @@ impl Sim {
             if self.rng.chance(link.reorder) {
                 delay += self.rng.duration(link.latency * 3);
             }
-            if copy == 0
-                && let Some(forged) = self.forgery(&bytes)
-            {
-                // Same instant, scheduled first: delivered ahead of the real one.
-                self.seq += 1;
-                self.queue.push(Reverse((
-                    self.now + delay,
-                    self.seq,
+            let forged = if copy == 0 {
+                self.forgery(&bytes)
+            } else {
+                None
+            };
+            // A forgery goes first at the same instant: delivered ahead of the real one.
+            for bytes in forged.into_iter().chain([bytes.clone()]) {
+                let at = self.now + delay;
+                self.schedule(
+                    at,
                     What::Deliver {
                         to,
                         dst,
                         from: src,
-                        bytes: forged,
+                        bytes,
                     },
-                )));
+                );
             }
-            self.seq += 1;
-            self.queue.push(Reverse((
-                self.now + delay,
-                self.seq,
-                What::Deliver {
-                    to,
-                    dst,
-                    from: src,
-                    bytes: bytes.clone(),
-                },
-            )));
         }
     }
 
@@ -992,6 +988,20 @@ impl Sim {
         )
     }
 
+    /// One packet from every node to every other (tagged `round`), half a second of simulated
+    /// time, and what each node's pods received meanwhile.
+    pub fn traffic_round(&mut self, round: u32) -> Vec<Vec<Vec<u8>>> {
+        let n = self.len();
+        for a in 0..n {
+            for b in (0..n).filter(|b| *b != a) {
+                let p = self.packet(a, b, round);
+                self.send_packets(a, vec![p]);
+            }
+        }
+        self.run_for(Duration::from_millis(500));
+        (0..n).map(|b| self.take_tun(b)).collect()
+    }
+
     /// Hands a batch of packets to host `a` as if read from its TUN device: to its node, or
     /// on [`DataPath::DataPlane`] to its data plane, which hands the node what it cannot send.
     pub fn send_packets(&mut self, a: usize, packets: Vec<Vec<u8>>) {
@@ -1097,9 +1107,7 @@ impl Sim {
         }
         let at = due.saturating_duration_since(self.base);
         w.report_at[half] = Some(at);
-        self.seq += 1;
-        self.queue
-            .push(Reverse((at, self.seq, What::Report { host: i, half })));
+        self.schedule(at, What::Report { host: i, half });
     }
 
     /// Gives the Node a tally's report: its drops, then its activity, as the router's

@@ -48,20 +48,6 @@ fn pin_everyone_at_once(sim: &mut Sim) -> Vec<(usize, PeerId)> {
     all
 }
 
-/// One packet from every node to every other (tagged `round`), half a second of simulated
-/// time, and what each node's pods received meanwhile.
-fn traffic_round(sim: &mut Sim, round: u32) -> Vec<Vec<Vec<u8>>> {
-    let n = sim.len();
-    for a in 0..n {
-        for b in (0..n).filter(|b| *b != a) {
-            let p = sim.packet(a, b, round);
-            sim.send_packets(a, vec![p]);
-        }
-    }
-    sim.run_for(Duration::from_millis(500));
-    (0..n).map(|b| sim.take_tun(b)).collect()
-}
-
 fn drops(sim: &Sim, node: usize, reason: DropReason) -> u64 {
     sim.node(node).drops().get(&reason).copied().unwrap_or(0)
 }
@@ -214,7 +200,7 @@ fn nodes_pinned_at_once_keep_talking_past_the_previous_sessions_grace(data_path:
         let (mut sent, mut lost) = (0, Vec::new());
         for round in 0..60u32 {
             sent += 6;
-            for (b, received) in traffic_round(&mut sim, round).iter().enumerate() {
+            for (b, received) in sim.traffic_round(round).iter().enumerate() {
                 let got = received.len();
                 if got != 2 {
                     lost.push((round, b, got));
@@ -283,7 +269,7 @@ fn nodes_pinned_at_once_over_bad_links_never_go_silent(data_path: DataPath) {
         let mut silent = [[0u32; 3]; 3];
         let mut longest = [[0u32; 3]; 3];
         for round in 0..60u32 {
-            for (b, received) in traffic_round(&mut sim, round).iter().enumerate() {
+            for (b, received) in sim.traffic_round(round).iter().enumerate() {
                 let mut from = [false; 3];
                 for p in received {
                     // Source address: 10.32.<node>.2.
