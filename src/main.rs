@@ -63,6 +63,18 @@ enum Command {
         #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
         state_dir: PathBuf,
     },
+    /// This node's view of the whole mesh: members, every link (direct, relayed and through
+    /// whom, handshaking, down; asymmetric views flagged), this node's tunnels, drops.
+    ///
+    /// `--json` prints the versioned document described in docs/report.md.
+    Report {
+        /// Print the JSON document (its `schema` field is the version of its shape).
+        #[arg(long)]
+        json: bool,
+        /// The router's state directory (its control socket is there).
+        #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
+        state_dir: PathBuf,
+    },
     /// Ask the router to dial an endpoint (address:port).
     Connect {
         /// The endpoint to dial, address:port (e.g. 198.18.0.2:6786).
@@ -334,6 +346,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Router(args) => return run_router(*args),
         Command::Status { json, state_dir } => return show_status(&state_dir, json, false),
         Command::Peers { json, state_dir } => return show_status(&state_dir, json, true),
+        Command::Report { json, state_dir } => {
+            let Response::Report(report) = control_call(&state_dir, &Request::Report)? else {
+                bail!("the router answered something other than a report");
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", weft_router::report::render_text(&report));
+            }
+        }
         Command::Connect {
             endpoint,
             state_dir,
@@ -561,12 +583,22 @@ fn status_text(r: &weft_router::control::StatusReport) -> String {
 
 fn peers_table(peers: &[weft_router::control::PeerReport]) -> String {
     let mut out = format!(
-        "{:<12} {:<10} {:<12} {:<22} {:<12} {:>8} {:>10} {:>10} {:>9}\n",
-        "PEER", "NAME", "STATE", "ENDPOINT", "PATH", "RTT", "TX", "RX", "HANDSHAKE"
+        "{:<12} {:<10} {:<12} {:<22} {:<12} {:>8} {:>10} {:>10} {:>8} {:>8} {:>9}\n",
+        "PEER",
+        "NAME",
+        "STATE",
+        "ENDPOINT",
+        "PATH",
+        "RTT",
+        "TX",
+        "RX",
+        "TX PKTS",
+        "RX PKTS",
+        "HANDSHAKE"
     );
     for p in peers {
         out += &format!(
-            "{:<12} {:<10} {:<12} {:<22} {:<12} {:>8} {:>10} {:>10} {:>9}\n",
+            "{:<12} {:<10} {:<12} {:<22} {:<12} {:>8} {:>10} {:>10} {:>8} {:>8} {:>9}\n",
             p.id.chars().take(10).collect::<String>(),
             printable(p.name.as_deref().unwrap_or("?")),
             p.state,
@@ -579,6 +611,8 @@ fn peers_table(peers: &[weft_router::control::PeerReport]) -> String {
                 .unwrap_or_else(|| "-".into()),
             human_bytes(p.tx_bytes),
             human_bytes(p.rx_bytes),
+            p.tx_packets,
+            p.rx_packets,
             p.last_handshake_secs
                 .map(|s| format!("{s}s ago"))
                 .unwrap_or_else(|| "-".into()),

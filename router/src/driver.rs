@@ -648,6 +648,7 @@ impl Driver {
         let now = Instant::now();
         match request {
             Request::Status => Response::Status(Box::new(self.status_report())),
+            Request::Report => Response::Report(Box::new(self.mesh_report())),
             Request::Connect { endpoint } => {
                 self.node.handle_command(now, Command::Connect(endpoint));
                 Response::Accepted
@@ -693,6 +694,8 @@ impl Driver {
                     rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
                     tx_bytes: p.tx_bytes,
                     rx_bytes: p.rx_bytes,
+                    tx_packets: p.tx_packets,
+                    rx_packets: p.rx_packets,
                     last_handshake_secs: p.last_handshake.map(|t| now.duration_since(t).as_secs()),
                 })
                 .collect(),
@@ -714,6 +717,16 @@ impl Driver {
                 gro_segments: self.paths.gro_segments,
             }),
         }
+    }
+
+    fn mesh_report(&self) -> crate::report::MeshReport {
+        let local = crate::report::Local {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            listen: self.listen,
+            pod_mtu: self.pod_mtu,
+            drops: drop_counts(self.node.drops(), &self.refused),
+        };
+        crate::report::build(&self.node, Instant::now(), local)
     }
 
     fn metrics_snapshot(&self) -> Snapshot {
