@@ -146,6 +146,11 @@ struct RouterArgs {
     /// node's address, so set httpGet.host: 127.0.0.1 in the probes or bind another address.
     #[arg(long, env = "WEFT_METRICS_ADDR", default_value = "127.0.0.1:6787")]
     metrics_addr: String,
+    /// The live page of the mesh (`/`, `/report.json`) beside the metrics: auto (only when
+    /// the metrics address is loopback), on (on any metrics address: it shows every member's
+    /// key, endpoints and blocks to whoever reaches it), off.
+    #[arg(long, env = "WEFT_UI", default_value = "auto")]
+    ui: weft_router::ui::UiMode,
     /// The kernel's segmentation offloads on the data path: auto (use what the kernel
     /// supports: TUN TSO/GRO with virtio headers, UDP GSO/GRO), on (refuse to start without
     /// TUN offloads), off (one packet per system call; for comparison and old kernels).
@@ -465,6 +470,7 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
         bridge: args.bridge,
         underlay_mtu: args.underlay_mtu,
         metrics,
+        ui: args.ui,
         offload: args.offload,
         kubernetes: args
             .kubernetes

@@ -382,11 +382,16 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
         }
     });
     let snapshot = metrics::Shared::default();
+    // The page shows every member's key, endpoints and blocks: on loopback unless opted in.
+    let ui = config
+        .metrics
+        .filter(|addr| config.ui.serves_on(*addr))
+        .map(|_| crate::ui::Published::default());
     let metrics_task = metrics_listener.map(|listener| {
-        let (snapshot, ready) = (snapshot.clone(), ready.clone());
+        let (snapshot, ready, ui) = (snapshot.clone(), ready.clone(), ui.clone());
         let dir = state.path().to_owned();
         tokio::spawn(async move {
-            if let Err(e) = metrics::serve(listener, snapshot, ready, dir).await {
+            if let Err(e) = metrics::serve(listener, snapshot, ready, dir, ui).await {
                 error!(error = %e, "metrics server failed");
             }
         })
@@ -435,6 +440,7 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
         listen,
         pod_mtu,
         snapshot,
+        ui,
         metrics_on: config.metrics.is_some(),
         last_snapshot: None,
         ready,
@@ -475,6 +481,8 @@ struct Driver {
     listen: SocketAddr,
     pod_mtu: u32,
     snapshot: metrics::Shared,
+    /// Where the report for the live page is published, when it is served.
+    ui: Option<crate::ui::Published>,
     metrics_on: bool,
     last_snapshot: Option<Instant>,
     ready: Arc<AtomicBool>,
@@ -582,12 +590,16 @@ impl Driver {
         self.sync_block().await?;
         // Metrics are a view for scrapes: refreshed at most once a second, not per batch.
         let now = Instant::now();
+        // The page polls at most once a second too: the same clock serves both.
         if self.metrics_on
             && self
                 .last_snapshot
                 .is_none_or(|t| now.duration_since(t) >= SNAPSHOT_EVERY)
         {
             self.snapshot.update(self.metrics_snapshot());
+            if let Some(ui) = &self.ui {
+                ui.update(&self.mesh_report());
+            }
             self.last_snapshot = Some(now);
         }
         Ok(())

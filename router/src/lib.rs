@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod netconf;
 pub mod report;
 pub mod state;
+pub mod ui;
 
 pub use config::RouterConfig;
 pub use driver::run;

@@ -253,12 +253,13 @@ struct AppState {
 }
 
 /// Serves `/metrics`, `/healthz` (the router's loop turns) and `/readyz` (its pod block is
-/// known).
+/// known); with `ui`, the live page and `/report.json` ([`crate::ui`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: Shared,
     ready: Arc<AtomicBool>,
     state_dir: PathBuf,
+    ui: Option<crate::ui::Published>,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route(
@@ -299,6 +300,10 @@ pub async fn serve(
             ready,
             state_dir,
         });
+    let app = match ui {
+        Some(published) => app.merge(crate::ui::routes(published)),
+        None => app,
+    };
     axum::serve(listener, app).await
 }
 

@@ -1,0 +1,302 @@
+//! Seeing the mesh, end to end: `weft report` and the router's live page on a 3-node lab
+//! through a block and an unblock, the page loaded in headless Chromium inside a node's
+//! namespace (so the browser reaches nothing but that node's loopback and the lab).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use weft_router::report::MeshReport;
+use weft_tests::e2e::*;
+
+/// `weft report --json` of `node`, from its control socket.
+fn mesh_report(lab: &Lab, node: &str) -> MeshReport {
+    let dir = lab.node(node).state_dir.to_str().unwrap().to_owned();
+    let out = lab.weft(&["report", "--json", "--state-dir", &dir]);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("weft report of {node}: {e}: {out}"))
+}
+
+/// Each link of a report as `"n1-n3"` → `"relayed via n2"`, by node names.
+fn links(r: &MeshReport) -> BTreeMap<String, String> {
+    let names: BTreeMap<&str, &str> = r
+        .members
+        .iter()
+        .map(|m| (m.id.as_str(), m.name.as_str()))
+        .collect();
+    r.links
+        .iter()
+        .map(|l| {
+            let mut pair = [names[l.a.as_str()], names[l.b.as_str()]];
+            pair.sort();
+            let state = match &l.via {
+                Some(via) => format!("{} via {}", l.state, names[via.as_str()]),
+                None => l.state.clone(),
+            };
+            (pair.join("-"), state)
+        })
+        .collect()
+}
+
+/// Waits until `node`'s report shows `want` for every pair it names; how long it took.
+fn wait_links(lab: &Lab, node: &str, want: &[(&str, &str)], timeout: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let got = links(&mesh_report(lab, node));
+        if want
+            .iter()
+            .all(|(pair, state)| got.get(*pair).map(String::as_str) == Some(*state))
+        {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{node}'s report did not show {want:?} within {timeout:?}: {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// An HTTP GET on `node`'s metrics listener, from inside its namespace: (head, body).
+fn http_get(lab: &Lab, node: &str, path: &str) -> (String, String) {
+    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    let text = in_netns(&lab.node(node).namespace, move || {
+        let mut s = TcpStream::connect("127.0.0.1:6787").expect("metrics port");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    });
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    (head.to_ascii_lowercase(), body.to_owned())
+}
+
+/// Where the screenshot goes: `WEFT_ARTIFACTS`, or `target/e2e-artifacts` beside the test
+/// binaries, where CI collects it.
+fn artifacts() -> PathBuf {
+    let dir = std::env::var_os("WEFT_ARTIFACTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let exe = std::env::current_exe().unwrap();
+            // target/debug/deps/e2e_report-HASH → target/e2e-artifacts
+            exe.ancestors().nth(3).unwrap().join("e2e-artifacts")
+        });
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Headless Chromium, run inside `ns`, on `url` with `args`: (stdout, stderr). Its profile is
+/// a fresh directory, removed afterwards; background networking is off (and the namespace
+/// reaches only the lab anyway).
+fn chromium(ns: &str, profile: &Path, url: &str, args: &[&str]) -> (String, String) {
+    let _ = std::fs::remove_dir_all(profile);
+    let (ok, out, err) = run(
+        Path::new("ip"),
+        &[
+            &[
+                "netns",
+                "exec",
+                ns,
+                "timeout",
+                "60",
+                "chromium",
+                "--headless",
+            ][..],
+            &[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-default-apps",
+                "--enable-logging=stderr",
+                "--v=0",
+                // Lets the page's polls run: the DOM is dumped once 5 s of virtual time passed.
+                "--virtual-time-budget=5000",
+                "--window-size=1280,800",
+                "--hide-scrollbars",
+                &format!("--user-data-dir={}", profile.display()),
+            ],
+            args,
+            &[url],
+        ]
+        .concat(),
+    );
+    let _ = std::fs::remove_dir_all(profile);
+    assert!(ok, "chromium failed: {err}");
+    (out, err)
+}
+
+/// The elements of `dom` with a class attribute starting with `class`, each as its tag text.
+fn tags<'a>(dom: &'a str, class: &str) -> Vec<&'a str> {
+    let needle = format!("class=\"{class}");
+    dom.match_indices(&needle)
+        .map(|(i, _)| {
+            let start = dom[..i].rfind('<').unwrap();
+            let end = i + dom[i..].find('>').unwrap();
+            &dom[start..=end]
+        })
+        .collect()
+}
+
+/// What the page drew, from the DOM Chromium dumped: (nodes, edges), after checking that no
+/// script error was caught by the page or logged on the console.
+fn drawn(dom: &str, console: &str) -> (Vec<String>, Vec<String>) {
+    let console_lines: Vec<&str> = console.lines().filter(|l| l.contains(":CONSOLE")).collect();
+    assert!(
+        console_lines.is_empty(),
+        "the console logged: {console_lines:#?}"
+    );
+    assert!(
+        dom.contains(r#"<pre id="errors" hidden="">"#) && !dom.contains("error: "),
+        "the page caught errors: {dom}"
+    );
+    let nodes = tags(dom, "node").into_iter().map(str::to_owned).collect();
+    let edges = tags(dom, "edge").into_iter().map(str::to_owned).collect();
+    (nodes, edges)
+}
+
+/// `weft report` and the page show the lab's mesh through a block and an unblock; the page
+/// runs without a script error under its Content-Security-Policy, and neither shows a secret.
+#[test]
+fn the_report_and_the_page_follow_a_block_and_an_unblock() {
+    if !can_run(
+        "the_report_and_the_page_follow_a_block_and_an_unblock",
+        &["chromium"],
+    ) {
+        return;
+    }
+    let lab = Lab::up("rpa", &["--nodes", "3", "--pods", "1"]);
+    lab.wait_full_mesh(Duration::from_secs(30));
+    let direct = [
+        ("n1-n2", "direct"),
+        ("n1-n3", "direct"),
+        ("n2-n3", "direct"),
+    ];
+    for node in ["n1", "n2", "n3"] {
+        wait_links(&lab, node, &direct, Duration::from_secs(15));
+    }
+
+    // The page: its assets under a strict policy, and the report it polls.
+    let (head, body) = http_get(&lab, "n1", "/");
+    assert!(head.split(' ').nth(1) == Some("200"), "{head}");
+    assert!(
+        head.contains(&format!(
+            "content-security-policy: {}",
+            weft_router::ui::CONTENT_SECURITY_POLICY
+        )),
+        "{head}"
+    );
+    assert!(body.contains("/ui/app.js"));
+    for asset in ["/ui/app.js", "/ui/style.css", "/report.json"] {
+        let (head, _) = http_get(&lab, "n1", asset);
+        assert!(head.split(' ').nth(1) == Some("200"), "{asset}: {head}");
+        assert!(
+            head.contains("content-security-policy: default-src 'none'"),
+            "{asset}"
+        );
+    }
+    let profile = std::env::temp_dir().join(format!("rpa-chromium-{}", std::process::id()));
+    let ns = lab.node("n1").namespace.clone();
+    let url = "http://127.0.0.1:6787/";
+    let (dom, console) = chromium(&ns, &profile, url, &["--dump-dom"]);
+    let (nodes, edges) = drawn(&dom, &console);
+    assert_eq!(nodes.len(), 3, "{nodes:#?}");
+    assert_eq!(edges.len(), 3, "{edges:#?}");
+    assert!(
+        edges.iter().all(|e| e.contains("edge direct")),
+        "{edges:#?}"
+    );
+
+    // Block n1–n3 while a pod of n1 talks to a pod of n3 (a path is judged by its traffic,
+    // docs/design.md §4): they go through n2, and every report says so.
+    let (a, b) = (lab.pod("n1-p1").clone(), lab.pod("n3-p1").clone());
+    let probe = Prober::start(&a.namespace, &b.namespace, b.address, 7100);
+    lab.lab(&["block", "1-3"]);
+    let relayed = [("n1-n3", "relayed via n2")];
+    let took = wait_links(&lab, "n1", &relayed, Duration::from_secs(15));
+    report(&format!(
+        "rpa: n1's report shows n1-n3 relayed {:.1}s after the block",
+        took.as_secs_f64()
+    ));
+    wait_links(&lab, "n3", &relayed, Duration::from_secs(15));
+    // n2 learns it by gossip: both ends list each other as unreachable.
+    wait_links(&lab, "n2", &relayed, Duration::from_secs(15));
+    drop(probe);
+    let r = mesh_report(&lab, "n1");
+    let key = |name: &str| {
+        r.members
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap()
+            .id
+            .clone()
+    };
+    let tunnel = r
+        .tunnels
+        .iter()
+        .find(|t| t.name.as_deref() == Some("n3"))
+        .unwrap();
+    assert_eq!(tunnel.path.as_deref(), Some("relayed"));
+    assert_eq!(tunnel.via, Some(key("n2")));
+    assert!(tunnel.tx_packets > 0 && tunnel.rx_packets > 0, "{tunnel:?}");
+
+    // Let the page's 1 s poll see the new report, then draw it.
+    std::thread::sleep(Duration::from_millis(1500));
+    let shot = artifacts().join("report-page.png");
+    let (dom, console) = chromium(&ns, &profile, url, &["--dump-dom"]);
+    let (nodes, edges) = drawn(&dom, &console);
+    assert_eq!((nodes.len(), edges.len()), (3, 3), "{nodes:#?} {edges:#?}");
+    let relayed_edges: Vec<_> = edges
+        .iter()
+        .filter(|e| e.contains("edge relayed"))
+        .collect();
+    assert_eq!(relayed_edges.len(), 1, "{edges:#?}");
+    let e = relayed_edges[0];
+    assert!(e.contains(&format!("data-via=\"{}\"", key("n2"))), "{e}");
+    assert!(
+        e.contains(&format!("\"{}\"", key("n1"))) && e.contains(&format!("\"{}\"", key("n3"))),
+        "{e}"
+    );
+    let _ = std::fs::remove_file(&shot);
+    let shot_arg = format!("--screenshot={}", shot.display());
+    chromium(&ns, &profile, url, &[&shot_arg]);
+    let png = std::fs::read(&shot).expect("the screenshot");
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    report(&format!(
+        "rpa: screenshot of the page at {}",
+        shot.display()
+    ));
+
+    // Neither the report nor the page shows a secret: the join secret, or any node's key.
+    let mut secrets = vec![std::fs::read_to_string(weft_lab::join_secret_file("rpa")).unwrap()];
+    for n in &lab.nodes {
+        secrets.push(std::fs::read_to_string(n.state_dir.join("key")).unwrap());
+    }
+    let (_, json) = http_get(&lab, "n1", "/report.json");
+    let text = lab.weft(&[
+        "report",
+        "--state-dir",
+        lab.node("n1").state_dir.to_str().unwrap(),
+    ]);
+    for secret in &secrets {
+        let secret = secret.trim();
+        assert!(secret.len() >= 16);
+        for (what, shown) in [("report.json", &json), ("text", &text), ("page", &dom)] {
+            assert!(!shown.contains(secret), "the {what} shows a secret");
+        }
+    }
+
+    // Unblock: direct again.
+    lab.lab(&["unblock", "1-3"]);
+    let took = wait_links(&lab, "n1", &[("n1-n3", "direct")], Duration::from_secs(60));
+    report(&format!(
+        "rpa: n1's report shows n1-n3 direct {:.1}s after the unblock",
+        took.as_secs_f64()
+    ));
+    wait_links(&lab, "n2", &[("n1-n3", "direct")], Duration::from_secs(15));
+}
