@@ -266,6 +266,18 @@ enum LabCommand {
         #[arg(long)]
         delay_ms: u64,
     },
+    /// Make a node's live page reachable from this machine's browser: prints a loopback
+    /// address and forwards it into the node's namespace until stopped or the lab goes down.
+    /// Nothing but that loopback listener is added outside the lab's namespaces.
+    Ui {
+        /// The node, `n1` or `1`.
+        node: String,
+        /// The loopback port to listen on (0: any free port).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        #[command(flatten)]
+        which: LabName,
+    },
     /// Remove a lab and everything it made.
     Down {
         #[command(flatten)]
@@ -706,6 +718,18 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<()> {
         }
         LabCommand::DelayLine { a, b, delay_ms } => {
             weft_lab::delay::run(&a, &b, std::time::Duration::from_millis(delay_ms))?;
+        }
+        LabCommand::Ui { node, port, which } => {
+            let forwarder = weft_lab::ui::UiForwarder::bind(&which.prefix, &node, port)?;
+            println!("http://{}/", forwarder.local_addr()?);
+            println!(
+                "the page of {node}, until Ctrl-C or `weft lab down --prefix {}`",
+                which.prefix
+            );
+            use std::io::Write as _;
+            std::io::stdout().flush()?;
+            forwarder.run()?;
+            println!("lab {:?} is down: stopped", which.prefix);
         }
         LabCommand::Down { which } => {
             let n = weft_lab::down(&which.prefix)?;

@@ -300,3 +300,80 @@ fn the_report_and_the_page_follow_a_block_and_an_unblock() {
     ));
     wait_links(&lab, "n2", &[("n1-n3", "direct")], Duration::from_secs(15));
 }
+
+/// `weft lab ui` makes a node's page reachable on a loopback port of this machine, adds
+/// nothing else outside the lab, and stops when the lab goes down.
+#[test]
+fn lab_ui_forwards_a_loopback_port_to_a_nodes_page_until_the_lab_goes() {
+    use std::io::BufRead;
+    if !can_run(
+        "lab_ui_forwards_a_loopback_port_to_a_nodes_page_until_the_lab_goes",
+        &[],
+    ) {
+        return;
+    }
+    let lab = Lab::up("rpb", &["--nodes", "2", "--pods", "0"]);
+    lab.wait_full_mesh(Duration::from_secs(30));
+    let mut child = std::process::Command::new(&lab.weft)
+        .args(["lab", "ui", "n2", "--prefix", "rpb"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("weft lab ui");
+    // Killed whatever happens below (it stops by itself when the lab goes).
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut child = Kill(child);
+    let url = lines.next().expect("a line").unwrap();
+    let addr: std::net::SocketAddr = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap_or_else(|e| panic!("{url:?}: {e}"));
+    assert!(addr.ip().is_loopback(), "{addr}");
+
+    let get = |path: &str| -> std::io::Result<String> {
+        let mut s = TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    };
+    let page = get("/").unwrap();
+    assert!(page.contains(" 200 "), "{page}");
+    assert!(
+        page.to_ascii_lowercase()
+            .contains("content-security-policy"),
+        "{page}"
+    );
+    let (_, json) = get("/report.json")
+        .unwrap()
+        .split_once("\r\n\r\n")
+        .map(|(h, b)| (h.to_owned(), b.to_owned()))
+        .unwrap();
+    let r: MeshReport = serde_json::from_str(&json).unwrap();
+    assert_eq!(r.node.name, "n2", "the page is n2's");
+    assert_eq!(r.members.len(), 2);
+
+    // Down with the lab: the forwarder exits by itself and its port closes.
+    lab.lab(&["down"]);
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            assert!(status.success(), "weft lab ui: {status}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "weft lab ui still runs after the lab went down"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(TcpStream::connect(addr).is_err(), "{addr} still listens");
+}
