@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use weft_crypto::{JoinSecret, KeyPair, OsRandom};
 use weft_router::control::{Request, Response};
+use weft_router::report::printable;
 
 /// weft: an encrypted mesh overlay network for Kubernetes.
 #[derive(Parser, Debug)]
@@ -637,12 +638,6 @@ fn peers_table(peers: &[weft_router::control::PeerReport]) -> String {
         );
     }
     out
-}
-
-/// A name another node chose, made safe for a terminal: control characters (escape
-/// sequences) are shown escaped, not sent to the terminal.
-fn printable(s: &str) -> String {
-    s.chars().flat_map(char::escape_debug).collect()
 }
 
 fn human_bytes(b: u64) -> String {

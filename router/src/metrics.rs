@@ -80,28 +80,18 @@ impl Snapshot {
                 .iter()
                 .map(|s| (s.to_string(), 0))
                 .collect();
+        let (mut peer_bytes, mut peer_packets) = (Vec::new(), Vec::new());
         for p in &report.peers {
             *peers_by_state.entry(p.state.clone()).or_default() += 1;
+            let name = p.name.clone().unwrap_or_default();
+            peer_bytes.push((p.id.clone(), name.clone(), p.tx_bytes, p.rx_bytes));
+            peer_packets.push((p.id.clone(), name, p.tx_packets, p.rx_packets));
         }
         Self {
             peers_by_state,
             handshakes: stats.handshakes,
-            peer_bytes: report
-                .peers
-                .iter()
-                .map(|p| {
-                    let name = p.name.clone().unwrap_or_default();
-                    (p.id.clone(), name, p.tx_bytes, p.rx_bytes)
-                })
-                .collect(),
-            peer_packets: report
-                .peers
-                .iter()
-                .map(|p| {
-                    let name = p.name.clone().unwrap_or_default();
-                    (p.id.clone(), name, p.tx_packets, p.rx_packets)
-                })
-                .collect(),
+            peer_bytes,
+            peer_packets,
             drops: report.drops.clone(),
             members: report.members as i64,
             block_ready: i64::from(report.block.is_some()),

@@ -245,7 +245,7 @@ pub fn build(node: &Node, now: Instant, local: Local) -> MeshReport {
 }
 
 /// A name another node chose, made safe for a terminal (escape sequences shown escaped).
-fn printable(s: &str) -> String {
+pub fn printable(s: &str) -> String {
     s.chars().flat_map(char::escape_debug).collect()
 }
 
@@ -373,4 +373,65 @@ pub fn render_text(r: &MeshReport) -> String {
 
 fn or_dash(s: String) -> String {
     if s.is_empty() { "-".into() } else { s }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: &str, name: &str) -> MemberReport {
+        MemberReport {
+            id: id.into(),
+            name: name.into(),
+            this_node: id == "A",
+            incarnation: 1,
+            record_version: 1,
+            announced: vec!["198.18.0.1:6786".parse().unwrap()],
+            seen: vec![],
+            blocks: vec!["10.32.1.0/24".into()],
+            unreachable: vec![],
+        }
+    }
+
+    /// An operator sees which view disagrees, and a hostile name never reaches the terminal
+    /// as an escape sequence.
+    #[test]
+    fn the_text_flags_asymmetric_links_and_escapes_names() {
+        let r = MeshReport {
+            schema: SCHEMA_VERSION,
+            node: ReportingNode {
+                id: "A".into(),
+                name: "n1".into(),
+                version: "0.1.0".into(),
+                listen: "198.18.0.1:6786".parse().unwrap(),
+                pod_mtu: 1375,
+            },
+            members: vec![member("A", "n1"), member("B", "\u{1b}[31mevil")],
+            links: vec![LinkReport {
+                a: "A".into(),
+                b: "B".into(),
+                state: "relayed".into(),
+                via: Some("C".into()),
+                a_sees_b: true,
+                b_sees_a: false,
+                asymmetric: true,
+                local: true,
+            }],
+            tunnels: vec![],
+            drops: BTreeMap::from([("open_failed".into(), 2)]),
+        };
+        let text = render_text(&r);
+        assert!(!text.contains('\u{1b}'), "{text}");
+        assert!(text.contains("\\u{1b}[31mevil"), "{text}");
+        assert!(
+            text.contains("ASYMMETRIC: n1 sees it up, \\u{1b}[31mevil sees it down"),
+            "{text}"
+        );
+        // An unknown relay is shown by its key's start.
+        assert!(text.contains("relayed via C"), "{text}");
+        assert!(
+            text.contains("DROPS (2)") && text.contains("open_failed"),
+            "{text}"
+        );
+    }
 }
