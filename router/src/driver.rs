@@ -441,6 +441,7 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
         pod_mtu,
         snapshot,
         ui,
+        history: crate::report::TunnelHistory::default(),
         metrics_on: config.metrics.is_some(),
         last_snapshot: None,
         ready,
@@ -483,6 +484,8 @@ struct Driver {
     snapshot: metrics::Shared,
     /// Where the report for the live page is published, when it is served.
     ui: Option<crate::ui::Published>,
+    /// Each tunnel's counters sampled over the last minutes, for the report's rates.
+    history: crate::report::TunnelHistory,
     metrics_on: bool,
     last_snapshot: Option<Instant>,
     ready: Arc<AtomicBool>,
@@ -589,14 +592,17 @@ impl Driver {
         }
         self.sync_block().await?;
         // Metrics are a view for scrapes: refreshed at most once a second, not per batch.
+        // The page polls at most once a second too, and the report's rates are sampled more
+        // rarely still: the same clock serves all three.
         let now = Instant::now();
-        // The page polls at most once a second too: the same clock serves both.
-        if self.metrics_on
-            && self
-                .last_snapshot
-                .is_none_or(|t| now.duration_since(t) >= SNAPSHOT_EVERY)
+        if self
+            .last_snapshot
+            .is_none_or(|t| now.duration_since(t) >= SNAPSHOT_EVERY)
         {
-            self.snapshot.update(self.metrics_snapshot());
+            self.history.observe(now, &self.node.status().peers);
+            if self.metrics_on {
+                self.snapshot.update(self.metrics_snapshot());
+            }
             if let Some(ui) = &self.ui {
                 ui.update(&self.mesh_report());
             }
@@ -738,7 +744,7 @@ impl Driver {
             pod_mtu: self.pod_mtu,
             drops: drop_counts(self.node.drops(), &self.refused),
         };
-        crate::report::build(&self.node, Instant::now(), local)
+        crate::report::build(&self.node, Instant::now(), local, &self.history)
     }
 
     fn metrics_snapshot(&self) -> Snapshot {

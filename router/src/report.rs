@@ -7,13 +7,13 @@
 //! It never holds a secret: keys here are public keys, and nothing reads the join secret or
 //! the private key to build it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use weft_mesh::{LinkState, NextHop, Node, PeerId};
+use weft_mesh::{LinkState, NextHop, Node, PeerId, PeerStatus};
 
 /// The version of the JSON shape. Readers check it before anything else.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -128,6 +128,110 @@ pub struct TunnelReport {
     pub cipher: Option<String>,
     /// The largest packet a pod may send through it.
     pub mtu: u32,
+    /// Rates since the router's last sample (at most [`SAMPLE_EVERY`] ago), when it has one.
+    #[serde(default)]
+    pub rate: Option<Rate>,
+    /// Rates over each [`SAMPLE_EVERY`] of the last [`HISTORY_SAMPLES`] of them, oldest first.
+    #[serde(default)]
+    pub recent: Vec<Rate>,
+}
+
+/// Traffic per second through a tunnel, each way.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Rate {
+    /// Bytes per second sent.
+    pub tx_bytes: f64,
+    /// Bytes per second received.
+    pub rx_bytes: f64,
+    /// Datagrams per second sent.
+    pub tx_packets: f64,
+    /// Datagrams per second received.
+    pub rx_packets: f64,
+}
+
+/// How often the router samples each tunnel's counters for [`TunnelReport::recent`].
+pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
+/// How many intervals of [`SAMPLE_EVERY`] a report shows: five minutes.
+pub const HISTORY_SAMPLES: usize = 30;
+
+/// A tunnel's counters at one instant.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: Instant,
+    counters: [u64; 4],
+}
+
+impl Sample {
+    fn of(at: Instant, p: &PeerStatus) -> Self {
+        Sample {
+            at,
+            counters: [p.tx_bytes, p.rx_bytes, p.tx_packets, p.rx_packets],
+        }
+    }
+
+    /// The rate from `earlier` to `self`; counters that went back (a new tunnel state after a
+    /// peer was forgotten and came back) count as zero.
+    fn rate_since(&self, earlier: &Sample) -> Option<Rate> {
+        let secs = self.at.checked_duration_since(earlier.at)?.as_secs_f64();
+        if secs <= 0.0 {
+            return None;
+        }
+        let d = |i: usize| self.counters[i].saturating_sub(earlier.counters[i]) as f64 / secs;
+        Some(Rate {
+            tx_bytes: d(0),
+            rx_bytes: d(1),
+            tx_packets: d(2),
+            rx_packets: d(3),
+        })
+    }
+}
+
+/// The router's samples of each tunnel's counters, one every [`SAMPLE_EVERY`], so a report
+/// shows rates over the last minutes even to a page that just opened. The Node keeps only
+/// totals; this is the driver's, fed from the status it already reads once a second.
+#[derive(Debug, Default)]
+pub struct TunnelHistory {
+    peers: BTreeMap<PeerId, VecDeque<Sample>>,
+}
+
+impl TunnelHistory {
+    /// Takes a sample of every peer in `peers` whose last one is [`SAMPLE_EVERY`] old, and
+    /// forgets peers that are gone.
+    pub fn observe(&mut self, now: Instant, peers: &[PeerStatus]) {
+        self.peers.retain(|id, _| peers.iter().any(|p| p.id == *id));
+        for p in peers {
+            let samples = self.peers.entry(p.id).or_default();
+            if samples
+                .back()
+                .is_none_or(|s| now.saturating_duration_since(s.at) >= SAMPLE_EVERY)
+            {
+                samples.push_back(Sample::of(now, p));
+                while samples.len() > HISTORY_SAMPLES + 1 {
+                    samples.pop_front();
+                }
+            }
+        }
+    }
+
+    /// `p`'s rate since its last sample, and its rates over each sampled interval.
+    fn rates(&self, now: Instant, p: &PeerStatus) -> (Option<Rate>, Vec<Rate>) {
+        let Some(samples) = self.peers.get(&p.id) else {
+            return (None, Vec::new());
+        };
+        let current = Sample::of(now, p);
+        // A sample taken this very second says nothing yet: use the one before it.
+        let base = samples
+            .iter()
+            .rev()
+            .find(|s| now.saturating_duration_since(s.at) >= Duration::from_secs(1));
+        let rate = base.and_then(|b| current.rate_since(b));
+        let recent = samples
+            .iter()
+            .zip(samples.iter().skip(1))
+            .filter_map(|(a, b)| b.rate_since(a))
+            .collect();
+        (rate, recent)
+    }
 }
 
 /// What the router knows beside the Node.
@@ -152,8 +256,8 @@ fn link_state_name(state: LinkState) -> &'static str {
     }
 }
 
-/// The report of `node` at `now`.
-pub fn build(node: &Node, now: Instant, local: Local) -> MeshReport {
+/// The report of `node` at `now`, with tunnel rates from `history` (empty: none).
+pub fn build(node: &Node, now: Instant, local: Local, history: &TunnelHistory) -> MeshReport {
     let me = node.id();
     let alive: Vec<_> = node.members().alive().collect();
     let by_short: BTreeMap<_, PeerId> = alive.iter().map(|r| (r.id.short(), r.id)).collect();
@@ -199,6 +303,7 @@ pub fn build(node: &Node, now: Instant, local: Local) -> MeshReport {
         .into_iter()
         .map(|p| {
             let up = node.is_up(&p.id);
+            let (rate, recent) = history.rates(now, &p);
             TunnelReport {
                 peer: p.id.to_string(),
                 name: p.name,
@@ -225,6 +330,8 @@ pub fn build(node: &Node, now: Instant, local: Local) -> MeshReport {
                     .map(|t| now.saturating_duration_since(t).as_secs()),
                 cipher: up.then(|| DATA_CIPHER.to_string()),
                 mtu: local.pod_mtu,
+                rate,
+                recent,
             }
         })
         .collect();
@@ -326,7 +433,7 @@ pub fn render_text(r: &MeshReport) -> String {
     let _ = writeln!(out, "\nTUNNELS ({})", r.tunnels.len());
     let _ = writeln!(
         out,
-        "  {:<12} {:<12} {:<16} {:>9} {:>12} {:>12} {:>9} {:>9} {:>9} {:>5}",
+        "  {:<12} {:<12} {:<16} {:>9} {:>12} {:>12} {:>9} {:>9} {:>10} {:>10} {:>9} {:>5}",
         "PEER",
         "STATE",
         "PATH",
@@ -335,6 +442,8 @@ pub fn render_text(r: &MeshReport) -> String {
         "RX BYTES",
         "TX PKTS",
         "RX PKTS",
+        "TX B/S",
+        "RX B/S",
         "HANDSHAKE",
         "MTU"
     );
@@ -346,7 +455,7 @@ pub fn render_text(r: &MeshReport) -> String {
         };
         let _ = writeln!(
             out,
-            "  {:<12} {:<12} {:<16} {:>9} {:>12} {:>12} {:>9} {:>9} {:>9} {:>5}",
+            "  {:<12} {:<12} {:<16} {:>9} {:>12} {:>12} {:>9} {:>9} {:>10} {:>10} {:>9} {:>5}",
             name(&t.peer),
             t.state,
             path,
@@ -357,6 +466,12 @@ pub fn render_text(r: &MeshReport) -> String {
             t.rx_bytes,
             t.tx_packets,
             t.rx_packets,
+            t.rate
+                .map(|r| format!("{:.0}", r.tx_bytes))
+                .unwrap_or_else(|| "-".into()),
+            t.rate
+                .map(|r| format!("{:.0}", r.rx_bytes))
+                .unwrap_or_else(|| "-".into()),
             t.handshake_age_secs
                 .map(|s| format!("{s}s ago"))
                 .unwrap_or_else(|| "-".into()),

@@ -117,7 +117,7 @@ fn chromium(ns: &str, profile: &Path, url: &str, args: &[&str]) -> (String, Stri
                 "--v=0",
                 // Lets the page's polls run: the DOM is dumped once 5 s of virtual time passed.
                 "--virtual-time-budget=5000",
-                "--window-size=1280,800",
+                "--window-size=1400,820",
                 "--hide-scrollbars",
                 &format!("--user-data-dir={}", profile.display()),
             ],
@@ -226,8 +226,8 @@ fn the_report_and_the_page_follow_a_block_and_an_unblock() {
     wait_links(&lab, "n3", &relayed, Duration::from_secs(15));
     // n2 learns it by gossip: both ends list each other as unreachable.
     wait_links(&lab, "n2", &relayed, Duration::from_secs(15));
-    drop(probe);
     let r = mesh_report(&lab, "n1");
+    drop(probe);
     let key = |name: &str| {
         r.members
             .iter()
@@ -244,6 +244,11 @@ fn the_report_and_the_page_follow_a_block_and_an_unblock() {
     assert_eq!(tunnel.path.as_deref(), Some("relayed"));
     assert_eq!(tunnel.via, Some(key("n2")));
     assert!(tunnel.tx_packets > 0 && tunnel.rx_packets > 0, "{tunnel:?}");
+    // The probe's 20 datagrams a second show in the router's sampled rate.
+    let rate = tunnel
+        .rate
+        .expect("a rate: the router has sampled for over 10 s");
+    assert!(rate.tx_packets > 2.0 && rate.tx_bytes > 0.0, "{rate:?}");
 
     // Let the page's 1 s poll see the new report, then draw it.
     std::thread::sleep(Duration::from_millis(1500));

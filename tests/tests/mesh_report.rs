@@ -47,6 +47,10 @@ fn relayed(sim: &Sim, a: usize, b: usize) -> bool {
 }
 
 fn report_of(sim: &mut Sim, i: usize) -> MeshReport {
+    report_with(sim, i, &report::TunnelHistory::default())
+}
+
+fn report_with(sim: &mut Sim, i: usize, history: &report::TunnelHistory) -> MeshReport {
     let drops = sim
         .node(i)
         .drops()
@@ -64,6 +68,7 @@ fn report_of(sim: &mut Sim, i: usize) -> MeshReport {
                 pod_mtu: 1375,
                 drops,
             },
+            history,
         )
     })
 }
@@ -196,4 +201,46 @@ fn packets_are_counted_beside_bytes(data_path: DataPath) {
         let t = after.tunnels.iter().find(|t| t.peer == p.id.to_string());
         assert_eq!(t.map(|t| t.tx_packets), Some(p.tx_packets));
     }
+}
+
+/// The router's samples give each tunnel a current rate and one rate per sampled interval of
+/// the last minutes, from the counters alone.
+#[test]
+fn sampled_counters_give_rates_over_the_last_minutes() {
+    let mut sim = relayed_trio(DataPath::Node);
+    let mut history = report::TunnelHistory::default();
+    let observe = |sim: &mut Sim, history: &mut report::TunnelHistory| {
+        let peers = sim.node(0).status().peers;
+        sim.with_node(0, |_, now| history.observe(now, &peers));
+    };
+    observe(&mut sim, &mut history);
+    assert!(
+        report_with(&mut sim, 0, &history).tunnels[0]
+            .recent
+            .is_empty()
+    );
+    // 25 s of one packet each way between every pair every half second, sampled each second
+    // as the router does: two full intervals and a part.
+    for round in 0..50 {
+        sim.traffic_round(100 + round);
+        if round % 2 == 1 {
+            observe(&mut sim, &mut history);
+        }
+    }
+    let r = report_with(&mut sim, 0, &history);
+    for t in &r.tunnels {
+        assert_eq!(t.recent.len(), 2, "{t:?}");
+        for rate in t.recent.iter().chain(&t.rate) {
+            // Two data packets a second each way, and some control traffic.
+            assert!(rate.tx_packets >= 1.5 && rate.rx_packets >= 1.5, "{rate:?}");
+            assert!(rate.tx_bytes > rate.tx_packets * 20.0, "{rate:?}");
+        }
+        assert!(t.rate.is_some(), "{t:?}");
+    }
+    // Quiet again: the next interval shows less.
+    sim.run_for(std::time::Duration::from_secs(11));
+    observe(&mut sim, &mut history);
+    let r = report_with(&mut sim, 0, &history);
+    let last = r.tunnels[0].recent.last().unwrap();
+    assert!(last.tx_packets < 1.5, "{last:?}");
 }

@@ -6,13 +6,10 @@
   const SVG = "http://www.w3.org/2000/svg";
   const SCHEMA = 1;
   const POLL_MS = 1000;
-  // Samples kept per tunnel: five minutes at one a second.
-  const HISTORY = 300;
-  // Rates are taken over this window.
-  const RATE_WINDOW_MS = 10000;
+  // Sampled intervals the router reports per tunnel (report.rs HISTORY_SAMPLES).
+  const HISTORY = 30;
   const WIDTH = 640, HEIGHT = 520, RADIUS = 190, NODE_R = 26;
 
-  const history = new Map();
   const $ = (id) => document.getElementById(id);
 
   function showError(message) {
@@ -44,44 +41,19 @@
   const rate = (n) => bytes(n) + "/s";
   const pps = (n) => n.toFixed(n < 10 ? 1 : 0) + " pkt/s";
 
-  // Keeps each tunnel's counters, newest last, and drops what is older than HISTORY.
-  function record(report, now) {
-    const seen = new Set();
-    for (const t of report.tunnels) {
-      seen.add(t.peer);
-      const h = history.get(t.peer) || [];
-      h.push({ t: now, tx: t.tx_bytes, rx: t.rx_bytes, txp: t.tx_packets, rxp: t.rx_packets });
-      while (h.length > HISTORY) h.shift();
-      history.set(t.peer, h);
-    }
-    for (const k of [...history.keys()]) if (!seen.has(k)) history.delete(k);
+  // Rates come from the router, which samples each tunnel's counters (report.rs): the page
+  // shows the last minutes as soon as it opens.
+  function rates(tunnel) {
+    return tunnel ? tunnel.rate : null;
   }
 
-  // Rates over the last RATE_WINDOW_MS (or what history holds), per second.
-  function rates(peer) {
-    const h = history.get(peer);
-    if (!h || h.length < 2) return null;
-    const last = h[h.length - 1];
-    let first = h[0];
-    for (const s of h) if (last.t - s.t <= RATE_WINDOW_MS) { first = s; break; }
-    const dt = (last.t - first.t) / 1000;
-    if (dt <= 0) return null;
-    const d = (k) => Math.max(0, last[k] - first[k]) / dt;
-    return { tx: d("tx"), rx: d("rx"), txp: d("txp"), rxp: d("rxp") };
-  }
-
-  // Bytes per second (both ways) between consecutive samples, as a small line.
-  function sparkline(peer) {
-    const h = history.get(peer) || [];
+  // Bytes per second (both ways) over each sampled interval, as a small line.
+  function sparkline(tunnel) {
     const svg = sv("svg", { width: 120, height: 24, viewBox: "0 0 120 24", class: "sparkline" });
-    if (h.length < 2) return svg;
-    const values = [];
-    for (let i = 1; i < h.length; i++) {
-      const dt = (h[i].t - h[i - 1].t) / 1000 || 1;
-      values.push(Math.max(0, h[i].tx + h[i].rx - h[i - 1].tx - h[i - 1].rx) / dt);
-    }
+    const values = tunnel.recent.map((r) => r.tx_bytes + r.rx_bytes);
+    if (values.length < 2) return svg;
     const max = Math.max(...values, 1);
-    const step = 120 / Math.max(HISTORY - 1, 1);
+    const step = 120 / (HISTORY - 1);
     const x0 = 120 - step * (values.length - 1);
     const points = values.map((v, i) => (x0 + i * step).toFixed(1) + "," + (23 - (v / max) * 22).toFixed(1));
     svg.appendChild(sv("polyline", { points: points.join(" "), class: "spark" }));
@@ -136,10 +108,10 @@
       if (l.local) {
         const peer = l.a === report.node.id ? l.b : l.a;
         const t = tunnels.get(peer);
-        const r = rates(peer);
+        const r = rates(t);
         const parts = [];
         if (t && t.rtt_ms !== null) parts.push(t.rtt_ms.toFixed(2) + " ms");
-        if (r) parts.push(rate(r.tx + r.rx));
+        if (r) parts.push(rate(r.tx_bytes + r.rx_bytes));
         if (parts.length) caption += " · " + parts.join(" · ");
       }
       const tx = sv("text", { x: label.x.toFixed(1), y: (label.y - 4).toFixed(1), "text-anchor": "middle" });
@@ -204,17 +176,18 @@
       ]));
       if (m.this_node) {
         const table = el("table", null, "tunnels");
-        table.appendChild(row(["peer", "state", "path", "RTT", "tx", "rx", "tx pkt", "rx pkt", "handshake", "cipher", "MTU", "last 5 min"], true));
+        table.appendChild(row(["peer", "state", "path", "RTT", "tx", "rx", "tx pkt", "rx pkt", "last 5 min", "handshake", "MTU", "cipher"], true));
         for (const t of report.tunnels) {
-          const r = rates(t.peer);
+          const r = rates(t);
           const path = t.path === null ? null : t.path + (t.via ? " via " + (names.get(t.via) || "?") : "");
           table.appendChild(row([
             t.name || t.peer.slice(0, 10), t.state, path,
             t.rtt_ms === null ? null : t.rtt_ms.toFixed(2) + " ms",
-            r ? rate(r.tx) : bytes(t.tx_bytes), r ? rate(r.rx) : bytes(t.rx_bytes),
-            r ? pps(r.txp) : t.tx_packets, r ? pps(r.rxp) : t.rx_packets,
+            r ? rate(r.tx_bytes) : bytes(t.tx_bytes), r ? rate(r.rx_bytes) : bytes(t.rx_bytes),
+            r ? pps(r.tx_packets) : t.tx_packets, r ? pps(r.rx_packets) : t.rx_packets,
+            sparkline(t),
             t.handshake_age_secs === null ? null : t.handshake_age_secs + " s ago",
-            t.cipher, t.mtu, sparkline(t.peer),
+            t.mtu, t.cipher,
           ]));
         }
         p.appendChild(table);
@@ -250,7 +223,6 @@
       if (!response.ok) throw new Error("HTTP " + response.status);
       const report = await response.json();
       if (report.schema !== SCHEMA) throw new Error(`report schema ${report.schema}, this page reads ${SCHEMA}`);
-      record(report, Date.now());
       draw(report);
       fresh.textContent = "updated " + new Date().toLocaleTimeString();
       fresh.className = "muted";
