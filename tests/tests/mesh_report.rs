@@ -163,6 +163,10 @@ fn the_report_of_a_relayed_trio_matches_the_golden_file() {
     assert!(text.contains("relayed via node-0"), "{text}");
     assert!(text.contains("node-2"), "{text}");
 
+    // What a script reads back is what the router wrote.
+    let back: MeshReport = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+    assert_eq!(back, r);
+
     // The same mesh gives the same report: nothing depends on hash order.
     assert_eq!(report_of(&mut sim, 1), r);
 }
