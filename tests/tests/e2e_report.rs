@@ -382,3 +382,141 @@ fn lab_ui_forwards_a_loopback_port_to_a_nodes_page_until_the_lab_goes() {
     }
     assert!(TcpStream::connect(addr).is_err(), "{addr} still listens");
 }
+
+/// Every state the page draws, and names another node chose that try to be markup: the
+/// router's page routes serve a hand-made report inside a namespace of this test's own (only
+/// its loopback), and headless Chromium draws it without a console message and without
+/// turning a name into an element.
+#[test]
+fn the_page_draws_every_state_and_never_turns_a_name_into_markup() {
+    use weft_router::report::*;
+    if !can_run(
+        "the_page_draws_every_state_and_never_turns_a_name_into_markup",
+        &["chromium"],
+    ) {
+        return;
+    }
+    // The namespace, removed whatever happens.
+    struct Ns(String);
+    impl Drop for Ns {
+        fn drop(&mut self) {
+            let _ = run(Path::new("ip"), &["netns", "del", &self.0]);
+        }
+    }
+    let ns = Ns(format!("rpc-ui-{}", std::process::id()));
+    let _ = run(Path::new("ip"), &["netns", "del", &ns.0]);
+    assert!(run(Path::new("ip"), &["netns", "add", &ns.0]).0);
+    assert!(run(Path::new("ip"), &["-n", &ns.0, "link", "set", "lo", "up"]).0);
+
+    let hostile = r#"<img src=x onerror="document.title='owned'">"#;
+    let member = |id: &str, name: &str| MemberReport {
+        id: id.into(),
+        name: name.into(),
+        this_node: id == "A",
+        incarnation: 1,
+        record_version: 1,
+        announced: vec!["198.18.0.1:6786".parse().unwrap()],
+        seen: vec![],
+        blocks: vec!["10.32.1.0/24".into()],
+        unreachable: vec![],
+    };
+    let link = |a: &str, b: &str, state: &str, via: Option<&str>, sees: (bool, bool)| LinkReport {
+        a: a.into(),
+        b: b.into(),
+        state: state.into(),
+        via: via.map(Into::into),
+        a_sees_b: sees.0,
+        b_sees_a: sees.1,
+        asymmetric: sees.0 != sees.1,
+        local: a == "A" || b == "A",
+    };
+    let tunnel = |peer: &str, state: &str, path: Option<&str>| TunnelReport {
+        peer: peer.into(),
+        name: Some(peer.to_lowercase()),
+        state: state.into(),
+        path: path.map(Into::into),
+        via: None,
+        endpoint: None,
+        rtt_ms: Some(0.5),
+        tx_bytes: 1000,
+        rx_bytes: 2000,
+        tx_packets: 10,
+        rx_packets: 20,
+        handshake_age_secs: Some(3),
+        cipher: Some(DATA_CIPHER.into()),
+        mtu: 1375,
+        rate: None,
+        recent: vec![],
+    };
+    let report = MeshReport {
+        schema: SCHEMA_VERSION,
+        node: ReportingNode {
+            id: "A".into(),
+            name: "a".into(),
+            version: "test".into(),
+            listen: "198.18.0.1:6786".parse().unwrap(),
+            pod_mtu: 1375,
+        },
+        members: vec![
+            member("A", "a"),
+            member("B", hostile),
+            member("C", "c"),
+            member("D", "d"),
+        ],
+        links: vec![
+            link("A", "B", "handshaking", None, (true, true)),
+            link("A", "C", "down", None, (false, false)),
+            link("A", "D", "direct", None, (true, true)),
+            link("B", "C", "relayed", Some("D"), (false, true)),
+            link("B", "D", "direct", None, (true, true)),
+            link("C", "D", "direct", None, (true, true)),
+        ],
+        tunnels: vec![
+            tunnel("B", "handshaking", None),
+            tunnel("C", "idle", None),
+            tunnel("D", "established", Some("direct")),
+        ],
+        drops: BTreeMap::from([(hostile.to_string(), 1)]),
+    };
+    let published = weft_router::ui::Published::default();
+    published.update(&report);
+    let listener = in_netns(&ns.0, || {
+        std::net::TcpListener::bind("127.0.0.1:6787").unwrap()
+    });
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let app: axum::Router = weft_router::ui::routes(published);
+            axum::serve(listener, app).await
+        })
+    });
+
+    let profile = std::env::temp_dir().join(format!("rpc-chromium-{}", std::process::id()));
+    let (dom, console) = chromium(&ns.0, &profile, "http://127.0.0.1:6787/", &["--dump-dom"]);
+    let (nodes, edges) = drawn(&dom, &console);
+    assert_eq!(nodes.len(), 4, "{nodes:#?}");
+    assert_eq!(edges.len(), 6, "{edges:#?}");
+    for class in [
+        "edge handshaking local",
+        "edge down local",
+        "edge direct local",
+        "edge relayed asymmetric",
+        "edge direct\"",
+    ] {
+        assert!(
+            edges.iter().any(|e| e.contains(class)),
+            "no {class}: {edges:#?}"
+        );
+    }
+    assert!(!dom.contains("<img"), "a name became markup: {dom}");
+    assert!(
+        dom.contains("&lt;img src=x"),
+        "the hostile name is shown as text"
+    );
+    assert!(dom.contains("<title>weft mesh</title>"), "the handler ran");
+}
