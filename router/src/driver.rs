@@ -603,7 +603,7 @@ impl Driver {
             if self.metrics_on {
                 self.snapshot.update(self.metrics_snapshot());
             }
-            if let Some(ui) = &self.ui {
+            if let Some(ui) = self.ui.as_ref().filter(|ui| ui.wanted()) {
                 ui.update(&self.mesh_report());
             }
             self.last_snapshot = Some(now);

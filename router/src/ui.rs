@@ -1,5 +1,5 @@
 //! The live page: this node's view of the mesh, drawn in the browser from the report
-//! ([`crate::report`]) the driver publishes once a second. Read-only, served on the metrics
+//! ([`crate::report`]) the driver builds at most once a second while the page asks for it. Read-only, served on the metrics
 //! listener (docs/report.md): `/` the page, `/ui/app.js` and `/ui/style.css` its assets,
 //! `/report.json` the document it polls.
 //!
@@ -8,7 +8,9 @@
 //! inline script, no request leaving the page. The JavaScript draws with `textContent` and
 //! SVG attributes only (names are chosen by other nodes: never markup).
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -72,21 +74,50 @@ impl std::str::FromStr for UiMode {
     }
 }
 
-/// The last report, as JSON, shared between the driver and the HTTP task.
-#[derive(Debug, Clone, Default)]
-pub struct Published(Arc<RwLock<Option<Arc<str>>>>);
+/// The report for the page, as JSON, shared between the driver and the HTTP task. The
+/// driver builds it only while someone asks ([`Published::wanted`]): at 500 members the links
+/// alone are 125,000 entries, not worth building every second for nobody.
+#[derive(Debug, Clone)]
+pub struct Published {
+    report: Arc<tokio::sync::watch::Sender<Option<Arc<str>>>>,
+    asked: Arc<AtomicBool>,
+}
+
+impl Default for Published {
+    fn default() -> Self {
+        Published {
+            report: Arc::new(tokio::sync::watch::Sender::new(None)),
+            asked: Arc::default(),
+        }
+    }
+}
+
+/// How long a request for the report waits for the driver's next one (it builds at most
+/// once a second).
+const FRESH_WAIT: Duration = Duration::from_secs(2);
 
 impl Published {
+    /// Whether the page asked for a report since the last [`Published::update`].
+    pub fn wanted(&self) -> bool {
+        self.asked.load(Ordering::Relaxed)
+    }
+
     /// Replaces the report.
     pub fn update(&self, report: &crate::report::MeshReport) {
         let json: Arc<str> = serde_json::to_string(report)
             .expect("reports serialize")
             .into();
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(json);
+        self.asked.store(false, Ordering::Relaxed);
+        self.report.send_replace(Some(json));
     }
 
-    fn get(&self) -> Option<Arc<str>> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    /// A report built after this call, or the last one if none comes within [`FRESH_WAIT`].
+    async fn fresh(&self) -> Option<Arc<str>> {
+        let mut next = self.report.subscribe();
+        next.mark_unchanged();
+        self.asked.store(true, Ordering::Relaxed);
+        let _ = tokio::time::timeout(FRESH_WAIT, next.changed()).await;
+        next.borrow().clone()
     }
 }
 
@@ -112,7 +143,7 @@ pub fn routes<S: Clone + Send + Sync + 'static>(published: Published) -> Router<
         .route(
             "/report.json",
             get(|State(p): State<Published>| async move {
-                match p.get() {
+                match p.fresh().await {
                     Some(json) => (
                         [
                             (header::CONTENT_TYPE, "application/json"),
@@ -173,6 +204,41 @@ mod tests {
         assert!(!INDEX_HTML.contains("<script>"), "inline script");
         assert!(!INDEX_HTML.contains("style="), "inline style");
         assert!(INDEX_HTML.contains(r#"<script src="/ui/app.js""#));
+    }
+
+    /// The driver builds a report only after the page asked, and the page gets that one,
+    /// not the stale one before it.
+    #[tokio::test]
+    async fn a_request_waits_for_the_report_built_after_it() {
+        use crate::report::*;
+        let report = |name: &str| MeshReport {
+            schema: SCHEMA_VERSION,
+            node: ReportingNode {
+                id: "A".into(),
+                name: name.into(),
+                version: "test".into(),
+                listen: "198.18.0.1:6786".parse().unwrap(),
+                pod_mtu: 1375,
+            },
+            members: vec![],
+            links: vec![],
+            tunnels: vec![],
+            drops: Default::default(),
+        };
+        let p = Published::default();
+        p.update(&report("stale"));
+        assert!(!p.wanted(), "nobody asked yet");
+        let driver = p.clone();
+        let built = tokio::spawn(async move {
+            while !driver.wanted() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            driver.update(&report("fresh"));
+        });
+        let json = p.fresh().await.expect("a report");
+        assert!(json.contains("\"name\":\"fresh\""), "{json}");
+        built.await.unwrap();
+        assert!(!p.wanted(), "answered");
     }
 
     #[test]

@@ -146,7 +146,11 @@ fn tags<'a>(dom: &'a str, class: &str) -> Vec<&'a str> {
 /// What the page drew, from the DOM Chromium dumped: (nodes, edges), after checking that no
 /// script error was caught by the page or logged on the console.
 fn drawn(dom: &str, console: &str) -> (Vec<String>, Vec<String>) {
-    let console_lines: Vec<&str> = console.lines().filter(|l| l.contains(":CONSOLE")).collect();
+    // Chromium's own pages (chrome://…) log too, about themselves: not the page's.
+    let console_lines: Vec<&str> = console
+        .lines()
+        .filter(|l| l.contains(":CONSOLE") && !l.contains("source: chrome://"))
+        .collect();
     assert!(
         console_lines.is_empty(),
         "the console logged: {console_lines:#?}"
@@ -478,8 +482,18 @@ fn the_page_draws_every_state_and_never_turns_a_name_into_markup() {
         ],
         drops: BTreeMap::from([(hostile.to_string(), 1)]),
     };
+    // Published as the driver does: whenever the page has asked for it.
     let published = weft_router::ui::Published::default();
     published.update(&report);
+    let driver = published.clone();
+    std::thread::spawn(move || {
+        loop {
+            if driver.wanted() {
+                driver.update(&report);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
     let listener = in_netns(&ns.0, || {
         std::net::TcpListener::bind("127.0.0.1:6787").unwrap()
     });
