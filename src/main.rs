@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use weft_crypto::{JoinSecret, KeyPair, OsRandom};
 use weft_router::control::{Request, Response};
+use weft_router::report::printable;
 
 /// weft: an encrypted mesh overlay network for Kubernetes.
 #[derive(Parser, Debug)]
@@ -57,6 +58,18 @@ enum Command {
     /// Show this node's peers as a table, like `weave status connections`.
     Peers {
         /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+        /// The router's state directory (its control socket is there).
+        #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
+        state_dir: PathBuf,
+    },
+    /// This node's view of the whole mesh: members, every link (direct, relayed and through
+    /// whom, handshaking, down; asymmetric views flagged), this node's tunnels, drops.
+    ///
+    /// `--json` prints the versioned document described in docs/report.md.
+    Report {
+        /// Print the JSON document (its `schema` field is the version of its shape).
         #[arg(long)]
         json: bool,
         /// The router's state directory (its control socket is there).
@@ -134,6 +147,11 @@ struct RouterArgs {
     /// node's address, so set httpGet.host: 127.0.0.1 in the probes or bind another address.
     #[arg(long, env = "WEFT_METRICS_ADDR", default_value = "127.0.0.1:6787")]
     metrics_addr: String,
+    /// The live page of the mesh (`/`, `/report.json`) beside the metrics: auto (only when
+    /// the metrics address is loopback), on (on any metrics address: it shows every member's
+    /// key, endpoints and blocks to whoever reaches it), off.
+    #[arg(long, env = "WEFT_UI", default_value = "auto")]
+    ui: weft_router::ui::UiMode,
     /// The kernel's segmentation offloads on the data path: auto (use what the kernel
     /// supports: TUN TSO/GRO with virtio headers, UDP GSO/GRO), on (refuse to start without
     /// TUN offloads), off (one packet per system call; for comparison and old kernels).
@@ -249,6 +267,18 @@ enum LabCommand {
         #[arg(long)]
         delay_ms: u64,
     },
+    /// Make a node's live page reachable from this machine's browser: prints a loopback
+    /// address and forwards it into the node's namespace until stopped or the lab goes down.
+    /// Nothing but that loopback listener is added outside the lab's namespaces.
+    Ui {
+        /// The node, `n1` or `1`.
+        node: String,
+        /// The loopback port to listen on (0: any free port).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        #[command(flatten)]
+        which: LabName,
+    },
     /// Remove a lab and everything it made.
     Down {
         #[command(flatten)]
@@ -334,6 +364,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Router(args) => return run_router(*args),
         Command::Status { json, state_dir } => return show_status(&state_dir, json, false),
         Command::Peers { json, state_dir } => return show_status(&state_dir, json, true),
+        Command::Report { json, state_dir } => {
+            let Response::Report(report) = control_call(&state_dir, &Request::Report)? else {
+                bail!("the router answered something other than a report");
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", weft_router::report::render_text(&report));
+            }
+        }
         Command::Connect {
             endpoint,
             state_dir,
@@ -443,6 +483,7 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
         bridge: args.bridge,
         underlay_mtu: args.underlay_mtu,
         metrics,
+        ui: args.ui,
         offload: args.offload,
         kubernetes: args
             .kubernetes
@@ -561,12 +602,22 @@ fn status_text(r: &weft_router::control::StatusReport) -> String {
 
 fn peers_table(peers: &[weft_router::control::PeerReport]) -> String {
     let mut out = format!(
-        "{:<12} {:<10} {:<12} {:<22} {:<12} {:>8} {:>10} {:>10} {:>9}\n",
-        "PEER", "NAME", "STATE", "ENDPOINT", "PATH", "RTT", "TX", "RX", "HANDSHAKE"
+        "{:<12} {:<10} {:<12} {:<22} {:<12} {:>8} {:>10} {:>10} {:>8} {:>8} {:>9}\n",
+        "PEER",
+        "NAME",
+        "STATE",
+        "ENDPOINT",
+        "PATH",
+        "RTT",
+        "TX",
+        "RX",
+        "TX PKTS",
+        "RX PKTS",
+        "HANDSHAKE"
     );
     for p in peers {
         out += &format!(
-            "{:<12} {:<10} {:<12} {:<22} {:<12} {:>8} {:>10} {:>10} {:>9}\n",
+            "{:<12} {:<10} {:<12} {:<22} {:<12} {:>8} {:>10} {:>10} {:>8} {:>8} {:>9}\n",
             p.id.chars().take(10).collect::<String>(),
             printable(p.name.as_deref().unwrap_or("?")),
             p.state,
@@ -579,18 +630,14 @@ fn peers_table(peers: &[weft_router::control::PeerReport]) -> String {
                 .unwrap_or_else(|| "-".into()),
             human_bytes(p.tx_bytes),
             human_bytes(p.rx_bytes),
+            p.tx_packets,
+            p.rx_packets,
             p.last_handshake_secs
                 .map(|s| format!("{s}s ago"))
                 .unwrap_or_else(|| "-".into()),
         );
     }
     out
-}
-
-/// A name another node chose, made safe for a terminal: control characters (escape
-/// sequences) are shown escaped, not sent to the terminal.
-fn printable(s: &str) -> String {
-    s.chars().flat_map(char::escape_debug).collect()
 }
 
 fn human_bytes(b: u64) -> String {
@@ -666,6 +713,18 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<()> {
         }
         LabCommand::DelayLine { a, b, delay_ms } => {
             weft_lab::delay::run(&a, &b, std::time::Duration::from_millis(delay_ms))?;
+        }
+        LabCommand::Ui { node, port, which } => {
+            let forwarder = weft_lab::ui::UiForwarder::bind(&which.prefix, &node, port)?;
+            println!("http://{}/", forwarder.local_addr()?);
+            println!(
+                "the page of {node}, until Ctrl-C or `weft lab down --prefix {}`",
+                which.prefix
+            );
+            use std::io::Write as _;
+            std::io::stdout().flush()?;
+            forwarder.run()?;
+            println!("lab {:?} is down: stopped", which.prefix);
         }
         LabCommand::Down { which } => {
             let n = weft_lab::down(&which.prefix)?;

@@ -29,6 +29,7 @@ mod state;
 mod sys;
 #[cfg(test)]
 mod tests;
+pub mod ui;
 
 use std::fs;
 use std::path::{Path, PathBuf};

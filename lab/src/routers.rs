@@ -185,7 +185,10 @@ fn routed_blocks(
     Ok(report.routes.into_iter().map(|r| r.block).collect())
 }
 
-fn find_node<'s>(state: &'s mut LabState, node: &str) -> Result<&'s mut NodeState, LabError> {
+pub(crate) fn find_node<'s>(
+    state: &'s mut LabState,
+    node: &str,
+) -> Result<&'s mut NodeState, LabError> {
     // `3` and `n3` both name node 3.
     let name = if node.starts_with('n') {
         node.to_owned()

@@ -158,10 +158,14 @@ pub struct DataActivity {
     pub peer: PeerId,
     /// Datagram bytes sealed and sent to it.
     pub sent_bytes: u64,
+    /// Datagrams sealed and sent to it.
+    pub sent_packets: u64,
     /// When the first and the last of them went out.
     pub sent: Option<(Instant, Instant)>,
     /// Datagram bytes opened from it.
     pub received_bytes: u64,
+    /// Datagrams opened from it.
+    pub received_packets: u64,
     /// When the last of them arrived, and from where.
     pub received: Option<(Instant, Endpoint)>,
 }
@@ -216,8 +220,10 @@ impl Tally {
                 peers.push(DataActivity {
                     peer,
                     sent_bytes: 0,
+                    sent_packets: 0,
                     sent: None,
                     received_bytes: 0,
+                    received_packets: 0,
                     received: None,
                 });
                 peers.len() - 1
@@ -230,6 +236,7 @@ impl Tally {
     pub fn sent(&mut self, peer: PeerId, bytes: usize, now: Instant) {
         let a = self.entry(peer, now);
         a.sent_bytes += bytes as u64;
+        a.sent_packets += 1;
         a.sent = Some((a.sent.map_or(now, |(first, _)| first), now));
     }
 
@@ -237,6 +244,7 @@ impl Tally {
     pub fn received(&mut self, peer: PeerId, bytes: usize, now: Instant, from: Endpoint) {
         let a = self.entry(peer, now);
         a.received_bytes += bytes as u64;
+        a.received_packets += 1;
         a.received = Some((now, from));
     }
 
@@ -293,9 +301,9 @@ mod tests {
         };
         assert_eq!(activity.len(), 1);
         let a = activity[0];
-        assert_eq!(a.sent_bytes, 150);
+        assert_eq!((a.sent_bytes, a.sent_packets), (150, 2));
         assert_eq!(a.sent, Some((t0, t0 + Duration::from_millis(5))));
-        assert_eq!(a.received_bytes, 70);
+        assert_eq!((a.received_bytes, a.received_packets), (70, 1));
         assert_eq!(a.received, Some((t0 + Duration::from_millis(7), from)));
         assert_eq!(drops, vec![(DropReason::SpoofedSource, 1)]);
         assert!(tally.take().is_none(), "nothing is reported twice");

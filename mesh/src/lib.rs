@@ -21,6 +21,7 @@ pub mod node;
 pub mod packet;
 pub mod record;
 pub mod routes;
+pub mod topology;
 pub mod tunnel;
 pub mod wire;
 
@@ -37,5 +38,6 @@ pub use node::{
 pub use packet::{Ipv4Error, Ipv4View};
 pub use record::{Liveness, PeerRecord, PeerTable};
 pub use routes::{NextHop, RouteTable};
+pub use topology::{LinkState, LinkView};
 pub use tunnel::TunnelState;
 pub use wire::ControlMessage;

@@ -49,6 +49,8 @@ pub struct RouterConfig {
     pub underlay_mtu: Option<u32>,
     /// Where to serve metrics and health over HTTP.
     pub metrics: Option<SocketAddr>,
+    /// When the live page is served beside them ([`crate::ui`]).
+    pub ui: crate::ui::UiMode,
     /// Whether the data path uses the kernel's segmentation offloads.
     pub offload: crate::dataplane::Offload,
     /// Discover peers, block and pins from Kubernetes Nodes (`--kubernetes`).
@@ -131,6 +133,7 @@ mod tests {
             bridge: "weft".into(),
             underlay_mtu: None,
             metrics: None,
+            ui: crate::ui::UiMode::Auto,
             offload: Default::default(),
             kubernetes: None,
         }

@@ -1,6 +1,7 @@
 //! The control API: one JSON request and one JSON response per connection on a unix socket
 //! in the state directory (the socket 0600 inside the directory's 0700). `weft status`, `weft
-//! peers`, `weft connect` and `weft forget` are its clients; the types here are shared.
+//! peers`, `weft report`, `weft connect` and `weft forget` are its clients; the types here are
+//! shared.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -26,6 +27,8 @@ pub const MAX_REQUEST: usize = 4096;
 pub enum Response {
     /// The status report (boxed: it is large, the other answers are small).
     Status(Box<StatusReport>),
+    /// The mesh as this node sees it (boxed for the same reason).
+    Report(Box<crate::report::MeshReport>),
     /// The command was accepted (it runs asynchronously; watch `status`).
     Accepted,
     /// The request was refused.
@@ -109,6 +112,12 @@ pub struct PeerReport {
     pub tx_bytes: u64,
     /// Bytes received from it.
     pub rx_bytes: u64,
+    /// Datagrams sent to it (data and control; handshakes excluded).
+    #[serde(default)]
+    pub tx_packets: u64,
+    /// Datagrams received from it that opened.
+    #[serde(default)]
+    pub rx_packets: u64,
     /// Seconds since the last handshake.
     pub last_handshake_secs: Option<u64>,
 }

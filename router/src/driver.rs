@@ -382,11 +382,16 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
         }
     });
     let snapshot = metrics::Shared::default();
+    // The page shows every member's key, endpoints and blocks: on loopback unless opted in.
+    let ui = config
+        .metrics
+        .filter(|addr| config.ui.serves_on(*addr))
+        .map(|_| crate::ui::Published::default());
     let metrics_task = metrics_listener.map(|listener| {
-        let (snapshot, ready) = (snapshot.clone(), ready.clone());
+        let (snapshot, ready, ui) = (snapshot.clone(), ready.clone(), ui.clone());
         let dir = state.path().to_owned();
         tokio::spawn(async move {
-            if let Err(e) = metrics::serve(listener, snapshot, ready, dir).await {
+            if let Err(e) = metrics::serve(listener, snapshot, ready, dir, ui).await {
                 error!(error = %e, "metrics server failed");
             }
         })
@@ -435,6 +440,8 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
         listen,
         pod_mtu,
         snapshot,
+        ui,
+        history: crate::report::TunnelHistory::default(),
         metrics_on: config.metrics.is_some(),
         last_snapshot: None,
         ready,
@@ -475,6 +482,10 @@ struct Driver {
     listen: SocketAddr,
     pod_mtu: u32,
     snapshot: metrics::Shared,
+    /// Where the report for the live page is published, when it is served.
+    ui: Option<crate::ui::Published>,
+    /// Each tunnel's counters sampled over the last minutes, for the report's rates.
+    history: crate::report::TunnelHistory,
     metrics_on: bool,
     last_snapshot: Option<Instant>,
     ready: Arc<AtomicBool>,
@@ -581,13 +592,20 @@ impl Driver {
         }
         self.sync_block().await?;
         // Metrics are a view for scrapes: refreshed at most once a second, not per batch.
+        // The page polls at most once a second too, and the report's rates are sampled more
+        // rarely still: the same clock serves all three.
         let now = Instant::now();
-        if self.metrics_on
-            && self
-                .last_snapshot
-                .is_none_or(|t| now.duration_since(t) >= SNAPSHOT_EVERY)
+        if self
+            .last_snapshot
+            .is_none_or(|t| now.duration_since(t) >= SNAPSHOT_EVERY)
         {
-            self.snapshot.update(self.metrics_snapshot());
+            self.history.observe(now, &self.node.status().peers);
+            if self.metrics_on {
+                self.snapshot.update(self.metrics_snapshot());
+            }
+            if let Some(ui) = self.ui.as_ref().filter(|ui| ui.wanted()) {
+                ui.update(&self.mesh_report());
+            }
             self.last_snapshot = Some(now);
         }
         Ok(())
@@ -648,6 +666,7 @@ impl Driver {
         let now = Instant::now();
         match request {
             Request::Status => Response::Status(Box::new(self.status_report())),
+            Request::Report => Response::Report(Box::new(self.mesh_report())),
             Request::Connect { endpoint } => {
                 self.node.handle_command(now, Command::Connect(endpoint));
                 Response::Accepted
@@ -693,6 +712,8 @@ impl Driver {
                     rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
                     tx_bytes: p.tx_bytes,
                     rx_bytes: p.rx_bytes,
+                    tx_packets: p.tx_packets,
+                    rx_packets: p.rx_packets,
                     last_handshake_secs: p.last_handshake.map(|t| now.duration_since(t).as_secs()),
                 })
                 .collect(),
@@ -714,6 +735,16 @@ impl Driver {
                 gro_segments: self.paths.gro_segments,
             }),
         }
+    }
+
+    fn mesh_report(&self) -> crate::report::MeshReport {
+        let local = crate::report::Local {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            listen: self.listen,
+            pod_mtu: self.pod_mtu,
+            drops: drop_counts(self.node.drops(), &self.refused),
+        };
+        crate::report::build(&self.node, Instant::now(), local, &self.history)
     }
 
     fn metrics_snapshot(&self) -> Snapshot {

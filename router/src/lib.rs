@@ -24,7 +24,9 @@ pub mod kubernetes;
 pub mod logging;
 pub mod metrics;
 pub mod netconf;
+pub mod report;
 pub mod state;
+pub mod ui;
 
 pub use config::RouterConfig;
 pub use driver::run;

@@ -24,12 +24,16 @@ use weft_mesh::NodeStats;
 use crate::control::StatusReport;
 
 /// Every metric the router exports, with its help text: the one list of names.
-pub const NAMES: [(&str, &str); 10] = [
+pub const NAMES: [(&str, &str); 11] = [
     ("weft_peers", "Peers by tunnel state."),
     ("weft_handshakes", "Handshakes completed."),
     (
         "weft_peer_bytes",
         "Bytes sent (tx) and received (rx) per peer.",
+    ),
+    (
+        "weft_peer_packets",
+        "Datagrams sent (tx) and received (rx) per peer.",
     ),
     ("weft_drops", "Packets and datagrams dropped, by reason."),
     ("weft_members", "Members known, this node included."),
@@ -56,6 +60,8 @@ pub struct Snapshot {
     handshakes: u64,
     /// (peer id, peer name, tx, rx): labelled by id, since names are only labels.
     peer_bytes: Vec<(String, String, u64, u64)>,
+    /// The same for datagrams.
+    peer_packets: Vec<(String, String, u64, u64)>,
     drops: BTreeMap<String, u64>,
     members: i64,
     block_ready: i64,
@@ -74,20 +80,18 @@ impl Snapshot {
                 .iter()
                 .map(|s| (s.to_string(), 0))
                 .collect();
+        let (mut peer_bytes, mut peer_packets) = (Vec::new(), Vec::new());
         for p in &report.peers {
             *peers_by_state.entry(p.state.clone()).or_default() += 1;
+            let name = p.name.clone().unwrap_or_default();
+            peer_bytes.push((p.id.clone(), name.clone(), p.tx_bytes, p.rx_bytes));
+            peer_packets.push((p.id.clone(), name, p.tx_packets, p.rx_packets));
         }
         Self {
             peers_by_state,
             handshakes: stats.handshakes,
-            peer_bytes: report
-                .peers
-                .iter()
-                .map(|p| {
-                    let name = p.name.clone().unwrap_or_default();
-                    (p.id.clone(), name, p.tx_bytes, p.rx_bytes)
-                })
-                .collect(),
+            peer_bytes,
+            peer_packets,
             drops: report.drops.clone(),
             members: report.members as i64,
             block_ready: i64::from(report.block.is_some()),
@@ -157,20 +161,21 @@ impl Collector for Shared {
             None,
             c.metric_type(),
         )?)?;
-        let mut family = encoder.encode_descriptor(
-            "weft_peer_bytes",
-            help("weft_peer_bytes"),
-            None,
-            counter(0).metric_type(),
-        )?;
-        for (peer, name, tx, rx) in &s.peer_bytes {
-            for (direction, v) in [("tx", tx), ("rx", rx)] {
-                let labels = [
-                    ("peer", peer.as_str()),
-                    ("name", name.as_str()),
-                    ("direction", direction),
-                ];
-                counter(*v).encode(family.encode_family(&labels)?)?;
+        for (metric, rows) in [
+            ("weft_peer_bytes", &s.peer_bytes),
+            ("weft_peer_packets", &s.peer_packets),
+        ] {
+            let mut family =
+                encoder.encode_descriptor(metric, help(metric), None, counter(0).metric_type())?;
+            for (peer, name, tx, rx) in rows {
+                for (direction, v) in [("tx", tx), ("rx", rx)] {
+                    let labels = [
+                        ("peer", peer.as_str()),
+                        ("name", name.as_str()),
+                        ("direction", direction),
+                    ];
+                    counter(*v).encode(family.encode_family(&labels)?)?;
+                }
             }
         }
         let mut family = encoder.encode_descriptor(
@@ -238,12 +243,13 @@ struct AppState {
 }
 
 /// Serves `/metrics`, `/healthz` (the router's loop turns) and `/readyz` (its pod block is
-/// known).
+/// known); with `ui`, the live page and `/report.json` ([`crate::ui`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: Shared,
     ready: Arc<AtomicBool>,
     state_dir: PathBuf,
+    ui: Option<crate::ui::Published>,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route(
@@ -284,6 +290,10 @@ pub async fn serve(
             ready,
             state_dir,
         });
+    let app = match ui {
+        Some(published) => app.merge(crate::ui::routes(published)),
+        None => app,
+    };
     axum::serve(listener, app).await
 }
 
@@ -313,6 +323,8 @@ mod tests {
                 rtt_ms: Some(0.2),
                 tx_bytes: 10,
                 rx_bytes: 20,
+                tx_packets: 1,
+                rx_packets: 2,
                 last_handshake_secs: Some(1),
             }],
             drops: BTreeMap::from([("malformed".to_string(), 3)]),
@@ -334,6 +346,10 @@ mod tests {
         );
         assert!(
             text.contains("weft_peer_bytes_total{peer=\"p\",name=\"n2\",direction=\"rx\"} 20"),
+            "{text}"
+        );
+        assert!(
+            text.contains("weft_peer_packets_total{peer=\"p\",name=\"n2\",direction=\"tx\"} 1"),
             "{text}"
         );
         assert!(

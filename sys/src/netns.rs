@@ -21,6 +21,12 @@ pub enum NetnsError {
     /// The path exists but is not a network namespace, or we may not enter it.
     #[error("cannot enter network namespace {path}: {source}")]
     Enter { path: PathBuf, source: io::Error },
+    /// Inside the namespace, nothing accepted a connection to the address.
+    #[error("connect to {addr} inside the namespace: {source}")]
+    Connect {
+        addr: std::net::SocketAddr,
+        source: io::Error,
+    },
 }
 
 /// An open network namespace (the file keeps it alive while we use it).
@@ -52,6 +58,31 @@ impl Netns {
 
     pub fn file(&self) -> &File {
         &self.file
+    }
+
+    /// A TCP connection to `addr` made inside this namespace (it stays there whichever thread
+    /// uses it): how the lab reaches a node's loopback from the host namespace.
+    pub fn connect_tcp(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> Result<std::net::TcpStream, NetnsError> {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                setns(&self.file, CloneFlags::CLONE_NEWNET).map_err(|e| NetnsError::Enter {
+                    path: self.path.clone(),
+                    source: e.into(),
+                })?;
+                std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))
+                    .map_err(|source| NetnsError::Connect { addr, source })
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(NetnsError::Enter {
+                    path: self.path.clone(),
+                    source: io::Error::other("namespace thread panicked"),
+                })
+            })
+        })
     }
 
     /// A netlink socket inside this namespace. Also proves the path is a network namespace:

@@ -157,8 +157,10 @@ fn reported_activity_counts_as_traffic_and_keeps_keepalives_quiet(data_path: Dat
                 &[DataActivity {
                     peer: idb,
                     sent_bytes: 1_000,
+                    sent_packets: 1,
                     sent: Some((now, now)),
                     received_bytes: 500,
+                    received_packets: 1,
                     received: Some((now, endpoint)),
                 }],
             )
@@ -168,6 +170,9 @@ fn reported_activity_counts_as_traffic_and_keeps_keepalives_quiet(data_path: Dat
     // The Node's own control datagrams count as well.
     assert!(after.0 - before.0 >= 120_000, "tx bytes from reports");
     assert!(after.1 - before.1 >= 60_000, "rx bytes from reports");
+    // Packets are counted beside bytes, one per reported datagram at least.
+    assert!(after.2 - before.2 >= 120, "tx packets from reports");
+    assert!(after.3 - before.3 >= 120, "rx packets from reports");
     assert!(sim.node(a).is_up(&idb));
     // Gossip still flows (it is control traffic), but no more than without data: compare
     // with a quiet stretch of the same length.
@@ -181,10 +186,12 @@ fn reported_activity_counts_as_traffic_and_keeps_keepalives_quiet(data_path: Dat
     );
 }
 
-fn peer_bytes(sim: &Sim, i: usize, peer: weft_mesh::PeerId) -> (u64, u64) {
+/// Bytes and packets sent to and received from `peer`: (tx bytes, rx bytes, tx packets, rx
+/// packets).
+fn peer_bytes(sim: &Sim, i: usize, peer: weft_mesh::PeerId) -> (u64, u64, u64, u64) {
     let s = sim.node(i).status();
     let p = s.peers.iter().find(|p| p.id == peer).expect("peer listed");
-    (p.tx_bytes, p.rx_bytes)
+    (p.tx_bytes, p.rx_bytes, p.tx_packets, p.rx_packets)
 }
 
 /// The simulator reports data-plane activity exactly as often as a router does.

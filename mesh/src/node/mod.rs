@@ -15,8 +15,8 @@
 //! 3. [`Node::poll_tun`] until `None`: decrypted IP packets for the TUN device.
 //! 4. [`Node::poll_timeout`]: when to call `handle_timeout` next (one deadline for everything).
 //!
-//! Read access for a status API: [`Node::status`], [`Node::members`], [`Node::routes`],
-//! [`Node::drops`], [`Node::stats`]; for data-plane workers: [`Node::data_plane`].
+//! Read access for a status API: [`Node::status`], [`Node::members`], [`Node::links`],
+//! [`Node::routes`], [`Node::drops`], [`Node::stats`]; for data-plane workers: [`Node::data_plane`].
 //!
 //! # The parts
 //!
@@ -359,12 +359,31 @@ impl Node {
                     rtt: p.rtt,
                     tx_bytes: p.tx_bytes,
                     rx_bytes: p.rx_bytes,
+                    tx_packets: p.tx_packets,
+                    rx_packets: p.rx_packets,
                     last_handshake: p.last_handshake,
                     unreachable: p.unreachable,
                 })
                 .collect(),
             members: self.table.alive().count(),
         }
+    }
+
+    /// Every link between live members as this node knows them: its own from its tunnels,
+    /// the others from gossip ([`crate::topology`]).
+    pub fn links(&self) -> Vec<crate::topology::LinkView> {
+        let own = self
+            .peers
+            .iter()
+            .map(|(id, p)| {
+                let tunnel = crate::topology::OwnTunnel {
+                    state: p.tunnel.name(),
+                    path: p.path.next_hop,
+                };
+                (*id, tunnel)
+            })
+            .collect();
+        crate::topology::links(self.id, self.table.records(), &own)
     }
 
     /// The read-mostly state for data-plane workers. It is rebuilt after any input changed
@@ -432,11 +451,13 @@ impl Node {
             if let Some((first, last)) = a.sent {
                 p.last_tx = p.last_tx.max(last);
                 p.tx_bytes += a.sent_bytes;
+                p.tx_packets += a.sent_packets;
                 p.path.expect_answer(first);
             }
             if let Some((last, from)) = a.received {
                 p.last_rx = p.last_rx.max(last);
                 p.rx_bytes += a.received_bytes;
+                p.rx_packets += a.received_packets;
                 p.path.direct_rx_reported(from, last);
             }
             self.touched.insert(a.peer);

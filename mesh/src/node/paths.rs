@@ -80,6 +80,7 @@ impl Node {
         if let Some(p) = self.peers.get_mut(&id) {
             p.last_tx = now;
             p.tx_bytes += datagram.len() as u64;
+            p.tx_packets += 1;
         }
         self.touched.insert(id);
         match hop {

@@ -27,6 +27,9 @@ pub(super) struct Peer {
     pub(super) up_since: Option<Instant>,
     pub(super) tx_bytes: u64,
     pub(super) rx_bytes: u64,
+    /// Datagrams sent to it and opened from it, beside the bytes.
+    pub(super) tx_packets: u64,
+    pub(super) rx_packets: u64,
     pub(super) last_handshake: Option<Instant>,
     pub(super) rtt: Option<Duration>,
     /// The incarnation of the run the current session was formed with, from the peer's own
@@ -48,6 +51,8 @@ impl Peer {
             up_since: None,
             tx_bytes: 0,
             rx_bytes: 0,
+            tx_packets: 0,
+            rx_packets: 0,
             last_handshake: None,
             rtt: None,
             session_incarnation: None,

@@ -58,6 +58,7 @@ impl Node {
         if let Some(p) = self.peers.get_mut(&id) {
             p.last_rx = now;
             p.rx_bytes += sealed.as_bytes().len() as u64;
+            p.rx_packets += 1;
             match path {
                 Some(NextHop::Direct(ep)) => {
                     p.path.last_direct_rx = Some(now);

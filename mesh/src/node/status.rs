@@ -46,6 +46,10 @@ pub struct PeerStatus {
     pub tx_bytes: u64,
     /// Bytes received from it.
     pub rx_bytes: u64,
+    /// Datagrams sent to it (data and control, sealed; handshakes excluded).
+    pub tx_packets: u64,
+    /// Datagrams from it that opened.
+    pub rx_packets: u64,
     /// When the last handshake completed.
     pub last_handshake: Option<Instant>,
     /// Whether we list it as not directly reachable.

@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 pub enum Request {
     /// The node and its peers.
     Status,
+    /// This node's view of the whole mesh (`weft report`).
+    Report,
     /// Dial an endpoint.
     Connect {
         /// `address:port`.
@@ -26,6 +28,7 @@ pub enum Request {
 
 /// What a refused request is told to send instead.
 const REQUEST_EXAMPLES: &str = "send one JSON object such as {\"command\":\"status\"}, \
+     {\"command\":\"report\"}, \
      {\"command\":\"connect\",\"endpoint\":\"198.18.0.1:6786\"} or \
      {\"command\":\"forget\",\"peer\":\"BASE64KEY\"}";
 
@@ -70,6 +73,10 @@ mod tests {
             Request::Status
         );
         assert_eq!(
+            parse_request(br#"{"command":"report"}"#).unwrap(),
+            Request::Report
+        );
+        assert_eq!(
             parse_request(b"{\"command\":\"connect\",\"endpoint\":\"198.18.0.1:6786\"}\n").unwrap(),
             Request::Connect {
                 endpoint: "198.18.0.1:6786".parse().unwrap()
@@ -81,6 +88,7 @@ mod tests {
             br#"{"command":"reboot"}"#,
             br#"{"command":"connect"}"#,
             br#"{"command":"status","x":1}"#,
+            br#"{"command":"report","schema":2}"#,
         ] {
             let err = parse_request(bad).unwrap_err().to_string();
             assert!(err.contains("cannot parse the request"), "{err}");
