@@ -85,6 +85,15 @@ enum Command {
     /// Install weft-cni and this node's conflist for the container runtime (the DaemonSet's
     /// init step): atomic, idempotent, removes stale weft configs, chains portmap if present.
     InstallCni(install_cni::Args),
+    /// Remove what a stopped router leaves on this node on purpose: the blackhole route
+    /// that keeps the cluster range off the underlay while no router runs, and weft's
+    /// nftables table. Run it only to take weft off the node (never between a stop and a
+    /// start: pod traffic would leave in plaintext).
+    Uninstall {
+        /// The cluster range the router was started with.
+        #[arg(long, env = "WEFT_CLUSTER_RANGE", default_value = "10.32.0.0/12")]
+        cluster_range: ipnet::Ipv4Net,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -331,6 +340,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Lab(cmd) => return run_lab(cmd),
         Command::InstallCni(args) => return install_cni::run(args),
+        Command::Uninstall { cluster_range } => {
+            for line in weft_router::netconf::uninstall(cluster_range)? {
+                println!("{line}");
+            }
+        }
         Command::Router(args) => return run_router(*args),
         Command::Status { json, state_dir } => return show_status(&state_dir, json, false),
         Command::Peers { json, state_dir } => return show_status(&state_dir, json, true),

@@ -290,6 +290,10 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
     if !gro && udp.gro_segments() > 1 {
         disable_gro(&socket);
     }
+    // Fail closed first: from here on the cluster range never follows the default route,
+    // whether this router runs or not (docs/design.md).
+    let range = config.cluster_range;
+    blocking(move || netconf::hold_cluster_range(range)).await?;
     let tun = open_tun(config.offload, pod_mtu)?;
     let paths = Paths {
         tun_offload: tun.tcp_gso(),
@@ -304,7 +308,6 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
             warn!(error = %e, "could not cap the TUN device's GSO segments");
         }
     }
-    let range = config.cluster_range;
     blocking(|| netconf::disable_ipv6(TUN_NAME)).await?;
     tun.enabled(true).map_err(RunError::TunUp)?;
     blocking(move || netconf::route_cluster_range(TUN_NAME, range)).await?;
@@ -439,6 +442,7 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
         last_snapshot: None,
         ready,
         written_block,
+        tun_block: None,
         refused,
         discovery,
         config,
@@ -455,7 +459,10 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
     if let Err(e) = driver.state.save_mesh(&driver.node.persistent_state()) {
         warn!(error = %e, "saving the mesh state on the way out");
     }
-    info!("router stopped; the TUN device and its route are gone, the bridge and pods stay");
+    info!(
+        "router stopped; the TUN device and its route are gone, the bridge, the pods and the \
+         blackhole that keeps the cluster range off the underlay stay"
+    );
     result
 }
 
@@ -480,6 +487,8 @@ struct Driver {
     ready: Arc<AtomicBool>,
     /// The block weft-cni was last told about (the file on disk).
     written_block: Option<ipnet::Ipv4Net>,
+    /// The block whose address the TUN device holds ([`netconf::tun_address`]).
+    tun_block: Option<ipnet::Ipv4Net>,
     /// Control requests refused, counted by the control task.
     refused: Arc<control::RefusedRequests>,
     /// Kubernetes Node discovery, when on: pins and forgets for the Node.
@@ -598,6 +607,13 @@ impl Driver {
     /// from weft-cni at once, so no address of it is handed out again.
     async fn sync_block(&mut self) -> Result<(), RunError> {
         let block = self.node.block();
+        // The TUN device is new in every run: it gets the node's address even when the
+        // block file is the last run's.
+        if block != self.tun_block {
+            let old = self.tun_block;
+            blocking(move || netconf::set_tun_address(TUN_NAME, old, block)).await?;
+            self.tun_block = block;
+        }
         if block == self.written_block {
             return Ok(());
         }
