@@ -148,6 +148,15 @@ struct RouterArgs {
     /// TUN offloads), off (one packet per system call; for comparison and old kernels).
     #[arg(long, env = "WEFT_OFFLOAD", default_value = "auto")]
     offload: weft_router::dataplane::Offload,
+    /// Masquerade pod traffic to destinations outside the cluster range with the node's
+    /// address (the internet, cloud APIs, other nodes' host addresses). Off for a network
+    /// that routes the pod range itself.
+    #[arg(long, env = "WEFT_MASQUERADE", default_value_t = true, action = clap::ArgAction::Set)]
+    masquerade: bool,
+    /// Destinations pods reach with their own address although outside the cluster range
+    /// (comma-separated CIDRs: a VPC that routes pod ranges).
+    #[arg(long, env = "WEFT_MASQUERADE_EXEMPT", value_delimiter = ',')]
+    masquerade_exempt: Vec<ipnet::Ipv4Net>,
     /// Find peers, this node's pod block and the keys to pin from the Kubernetes API: Node
     /// objects instead of seeds, the Node's podCIDR as the block (see docs/kubernetes.md).
     #[arg(long, env = "WEFT_KUBERNETES", requires = "node_name", conflicts_with_all = ["pod_cidr", "found_address_space"])]
@@ -458,6 +467,8 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
         underlay_mtu: args.underlay_mtu,
         metrics,
         offload: args.offload,
+        masquerade: args.masquerade,
+        masquerade_exempt: args.masquerade_exempt,
         kubernetes: args
             .kubernetes
             .then(|| weft_router::kubernetes::KubeConfig {

@@ -51,6 +51,10 @@ pub struct RouterConfig {
     pub metrics: Option<SocketAddr>,
     /// Whether the data path uses the kernel's segmentation offloads.
     pub offload: crate::dataplane::Offload,
+    /// Masquerade pod traffic that leaves the cluster range (`--masquerade`).
+    pub masquerade: bool,
+    /// Destinations exempt from that masquerade (`--masquerade-exempt`).
+    pub masquerade_exempt: Vec<Ipv4Net>,
     /// Discover peers, block and pins from Kubernetes Nodes (`--kubernetes`).
     pub kubernetes: Option<crate::kubernetes::KubeConfig>,
 }
@@ -132,6 +136,8 @@ mod tests {
             underlay_mtu: None,
             metrics: None,
             offload: Default::default(),
+            masquerade: true,
+            masquerade_exempt: vec![],
             kubernetes: None,
         }
     }

@@ -294,6 +294,13 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
     // whether this router runs or not (docs/design.md).
     let range = config.cluster_range;
     blocking(move || netconf::hold_cluster_range(range)).await?;
+    let rules = crate::nftables::Rules {
+        cluster_range: range,
+        tun: TUN_NAME.into(),
+        masquerade: config.masquerade,
+        exempt: config.masquerade_exempt.clone(),
+    };
+    blocking(move || crate::nftables::apply(&rules)).await?;
     let tun = open_tun(config.offload, pod_mtu)?;
     let paths = Paths {
         tun_offload: tun.tcp_gso(),

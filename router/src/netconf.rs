@@ -20,6 +20,15 @@ pub struct NetconfError {
     source: io::Error,
 }
 
+impl NetconfError {
+    pub(crate) fn new(what: impl Into<String>, source: io::Error) -> Self {
+        NetconfError {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
 fn ctx(what: impl Into<String>) -> impl FnOnce(io::Error) -> NetconfError {
     let what = what.into();
     move |source| NetconfError { what, source }
@@ -118,6 +127,12 @@ pub fn uninstall(range: Ipv4Net) -> Result<Vec<String>, NetconfError> {
     let mut done = Vec::new();
     if release_cluster_range(range)? {
         done.push(format!("removed route blackhole {range}"));
+    }
+    if crate::nftables::remove()? {
+        done.push(format!(
+            "removed nftables table ip {}",
+            crate::nftables::TABLE
+        ));
     }
     if done.is_empty() {
         done.push("nothing of weft's to remove".into());

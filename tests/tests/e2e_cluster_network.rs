@@ -149,3 +149,55 @@ fn a_node_reaches_pods_on_other_nodes_from_its_mesh_address() {
         "a pod on n2 does not reach node n1's mesh address"
     );
 }
+
+/// Egress: a pod reaches a host outside the cluster (which has no route back to the pods)
+/// and another node's host address (the API server's, a hostNetwork pod's), both seeing the
+/// pod's node's underlay address; and weft's table goes with `weft uninstall`.
+#[test]
+fn pods_reach_the_outside_and_other_nodes_hosts_masqueraded() {
+    if !can_run(
+        "pods_reach_the_outside_and_other_nodes_hosts_masqueraded",
+        &["ping"],
+    ) {
+        return;
+    }
+    let lab = Lab::up("heg", &["--nodes", "2", "--pods", "1"]);
+    lab.wait_full_mesh(Duration::from_secs(30));
+    let outside = lab.add_world();
+    let p1 = lab.pod("n1-p1").clone();
+    let n1 = lab.node("n1").underlay.addr();
+    let n2 = lab.node("n2").clone();
+
+    let _far = Echo::start(&outside, 7200);
+    let seen = ask_echo(
+        &p1.namespace,
+        SocketAddr::new(OUTSIDE.into(), 7200),
+        Duration::from_secs(5),
+    );
+    assert_eq!(seen, Some(n1), "pod -> outside");
+
+    let _host = Echo::start(&n2.namespace, 7201);
+    let seen = ask_echo(
+        &p1.namespace,
+        SocketAddr::new(n2.underlay.addr().into(), 7201),
+        Duration::from_secs(5),
+    );
+    assert_eq!(seen, Some(n1), "pod -> another node's host address");
+
+    // Pod to pod keeps the pod's address.
+    let p2 = lab.pod("n2-p1").clone();
+    let _pod = Echo::start(&p2.namespace, 7202);
+    let seen = ask_echo(
+        &p1.namespace,
+        SocketAddr::new(p2.address.into(), 7202),
+        Duration::from_secs(5),
+    );
+    assert_eq!(seen, Some(p1.address), "pod -> pod is not masqueraded");
+
+    lab.lab(&["router", "stop", "n1"]);
+    let weft = lab.weft.to_str().unwrap().to_owned();
+    let (ok, out, err) = lab.on_node("n1", &[&weft, "uninstall", "--cluster-range", RANGE]);
+    assert!(ok && out.contains("table ip weft"), "{out}{err}");
+    let (_, tables, _) = lab.on_node("n1", &["nft", "list", "tables"]);
+    assert!(!tables.contains("weft"), "left behind: {tables}");
+}
