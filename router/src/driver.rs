@@ -320,14 +320,40 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
     blocking(move || netconf::route_cluster_range(TUN_NAME, range)).await?;
 
     let ready = Arc::new(AtomicBool::new(false));
+    // The status listener serves from here on, so a kubelet's liveness probe sees a router
+    // waiting for the API server or its podCIDR as alive (`/healthz` 200), and not ready
+    // (`/readyz` 503) until it has its block. The loop does not turn yet: a heartbeat keeps
+    // `/healthz` fresh until it does.
+    let snapshot = metrics::Shared::default();
+    let metrics_task = metrics_listener.map(|listener| {
+        let (snapshot, ready) = (snapshot.clone(), ready.clone());
+        let dir = state.path().to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(listener, snapshot, ready, dir).await {
+                error!(error = %e, "metrics server failed");
+            }
+        })
+    });
+    let heartbeat = {
+        let snapshot = snapshot.clone();
+        tokio::spawn(async move {
+            loop {
+                snapshot.update(Snapshot::default());
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        })
+    };
     // Under Kubernetes the block is the Node's podCIDR: known before the mesh starts.
     let discovery = tokio::select! {
-        d = crate::kubernetes::start_for(&config, key.public(), listen.port(), &ready) => d?,
+        d = crate::kubernetes::start_for(&config, key.public(), listen.port(), &ready) => d,
         _ = &mut shutdown => {
+            heartbeat.abort();
             let _ = std::fs::remove_file(&socket_path);
             return Ok(());
         }
     };
+    heartbeat.abort();
+    let discovery = discovery?;
     let pod_cidr = discovery.as_ref().map(|d| d.pod_cidr).or(config.pod_cidr);
 
     let now = Instant::now();
@@ -390,16 +416,6 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
         if let Err(e) = control::serve(control_listener, calls_tx, refused_counts).await {
             error!(error = %e, "control socket failed");
         }
-    });
-    let snapshot = metrics::Shared::default();
-    let metrics_task = metrics_listener.map(|listener| {
-        let (snapshot, ready) = (snapshot.clone(), ready.clone());
-        let dir = state.path().to_owned();
-        tokio::spawn(async move {
-            if let Err(e) = metrics::serve(listener, snapshot, ready, dir).await {
-                error!(error = %e, "metrics server failed");
-            }
-        })
     });
     // A block file left by an earlier run whose state is gone must not keep weft-cni handing
     // out addresses the mesh no longer gives us.
