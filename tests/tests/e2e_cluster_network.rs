@@ -201,3 +201,94 @@ fn pods_reach_the_outside_and_other_nodes_hosts_masqueraded() {
     let (_, tables, _) = lab.on_node("n1", &["nft", "list", "tables"]);
     assert!(!tables.contains("weft"), "left behind: {tables}");
 }
+
+/// kube-proxy's nftables rules as kube-proxy writes them (DNAT in its services chain, a
+/// 0x4000 mark on what comes from outside the cluster range, masquerade of marked packets in
+/// postrouting), on node n1, for a Service whose one endpoint is a pod on n2.
+fn kube_proxy_rules(endpoint: SocketAddr) -> String {
+    format!(
+        "table ip kube-proxy {{
+ chain mark-for-masquerade {{
+  mark set mark or 0x4000
+ }}
+ chain services {{
+  ip daddr 10.96.0.10 udp dport 80 ip saddr != {RANGE} jump mark-for-masquerade
+  ip daddr 10.96.0.10 udp dport 80 dnat to {endpoint}
+  fib daddr type local udp dport 30080 jump mark-for-masquerade
+  fib daddr type local udp dport 30080 dnat to {endpoint}
+ }}
+ chain masquerading {{
+  type nat hook postrouting priority srcnat; policy accept;
+  mark and 0x4000 == 0 return
+  mark set mark xor 0x4000
+  masquerade fully-random
+ }}
+ chain nat-prerouting {{
+  type nat hook prerouting priority dstnat; policy accept;
+  jump services
+ }}
+ chain nat-output {{
+  type nat hook output priority -100; policy accept;
+  jump services
+ }}
+}}
+"
+    )
+}
+
+/// Services through kube-proxy's rules: a NodePort reached from outside the cluster on n1
+/// and a ClusterIP reached by node n1 itself both land on a pod on n2 (kube-proxy's
+/// masquerade takes n1's mesh address); a pod's ClusterIP traffic keeps the pod's address.
+#[test]
+fn node_ports_and_cluster_ips_reach_pods_on_other_nodes() {
+    if !can_run(
+        "node_ports_and_cluster_ips_reach_pods_on_other_nodes",
+        &["ping"],
+    ) {
+        return;
+    }
+    let lab = Lab::up("hsv", &["--nodes", "2", "--pods", "1"]);
+    lab.wait_full_mesh(Duration::from_secs(30));
+    let outside = lab.add_world();
+    let (p1, p2) = (lab.pod("n1-p1").clone(), lab.pod("n2-p1").clone());
+    let _echo = Echo::start(&p2.namespace, 7300);
+    let rules = kube_proxy_rules(SocketAddr::new(p2.address.into(), 7300));
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.node("n1").namespace, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(rules.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n1_mesh = mesh_address(&lab, "n1");
+    let node_port = SocketAddr::new(lab.node("n1").underlay.addr().into(), 30080);
+    let cluster_ip = SocketAddr::new(Ipv4Addr::new(10, 96, 0, 10).into(), 80);
+
+    let seen = ask_echo(&outside, node_port, Duration::from_secs(5));
+    assert_eq!(
+        seen,
+        Some(n1_mesh),
+        "outside -> NodePort on n1 -> pod on n2"
+    );
+    let seen = ask_echo(
+        &lab.node("n1").namespace,
+        cluster_ip,
+        Duration::from_secs(5),
+    );
+    assert_eq!(seen, Some(n1_mesh), "node n1 -> ClusterIP -> pod on n2");
+    let seen = ask_echo(&p1.namespace, cluster_ip, Duration::from_secs(5));
+    assert_eq!(
+        seen,
+        Some(p1.address),
+        "pod on n1 -> ClusterIP -> pod on n2"
+    );
+}
