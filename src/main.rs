@@ -98,6 +98,15 @@ enum Command {
     /// Install weft-cni and this node's conflist for the container runtime (the DaemonSet's
     /// init step): atomic, idempotent, removes stale weft configs, chains portmap if present.
     InstallCni(install_cni::Args),
+    /// Remove what a stopped router leaves on this node on purpose: the blackhole route
+    /// that keeps the cluster range off the underlay while no router runs, and weft's
+    /// nftables table. Run it only to take weft off the node (never between a stop and a
+    /// start: pod traffic would leave in plaintext).
+    Uninstall {
+        /// The cluster range the router was started with.
+        #[arg(long, env = "WEFT_CLUSTER_RANGE", default_value = "10.32.0.0/12")]
+        cluster_range: ipnet::Ipv4Net,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -157,6 +166,15 @@ struct RouterArgs {
     /// TUN offloads), off (one packet per system call; for comparison and old kernels).
     #[arg(long, env = "WEFT_OFFLOAD", default_value = "auto")]
     offload: weft_router::dataplane::Offload,
+    /// Masquerade pod traffic to destinations outside the cluster range with the node's
+    /// address (the internet, cloud APIs, other nodes' host addresses). Off for a network
+    /// that routes the pod range itself.
+    #[arg(long, env = "WEFT_MASQUERADE", default_value_t = true, action = clap::ArgAction::Set)]
+    masquerade: bool,
+    /// Destinations pods reach with their own address although outside the cluster range
+    /// (comma-separated CIDRs: a VPC that routes pod ranges).
+    #[arg(long, env = "WEFT_MASQUERADE_EXEMPT", value_delimiter = ',')]
+    masquerade_exempt: Vec<ipnet::Ipv4Net>,
     /// Find peers, this node's pod block and the keys to pin from the Kubernetes API: Node
     /// objects instead of seeds, the Node's podCIDR as the block (see docs/kubernetes.md).
     #[arg(long, env = "WEFT_KUBERNETES", requires = "node_name", conflicts_with_all = ["pod_cidr", "found_address_space"])]
@@ -361,6 +379,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Lab(cmd) => return run_lab(cmd),
         Command::InstallCni(args) => return install_cni::run(args),
+        Command::Uninstall { cluster_range } => {
+            for line in weft_router::netconf::uninstall(cluster_range)? {
+                println!("{line}");
+            }
+        }
         Command::Router(args) => return run_router(*args),
         Command::Status { json, state_dir } => return show_status(&state_dir, json, false),
         Command::Peers { json, state_dir } => return show_status(&state_dir, json, true),
@@ -485,6 +508,8 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
         metrics,
         ui: args.ui,
         offload: args.offload,
+        masquerade: args.masquerade,
+        masquerade_exempt: args.masquerade_exempt,
         kubernetes: args
             .kubernetes
             .then(|| weft_router::kubernetes::KubeConfig {

@@ -53,6 +53,10 @@ pub struct RouterConfig {
     pub ui: crate::ui::UiMode,
     /// Whether the data path uses the kernel's segmentation offloads.
     pub offload: crate::dataplane::Offload,
+    /// Masquerade pod traffic that leaves the cluster range (`--masquerade`).
+    pub masquerade: bool,
+    /// Destinations exempt from that masquerade (`--masquerade-exempt`).
+    pub masquerade_exempt: Vec<Ipv4Net>,
     /// Discover peers, block and pins from Kubernetes Nodes (`--kubernetes`).
     pub kubernetes: Option<crate::kubernetes::KubeConfig>,
 }
@@ -135,6 +139,8 @@ mod tests {
             metrics: None,
             ui: crate::ui::UiMode::Auto,
             offload: Default::default(),
+            masquerade: true,
+            masquerade_exempt: vec![],
             kubernetes: None,
         }
     }

@@ -290,6 +290,17 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
     if !gro && udp.gro_segments() > 1 {
         disable_gro(&socket);
     }
+    // Fail closed first: from here on the cluster range never follows the default route,
+    // whether this router runs or not (docs/design.md).
+    let range = config.cluster_range;
+    blocking(move || netconf::hold_cluster_range(range)).await?;
+    let rules = crate::nftables::Rules {
+        cluster_range: range,
+        tun: TUN_NAME.into(),
+        masquerade: config.masquerade,
+        exempt: config.masquerade_exempt.clone(),
+    };
+    blocking(move || crate::nftables::apply(&rules)).await?;
     let tun = open_tun(config.offload, pod_mtu)?;
     let paths = Paths {
         tun_offload: tun.tcp_gso(),
@@ -304,20 +315,50 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
             warn!(error = %e, "could not cap the TUN device's GSO segments");
         }
     }
-    let range = config.cluster_range;
     blocking(|| netconf::disable_ipv6(TUN_NAME)).await?;
     tun.enabled(true).map_err(RunError::TunUp)?;
     blocking(move || netconf::route_cluster_range(TUN_NAME, range)).await?;
 
     let ready = Arc::new(AtomicBool::new(false));
+    // The status listener serves from here on, so a kubelet's liveness probe sees a router
+    // waiting for the API server or its podCIDR as alive (`/healthz` 200), and not ready
+    // (`/readyz` 503) until it has its block. The loop does not turn yet: a heartbeat keeps
+    // `/healthz` fresh until it does.
+    let snapshot = metrics::Shared::default();
+    // The page shows every member's key, endpoints and blocks: on loopback unless opted in.
+    let ui = config
+        .metrics
+        .filter(|addr| config.ui.serves_on(*addr))
+        .map(|_| crate::ui::Published::default());
+    let metrics_task = metrics_listener.map(|listener| {
+        let (snapshot, ready, ui) = (snapshot.clone(), ready.clone(), ui.clone());
+        let dir = state.path().to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(listener, snapshot, ready, dir, ui).await {
+                error!(error = %e, "metrics server failed");
+            }
+        })
+    });
+    let heartbeat = {
+        let snapshot = snapshot.clone();
+        tokio::spawn(async move {
+            loop {
+                snapshot.update(Snapshot::default());
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        })
+    };
     // Under Kubernetes the block is the Node's podCIDR: known before the mesh starts.
     let discovery = tokio::select! {
-        d = crate::kubernetes::start_for(&config, key.public(), listen.port(), &ready) => d?,
+        d = crate::kubernetes::start_for(&config, key.public(), listen.port(), &ready) => d,
         _ = &mut shutdown => {
+            heartbeat.abort();
             let _ = std::fs::remove_file(&socket_path);
             return Ok(());
         }
     };
+    heartbeat.abort();
+    let discovery = discovery?;
     let pod_cidr = discovery.as_ref().map(|d| d.pod_cidr).or(config.pod_cidr);
 
     let now = Instant::now();
@@ -381,21 +422,6 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
             error!(error = %e, "control socket failed");
         }
     });
-    let snapshot = metrics::Shared::default();
-    // The page shows every member's key, endpoints and blocks: on loopback unless opted in.
-    let ui = config
-        .metrics
-        .filter(|addr| config.ui.serves_on(*addr))
-        .map(|_| crate::ui::Published::default());
-    let metrics_task = metrics_listener.map(|listener| {
-        let (snapshot, ready, ui) = (snapshot.clone(), ready.clone(), ui.clone());
-        let dir = state.path().to_owned();
-        tokio::spawn(async move {
-            if let Err(e) = metrics::serve(listener, snapshot, ready, dir, ui).await {
-                error!(error = %e, "metrics server failed");
-            }
-        })
-    });
     // A block file left by an earlier run whose state is gone must not keep weft-cni handing
     // out addresses the mesh no longer gives us.
     let written_block = weft_cni::node_block::NodeBlock::read(state.path())
@@ -446,6 +472,7 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
         last_snapshot: None,
         ready,
         written_block,
+        tun_block: None,
         refused,
         discovery,
         config,
@@ -462,7 +489,10 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
     if let Err(e) = driver.state.save_mesh(&driver.node.persistent_state()) {
         warn!(error = %e, "saving the mesh state on the way out");
     }
-    info!("router stopped; the TUN device and its route are gone, the bridge and pods stay");
+    info!(
+        "router stopped; the TUN device and its route are gone, the bridge, the pods and the \
+         blackhole that keeps the cluster range off the underlay stay"
+    );
     result
 }
 
@@ -491,6 +521,8 @@ struct Driver {
     ready: Arc<AtomicBool>,
     /// The block weft-cni was last told about (the file on disk).
     written_block: Option<ipnet::Ipv4Net>,
+    /// The block whose address the TUN device holds ([`netconf::tun_address`]).
+    tun_block: Option<ipnet::Ipv4Net>,
     /// Control requests refused, counted by the control task.
     refused: Arc<control::RefusedRequests>,
     /// Kubernetes Node discovery, when on: pins and forgets for the Node.
@@ -616,6 +648,13 @@ impl Driver {
     /// from weft-cni at once, so no address of it is handed out again.
     async fn sync_block(&mut self) -> Result<(), RunError> {
         let block = self.node.block();
+        // The TUN device is new in every run: it gets the node's address even when the
+        // block file is the last run's.
+        if block != self.tun_block {
+            let old = self.tun_block;
+            blocking(move || netconf::set_tun_address(TUN_NAME, old, block)).await?;
+            self.tun_block = block;
+        }
         if block == self.written_block {
             return Ok(());
         }

@@ -24,6 +24,7 @@ pub mod kubernetes;
 pub mod logging;
 pub mod metrics;
 pub mod netconf;
+pub mod nftables;
 pub mod report;
 pub mod state;
 pub mod ui;

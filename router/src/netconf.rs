@@ -1,5 +1,7 @@
-//! The kernel's side of a node: routes for the cluster range through the TUN device, the
-//! bridge holding the node's gateway, and the underlay MTU. Netlink requests go through
+//! The kernel's side of a node: routes for the cluster range through the TUN device (and the
+//! blackhole under it that keeps the range off the underlay while no router runs), the
+//! node's address on the TUN device, the bridge holding the node's gateway, and the underlay
+//! MTU. Netlink requests go through
 //! weft-sys's small blocking client (the packet crates rtnetlink is built on), the one the
 //! plugin uses: these are a handful of requests at start and when the block changes, so the
 //! router runs them on a blocking thread instead of carrying a second netlink stack.
@@ -16,6 +18,15 @@ use weft_sys::netlink::{self, Link, Netlink, Route4};
 pub struct NetconfError {
     what: String,
     source: io::Error,
+}
+
+impl NetconfError {
+    pub(crate) fn new(what: impl Into<String>, source: io::Error) -> Self {
+        NetconfError {
+            what: what.into(),
+            source,
+        }
+    }
 }
 
 fn ctx(what: impl Into<String>) -> impl FnOnce(io::Error) -> NetconfError {
@@ -58,7 +69,8 @@ pub fn route_cluster_range(tun: &str, range: Ipv4Net) -> Result<(), NetconfError
         Err(e) if netlink::is_exists(&e) => {
             let routes = nl.routes().map_err(ctx("list routes"))?;
             let links = nl.links().map_err(ctx("list links"))?;
-            match routes.iter().find(|r| r.dst == range) {
+            // The fail-closed blackhole has the same destination and no device: not a holder.
+            match routes.iter().find(|r| r.dst == range && r.oif.is_some()) {
                 Some(r) if r.oif == Some(link.index) => Ok(()),
                 other => {
                     let holder = other
@@ -79,6 +91,90 @@ pub fn route_cluster_range(tun: &str, range: Ipv4Net) -> Result<(), NetconfError
         }
         other => other.map_err(ctx(format!("route {range} dev {tun}"))),
     }
+}
+
+/// The metric of the fail-closed route: the least preferred there is, so the TUN device's
+/// route (metric 0) wins whenever it exists.
+pub const FAIL_CLOSED_METRIC: u32 = u32::MAX;
+
+/// Adds `blackhole RANGE metric FAIL_CLOSED_METRIC` (docs/design.md, fail closed): it
+/// outlives the router, so while no router runs (crash, restart, upgrade) pod traffic for
+/// the cluster range is dropped on the node instead of following the default route onto the
+/// underlay in plaintext. The TUN device's route overrides it while the router runs.
+pub fn hold_cluster_range(range: Ipv4Net) -> Result<(), NetconfError> {
+    let mut nl = Netlink::new().map_err(ctx("open netlink"))?;
+    match nl.add_blackhole(range, FAIL_CLOSED_METRIC) {
+        Err(e) if netlink::is_exists(&e) => Ok(()),
+        other => other.map_err(ctx(format!(
+            "route blackhole {range} metric {FAIL_CLOSED_METRIC}"
+        ))),
+    }
+}
+
+/// Removes what [`hold_cluster_range`] adds (`weft uninstall`); none there is fine.
+pub fn release_cluster_range(range: Ipv4Net) -> Result<bool, NetconfError> {
+    let mut nl = Netlink::new().map_err(ctx("open netlink"))?;
+    match nl.delete_blackhole(range, FAIL_CLOSED_METRIC) {
+        Ok(()) => Ok(true),
+        Err(e) if netlink::is_not_found(&e) => Ok(false),
+        Err(e) => Err(ctx(format!("delete route blackhole {range}"))(e)),
+    }
+}
+
+/// Takes weft off the node (`weft uninstall`): removes what the router leaves behind on
+/// purpose when it stops. Says what it removed, or that there was nothing.
+pub fn uninstall(range: Ipv4Net) -> Result<Vec<String>, NetconfError> {
+    let mut done = Vec::new();
+    if release_cluster_range(range)? {
+        done.push(format!("removed route blackhole {range}"));
+    }
+    if crate::nftables::remove()? {
+        done.push(format!(
+            "removed nftables table ip {}",
+            crate::nftables::TABLE
+        ));
+    }
+    if done.is_empty() {
+        done.push("nothing of weft's to remove".into());
+    }
+    Ok(done)
+}
+
+/// The node's own address in the mesh: the network address of its block, held by the TUN
+/// device as a /32 (as flannel gives `flannel.1` the first address of its subnet). The
+/// kernel picks it as the source of what the node itself sends into the cluster range, and
+/// masquerade (kube-proxy's, ours) picks it for what leaves through the TUN device: an
+/// address inside the node's block, which the other routers accept from this node. The
+/// block's gateway stays on the bridge for the pods.
+pub fn tun_address(block: Ipv4Net) -> Ipv4Net {
+    Ipv4Net::new(block.network(), 32).expect("a /32 is valid")
+}
+
+/// Gives the TUN device `new`'s address ([`tun_address`]) and takes `old`'s away.
+pub fn set_tun_address(
+    tun: &str,
+    old: Option<Ipv4Net>,
+    new: Option<Ipv4Net>,
+) -> Result<(), NetconfError> {
+    let mut nl = Netlink::new().map_err(ctx("open netlink"))?;
+    let link = find(&mut nl, tun)?;
+    let have = nl
+        .addresses(link.index)
+        .map_err(ctx(format!("list the addresses of {tun}")))?;
+    if let Some(old) = old.map(tun_address)
+        && Some(old) != new.map(tun_address)
+        && have.contains(&old)
+    {
+        nl.delete_address(link.index, old)
+            .map_err(ctx(format!("delete {old} from {tun}")))?;
+    }
+    if let Some(new) = new.map(tun_address)
+        && !have.contains(&new)
+    {
+        nl.add_address(link.index, new)
+            .map_err(ctx(format!("add {new} to {tun}")))?;
+    }
+    Ok(())
 }
 
 /// Makes sure the bridge exists, is up and holds the block's gateway (the first address),

@@ -403,6 +403,56 @@ impl Netlink {
     }
 }
 
+impl Netlink {
+    /// Adds `blackhole DST metric METRIC` to the main table (as `ip route add blackhole`):
+    /// a route that outlives every device, for a more preferred route (a lower metric) to
+    /// override while it exists. EEXIST when it is there already.
+    pub fn add_blackhole(&mut self, dst: Ipv4Net, metric: u32) -> io::Result<()> {
+        let msg = blackhole_message(dst, metric);
+        self.ack(
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
+    /// Deletes the route [`Netlink::add_blackhole`] adds; ESRCH when there is none.
+    pub fn delete_blackhole(&mut self, dst: Ipv4Net, metric: u32) -> io::Result<()> {
+        self.ack(
+            RouteNetlinkMessage::DelRoute(blackhole_message(dst, metric)),
+            0,
+        )
+    }
+
+    /// Deletes an IPv4 address of a link; EADDRNOTAVAIL when the link does not have it.
+    pub fn delete_address(&mut self, index: u32, net: Ipv4Net) -> io::Result<()> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.prefix_len = net.prefix_len();
+        msg.header.index = index;
+        msg.attributes
+            .push(AddressAttribute::Local(IpAddr::V4(net.addr())));
+        self.ack(RouteNetlinkMessage::DelAddress(msg), 0)
+    }
+}
+
+fn blackhole_message(dst: Ipv4Net, metric: u32) -> RouteMessage {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = AddressFamily::Inet;
+    msg.header.destination_prefix_length = dst.prefix_len();
+    msg.header.table = RouteHeader::RT_TABLE_MAIN;
+    msg.header.protocol = RouteProtocol::Boot;
+    msg.header.scope = RouteScope::Universe;
+    msg.header.kind = RouteType::BlackHole;
+    if dst.prefix_len() > 0 {
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet(
+                dst.network(),
+            )));
+    }
+    msg.attributes.push(RouteAttribute::Priority(metric));
+    msg
+}
+
 /// Why a bridge could not be made ready.
 #[derive(Debug)]
 pub enum BridgeError {

@@ -362,6 +362,166 @@ impl Lab {
     }
 }
 
+/// The switch's address once [`Lab::add_world`] made it the nodes' default gateway.
+pub const UNDERLAY_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 255, 1);
+/// A host outside the cluster, behind the gateway ([`Lab::add_world`]): what the internet or
+/// a cloud API is to a real cluster. It has no route to the pods.
+pub const OUTSIDE: Ipv4Addr = Ipv4Addr::new(198, 19, 254, 2);
+
+impl Lab {
+    /// Makes the lab look like the world real nodes live in: the switch's namespace becomes a
+    /// router at [`UNDERLAY_GATEWAY`], every node gets a default route through it, and a
+    /// namespace `PREFIX-o` behind it holds [`OUTSIDE`] (which routes nothing back to the
+    /// pods). All of it inside the lab's namespaces, removed by `weft lab down`. Returns the
+    /// outside namespace's name.
+    pub fn add_world(&self) -> String {
+        let names = weft_lab::Names::new(&self.prefix);
+        let u = names.underlay_ns();
+        let outside = format!("{}-o", self.prefix);
+        let ip = |args: &[&str]| {
+            let (ok, out, err) = run(Path::new("ip"), args);
+            assert!(ok, "ip {}: {err}{out}", args.join(" "));
+        };
+        ip(&["-n", &u, "addr", "add", "198.18.255.1/16", "dev", "sw"]);
+        ip(&["netns", "add", &outside]);
+        ip(&["-n", &outside, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n", &u, "link", "add", "out", "type", "veth", "peer", "name", "eth0", "netns",
+            &outside,
+        ]);
+        ip(&["-n", &u, "addr", "add", "198.19.254.1/24", "dev", "out"]);
+        ip(&["-n", &u, "link", "set", "out", "up"]);
+        ip(&[
+            "-n",
+            &outside,
+            "addr",
+            "add",
+            "198.19.254.2/24",
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", &outside, "link", "set", "eth0", "up"]);
+        ip(&[
+            "-n",
+            &outside,
+            "route",
+            "add",
+            "default",
+            "via",
+            "198.19.254.1",
+        ]);
+        ip(&[
+            "netns",
+            "exec",
+            &u,
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv4.ip_forward=1",
+        ]);
+        for n in &self.nodes {
+            ip(&[
+                "-n",
+                &n.namespace,
+                "route",
+                "add",
+                "default",
+                "via",
+                &UNDERLAY_GATEWAY.to_string(),
+            ]);
+        }
+        outside
+    }
+
+    /// Runs `args` inside node `node`'s namespace (its host network), returning (success,
+    /// stdout, stderr).
+    pub fn on_node(&self, node: &str, args: &[&str]) -> (bool, String, String) {
+        let mut full = vec!["netns", "exec", &self.node(node).namespace];
+        full.extend_from_slice(args);
+        run(Path::new("ip"), &full)
+    }
+}
+
+/// Whether any frame carries `marker` anywhere in its bytes: a payload seen in plaintext.
+pub fn frames_carry(frames: &[Vec<u8>], marker: &[u8]) -> usize {
+    frames
+        .iter()
+        .filter(|f| f.windows(marker.len()).any(|w| w == marker))
+        .count()
+}
+
+/// Sends `count` UDP datagrams carrying `marker` from a socket in `ns` to `to`, 20 ms apart;
+/// send errors (no route, a blackhole) are part of what is tested and ignored.
+pub fn send_marked(ns: &str, to: SocketAddr, marker: &'static [u8], count: usize) {
+    in_netns(ns, move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        for _ in 0..count {
+            let _ = s.send_to(marker, to);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+}
+
+/// A UDP echo in `ns` on `port`: answers every datagram with its sender's address as text,
+/// so a test sees which source address arrived. Stops when dropped.
+pub struct Echo {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Echo {
+    pub fn start(ns: &str, port: u16) -> Echo {
+        let socket = in_netns(ns, move || UdpSocket::bind(("0.0.0.0", port))).expect("echo bind");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !s.load(Ordering::Relaxed) {
+                if let Ok((_, from)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(from.ip().to_string().as_bytes(), from);
+                }
+            }
+        });
+        Echo {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Asks the [`Echo`] at `to` from a socket in `ns`, retrying for up to `within`: the source
+/// address the echo saw, or None when no answer came.
+pub fn ask_echo(ns: &str, to: SocketAddr, within: Duration) -> Option<Ipv4Addr> {
+    in_netns(ns, move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let start = Instant::now();
+        let mut buf = [0u8; 64];
+        while start.elapsed() < within {
+            let _ = s.send_to(b"who am i", to);
+            if let Ok((n, from)) = s.recv_from(&mut buf)
+                && from == to
+            {
+                return std::str::from_utf8(&buf[..n]).ok()?.parse().ok();
+            }
+        }
+        None
+    })
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         let (ok, _, err) = run(&self.weft, &["lab", "down", "--prefix", &self.prefix]);

@@ -561,13 +561,24 @@ async fn handle(
                     status(415, "UnsupportedMediaType", "unsupported patch type"),
                 );
             }
+            // Annotations change through either: the API server's status strategy for Nodes
+            // keeps only the spec from the old object (flannel annotates through it too).
+            for (k, v) in patch["metadata"]["annotations"]
+                .as_object()
+                .into_iter()
+                .flatten()
+            {
+                if let Some(v) = v.as_str() {
+                    state.patched.insert((name.clone(), k.clone()), v.into());
+                }
+            }
+            let mut p = patch.clone();
             if resource == "nodes/status" {
-                // Only status may change through the status subresource.
-                let Some(st) = patch.get("status") else {
-                    return reply(422, status(422, "Invalid", "status patch without status"));
-                };
-                let mut st = st.clone();
-                if strategic && let Some(conds) = st.get_mut("conditions") {
+                // The status subresource does not change the spec.
+                if let Some(m) = p.as_object_mut() {
+                    m.remove("spec");
+                }
+                if strategic && let Some(conds) = p["status"].get_mut("conditions") {
                     // Strategic merge: conditions merge by type.
                     let new: Vec<Value> = conds.as_array().cloned().unwrap_or_default();
                     let mut all: Vec<Value> = node["status"]["conditions"]
@@ -582,24 +593,11 @@ async fn handle(
                     }
                     *conds = Value::Array(all);
                 }
-                merge(&mut node["status"], &st);
-            } else {
-                for (k, v) in patch["metadata"]["annotations"]
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                {
-                    if let Some(v) = v.as_str() {
-                        state.patched.insert((name.clone(), k.clone()), v.into());
-                    }
-                }
-                let mut p = patch.clone();
-                if let Some(m) = p.as_object_mut() {
-                    m.remove("status");
-                }
-                merge(&mut node, &p);
-                state.apply_forced(&name, &mut node);
+            } else if let Some(m) = p.as_object_mut() {
+                m.remove("status");
             }
+            merge(&mut node, &p);
+            state.apply_forced(&name, &mut node);
             let line = state.change("MODIFIED", &name, node);
             let out = state.nodes[&name].clone();
             drop(state);

@@ -249,7 +249,7 @@ fn cluster_role_grants_exactly_what_discovery_uses() {
     assert_eq!(
         rules,
         vec![
-            (s(&[""]), s(&["nodes"]), s(&["list", "watch", "patch"])),
+            (s(&[""]), s(&["nodes"]), s(&["list", "watch"])),
             (s(&[""]), s(&["nodes/status"]), s(&["patch"])),
         ]
     );
@@ -301,7 +301,13 @@ fn daemon_set_runs_on_every_node_in_the_host_network() {
     assert_eq!(t.operator.as_deref(), Some("Exists"));
     assert!(t.key.is_none() && t.effect.is_none() && t.value.is_none());
     assert!(t.toleration_seconds.is_none());
-    assert!(pod.node_selector.is_none() && pod.affinity.is_none());
+    // Only Linux nodes, and all of them: no other selector, no affinity.
+    let selector = pod.node_selector.clone().unwrap_or_default();
+    assert_eq!(
+        selector,
+        BTreeMap::from([("kubernetes.io/os".to_string(), "linux".to_string())])
+    );
+    assert!(pod.affinity.is_none());
 }
 
 #[test]

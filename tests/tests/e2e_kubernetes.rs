@@ -105,8 +105,12 @@ fn routers_find_each_other_through_nodes_pin_keys_and_forget_deleted_nodes() {
         let r = api.requests();
         (1..=3).all(|i| {
             let name = format!("n{i}");
-            r.iter()
-                .any(|q| q.resource == "nodes/status" && q.name.as_deref() == Some(&name))
+            // The condition's strategic patch, not the annotations' merge patch.
+            r.iter().any(|q| {
+                q.resource == "nodes/status"
+                    && q.name.as_deref() == Some(&name)
+                    && q.content_type.as_deref() == Some("application/strategic-merge-patch+json")
+            })
         })
     });
     let key = |i: usize| -> String {

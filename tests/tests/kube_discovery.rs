@@ -100,11 +100,15 @@ async fn discovery_follows_list_watch_bookmarks_relist_and_outages() {
     // The initial list: n2 pinned at its InternalIP and the default port; ourselves not.
     expect_pins(&mut d, &[(k2, "198.18.0.2:6786")]).await;
 
-    // Our annotations: a merge patch on our Node that k8s-openapi reads as a Node.
+    // Our annotations: a merge patch on our Node's status that k8s-openapi reads as a Node.
     let patch = api
         .requests()
         .into_iter()
-        .find(|r| r.verb == "patch" && r.resource == "nodes")
+        .find(|r| {
+            r.verb == "patch"
+                && r.resource == "nodes/status"
+                && r.content_type.as_deref() == Some("application/merge-patch+json")
+        })
         .expect("annotation patch");
     assert_eq!(patch.name.as_deref(), Some("n1"));
     assert_eq!(
@@ -189,17 +193,17 @@ async fn discovery_follows_list_watch_bookmarks_relist_and_outages() {
 
     // Ready: NetworkUnavailable=False through a strategic merge patch on nodes/status.
     ready.store(true, Ordering::Relaxed);
+    // The condition: the status patch that is not the annotations' merge patch.
+    let condition = |r: &weft_tests::fake_kube::Request| {
+        r.verb == "patch"
+            && r.resource == "nodes/status"
+            && r.content_type.as_deref() != Some("application/merge-patch+json")
+    };
     wait_for("the condition patch", || {
-        api.requests()
-            .iter()
-            .any(|r| r.verb == "patch" && r.resource == "nodes/status")
+        api.requests().iter().any(condition)
     })
     .await;
-    let patch = api
-        .requests()
-        .into_iter()
-        .find(|r| r.resource == "nodes/status")
-        .unwrap();
+    let patch = api.requests().into_iter().find(condition).unwrap();
     assert_eq!(patch.name.as_deref(), Some("n1"));
     assert_eq!(
         patch.content_type.as_deref(),
@@ -295,12 +299,12 @@ async fn errors_say_what_failed() {
     assert!(e.to_string().contains("may not list nodes"), "{e}");
     let api = fake();
     api.add_node(node("n1", "198.18.0.1", Some("10.32.1.0/24")));
-    api.forbid("patch", "nodes");
+    api.forbid("patch", "nodes/status");
     let e = kubernetes::start(client(&api), own("n1", key()), ready.clone())
         .await
         .err()
         .expect("forbidden");
-    assert!(e.to_string().contains("may not patch nodes"), "{e}");
+    assert!(e.to_string().contains("may not patch nodes/status"), "{e}");
 
     // An API server that is not there yet: discovery waits for it rather than failing.
     // 127.0.0.2, which no other test binds, so no other fake server takes the port.

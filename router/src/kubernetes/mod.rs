@@ -2,7 +2,8 @@
 //! list of members.
 //!
 //! At start the router lists Nodes, publishes its public key and endpoint as annotations on
-//! its own Node ([`KEY_ANNOTATION`], [`ENDPOINT_ANNOTATION`], a JSON merge patch), and takes
+//! its own Node ([`KEY_ANNOTATION`], [`ENDPOINT_ANNOTATION`], a JSON merge patch on
+//! `nodes/status`), and takes
 //! its Node's first IPv4 `spec.podCIDRs` entry as its pod block, waiting for the controller
 //! manager to assign one if need be: the mesh starts only once the block is known, so no
 //! claim through gossip ever races the podCIDR. Then a kube-runtime watcher follows the
@@ -28,9 +29,9 @@
 //! publishes its key (the first thing a router does, before its mesh starts), accepting
 //! whatever key answers at its address would let any holder of the join secret pose as it.
 //!
-//! Limits: the ClusterRole lets every router patch every Node (RBAC cannot restrict a
-//! DaemonSet's pods to their own Node by name), so a stolen weft ServiceAccount token can
-//! rewrite annotations; the API server is the root of trust.
+//! Limits: the ClusterRole lets every router patch every Node's status (RBAC cannot restrict
+//! a DaemonSet's pods to their own Node by name), so a stolen weft ServiceAccount token can
+//! rewrite annotations (though no Node's spec); the API server is the root of trust.
 //!
 //! # Outages
 //!
@@ -478,7 +479,10 @@ impl Retry {
     }
 }
 
-/// Publishes our key and endpoint (a JSON merge patch: only these two annotations change).
+/// Publishes our key and endpoint (a JSON merge patch: only these two annotations change),
+/// through `nodes/status` as flannel does: the API server keeps only the spec from a status
+/// write, so metadata changes there, and the ClusterRole needs no `patch` on `nodes`, which
+/// would also let a router rewrite any Node's spec (taints, podCIDRs, unschedulable).
 async fn annotate(api: &Api<Node>, own: &Own, endpoint: Option<Endpoint>) -> Result<(), KubeError> {
     let mut annotations = serde_json::Map::new();
     annotations.insert(KEY_ANNOTATION.into(), own.key.to_string().into());
@@ -486,7 +490,7 @@ async fn annotate(api: &Api<Node>, own: &Own, endpoint: Option<Endpoint>) -> Res
         annotations.insert(ENDPOINT_ANNOTATION.into(), ep.to_string().into());
     }
     let patch = serde_json::json!({"metadata": {"annotations": annotations}});
-    api.patch(
+    api.patch_status(
         &own.node_name,
         &PatchParams::default(),
         &Patch::Merge(&patch),
@@ -497,7 +501,7 @@ async fn annotate(api: &Api<Node>, own: &Own, endpoint: Option<Endpoint>) -> Res
         kube::Error::Api(s) if s.is_not_found() => KubeError::NodeNotFound {
             name: own.node_name.clone(),
         },
-        e => KubeError::from_client(e, "patch", "nodes"),
+        e => KubeError::from_client(e, "patch", "nodes/status"),
     })
 }
 
