@@ -314,6 +314,7 @@ mod tests {
                 tx_bytes: 10,
                 rx_bytes: 20,
                 last_handshake_secs: Some(1),
+                why_relayed: None,
             }],
             drops: BTreeMap::from([("malformed".to_string(), 3)]),
             routes: vec![],
