@@ -207,9 +207,12 @@ enum LabCommand {
         /// Pods per node (0–50).
         #[arg(long, default_value_t = 2)]
         pods: usize,
-        /// Put node N behind a NAT box (repeatable).
-        #[arg(long = "nat", value_name = "NODE")]
-        nat: Vec<usize>,
+        /// Put node N behind a NAT box (repeatable): `N` or `N:KIND`, KIND being `masquerade`
+        /// (the default: a bare nftables masquerade), `restricted` (a port-restricted home
+        /// router: masquerade behind a stateful input firewall) or `symmetric` (a random port
+        /// per destination).
+        #[arg(long = "nat", value_name = "NODE[:KIND]", value_parser = weft_lab::plan::parse_nat)]
+        nat: Vec<(usize, weft_lab::NatKind)>,
         /// Impair node N's underlay link both ways, e.g. `2:loss=5%,delay=20ms` (repeatable).
         /// Loss is an nftables rule on the switch; delay is `tc netem`, or, on kernels without
         /// netem, a userspace delay line in a namespace between the node and the switch.
@@ -662,6 +665,16 @@ fn peers_table(peers: &[weft_router::control::PeerReport]) -> String {
                 .unwrap_or_else(|| "-".into()),
         );
     }
+    // Why a relayed peer is not direct, under the table (a line can be long).
+    for p in peers {
+        if let Some(why) = &p.why_relayed {
+            out += &format!(
+                "{} relayed: {}\n",
+                printable(p.name.as_deref().unwrap_or("?")),
+                printable(why)
+            );
+        }
+    }
     out
 }
 
@@ -700,7 +713,12 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<()> {
                 prefix: which.prefix,
                 nodes,
                 pods,
-                nat: nat.into_iter().collect::<BTreeSet<_>>(),
+                nat: nat.iter().map(|(n, _)| *n).collect::<BTreeSet<_>>(),
+                nat_kind: nat
+                    .iter()
+                    .filter(|(_, k)| *k != weft_lab::NatKind::Masquerade)
+                    .copied()
+                    .collect(),
                 netem: netem.into_iter().collect::<BTreeMap<_, _>>(),
                 blocked: block.into_iter().collect(),
                 routers: !no_routers,

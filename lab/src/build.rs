@@ -200,9 +200,7 @@ fn build_node(
             &ns,
             &["route", "add", "default", "via", &gw.addr().to_string()],
         )?;
-        // Masquerade what leaves through the WAN side: an endpoint-independent NAT as home
-        // routers do (Linux keeps the source port when it is free).
-        let rules = "table ip weftlab_nat {\n chain post {\n  type nat hook postrouting priority srcnat;\n  oifname \"wan\" masquerade\n }\n}\n";
+        let rules = spec.nat_kind(i).rules();
         sys::run_with(
             "ip",
             &["netns", "exec", &x, "nft", "-f", "-"],

@@ -39,7 +39,7 @@ use anyhow::Context;
 pub use error::LabError;
 use error::refuse;
 
-pub use plan::{LabSpec, Names, Netem};
+pub use plan::{LabSpec, Names, NatKind, Netem};
 pub use routers::{RouterAction, router};
 pub use state::{
     LAB_ROOT, LabState, NodeState, PodState, delay_line_log, join_secret_file, lab_dir,
@@ -210,7 +210,7 @@ pub fn render(state: &LabState) -> String {
         state.pod_mtu
     );
     out += &format!(
-        "{:<6} {:<14} {:<18} {:<5} {:<16} {:<8}\n",
+        "{:<6} {:<14} {:<18} {:<10} {:<16} {:<8}\n",
         "NODE", "NAMESPACE", "UNDERLAY", "NAT", "BLOCK", "ROUTER"
     );
     for n in &state.nodes {
@@ -219,12 +219,17 @@ pub fn render(state: &LabState) -> String {
             Some(_) => "exited".into(),
             None => "-".into(),
         };
+        let i: usize = n.name[1..].parse().unwrap_or(0);
         out += &format!(
-            "{:<6} {:<14} {:<18} {:<5} {:<16} {:<8}\n",
+            "{:<6} {:<14} {:<18} {:<10} {:<16} {:<8}\n",
             n.name,
             n.namespace,
             n.underlay.to_string(),
-            if n.behind_nat { "yes" } else { "" },
+            if n.behind_nat {
+                state.spec.nat_kind(i).name()
+            } else {
+                ""
+            },
             n.block.to_string(),
             router
         );

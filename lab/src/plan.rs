@@ -63,6 +63,77 @@ impl std::str::FromStr for Netem {
     }
 }
 
+/// How a lab's NAT box treats UDP (docs/design.md §7). Each is Linux conntrack with an
+/// nftables masquerade, as Linux-based home and cloud routers are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NatKind {
+    /// A bare masquerade: the source port is kept while free (endpoint-independent mapping),
+    /// only replies get in (address-and-port-dependent filtering), and an unsolicited packet
+    /// from outside leaves a conntrack entry that makes the inside's own packets to that
+    /// sender leave from another port.
+    #[default]
+    Masquerade,
+    /// A port-restricted home router: the same masquerade behind a stateful input firewall
+    /// (what OpenWrt's WAN zone does), which drops unsolicited packets before conntrack keeps
+    /// any state for them.
+    Restricted,
+    /// A random source port for every new flow (`masquerade fully-random`): a port a third
+    /// peer saw is useless to anyone else.
+    Symmetric,
+}
+
+impl NatKind {
+    /// The name `--nat N:KIND` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Masquerade => "masquerade",
+            Self::Restricted => "restricted",
+            Self::Symmetric => "symmetric",
+        }
+    }
+
+    /// The NAT box's nftables rules (its WAN side is `wan`, its LAN side `lan`).
+    pub fn rules(self) -> String {
+        let masquerade = match self {
+            Self::Symmetric => "masquerade fully-random",
+            _ => "masquerade",
+        };
+        let mut rules = format!(
+            "table ip weftlab_nat {{\n chain post {{\n  type nat hook postrouting priority srcnat;\n  \
+             oifname \"wan\" {masquerade}\n }}\n}}\n"
+        );
+        if self == Self::Restricted {
+            rules += "table ip weftlab_fw {\n chain input {\n  type filter hook input priority filter; \
+                      policy drop;\n  ct state established,related accept\n  iifname { \"lan\", \"lo\" } \
+                      accept\n }\n}\n";
+        }
+        rules
+    }
+}
+
+impl std::str::FromStr for NatKind {
+    type Err = LabError;
+    fn from_str(s: &str) -> Result<Self, LabError> {
+        [Self::Masquerade, Self::Restricted, Self::Symmetric]
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                refused(format!(
+                    "unknown NAT kind {s:?} (known: masquerade, restricted, symmetric)"
+                ))
+            })
+    }
+}
+
+/// `NODE` or `NODE:KIND`, e.g. `2:symmetric` (the kind defaults to a bare masquerade).
+pub fn parse_nat(s: &str) -> Result<(usize, NatKind), LabError> {
+    match s.split_once(':') {
+        Some((node, kind)) => Ok((node_number(node)?, kind.parse()?)),
+        None => Ok((node_number(s)?, NatKind::default())),
+    }
+}
+
 /// What to build.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LabSpec {
@@ -74,6 +145,9 @@ pub struct LabSpec {
     pub pods: usize,
     /// Nodes (1-based) placed behind a NAT box.
     pub nat: BTreeSet<usize>,
+    /// The kind of a NAT box, where it is not a bare masquerade.
+    #[serde(default)]
+    pub nat_kind: BTreeMap<usize, NatKind>,
     /// Link impairments per node.
     pub netem: BTreeMap<usize, Netem>,
     /// Node pairs whose underlay traffic is dropped at the switch.
@@ -116,6 +190,7 @@ impl LabSpec {
         for n in self
             .nat
             .iter()
+            .chain(self.nat_kind.keys())
             .chain(self.netem.keys())
             .chain(&self.wrong_secret)
         {
@@ -140,6 +215,11 @@ impl LabSpec {
             );
         }
         Ok(())
+    }
+
+    /// The kind of node `i`'s NAT box.
+    pub fn nat_kind(&self, i: usize) -> NatKind {
+        self.nat_kind.get(&i).copied().unwrap_or_default()
     }
 
     /// The node that founds the address space and seeds the others: the first one reachable
@@ -262,6 +342,7 @@ mod tests {
             nodes: 3,
             pods: 2,
             nat: BTreeSet::new(),
+            nat_kind: BTreeMap::new(),
             netem: BTreeMap::new(),
             blocked: BTreeSet::new(),
             routers: true,
@@ -351,5 +432,15 @@ mod tests {
                 .contains("jitter")
         );
         assert!(parse_netem("2:loss=500%").is_err());
+        assert_eq!(parse_nat("3").unwrap(), (3, NatKind::Masquerade));
+        assert_eq!(parse_nat("2:symmetric").unwrap(), (2, NatKind::Symmetric));
+        assert_eq!(parse_nat("2:restricted").unwrap(), (2, NatKind::Restricted));
+        assert!(
+            parse_nat("2:cone")
+                .unwrap_err()
+                .to_string()
+                .contains("cone")
+        );
+        assert!(parse_nat("x:symmetric").is_err());
     }
 }

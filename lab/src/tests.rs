@@ -32,6 +32,7 @@ fn spec(prefix: &str, nodes: usize, pods: usize) -> LabSpec {
         nodes,
         pods,
         nat: BTreeSet::new(),
+        nat_kind: BTreeMap::new(),
         netem: BTreeMap::new(),
         blocked: BTreeSet::new(),
         routers: false,

@@ -120,6 +120,9 @@ pub struct PeerReport {
     pub rx_packets: u64,
     /// Seconds since the last handshake.
     pub last_handshake_secs: Option<u64>,
+    /// Why it is relayed (a punch in progress or given up, a silent direct path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why_relayed: Option<String>,
 }
 
 /// Control requests refused, by reason; reported with the Node's drops under labels of their

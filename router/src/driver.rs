@@ -740,6 +740,7 @@ impl Driver {
                 .peers
                 .into_iter()
                 .map(|p| PeerReport {
+                    why_relayed: p.why_relayed(now),
                     id: p.id.to_string(),
                     name: p.name,
                     state: format!("{:?}", p.state).to_lowercase(),

@@ -326,6 +326,7 @@ mod tests {
                 tx_packets: 1,
                 rx_packets: 2,
                 last_handshake_secs: Some(1),
+                why_relayed: None,
             }],
             drops: BTreeMap::from([("malformed".to_string(), 3)]),
             routes: vec![],

@@ -5,6 +5,7 @@
 
 pub mod e2e;
 pub mod fake_kube;
+pub mod nat;
 pub mod sim;
 
 pub use sim::{

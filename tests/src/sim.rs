@@ -1,6 +1,6 @@
 //! The deterministic simulator: N [`Node`]s, a virtual clock, one seeded generator, and an
 //! underlay with per-link latency, loss, duplication, reordering and MTU, partitions, blocked
-//! links, NATs (endpoint-independent and symmetric), crashes and restarts.
+//! links, NATs (Linux conntrack's rules: `nat.rs`), crashes and restarts.
 //!
 //! Faults live here, outside the logic under test (STYLE.md: smoltcp's `FaultInjector`).
 //!
@@ -143,28 +143,8 @@ impl Default for LinkConfig {
     }
 }
 
-/// A NAT in front of a host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NatKind {
-    /// One public port per inside socket, whatever the destination (RFC 4787 "endpoint-
-    /// independent mapping"), with address-and-port-dependent filtering: a reply or a
-    /// punch gets in only from where the inside sent to. Hole punching works.
-    EndpointIndependent,
-    /// A new public port per destination ("address and port-dependent mapping"): the port a
-    /// third peer saw is useless to anyone else. Hole punching fails.
-    Symmetric,
-}
-
-#[derive(Debug)]
-struct Nat {
-    kind: NatKind,
-    public: Ipv4Addr,
-    /// Mapping key (destination for symmetric, none for EIM) → public port.
-    mappings: BTreeMap<Option<SocketAddr>, u16>,
-    /// Public port → remotes allowed in.
-    allowed: BTreeMap<u16, BTreeSet<SocketAddr>>,
-    next_port: u16,
-}
+use crate::nat::Nat;
+pub use crate::nat::NatKind;
 
 /// How a simulated node starts.
 #[derive(Debug, Clone)]
@@ -478,13 +458,7 @@ impl Sim {
                 self.by_ip.insert(nat_ip.into(), i);
                 (
                     SocketAddr::new(Ipv4Addr::new(100, 64, hi, lo).into(), PORT),
-                    Some(Nat {
-                        kind,
-                        public: nat_ip,
-                        mappings: BTreeMap::new(),
-                        allowed: BTreeMap::new(),
-                        next_port: 40000,
-                    }),
+                    Some(Nat::new(kind, nat_ip)),
                 )
             }
         };
@@ -720,20 +694,7 @@ impl Sim {
         let src = match &mut h.nat {
             None => h.addr,
             Some(nat) => {
-                let key = match nat.kind {
-                    NatKind::EndpointIndependent => None,
-                    NatKind::Symmetric => Some(dst),
-                };
-                let port = match nat.mappings.get(&key) {
-                    Some(p) => *p,
-                    None => {
-                        let p = nat.next_port;
-                        nat.next_port += 1;
-                        nat.mappings.insert(key, p);
-                        p
-                    }
-                };
-                nat.allowed.entry(port).or_default().insert(dst);
+                let port = nat.outbound(self.now, h.addr, dst);
                 SocketAddr::new(nat.public.into(), port)
             }
         };
@@ -818,13 +779,11 @@ impl Sim {
                 mut bytes,
             } => {
                 let h = &mut self.hosts[to];
-                if let Some(nat) = &h.nat {
-                    // Inbound through the NAT: only to a mapped port, from an allowed remote.
+                if let Some(nat) = &mut h.nat {
+                    // Inbound through the NAT: a reply to a flow of the inside's (docs in
+                    // nat.rs: conntrack's rules).
                     let ok = IpAddr::from(nat.public) == dst.ip()
-                        && nat
-                            .allowed
-                            .get(&dst.port())
-                            .is_some_and(|a| a.contains(&from));
+                        && nat.inbound(self.now, from, dst.port()).is_some();
                     if !ok {
                         self.underlay.nat_refused += 1;
                         return true;

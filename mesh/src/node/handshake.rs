@@ -444,6 +444,8 @@ impl Node {
         for packet in queued {
             self.send_data(id, packet, now);
         }
+        // A pair behind NATs up through a relay: its first punch round now.
+        self.punch_rounds(id, now);
     }
 
     pub(super) fn add_dial(&mut self, endpoint: Endpoint, now: Instant) {
@@ -518,8 +520,12 @@ impl Node {
             sent_at: now,
             resend_at,
         };
+        let nat_pair = self.nat_pair(&id);
         let p = self.peers.get_mut(&id).expect("checked above");
         p.tunnel.begin_attempt(attempt, now);
+        // A pair behind NATs not yet direct handshakes through the relay only: a packet to
+        // the peer's NAT outside a punch round can spoil the round (docs/design.md §4).
+        let relay_only = nat_pair && !p.path.is_direct();
         // Candidates: where it talks to us from, where it announces, where peers see it,
         // where an introducer or a punch said it is.
         let mut direct: BTreeSet<Endpoint> = BTreeSet::new();
@@ -537,15 +543,23 @@ impl Node {
         if let Some(r) = self.table.get(&id) {
             direct.extend(r.announced.iter().chain(&r.seen));
         }
+        if relay_only {
+            direct.clear();
+        }
         for ep in &direct {
             self.stats.handshake_bytes += msg.len() as u64;
             self.transmit(*ep, msg.to_vec());
         }
         if unreachable || direct.is_empty() {
-            let relay = match path {
+            let mut relay = match path {
                 Some(hop @ NextHop::Relay { .. }) => Some(hop),
                 _ => self.relay_hop(&id),
             };
+            if relay.is_none() && relay_only {
+                // The peer was just learned: its relay now, not at the next route slot.
+                self.compute_routes(now);
+                relay = self.relay_hop(&id);
+            }
             if let Some(NextHop::Relay { endpoint, .. }) = relay {
                 let wrapped =
                     RelayPacket::encode(RelayKind::Forward, RELAY_MAX_HOPS, id, self.id, &msg);

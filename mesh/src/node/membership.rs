@@ -22,6 +22,7 @@ impl Node {
             return self.about_me(record, now);
         }
         let id = record.id;
+        let was_nat_pair = self.nat_pair(&id);
         let old_blocks = self.table.get(&id).map(|r| r.pod_blocks.clone());
         let old_links = self.table.get(&id).map(|r| r.links_down.clone());
         let merged = self.table.merge(record, now);
@@ -76,6 +77,9 @@ impl Node {
             self.routes_dirty = true;
         }
         self.rumors.insert(id);
+        if !was_nat_pair && self.nat_pair(&id) {
+            self.nat_pair_found(id, now);
+        }
         if rec.is_alive() {
             self.check_name(&rec, now);
         } else if self.names.get(&rec.name) == Some(&id) {

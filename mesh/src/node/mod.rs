@@ -89,13 +89,16 @@ mod tunnels;
 pub use address_space::{GRANT_RESEND, IPAM_RETRY};
 pub use gossip::{DIGEST_INTERVAL, GOSSIP_INTERVAL, TOMBSTONE_TTL};
 pub use io::{Command, Config, DownReason, Event, PersistentState, Transmit};
-pub use status::{NodeStats, NodeStatus, PeerStatus};
+pub use status::{DirectAttempt, NodeStats, NodeStatus, PeerStatus};
 
 pub use handshake::{
     CROSSING_WINDOW, INITIATE_FALLBACK, RESPONDING_TIMEOUT, UNKNOWN_INDEX_ENDPOINTS,
     UNKNOWN_INDEX_INTERVAL,
 };
-pub use path_state::{DIRECT_PROBE_INTERVAL, INTRODUCE_AFTER, PUNCH_INTERVAL, SILENT_PROBE_AFTER};
+pub use path_state::{
+    DIRECT_PROBE_INTERVAL, INTRODUCE_AFTER, PUNCH_INTERVAL, PUNCH_RETRY, PUNCH_ROUNDS,
+    SILENT_PROBE_AFTER,
+};
 pub use paths::{DIRECT_PATH_BOUND, ROUTE_INTERVAL};
 pub use peer::CONFIRM_TIMEOUT;
 pub use sealed::QUEUE_LIMIT;
@@ -363,6 +366,8 @@ impl Node {
                     rx_packets: p.rx_packets,
                     last_handshake: p.last_handshake,
                     unreachable: p.unreachable,
+                    nat_pair: self.nat_pair(id),
+                    direct_attempt: p.path.attempt(),
                 })
                 .collect(),
             members: self.table.alive().count(),

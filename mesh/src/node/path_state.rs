@@ -30,6 +30,15 @@ pub const SILENT_PROBE_AFTER: Duration = REKEY_TIMEOUT;
 /// direct path (and so do we when its answer arrives directly).
 pub const DIRECT_PROBE_INTERVAL: Duration = REKEY_TIMEOUT;
 
+/// Between two punch rounds of a pair behind NATs, no packet goes straight to the peer for
+/// this long: a Linux NAT keeps an unreplied UDP entry 30 s, and while the entry that a lost
+/// round left on the peer's NAT lives, the peer's packets to us leave from another port
+/// (docs/design.md §4). Longer than that timeout, so each round starts on clean NATs.
+pub const PUNCH_RETRY: Duration = Duration::from_secs(35);
+
+/// Punch rounds before a pair behind NATs gives up on a direct path (and stays relayed).
+pub const PUNCH_ROUNDS: u32 = 4;
+
 /// How one peer is reached, and what we know and promised about its direct path.
 #[derive(Debug, Default)]
 pub(super) struct PathState {
@@ -52,6 +61,30 @@ pub(super) struct PathState {
     /// When to send the next keepalive straight to `lost_direct` (and the record's
     /// endpoints), to find out whether the direct path is back.
     pub(super) direct_probe_at: Option<Instant>,
+    /// Punch rounds asked for since the direct attempt began (pairs behind NATs only).
+    pub(super) punch_rounds: u32,
+    /// Since when we try for a direct path to a peer behind NAT from behind ours.
+    pub(super) attempt_since: Option<Instant>,
+    /// When the next punch round is due (None: none planned).
+    pub(super) punch_round_at: Option<Instant>,
+    /// When a punch from the peer last made us probe the direct path.
+    pub(super) punch_probe_at: Option<Instant>,
+}
+
+/// Where a direct attempt between two NATed peers stands, for status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectAttempt {
+    /// Punch rounds are under way: `rounds` asked for so far.
+    Punching {
+        /// Rounds asked for.
+        rounds: u32,
+    },
+    /// Every round failed: the pair stays relayed (a NAT that maps per destination, most
+    /// likely).
+    GaveUp {
+        /// Rounds tried.
+        rounds: u32,
+    },
 }
 
 impl PathState {
@@ -140,7 +173,10 @@ impl PathState {
             .unanswered_since
             .filter(|_| watch_silence && self.is_direct())
             .map(|t| t + SILENT_PROBE_AFTER);
-        min_opt(silent_at, self.direct_probe_at)
+        min_opt(
+            min_opt(silent_at, self.direct_probe_at),
+            self.punch_round_at,
+        )
     }
 
     /// When to ask for an introduction, waiting for a session since `since` (once a wait).
@@ -162,6 +198,55 @@ impl PathState {
     pub(super) fn punch_allowed(&self, now: Instant) -> bool {
         self.punch_at
             .is_none_or(|t| now.saturating_duration_since(t) >= PUNCH_INTERVAL)
+    }
+
+    /// A pair behind NATs, not direct: starts the attempt's clock and plans the first round
+    /// at once if none is planned. Returns whether a round is due now; if so it counts.
+    pub(super) fn punch_round_due(&mut self, now: Instant) -> bool {
+        if self.is_direct() {
+            return false;
+        }
+        self.attempt_since.get_or_insert(now);
+        if self.punch_rounds == 0 && self.punch_round_at.is_none() {
+            self.punch_round_at = Some(now);
+        }
+        if self.punch_round_at.is_none_or(|t| now < t) {
+            return false;
+        }
+        self.punch_rounds += 1;
+        self.punch_round_at = (self.punch_rounds < PUNCH_ROUNDS).then(|| now + PUNCH_RETRY);
+        true
+    }
+
+    /// The direct path to a peer behind NAT works: the attempt is over.
+    pub(super) fn punch_succeeded(&mut self) {
+        self.punch_rounds = 0;
+        self.attempt_since = None;
+        self.punch_round_at = None;
+    }
+
+    /// Where the direct attempt stands, if one runs or gave up, and since when.
+    pub(super) fn attempt(&self) -> Option<(DirectAttempt, Instant)> {
+        let since = self.attempt_since?;
+        let rounds = self.punch_rounds;
+        let state = if self.punch_round_at.is_none() && rounds >= PUNCH_ROUNDS {
+            DirectAttempt::GaveUp { rounds }
+        } else {
+            DirectAttempt::Punching { rounds }
+        };
+        Some((state, since))
+    }
+
+    /// Whether a punch from the peer may make us probe now (at most one per
+    /// [`PUNCH_INTERVAL`]: a punch is not authenticated); if so it counts.
+    pub(super) fn punch_probe_allowed(&mut self, now: Instant) -> bool {
+        let allowed = self
+            .punch_probe_at
+            .is_none_or(|t| now.saturating_duration_since(t) >= PUNCH_INTERVAL);
+        if allowed {
+            self.punch_probe_at = Some(now);
+        }
+        allowed
     }
 
     /// We punch (or initiate) towards `endpoint` now: it is a handshake candidate from here on.
@@ -308,6 +393,36 @@ mod tests {
         // A new wait (the tunnel closed) may ask again.
         p.tunnel_closed();
         assert!(p.introduction_due(since, since + INTRODUCE_AFTER));
+    }
+
+    #[test]
+    fn punch_rounds_wait_out_the_nat_entry_and_give_up() {
+        let t0 = Instant::now();
+        let mut p = PathState::default();
+        assert!(p.punch_round_due(t0), "the first round is at once");
+        assert!(!p.punch_round_due(t0 + PUNCH_RETRY - Duration::from_millis(1)));
+        assert_eq!(p.deadline(true), Some(t0 + PUNCH_RETRY));
+        let mut t = t0;
+        for round in 2..=PUNCH_ROUNDS {
+            t += PUNCH_RETRY;
+            assert!(p.punch_round_due(t), "round {round}");
+        }
+        assert_eq!(
+            p.attempt(),
+            Some((
+                DirectAttempt::GaveUp {
+                    rounds: PUNCH_ROUNDS
+                },
+                t0
+            ))
+        );
+        assert!(!p.punch_round_due(t + 10 * PUNCH_RETRY));
+        p.punch_succeeded();
+        assert_eq!(p.attempt(), None);
+        // Direct already: no round.
+        let mut d = direct(1);
+        assert!(!d.punch_round_due(t0));
+        assert_eq!(d.attempt(), None);
     }
 
     #[test]

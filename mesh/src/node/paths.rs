@@ -139,19 +139,86 @@ impl Node {
         self.touched.insert(id);
     }
 
+    /// Whether we sit behind a NAT: a peer saw us at an endpoint we do not announce.
+    pub(super) fn behind_nat(&self) -> bool {
+        self.seen
+            .iter()
+            .any(|ep| !self.config.announce.contains(ep))
+    }
+
+    /// Whether `id` sits behind a NAT by its record (seen at an endpoint it does not announce)
+    /// and so do we: such a pair sends nothing straight to each other except in punch rounds
+    /// (docs/design.md §4), since one unanswered packet to the peer's NAT can make that NAT
+    /// send the peer's own packets to us from another port.
+    pub(super) fn nat_pair(&self, id: &PeerId) -> bool {
+        self.behind_nat()
+            && self
+                .table
+                .get(id)
+                .is_some_and(|r| r.seen.iter().any(|ep| !r.announced.contains(ep)))
+    }
+
+    /// A pair behind NATs and not direct: asks a mutual peer for an introduction when a punch
+    /// round is due, so both punch at once (both hear the introducer at about the same time).
+    /// Rounds start once a session is up (through the relay): a punch that gets through
+    /// moves that session to the direct path.
+    pub(super) fn punch_rounds(&mut self, id: PeerId, now: Instant) {
+        if !self.nat_pair(&id) || !self.is_up(&id) {
+            return;
+        }
+        let due = self
+            .peers
+            .get_mut(&id)
+            .is_some_and(|p| p.path.punch_round_due(now));
+        if due {
+            let rounds = self.peers.get(&id).map_or(0, |p| p.path.punch_rounds);
+            debug!(peer = %id, rounds, "punch round: asking for an introduction");
+            self.request_introduction(id, now);
+        }
+    }
+
+    /// A peer's record now shows it behind NAT, and so are we: a handshake in flight went
+    /// straight to its endpoints, which cannot answer; it goes again, through the relay.
+    pub(super) fn nat_pair_found(&mut self, id: PeerId, now: Instant) {
+        let handshaking = self
+            .peers
+            .get(&id)
+            .is_some_and(|p| !p.tunnel.is_up() && p.tunnel.attempt().is_some());
+        if handshaking {
+            debug!(peer = %id, "peer behind NAT, as we are: handshaking through the relay");
+            self.start_handshake(id, now);
+        }
+    }
+
     /// A keepalive under the current session straight to where the peer was last reached
     /// directly (and where its record says it is), past the relay it is reached through now.
+    /// A pair behind NATs probes only in punch rounds.
     pub(super) fn send_direct_probe(&mut self, id: PeerId, now: Instant) {
+        let nat_pair = self.nat_pair(&id);
         let Some(p) = self.peers.get_mut(&id) else {
             return;
         };
         let mut targets: BTreeSet<Endpoint> = p.path.probe_sent(now).into_iter().collect();
-        let Some(session) = p.tunnel.keys().and_then(|k| k.sending(now)).cloned() else {
+        if nat_pair {
             return;
-        };
+        }
         if let Some(r) = self.table.get(&id) {
             targets.extend(r.announced.iter().chain(&r.seen));
         }
+        self.send_probes(id, targets, now);
+    }
+
+    /// A keepalive under the current session to each of `targets`, past the peer's path.
+    fn send_probes(&mut self, id: PeerId, targets: BTreeSet<Endpoint>, now: Instant) {
+        let Some(session) = self
+            .peers
+            .get(&id)
+            .and_then(|p| p.tunnel.keys())
+            .and_then(|k| k.sending(now))
+            .cloned()
+        else {
+            return;
+        };
         for ep in targets {
             let mut buf = vec![0u8; DATA_OVERHEAD];
             if session
@@ -165,10 +232,14 @@ impl Node {
         }
     }
 
-    /// Records a peer's path and keeps the endpoint → peer index for relayed traffic.
+    /// Records a peer's path and keeps the endpoint → peer index for relayed traffic. A
+    /// direct path ends any punching for the peer.
     pub(super) fn note_path(&mut self, id: PeerId, path: Option<NextHop>) {
         if let Some(NextHop::Direct(ep)) = path {
             self.by_endpoint.insert(ep, id);
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.path.punch_succeeded();
+            }
         }
     }
 
@@ -290,12 +361,15 @@ impl Node {
         if direct_up || peer == self.id {
             return;
         }
+        let nat_pair = self.nat_pair(&peer);
         if let Some(p) = self.peers.get_mut(&peer) {
             p.path.punching(endpoint, now);
             self.stats.punches += 1;
             let punch = RelayPacket::encode(RelayKind::Punch, 0, peer, self.id, &[]);
             self.transmit(endpoint, punch);
-            if self.id < peer {
+            // A pair behind NATs forms its session through the relay; the punch that gets
+            // through moves it (on_punch).
+            if self.id < peer && !nat_pair {
                 self.start_handshake(peer, now);
             }
             self.touched.insert(peer);
@@ -307,10 +381,25 @@ impl Node {
         if !self.table.get(&from_peer).is_some_and(|r| r.is_alive()) {
             return self.drop_for(DropReason::NotMember);
         }
+        let nat_pair = self.nat_pair(&from_peer);
         let Some(p) = self.peers.get_mut(&from_peer) else {
             return;
         };
-        if p.is_up_directly() || !p.path.punch_allowed(now) {
+        if p.is_up_directly() {
+            return;
+        }
+        if nat_pair {
+            // Both NATs let this pair of endpoints through now: a keepalive under the
+            // session (relayed so far) makes the peer roam to it, and its answer moves us.
+            // Our own punch of the round went out just before: its limit is not this one's.
+            if p.tunnel.is_up() && p.path.punch_probe_allowed(now) {
+                debug!(peer = %from_peer, %endpoint, "punch received: probing the direct path");
+                self.send_probes(from_peer, BTreeSet::from([endpoint]), now);
+            }
+            self.touched.insert(from_peer);
+            return;
+        }
+        if !p.path.punch_allowed(now) {
             return;
         }
         p.path.punching(endpoint, now);

@@ -80,7 +80,7 @@ impl Peer {
             }
             d = min_opt(d, self.path.introduction_at(since));
         }
-        d
+        min_opt(d, self.path.punch_round_at)
     }
 }
 

@@ -101,6 +101,8 @@ impl Node {
         if let Some(ep) = new_direct {
             self.note_path(id, Some(NextHop::Direct(ep)));
             self.report_observed(id, source, now);
+            // Answer on the new path at once: the peer moves to it when it hears us there.
+            self.send_keepalive(id, now);
         }
         self.touched.insert(id);
         // The first packet under a session we initiated confirms it: send what waited.

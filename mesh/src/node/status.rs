@@ -10,6 +10,8 @@ use crate::ipam::WaitReason;
 use crate::routes::NextHop;
 use crate::tunnel::TunnelState;
 
+pub use super::path_state::DirectAttempt;
+
 /// Counters of what the node sent, for metrics and the scale figures.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NodeStats {
@@ -54,6 +56,36 @@ pub struct PeerStatus {
     pub last_handshake: Option<Instant>,
     /// Whether we list it as not directly reachable.
     pub unreachable: bool,
+    /// Whether it and we are both behind NAT (a direct path needs punching).
+    pub nat_pair: bool,
+    /// Where the direct attempt of a NATed pair stands, and since when it runs (None once
+    /// direct, or for a pair that needs no punching).
+    pub direct_attempt: Option<(DirectAttempt, Instant)>,
+}
+
+impl PeerStatus {
+    /// Why the peer is not reached directly, for people (None when it is, or not up).
+    pub fn why_relayed(&self, now: Instant) -> Option<String> {
+        if !matches!(self.path, Some(NextHop::Relay { .. })) {
+            return None;
+        }
+        let secs = |since: Instant| now.saturating_duration_since(since).as_secs();
+        Some(match self.direct_attempt {
+            Some((DirectAttempt::Punching { rounds }, since)) => format!(
+                "both behind NAT: punching for {}s, round {rounds} of {}",
+                secs(since),
+                super::PUNCH_ROUNDS
+            ),
+            Some((DirectAttempt::GaveUp { rounds }, since)) => format!(
+                "both behind NAT: no punch got through in {rounds} rounds ({}s); a NAT that \
+                 maps per destination (symmetric), most likely",
+                secs(since)
+            ),
+            None if self.nat_pair => "both behind NAT: waiting for the first punch round".into(),
+            None if self.unreachable => "the direct path does not answer".into(),
+            None => "the direct path is not known yet".into(),
+        })
+    }
 }
 
 /// The node, as a status API shows it.

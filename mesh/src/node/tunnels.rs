@@ -79,6 +79,9 @@ impl Node {
     }
 
     pub(super) fn on_peer_timer(&mut self, id: PeerId, now: Instant) {
+        self.punch_rounds(id, now);
+        // A pair behind NATs is introduced in punch rounds only.
+        let nat_pair = self.nat_pair(&id);
         let Some(p) = self.peers.get_mut(&id) else {
             return;
         };
@@ -90,7 +93,7 @@ impl Node {
                 self.routes_dirty = true;
                 debug!(peer = %id, "no direct path: listing as unreachable, relaying");
             }
-            if p.path.introduction_due(since, now) {
+            if !nat_pair && p.path.introduction_due(since, now) {
                 self.request_introduction(id, now);
             }
         }
