@@ -11,6 +11,7 @@ weft_tests::both_data_paths!(
     e_blocked_link_relays_through_b_which_holds_no_key_for_the_pair,
     f_endpoint_independent_nats_punch_a_direct_path,
     f_restricted_nats_punch_a_direct_path,
+    f_the_move_from_relay_to_punched_path_loses_no_packet,
     f_symmetric_nats_fall_back_to_the_relay,
     h_wrong_join_secret_cannot_join_learn_or_deliver,
 );
@@ -134,6 +135,63 @@ fn punch_a_direct_path(kind: NatKind, seed: u64, data_path: DataPath) {
         "the public node introduced them and they punched"
     );
     sim.assert_data_path_carried_traffic();
+}
+
+/// f. Two NATed nodes send to each other through the relay from their first packets, while
+/// the punch runs; the move to the punched path loses nothing: every packet of a steady
+/// stream (one per 5 ms, from the moment the pair's session is up) arrives, before, during
+/// and after the switch.
+fn f_the_move_from_relay_to_punched_path_loses_no_packet(data_path: DataPath) {
+    // Blocks from podCIDRs, as under Kubernetes: the pair can carry pod traffic as soon as
+    // its session is up, before any punch.
+    let mut sim = Sim::with_data_path(seed_from_env(36), data_path);
+    for (i, name) in ["public", "nat-a", "nat-c"].into_iter().enumerate() {
+        let mut spec = NodeSpec::new(name, if i == 0 { vec![] } else { vec![0] });
+        spec.pod_cidr = Some(format!("10.32.{i}.0/24").parse().unwrap());
+        spec.nat = (i > 0).then_some(NatKind::EndpointIndependent);
+        sim.add(spec);
+    }
+    let (a, c) = (1, 2);
+    let idc = sim.id(c);
+    let up = sim.run_until(Duration::from_secs(30), Duration::from_millis(5), |s| {
+        let to_c = s.node(c).block().map(|b| b.network());
+        s.node(a).is_up(&idc) && to_c.is_some_and(|ip| s.node(a).routes().owner(ip) == Some(idc))
+    });
+    assert!(up.is_some(), "seed {}: A–C never up", sim.seed);
+    let first = sim.node(a).path(&idc);
+    assert!(
+        matches!(first, Some(NextHop::Relay { .. })),
+        "the pair's first session runs through the relay, not waiting for the punch: {first:?}"
+    );
+    sim.take_tun(c);
+    // One packet every 5 ms for 30 s, counted by the path A sends it on.
+    let (mut relayed, mut direct, mut received) = (0usize, 0usize, 0usize);
+    for tick in 0..6000u32 {
+        match sim.node(a).path(&idc) {
+            Some(NextHop::Direct(_)) => direct += 1,
+            _ => relayed += 1,
+        }
+        let p = sim.packet(a, c, tick);
+        sim.send_packets(a, vec![p]);
+        sim.run_for(Duration::from_millis(5));
+        received += sim.take_tun(c).len();
+    }
+    sim.run_for(Duration::from_secs(1));
+    received += sim.take_tun(c).len();
+    eprintln!(
+        "seed {}: session up after {up:?}; {relayed} packets sent relayed, {direct} direct, \
+         {received} delivered",
+        sim.seed
+    );
+    assert!(
+        relayed > 0 && direct > 0,
+        "the switch to the punched path happened under traffic"
+    );
+    assert_eq!(
+        received,
+        relayed + direct,
+        "every packet arrived across the switch"
+    );
 }
 
 /// f. Behind symmetric NATs no punch can work: they relay through the public node.
