@@ -95,8 +95,9 @@ enum Command {
     /// A weft cluster inside network namespaces on this machine (needs root).
     #[command(subcommand)]
     Lab(LabCommand),
-    /// Install weft-cni and this node's conflist for the container runtime (the DaemonSet's
-    /// init step): atomic, idempotent, removes stale weft configs, chains portmap if present.
+    /// Install weft-cni and this node's conflist for the container runtime: atomic,
+    /// idempotent, removes stale weft configs, chains portmap if present. The DaemonSet's init
+    /// step runs it with `--only plugin`; its router writes the conflist when ready.
     InstallCni(install_cni::Args),
     /// Remove what a stopped router leaves on this node on purpose: the blackhole route
     /// that keeps the cluster range off the underlay while no router runs, and weft's
@@ -186,6 +187,15 @@ struct RouterArgs {
     /// pod's ServiceAccount).
     #[arg(long, env = "WEFT_KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
+    /// Write weft-cni's conflist into this directory once the router can carry pod traffic
+    /// (its block, bridge, TUN device and route up: when /readyz turns 200), so that the
+    /// kubelet calls the node's network ready only then. Not set: the router writes none.
+    #[arg(long, env = "WEFT_CNI_CONF_DIR")]
+    cni_conf_dir: Option<PathBuf>,
+    /// The CNI plugin directory, with --cni-conf-dir: weft-cni must already be there
+    /// (`weft install-cni --only plugin`), and portmap is chained when it is there.
+    #[arg(long, env = "WEFT_CNI_BIN_DIR", default_value = "/opt/cni/bin")]
+    cni_bin_dir: PathBuf,
     /// Log format: text or json.
     #[arg(long, env = "WEFT_LOG_FORMAT", default_value = "text")]
     log_format: weft_router::logging::LogFormat,
@@ -518,6 +528,12 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
             .then(|| weft_router::kubernetes::KubeConfig {
                 node_name: args.node_name.clone().unwrap_or_default(),
                 kubeconfig: args.kubeconfig.clone(),
+            }),
+        cni: args
+            .cni_conf_dir
+            .map(|conf_dir| weft_router::config::CniConf {
+                conf_dir,
+                bin_dir: args.cni_bin_dir,
             }),
     };
     runtime()?.block_on(async {

@@ -338,7 +338,13 @@ fn containers_have_only_the_capabilities_they_need() {
     );
     assert_eq!(
         container(pod, "install-cni").command.as_deref(),
-        Some(&["weft".to_string(), "install-cni".to_string()][..])
+        Some(
+            &[
+                "weft".to_string(),
+                "install-cni".to_string(),
+                "--only=plugin".to_string()
+            ][..]
+        )
     );
 }
 
@@ -394,18 +400,44 @@ fn router_and_installer_use_the_host_paths() {
         host_path_at(pod, router, state),
         ("/var/lib/weft", "DirectoryOrCreate")
     );
+    // weft-cni runs on the host: the state directory in the conflist (the router's) is the
+    // host's path.
+    assert_eq!(state, "/var/lib/weft");
+    // The init container installs the plugin; the router reads that directory and writes
+    // the conflist.
     let install = container(pod, "install-cni");
-    // weft-cni runs on the host: the state directory in the conflist is the host's path.
-    assert_eq!(env_value(install, "WEFT_STATE_DIR"), "/var/lib/weft");
     let bin = env_value(install, "WEFT_CNI_BIN_DIR");
     assert_eq!(
         host_path_at(pod, install, bin),
         ("/opt/cni/bin", "DirectoryOrCreate")
     );
-    let conf = env_value(install, "WEFT_CNI_CONF_DIR");
+    assert_eq!(env_value(router, "WEFT_CNI_BIN_DIR"), bin);
     assert_eq!(
-        host_path_at(pod, install, conf),
+        host_path_at(pod, router, bin),
+        ("/opt/cni/bin", "DirectoryOrCreate")
+    );
+    let conf = env_value(router, "WEFT_CNI_CONF_DIR");
+    assert_eq!(
+        host_path_at(pod, router, conf),
         ("/etc/cni/net.d", "DirectoryOrCreate")
+    );
+    // The init container does not write the conflist: it would tell the kubelet the network
+    // is ready before the router runs.
+    assert!(
+        install
+            .env
+            .iter()
+            .flatten()
+            .all(|e| e.name != "WEFT_CNI_CONF_DIR"),
+        "install-cni is given a conf directory"
+    );
+    assert!(
+        install
+            .volume_mounts
+            .iter()
+            .flatten()
+            .all(|m| m.mount_path != conf),
+        "install-cni mounts the conf directory"
     );
     // Every host path is one of these: nothing else of the node is exposed.
     let mut host_paths: Vec<&str> = pod
