@@ -467,6 +467,7 @@ fn probes_reach_the_status_endpoint_and_resources_are_set() {
     for (probe, path) in [
         (&router.readiness_probe, "/readyz"),
         (&router.liveness_probe, "/healthz"),
+        (&router.startup_probe, "/healthz"),
     ] {
         let get = probe
             .as_ref()
@@ -481,6 +482,14 @@ fn probes_reach_the_status_endpoint_and_resources_are_set() {
             None => assert!(metrics.ip().is_unspecified(), "probe the node IP"),
         }
     }
+    // The startup probe, not a delay, holds liveness back: it gives the router a minute to
+    // serve /healthz (which it does while it waits for discovery), and checks often.
+    let startup = router.startup_probe.as_ref().unwrap();
+    let budget = startup.period_seconds.unwrap_or(10) * startup.failure_threshold.unwrap_or(3);
+    assert!(budget >= 60, "a startup budget of {budget} s");
+    assert!(startup.period_seconds.unwrap_or(10) <= 2);
+    let liveness = router.liveness_probe.as_ref().unwrap();
+    assert_eq!(liveness.initial_delay_seconds, None);
     let resources = router.resources.as_ref().expect("resources");
     let requests: &BTreeMap<_, _> = resources.requests.as_ref().expect("requests");
     assert!(requests.contains_key("cpu") && requests.contains_key("memory"));
