@@ -268,6 +268,10 @@ enum LabCommand {
         /// of every other reachable node, as under Kubernetes.
         #[arg(long)]
         original_seeds: bool,
+        /// On `start`, run the router from this binary instead of this weft: a new build,
+        /// as a rolling upgrade does. Later starts without it use this weft again.
+        #[arg(long, value_name = "PATH")]
+        weft_bin: Option<PathBuf>,
         #[command(flatten)]
         which: LabName,
     },
@@ -754,9 +758,21 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<()> {
             action,
             node,
             original_seeds,
+            weft_bin,
             which,
         } => {
-            let weft = std::env::current_exe()?;
+            let weft = match weft_bin {
+                Some(path) if !matches!(action, RouterActionArg::Start) => {
+                    bail!("--weft-bin {} is for start only", path.display())
+                }
+                // Checked here: `ip netns exec` would start and fail without telling us.
+                Some(path) if !path.is_file() => {
+                    bail!("--weft-bin {}: not a file", path.display())
+                }
+                Some(path) => std::path::absolute(&path)
+                    .with_context(|| format!("--weft-bin {}", path.display()))?,
+                None => std::env::current_exe()?,
+            };
             match weft_lab::router(&which.prefix, &node, action.into(), original_seeds, &weft)? {
                 Some(pid) => println!("started the router of {node} (pid {pid})"),
                 None => println!("the router of {node} has stopped"),
