@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use weft_cni::install::{self, Options, PLUGIN_NAME};
+use weft_cni::install::{self, Options, PLUGIN_NAME, Parts};
 
 /// `weft install-cni`'s options (each also an environment variable, as the DaemonSet sets them).
 #[derive(clap::Args, Debug)]
@@ -28,6 +28,21 @@ pub struct Args {
     /// detected from the default route's interface, like the router).
     #[arg(long, env = "WEFT_UNDERLAY_MTU")]
     underlay_mtu: Option<u32>,
+    /// Install only one of the two files. `plugin`: the binary alone (the DaemonSet's init
+    /// container; the router writes the conflist once it can carry pod traffic, given
+    /// --cni-conf-dir). `conflist`: the conflist alone, for a weft-cni already in
+    /// --cni-bin-dir. Default: both, plugin first.
+    #[arg(long, value_enum)]
+    only: Option<Only>,
+}
+
+/// `--only`'s values.
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+enum Only {
+    /// The weft-cni binary alone.
+    Plugin,
+    /// The conflist alone.
+    Conflist,
 }
 
 /// The subcommand: resolve the options (detecting the underlay MTU when not given), install,
@@ -39,8 +54,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .context("locating this weft binary (pass --cni-plugin)")?
             .with_file_name(PLUGIN_NAME),
     };
+    let parts = match args.only {
+        None => Parts::Both,
+        Some(Only::Plugin) => Parts::Plugin,
+        Some(Only::Conflist) => Parts::Conflist,
+    };
     let ours = [weft_router::config::TUN_NAME, args.bridge.as_str()];
-    let pod_mtu = install::pod_mtu(args.underlay_mtu, &ours)?;
+    let pod_mtu = match parts {
+        // Nothing to detect: the MTU is only written into the conflist.
+        Parts::Plugin => 0,
+        _ => install::pod_mtu(args.underlay_mtu, &ours)?,
+    };
     let options = Options {
         plugin,
         bin_dir: args.cni_bin_dir,
@@ -49,7 +73,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bridge: args.bridge,
         pod_mtu,
     };
-    for action in install::install(&options)? {
+    for action in install::install_parts(&options, parts)? {
         println!("{action}");
     }
     Ok(())

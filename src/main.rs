@@ -95,8 +95,9 @@ enum Command {
     /// A weft cluster inside network namespaces on this machine (needs root).
     #[command(subcommand)]
     Lab(LabCommand),
-    /// Install weft-cni and this node's conflist for the container runtime (the DaemonSet's
-    /// init step): atomic, idempotent, removes stale weft configs, chains portmap if present.
+    /// Install weft-cni and this node's conflist for the container runtime: atomic,
+    /// idempotent, removes stale weft configs, chains portmap if present. The DaemonSet's init
+    /// step runs it with `--only plugin`; its router writes the conflist when ready.
     InstallCni(install_cni::Args),
     /// Remove what a stopped router leaves on this node on purpose: the blackhole route
     /// that keeps the cluster range off the underlay while no router runs, and weft's
@@ -186,6 +187,15 @@ struct RouterArgs {
     /// pod's ServiceAccount).
     #[arg(long, env = "WEFT_KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
+    /// Write weft-cni's conflist into this directory once the router can carry pod traffic
+    /// (its block, bridge, TUN device and route up: when /readyz turns 200), so that the
+    /// kubelet calls the node's network ready only then. Not set: the router writes none.
+    #[arg(long, env = "WEFT_CNI_CONF_DIR")]
+    cni_conf_dir: Option<PathBuf>,
+    /// The CNI plugin directory, with --cni-conf-dir: weft-cni must already be there
+    /// (`weft install-cni --only plugin`), and portmap is chained when it is there.
+    #[arg(long, env = "WEFT_CNI_BIN_DIR", default_value = "/opt/cni/bin")]
+    cni_bin_dir: PathBuf,
     /// Log format: text or json.
     #[arg(long, env = "WEFT_LOG_FORMAT", default_value = "text")]
     log_format: weft_router::logging::LogFormat,
@@ -258,6 +268,10 @@ enum LabCommand {
         /// of every other reachable node, as under Kubernetes.
         #[arg(long)]
         original_seeds: bool,
+        /// On `start`, run the router from this binary instead of this weft: a new build,
+        /// as a rolling upgrade does. Later starts without it use this weft again.
+        #[arg(long, value_name = "PATH")]
+        weft_bin: Option<PathBuf>,
         #[command(flatten)]
         which: LabName,
     },
@@ -519,6 +533,12 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
                 node_name: args.node_name.clone().unwrap_or_default(),
                 kubeconfig: args.kubeconfig.clone(),
             }),
+        cni: args
+            .cni_conf_dir
+            .map(|conf_dir| weft_router::config::CniConf {
+                conf_dir,
+                bin_dir: args.cni_bin_dir,
+            }),
     };
     runtime()?.block_on(async {
         let shutdown = async {
@@ -738,9 +758,21 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<()> {
             action,
             node,
             original_seeds,
+            weft_bin,
             which,
         } => {
-            let weft = std::env::current_exe()?;
+            let weft = match weft_bin {
+                Some(path) if !matches!(action, RouterActionArg::Start) => {
+                    bail!("--weft-bin {} is for start only", path.display())
+                }
+                // Checked here: `ip netns exec` would start and fail without telling us.
+                Some(path) if !path.is_file() => {
+                    bail!("--weft-bin {}: not a file", path.display())
+                }
+                Some(path) => std::path::absolute(&path)
+                    .with_context(|| format!("--weft-bin {}", path.display()))?,
+                None => std::env::current_exe()?,
+            };
             match weft_lab::router(&which.prefix, &node, action.into(), original_seeds, &weft)? {
                 Some(pid) => println!("started the router of {node} (pid {pid})"),
                 None => println!("the router of {node} has stopped"),

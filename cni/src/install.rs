@@ -1,7 +1,9 @@
 //! The conflist installer behind `weft install-cni`: puts `weft-cni` and its network
-//! configuration where the container runtime looks for them (docs/design.md §6). Run by the
-//! DaemonSet's init container on every node, before the router starts, and again on every pod
-//! restart, so it must be idempotent.
+//! configuration where the container runtime looks for them (docs/design.md §6). Under the
+//! DaemonSet the two halves run at different times: the init container installs the plugin
+//! before the router starts, and the router writes the conflist once it can carry pod traffic
+//! (the conflist is what makes the kubelet call the node's network ready). Both run again on
+//! every pod restart, so they must be idempotent.
 //!
 //! What it guarantees:
 //! - everything is checked before anything is written (the plugin is an ELF file, the
@@ -150,31 +152,88 @@ pub fn pod_mtu(underlay: Option<u32>, ours: &[&str]) -> Result<u32, InstallError
     mtu::pod_mtu(underlay).ok_or(InstallError::UnderlayMtuTooSmall(underlay))
 }
 
+/// Which of the two files to install.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Parts {
+    /// The plugin, then the conflist (a node where nothing else decides when pods may start).
+    #[default]
+    Both,
+    /// Only the plugin binary: the DaemonSet's init container, so that the conflist (which
+    /// tells the kubelet the node's network is ready) waits for the router.
+    Plugin,
+    /// Only the conflist, for a plugin already in the bin directory: what the router writes
+    /// once it can carry pod traffic (docs/design.md, start-up order).
+    Conflist,
+}
+
+impl Parts {
+    fn plugin(self) -> bool {
+        self != Parts::Conflist
+    }
+
+    fn conflist(self) -> bool {
+        self != Parts::Plugin
+    }
+}
+
 /// Installs the plugin and the conflist; returns what it did, in order.
 pub fn install(o: &Options) -> Result<Vec<Action>, InstallError> {
+    install_parts(o, Parts::Both)
+}
+
+/// Installs the plugin, the conflist or both; returns what it did, in order. With
+/// [`Parts::Conflist`], `o.plugin` is not read: the plugin must already be in the bin
+/// directory (a conflist naming a missing plugin would fail every pod).
+pub fn install_parts(o: &Options, parts: Parts) -> Result<Vec<Action>, InstallError> {
     // Everything is checked first: an error below this block leaves the directories as found.
     let bin_dir = existing_dir(&o.bin_dir, "--cni-bin-dir")?;
-    let conf_dir = existing_dir(&o.conf_dir, "--cni-conf-dir")?;
-    if bin_dir == conf_dir {
-        return Err(InstallError::Refused(format!(
-            "--cni-bin-dir and --cni-conf-dir are the same directory ({})",
-            bin_dir.display()
-        )));
+    if parts.conflist() {
+        let conf_dir = existing_dir(&o.conf_dir, "--cni-conf-dir")?;
+        if bin_dir == conf_dir {
+            return Err(InstallError::Refused(format!(
+                "--cni-bin-dir and --cni-conf-dir are the same directory ({})",
+                bin_dir.display()
+            )));
+        }
     }
-    let plugin = read_plugin(&o.plugin)?;
     let bin_target = o.bin_dir.join(PLUGIN_NAME);
     let conf_target = o.conf_dir.join(CONFLIST_NAME);
-    not_a_directory(&bin_target)?;
-    not_a_directory(&conf_target)?;
+    let plugin = if parts.plugin() {
+        not_a_directory(&bin_target)?;
+        Some(read_plugin(&o.plugin)?)
+    } else {
+        if !has_executable(&bin_target) {
+            return Err(InstallError::Refused(format!(
+                "{} is not an installed plugin: install it first (`weft install-cni --only \
+                 plugin`), or pods would fail to start under this conflist",
+                bin_target.display()
+            )));
+        }
+        None
+    };
     let portmap = has_executable(&o.bin_dir.join("portmap"));
     let loopback = has_executable(&o.bin_dir.join("loopback"));
-    let conflist = render_conflist(o, portmap)?;
+    let conflist = if parts.conflist() {
+        not_a_directory(&conf_target)?;
+        Some(render_conflist(o, portmap)?)
+    } else {
+        None
+    };
 
     let mut actions = Vec::new();
-    remove_own_temps(&bin_target, &mut actions)?;
-    remove_own_temps(&conf_target, &mut actions)?;
-    // The binary first: the runtime may use the conflist the moment it appears.
-    actions.push(ensure_file(&bin_target, &plugin, 0o755)?);
+    if plugin.is_some() {
+        remove_own_temps(&bin_target, &mut actions)?;
+    }
+    if conflist.is_some() {
+        remove_own_temps(&conf_target, &mut actions)?;
+    }
+    if let Some(plugin) = &plugin {
+        actions.push(ensure_file(&bin_target, plugin, 0o755)?);
+    }
+    let Some(conflist) = conflist else {
+        return Ok(actions);
+    };
+    // After the binary: the runtime may use the conflist the moment it appears.
     actions.push(ensure_file(&conf_target, &conflist, 0o644)?);
     if portmap {
         actions.push(Action::Chained("portmap"));
@@ -584,6 +643,38 @@ mod tests {
                 Action::Chained("portmap"),
             ]
         );
+        assert_eq!(s.snapshot(), before);
+    }
+
+    #[test]
+    fn the_plugin_and_the_conflist_install_apart() {
+        let s = Scratch::new();
+        s.add_plugin("loopback");
+        // The conflist alone, before the plugin is there: refused, nothing written.
+        let before = s.snapshot();
+        let err = install_parts(&s.options, Parts::Conflist)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not an installed plugin"), "{err}");
+        assert_eq!(s.snapshot(), before);
+        // The plugin alone (the init container): no conflist, so no network for the kubelet.
+        let actions = install_parts(&s.options, Parts::Plugin).unwrap();
+        assert_eq!(actions, vec![Action::Installed(s.bin(PLUGIN_NAME))]);
+        assert_eq!(s.names(&s.options.conf_dir), Vec::<String>::new());
+        // The conflist alone (the router, once ready): the plugin's path is not read.
+        let mut o = s.options.clone();
+        o.plugin = s.root.join("gone");
+        let actions = install_parts(&o, Parts::Conflist).unwrap();
+        assert_eq!(actions[0], Action::Installed(s.conf(CONFLIST_NAME)));
+        assert_eq!(
+            first_plugin_as_run(&fs::read(s.conf(CONFLIST_NAME)).unwrap()).mtu,
+            1375
+        );
+        // Both again: the same files as `install`, nothing rewritten.
+        let before = s.snapshot();
+        let actions = install_parts(&s.options, Parts::Both).unwrap();
+        assert_eq!(actions[0], Action::Unchanged(s.bin(PLUGIN_NAME)));
+        assert_eq!(actions[1], Action::Unchanged(s.conf(CONFLIST_NAME)));
         assert_eq!(s.snapshot(), before);
     }
 

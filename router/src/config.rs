@@ -59,6 +59,20 @@ pub struct RouterConfig {
     pub masquerade_exempt: Vec<Ipv4Net>,
     /// Discover peers, block and pins from Kubernetes Nodes (`--kubernetes`).
     pub kubernetes: Option<crate::kubernetes::KubeConfig>,
+    /// Where to write weft-cni's conflist once pod traffic can flow (`--cni-conf-dir`).
+    pub cni: Option<CniConf>,
+}
+
+/// The CNI directories the router writes the conflist into when its block, bridge, TUN
+/// device and route are up: the moment the kubelet may call the node's network ready
+/// (docs/design.md, start-up order).
+#[derive(Debug, Clone)]
+pub struct CniConf {
+    /// The runtime's configuration directory (`10-weft.conflist` goes there).
+    pub conf_dir: PathBuf,
+    /// The runtime's plugin directory: weft-cni must be there already, portmap is chained
+    /// when it is.
+    pub bin_dir: PathBuf,
 }
 
 impl RouterConfig {
@@ -111,6 +125,13 @@ impl RouterConfig {
                     .into(),
             );
         }
+        if self.cni.is_some() && !self.state_dir.is_absolute() {
+            return Err(format!(
+                "--cni-conf-dir needs an absolute --state-dir (weft-cni finds the node's block \
+                 through the conflist): {} is relative",
+                self.state_dir.display()
+            ));
+        }
         if self.underlay_mtu.is_some_and(|m| m > 65535) {
             return Err("--underlay-mtu is at most 65535".into());
         }
@@ -142,6 +163,7 @@ mod tests {
             masquerade: true,
             masquerade_exempt: vec![],
             kubernetes: None,
+            cni: None,
         }
     }
 
@@ -166,6 +188,16 @@ mod tests {
             refused(&|c| c.cluster_range = "10.32.0.1/12".parse().unwrap()).contains("host bits")
         );
         assert!(refused(&|c| c.underlay_mtu = Some(70000)).contains("65535"));
+        assert!(
+            refused(&|c| {
+                c.state_dir = "state".into();
+                c.cni = Some(CniConf {
+                    conf_dir: "/etc/cni/net.d".into(),
+                    bin_dir: "/opt/cni/bin".into(),
+                });
+            })
+            .contains("absolute --state-dir")
+        );
     }
 
     #[test]

@@ -107,6 +107,9 @@ pub enum RunError {
     /// Kubernetes discovery could not start.
     #[error(transparent)]
     Kubernetes(#[from] crate::kubernetes::KubeError),
+    /// weft-cni's conflist could not be written (`--cni-conf-dir`).
+    #[error("write the CNI configuration: {0}")]
+    Cni(#[from] weft_cni::install::InstallError),
 }
 
 /// A socket the router binds at start.
@@ -664,6 +667,9 @@ impl Driver {
                 self.state.write_block(block)?;
                 let (bridge, mtu) = (self.config.bridge.clone(), self.pod_mtu);
                 blocking(move || netconf::ensure_bridge(&bridge, block, mtu)).await?;
+                // Last: the conflist is what makes the kubelet call the network ready, and
+                // by now the block, the bridge, the TUN device and its route are all up.
+                self.write_conflist().await?;
                 self.ready.store(true, Ordering::Relaxed);
             }
             None => {
@@ -678,6 +684,30 @@ impl Driver {
             }
         }
         self.written_block = block;
+        Ok(())
+    }
+
+    /// Writes weft-cni's conflist when `--cni-conf-dir` asks for it (atomic, idempotent: an
+    /// unchanged file is not rewritten, so a restart does not make the runtime reload).
+    async fn write_conflist(&self) -> Result<(), RunError> {
+        use weft_cni::install::{self, Options, PLUGIN_NAME, Parts};
+        let Some(cni) = &self.config.cni else {
+            return Ok(());
+        };
+        let options = Options {
+            plugin: cni.bin_dir.join(PLUGIN_NAME),
+            bin_dir: cni.bin_dir.clone(),
+            conf_dir: cni.conf_dir.clone(),
+            state_dir: self.config.state_dir.clone(),
+            bridge: self.config.bridge.clone(),
+            pod_mtu: self.pod_mtu,
+        };
+        let actions =
+            tokio::task::spawn_blocking(move || install::install_parts(&options, Parts::Conflist))
+                .await??;
+        for action in actions {
+            info!("CNI: {action}");
+        }
         Ok(())
     }
 

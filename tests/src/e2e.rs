@@ -755,7 +755,20 @@ pub struct Prober {
 
 impl Prober {
     pub fn start(from_ns: &str, to_ns: &str, to: Ipv4Addr, port: u16) -> Prober {
-        let interval = Duration::from_millis(50);
+        Self::start_marked(from_ns, to_ns, to, port, Duration::from_millis(50), b"")
+    }
+
+    /// Like [`Prober::start`], a probe every `interval`, each payload `marker` followed by
+    /// its sequence number: a capture finds the flow by `marker` if it ever shows in
+    /// plaintext.
+    pub fn start_marked(
+        from_ns: &str,
+        to_ns: &str,
+        to: Ipv4Addr,
+        port: u16,
+        interval: Duration,
+        marker: &'static [u8],
+    ) -> Prober {
         let stop = Arc::new(AtomicBool::new(false));
         let replies = Arc::new(Mutex::new(Vec::new()));
         let echo = in_netns(to_ns, move || UdpSocket::bind(("0.0.0.0", port))).expect("echo bind");
@@ -782,7 +795,7 @@ impl Prober {
             let mut seq = 0u64;
             while !s.load(Ordering::Relaxed) {
                 // Errors (no route while a router is down) are part of what is measured.
-                let _ = sender.send(&seq.to_le_bytes());
+                let _ = sender.send(&[marker, &seq.to_le_bytes()].concat());
                 seq += 1;
                 std::thread::sleep(interval);
             }

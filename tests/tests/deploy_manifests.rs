@@ -338,7 +338,13 @@ fn containers_have_only_the_capabilities_they_need() {
     );
     assert_eq!(
         container(pod, "install-cni").command.as_deref(),
-        Some(&["weft".to_string(), "install-cni".to_string()][..])
+        Some(
+            &[
+                "weft".to_string(),
+                "install-cni".to_string(),
+                "--only=plugin".to_string()
+            ][..]
+        )
     );
 }
 
@@ -394,18 +400,44 @@ fn router_and_installer_use_the_host_paths() {
         host_path_at(pod, router, state),
         ("/var/lib/weft", "DirectoryOrCreate")
     );
+    // weft-cni runs on the host: the state directory in the conflist (the router's) is the
+    // host's path.
+    assert_eq!(state, "/var/lib/weft");
+    // The init container installs the plugin; the router reads that directory and writes
+    // the conflist.
     let install = container(pod, "install-cni");
-    // weft-cni runs on the host: the state directory in the conflist is the host's path.
-    assert_eq!(env_value(install, "WEFT_STATE_DIR"), "/var/lib/weft");
     let bin = env_value(install, "WEFT_CNI_BIN_DIR");
     assert_eq!(
         host_path_at(pod, install, bin),
         ("/opt/cni/bin", "DirectoryOrCreate")
     );
-    let conf = env_value(install, "WEFT_CNI_CONF_DIR");
+    assert_eq!(env_value(router, "WEFT_CNI_BIN_DIR"), bin);
     assert_eq!(
-        host_path_at(pod, install, conf),
+        host_path_at(pod, router, bin),
+        ("/opt/cni/bin", "DirectoryOrCreate")
+    );
+    let conf = env_value(router, "WEFT_CNI_CONF_DIR");
+    assert_eq!(
+        host_path_at(pod, router, conf),
         ("/etc/cni/net.d", "DirectoryOrCreate")
+    );
+    // The init container does not write the conflist: it would tell the kubelet the network
+    // is ready before the router runs.
+    assert!(
+        install
+            .env
+            .iter()
+            .flatten()
+            .all(|e| e.name != "WEFT_CNI_CONF_DIR"),
+        "install-cni is given a conf directory"
+    );
+    assert!(
+        install
+            .volume_mounts
+            .iter()
+            .flatten()
+            .all(|m| m.mount_path != conf),
+        "install-cni mounts the conf directory"
     );
     // Every host path is one of these: nothing else of the node is exposed.
     let mut host_paths: Vec<&str> = pod
@@ -435,6 +467,7 @@ fn probes_reach_the_status_endpoint_and_resources_are_set() {
     for (probe, path) in [
         (&router.readiness_probe, "/readyz"),
         (&router.liveness_probe, "/healthz"),
+        (&router.startup_probe, "/healthz"),
     ] {
         let get = probe
             .as_ref()
@@ -449,6 +482,14 @@ fn probes_reach_the_status_endpoint_and_resources_are_set() {
             None => assert!(metrics.ip().is_unspecified(), "probe the node IP"),
         }
     }
+    // The startup probe, not a delay, holds liveness back: it gives the router a minute to
+    // serve /healthz (which it does while it waits for discovery), and checks often.
+    let startup = router.startup_probe.as_ref().unwrap();
+    let budget = startup.period_seconds.unwrap_or(10) * startup.failure_threshold.unwrap_or(3);
+    assert!(budget >= 60, "a startup budget of {budget} s");
+    assert!(startup.period_seconds.unwrap_or(10) <= 2);
+    let liveness = router.liveness_probe.as_ref().unwrap();
+    assert_eq!(liveness.initial_delay_seconds, None);
     let resources = router.resources.as_ref().expect("resources");
     let requests: &BTreeMap<_, _> = resources.requests.as_ref().expect("requests");
     assert!(requests.contains_key("cpu") && requests.contains_key("memory"));

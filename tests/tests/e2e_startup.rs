@@ -1,7 +1,9 @@
-//! End-to-end: the probes while a router waits for discovery. A kubelet's liveness probe
-//! must see a router that waits for its podCIDR as alive, and its readiness probe as not
-//! ready, until the block comes: a real router in a namespace of its own, against the fake
-//! API server in the same namespace.
+//! End-to-end: the probes and the CNI configuration while a router waits for discovery. A
+//! kubelet's liveness probe must see a router that waits for its podCIDR as alive, and its
+//! readiness probe as not ready, until the block comes; and the conflist (what makes the
+//! kubelet call the node's network ready) must not exist before then: a real router in a
+//! namespace of its own, against the fake API server in the same namespace, writing into CNI
+//! directories the test owns.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -78,6 +80,25 @@ fn probes_say_alive_and_not_ready_while_the_router_waits_for_its_pod_cidr() {
     assert!(ok);
     std::fs::write(dir.join("secret"), secret.trim()).unwrap();
     std::fs::set_permissions(dir.join("secret"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    // The init container's half: the plugin alone, into a bin directory of the test's.
+    let (bin_dir, conf_dir) = (dir.join("bin"), dir.join("net.d"));
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    let (ok, out, err) = run(
+        &weft,
+        &[
+            "install-cni",
+            "--only=plugin",
+            &format!("--cni-bin-dir={}", bin_dir.display()),
+        ],
+    );
+    assert!(ok, "weft install-cni --only=plugin: {err}");
+    assert!(out.contains("installed"), "{out}");
+    let conflist = conf_dir.join(weft_cni::install::CONFLIST_NAME);
+    assert!(
+        !conflist.exists(),
+        "install-cni --only=plugin wrote a conflist"
+    );
     let log = std::fs::File::create(dir.join("router.log")).unwrap();
     guard.router = Some(
         Command::new("ip")
@@ -91,6 +112,8 @@ fn probes_say_alive_and_not_ready_while_the_router_waits_for_its_pod_cidr() {
                 dir.join("secret").display()
             ))
             .arg("--underlay-mtu=1500")
+            .arg(format!("--cni-conf-dir={}", conf_dir.display()))
+            .arg(format!("--cni-bin-dir={}", bin_dir.display()))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -101,8 +124,13 @@ fn probes_say_alive_and_not_ready_while_the_router_waits_for_its_pod_cidr() {
 
     let start = Instant::now();
     while probe("/healthz").is_none() && start.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(50));
     }
+    // What the startupProbe in deploy/weft.yaml has to cover.
+    report(&format!(
+        "hsp: /healthz answered {:.2}s after the router was started",
+        start.elapsed().as_secs_f64()
+    ));
     assert_eq!(
         probe("/healthz"),
         Some(200),
@@ -114,6 +142,11 @@ fn probes_say_alive_and_not_ready_while_the_router_waits_for_its_pod_cidr() {
     while waiting.elapsed() < Duration::from_secs(17) {
         assert_eq!(probe("/healthz"), Some(200), "{}", log());
         assert_eq!(probe("/readyz"), Some(503), "{}", log());
+        assert!(
+            !conflist.exists(),
+            "a conflist before the router has its block: {}",
+            log()
+        );
         std::thread::sleep(Duration::from_secs(1));
     }
     api.modify_node("n1", |n| {
@@ -130,6 +163,18 @@ fn probes_say_alive_and_not_ready_while_the_router_waits_for_its_pod_cidr() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(probe("/healthz"), Some(200), "{}", log());
+    // Ready means the conflist is there, and it is one weft-cni accepts for this node.
+    let bytes = std::fs::read(&conflist)
+        .unwrap_or_else(|e| panic!("ready, but no {}: {e}: {}", conflist.display(), log()));
+    let list: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    let mut first = list["plugins"][0].clone();
+    first["cniVersion"] = list["cniVersion"].clone();
+    first["name"] = list["name"].clone();
+    let conf = weft_cni::config::NetConf::parse(first.to_string().as_bytes())
+        .unwrap_or_else(|e| panic!("weft-cni refuses the router's conflist: {e}"));
+    assert_eq!(conf.mtu, 1375, "the pod MTU of a 1500-byte underlay");
+    assert_eq!(conf.state_dir, dir.join("state"));
+    assert_eq!(first["type"], weft_cni::install::PLUGIN_NAME);
     report(&format!(
         "hsp: ready {:.1}s after the podCIDR was assigned",
         ready.elapsed().as_secs_f64()
