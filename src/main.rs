@@ -220,7 +220,10 @@ enum LabCommand {
         /// Put node N behind a NAT box (repeatable): `N` or `N:KIND`, KIND being `masquerade`
         /// (the default: a bare nftables masquerade), `restricted` (a port-restricted home
         /// router: masquerade behind a stateful input firewall) or `symmetric` (a random port
-        /// per destination).
+        /// per destination). A NAT box sits 5 ms from the switch, as NATs in the
+        /// world sit at a distance from each other. A `--netem` for that node replaces the
+        /// 5 ms (`--netem N:delay=0ms` puts the box right on the switch, where the punches of
+        /// two bare masquerades race; docs/design.md §4).
         #[arg(long = "nat", value_name = "NODE[:KIND]", value_parser = weft_lab::plan::parse_nat)]
         nat: Vec<(usize, weft_lab::NatKind)>,
         /// Impair node N's underlay link both ways, e.g. `2:loss=5%,delay=20ms` (repeatable).
@@ -739,7 +742,10 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<()> {
                     .filter(|(_, k)| *k != weft_lab::NatKind::Masquerade)
                     .copied()
                     .collect(),
-                netem: netem.into_iter().collect::<BTreeMap<_, _>>(),
+                netem: weft_lab::plan::with_nat_distance(
+                    nat.iter().map(|(n, _)| *n),
+                    netem.into_iter().collect::<BTreeMap<_, _>>(),
+                ),
                 blocked: block.into_iter().collect(),
                 routers: !no_routers,
                 wrong_secret: wrong_secret.into_iter().collect(),
