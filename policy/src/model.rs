@@ -18,7 +18,8 @@ pub enum Local<'a> {
     All,
     /// The pods whose `spec.nodeName` is this node.
     Node(&'a str),
-    /// The pods with one of these addresses (before the API server knows a new pod's node).
+    /// The pods with one of these addresses (the node's own leases, which it knows before
+    /// the API server reports them).
     Ips(&'a BTreeSet<IpAddr>),
 }
 
