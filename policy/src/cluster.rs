@@ -40,34 +40,39 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new(pods: &[&Pod], namespaces: &[&Namespace], problems: &mut Vec<Problem>) -> Self {
-        let namespaces = namespaces
+        let mut labels: BTreeMap<String, Labels> = namespaces
             .iter()
             .filter_map(|ns| {
-                let name = ns.metadata.name.clone()?;
-                let mut labels = ns.metadata.labels.clone().unwrap_or_default();
-                labels
-                    .entry(NAMESPACE_NAME_LABEL.to_owned())
-                    .or_insert_with(|| name.clone());
-                Some((name, labels))
+                Some((
+                    ns.metadata.name.clone()?,
+                    ns.metadata.labels.clone().unwrap_or_default(),
+                ))
             })
             .collect();
         let mut endpoints: Vec<Endpoint> =
             pods.iter().filter_map(|p| endpoint(p, problems)).collect();
         endpoints.sort_by(|a, b| a.pod.cmp(&b.pod));
         endpoints.dedup_by(|a, b| a.pod == b.pod);
+        // A namespace missing from the snapshot has only its name label, which is all the
+        // API server would guarantee it.
+        for ep in &endpoints {
+            labels.entry(ep.pod.namespace.clone()).or_default();
+        }
+        for (name, labels) in &mut labels {
+            labels
+                .entry(NAMESPACE_NAME_LABEL.to_owned())
+                .or_insert_with(|| name.clone());
+        }
         Self {
             endpoints,
-            namespaces,
+            namespaces: labels,
         }
     }
 
-    /// A namespace's labels. A namespace missing from the snapshot has only its name label,
-    /// which is all the API server would guarantee it.
-    pub fn namespace_labels(&self, name: &str) -> Labels {
-        self.namespaces
-            .get(name)
-            .cloned()
-            .unwrap_or_else(|| Labels::from([(NAMESPACE_NAME_LABEL.to_owned(), name.to_owned())]))
+    /// The labels of a namespace that holds endpoints.
+    pub fn namespace_labels(&self, name: &str) -> &Labels {
+        static NONE: Labels = Labels::new();
+        self.namespaces.get(name).unwrap_or(&NONE)
     }
 }
 

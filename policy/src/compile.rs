@@ -207,7 +207,7 @@ fn peer_nets(
         .filter(|ep| match &namespaces {
             // Without a namespaceSelector, the policy's own namespace.
             None => ep.pod.namespace == namespace,
-            Some(sel) => sel.matches(&cluster.namespace_labels(&ep.pod.namespace)),
+            Some(sel) => sel.matches(cluster.namespace_labels(&ep.pod.namespace)),
         })
         .filter(|ep| pods.matches(&ep.labels))
         .flat_map(|ep| ep.ips.iter().map(|ip| IpNet::from(*ip)))
