@@ -767,3 +767,40 @@ fn malformed_peers_and_ports_are_named() {
         assert_eq!(model.problems().len(), 1);
     }
 }
+
+#[test]
+fn dual_stack_pods_match_on_every_address() {
+    let mut w = World::new();
+    let v6 = |pod: &str| -> std::net::IpAddr {
+        let v4 = match ip_of(pod) {
+            std::net::IpAddr::V4(a) => a.octets(),
+            std::net::IpAddr::V6(_) => unreachable!(),
+        };
+        format!("fd00::{:x}:{:x}", v4[2], v4[3]).parse().unwrap()
+    };
+    for pod in ["x/a", "x/b", "y/a"] {
+        let status = w.pod_mut(pod).status.as_mut().unwrap();
+        let v4 = status.pod_ip.clone().unwrap();
+        status.pod_ips = Some(support::from_json(
+            json!([{"ip": v4}, {"ip": v6(pod).to_string()}]),
+        ));
+    }
+    w.apply(policy(
+        "x",
+        "dual",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": [
+            {"podSelector": {"matchLabels": {"pod": "b"}}},
+            {"ipBlock": {"cidr": "fd00::/64", "except": [format!("{}/128", v6("x/b"))]}}
+        ]}]}),
+    ));
+    let model = w.model(Local::All);
+    assert!(model.problems().is_empty(), "{:?}", model.problems());
+    let xa = v6("x/a");
+    assert_eq!(model.pod_by_ip(xa).unwrap().pod, ObjectRef::new("x", "a"));
+    // x/b by its selector on both families, though the ipBlock excepts its v6 address.
+    assert!(allows(&model, v6("x/b"), xa, Protocol::Tcp, 80).is_allowed());
+    assert!(allows(&model, ip_of("x/b"), ip_of("x/a"), Protocol::Tcp, 80).is_allowed());
+    // y/a only by the ipBlock, so only on v6.
+    assert!(allows(&model, v6("y/a"), xa, Protocol::Tcp, 80).is_allowed());
+    assert!(!allows(&model, ip_of("y/a"), ip_of("x/a"), Protocol::Tcp, 80).is_allowed());
+}

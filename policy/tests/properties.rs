@@ -391,4 +391,46 @@ proptest! {
             }
         }
     }
+
+    /// Whatever the fields hold, the engine does not panic, a policy has at most one problem,
+    /// and a policy with a problem still isolates what it selects (here every pod of x).
+    #[test]
+    fn arbitrary_fields_give_a_problem_not_a_panic(
+        port in prop_oneof![any::<i32>().prop_map(|p| json!(p)), "[a-z0-9-]{0,17}".prop_map(|p| json!(p))],
+        end_port in prop::option::of(any::<i32>()),
+        protocol in prop::sample::select(vec!["TCP", "UDP", "SCTP", "tcp", "ICMP", ""]),
+        cidr in prop_oneof![
+            prop::sample::select(vec!["0.0.0.0/0", "::/0", "10.32.0.1/8", "10.0.0.0/33", "", "::ffff:10.32.1.1/128", "10.32.1.1/32"]).prop_map(String::from),
+            "[0-9a-f.:/]{0,20}",
+        ],
+        except in prop::collection::vec(prop_oneof![
+            prop::sample::select(vec!["10.32.1.0/24", "10.32.1.1/32", "::/1", "10.0.0.0/7"]).prop_map(String::from),
+            "[0-9a-f.:/]{0,20}",
+        ], 0..3),
+        operator in prop::sample::select(vec!["In", "NotIn", "Exists", "DoesNotExist", "in", "Equals"]),
+        values in prop::collection::vec("[a-z]{0,3}", 0..2),
+    ) {
+        let mut w = World::new();
+        let mut port_entry = json!({"port": port, "protocol": protocol});
+        if let Some(end) = end_port {
+            port_entry["endPort"] = json!(end);
+        }
+        w.apply(json!({"metadata": {"namespace": "x", "name": "arbitrary"}, "spec": {
+            "podSelector": {},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"from": [{"namespaceSelector": {"matchExpressions": [{"key": "ns", "operator": operator, "values": values}]}}],
+                         "ports": [port_entry]}],
+            "egress": [{"to": [{"ipBlock": {"cidr": cidr, "except": except}}]}]
+        }}));
+        let model = w.model(Local::All);
+        prop_assert!(model.problems().len() <= 1, "{:?}", model.problems());
+        for pod in model.pods().iter().filter(|p| p.pod.namespace == "x") {
+            let policy = vec![ObjectRef::new("x", "arbitrary")];
+            prop_assert_eq!(&pod.ingress.isolated_by, &policy);
+            prop_assert_eq!(&pod.egress.isolated_by, &policy);
+            if !model.problems().is_empty() {
+                prop_assert!(pod.ingress.allow.is_empty() && pod.egress.allow.is_empty());
+            }
+        }
+    }
 }
