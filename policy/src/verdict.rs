@@ -45,7 +45,12 @@ impl Side {
 
 /// Judges a new connection from `src` to `dst` (`port` is the destination port).
 pub fn allows(model: &Model, src: IpAddr, dst: IpAddr, protocol: Protocol, port: u16) -> Verdict {
-    if src == dst {
+    // The same pod on another of its addresses is still the pod talking to itself.
+    let same_pod = match (model.pod_by_ip(src), model.pod_by_ip(dst)) {
+        (Some(a), Some(b)) => a.pod == b.pod,
+        _ => false,
+    };
+    if src == dst || same_pod {
         return Verdict {
             egress: Side::Loopback,
             ingress: Side::Loopback,

@@ -800,6 +800,11 @@ fn dual_stack_pods_match_on_every_address() {
     // x/b by its selector on both families, though the ipBlock excepts its v6 address.
     assert!(allows(&model, v6("x/b"), xa, Protocol::Tcp, 80).is_allowed());
     assert!(allows(&model, ip_of("x/b"), ip_of("x/a"), Protocol::Tcp, 80).is_allowed());
+    // x/a to itself across families is loopback, not policy.
+    assert_eq!(
+        allows(&model, ip_of("x/a"), xa, Protocol::Tcp, 80).ingress,
+        Side::Loopback
+    );
     // y/a only by the ipBlock, so only on v6.
     assert!(allows(&model, v6("y/a"), xa, Protocol::Tcp, 80).is_allowed());
     assert!(!allows(&model, ip_of("y/a"), ip_of("x/a"), Protocol::Tcp, 80).is_allowed());
