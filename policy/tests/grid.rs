@@ -27,6 +27,32 @@ const XA_ISOLATED: &str = "
     zb  X  .  .  .  .  .  .  .  .
     zc  X  .  .  .  .  .  .  .  .";
 
+/// Only namespace y (and x/a itself) reaches x/a.
+const XA_FROM_Y: &str = "
+        xa xb xc ya yb yc za zb zc
+    xa  .  .  .  .  .  .  .  .  .
+    xb  X  .  .  .  .  .  .  .  .
+    xc  X  .  .  .  .  .  .  .  .
+    ya  .  .  .  .  .  .  .  .  .
+    yb  .  .  .  .  .  .  .  .  .
+    yc  .  .  .  .  .  .  .  .  .
+    za  X  .  .  .  .  .  .  .  .
+    zb  X  .  .  .  .  .  .  .  .
+    zc  X  .  .  .  .  .  .  .  .";
+
+/// Only namespace z (and x/a itself) reaches x/a.
+const XA_FROM_Z: &str = "
+        xa xb xc ya yb yc za zb zc
+    xa  .  .  .  .  .  .  .  .  .
+    xb  X  .  .  .  .  .  .  .  .
+    xc  X  .  .  .  .  .  .  .  .
+    ya  X  .  .  .  .  .  .  .  .
+    yb  X  .  .  .  .  .  .  .  .
+    yc  X  .  .  .  .  .  .  .  .
+    za  .  .  .  .  .  .  .  .  .
+    zb  .  .  .  .  .  .  .  .  .
+    zc  .  .  .  .  .  .  .  .  .";
+
 fn policy(ns: &str, name: &str, spec: serde_json::Value) -> serde_json::Value {
     json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
            "metadata": {"namespace": ns, "name": name}, "spec": spec})
@@ -99,20 +125,7 @@ fn allow_from_namespace_selector_and_its_update() {
                "ingress": [{"from": [{"namespaceSelector": {"matchExpressions": [{"key": "ns", "operator": op, "values": [ns]}]}}]}]})
     };
     w.apply(policy("x", "allow-ns", from_ns("In", "y")));
-    w.expect(
-        &PROBES,
-        "
-        xa xb xc ya yb yc za zb zc
-    xa  .  .  .  .  .  .  .  .  .
-    xb  X  .  .  .  .  .  .  .  .
-    xc  X  .  .  .  .  .  .  .  .
-    ya  .  .  .  .  .  .  .  .  .
-    yb  .  .  .  .  .  .  .  .  .
-    yc  .  .  .  .  .  .  .  .  .
-    za  X  .  .  .  .  .  .  .  .
-    zb  X  .  .  .  .  .  .  .  .
-    zc  X  .  .  .  .  .  .  .  .",
-    );
+    w.expect(&PROBES, XA_FROM_Y);
     // Updated in place: every namespace but x.
     w.apply(policy("x", "allow-ns", from_ns("NotIn", "x")));
     w.expect(
@@ -136,20 +149,7 @@ fn allow_from_namespace_selector_and_its_update() {
         json!({"podSelector": {"matchLabels": {"pod": "a"}},
                "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "z"}}}]}]}),
     ));
-    w.expect(
-        &[TCP80],
-        "
-        xa xb xc ya yb yc za zb zc
-    xa  .  .  .  .  .  .  .  .  .
-    xb  X  .  .  .  .  .  .  .  .
-    xc  X  .  .  .  .  .  .  .  .
-    ya  X  .  .  .  .  .  .  .  .
-    yb  X  .  .  .  .  .  .  .  .
-    yc  X  .  .  .  .  .  .  .  .
-    za  .  .  .  .  .  .  .  .  .
-    zb  .  .  .  .  .  .  .  .  .
-    zc  .  .  .  .  .  .  .  .  .",
-    );
+    w.expect(&[TCP80], XA_FROM_Z);
 }
 
 #[test]
@@ -512,20 +512,7 @@ fn policies_add_up_and_deletion_takes_away() {
         ])
     );
     w.delete("x", "from-b");
-    w.expect(
-        &[TCP80],
-        "
-        xa xb xc ya yb yc za zb zc
-    xa  .  .  .  .  .  .  .  .  .
-    xb  X  .  .  .  .  .  .  .  .
-    xc  X  .  .  .  .  .  .  .  .
-    ya  X  .  .  .  .  .  .  .  .
-    yb  X  .  .  .  .  .  .  .  .
-    yc  X  .  .  .  .  .  .  .  .
-    za  .  .  .  .  .  .  .  .  .
-    zb  .  .  .  .  .  .  .  .  .
-    zc  .  .  .  .  .  .  .  .  .",
-    );
+    w.expect(&[TCP80], XA_FROM_Z);
     w.expect(&[TCP81], XA_ISOLATED);
     w.delete("x", "from-z");
     w.expect(&PROBES, OPEN);
@@ -544,18 +531,7 @@ fn label_changes_move_pods_in_and_out() {
     ));
     w.expect(&PROBES, XA_ISOLATED);
     w.label_ns("y", "ns2", Some("updated"));
-    let from_y = "
-        xa xb xc ya yb yc za zb zc
-    xa  .  .  .  .  .  .  .  .  .
-    xb  X  .  .  .  .  .  .  .  .
-    xc  X  .  .  .  .  .  .  .  .
-    ya  .  .  .  .  .  .  .  .  .
-    yb  .  .  .  .  .  .  .  .  .
-    yc  .  .  .  .  .  .  .  .  .
-    za  X  .  .  .  .  .  .  .  .
-    zb  X  .  .  .  .  .  .  .  .
-    zc  X  .  .  .  .  .  .  .  .";
-    w.expect(&PROBES, from_y);
+    w.expect(&PROBES, XA_FROM_Y);
     w.label_pod("z/b", "pod2", Some("updated"));
     w.expect(
         &PROBES,
@@ -572,7 +548,7 @@ fn label_changes_move_pods_in_and_out() {
     zc  X  .  .  .  .  .  .  .  .",
     );
     w.label_pod("z/b", "pod2", None);
-    w.expect(&PROBES, from_y);
+    w.expect(&PROBES, XA_FROM_Y);
     // x/a loses the label the policy selects it by: no longer isolated.
     w.label_pod("x/a", "pod", Some("aa"));
     w.expect(&PROBES, OPEN);
