@@ -514,3 +514,81 @@ fn rendered_rules_give_the_engines_reachability_for_every_pair() {
     // Routed traffic is judged either way.
     assert!(!reaches(&pod_ns("r"), PODS[1].2, Protocol::Tcp, 80));
 }
+
+/// The engine benchmark's cluster (300 pods, 100 policies), shared rather than copied.
+#[path = "../../policy/benches/support/mod.rs"]
+#[allow(dead_code)]
+mod cluster300;
+
+/// The rules for one node of the benchmark's cluster load, and load again over themselves (the
+/// replacement the router will make on every change). Reports the time each step took: a
+/// figure for docs/networkpolicy.md, not asserted.
+#[test]
+fn the_rules_for_300_pods_and_100_policies_load_and_replace_themselves() {
+    let test = "the_rules_for_300_pods_and_100_policies_load_and_replace_themselves";
+    if !weft_tests::e2e::can_run(test, &[]) {
+        return;
+    }
+    const ALONE: &str = "polr-load";
+    struct Gone;
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = run(Path::new("ip"), &["netns", "del", ALONE]);
+        }
+    }
+    let _ = run(Path::new("ip"), &["netns", "del", ALONE]);
+    sh(&["ip", "netns", "add", ALONE]);
+    let _gone = Gone;
+    let s = cluster300::snapshot();
+    let start = Instant::now();
+    let model = compute(&s.policies, &s.pods, &s.namespaces, Local::Node("n1"));
+    let computed = start.elapsed();
+    let enforcement = Enforcement::render(&model, &[Ipv4Addr::new(10, 32, 0, 0)]);
+    let rendered = start.elapsed() - computed;
+    let rules = Rules {
+        cluster_range: "10.32.0.0/12".parse().unwrap(),
+        tun: "weft-tun".into(),
+        masquerade: true,
+        exempt: vec![],
+    };
+    let script = rules.script_with(&enforcement);
+    let isolated = model
+        .pods()
+        .iter()
+        .filter(|p| p.ingress.is_isolated() || p.egress.is_isolated())
+        .count();
+    assert!(isolated > 0, "the benchmark cluster isolates pods on n1");
+    for round in ["load", "replace"] {
+        let start = Instant::now();
+        let out = in_netns(ALONE, {
+            let script = script.clone();
+            move || {
+                let mut child = std::process::Command::new("nft")
+                    .args(["-f", "-"])
+                    .stdin(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("nft");
+                std::io::Write::write_all(&mut child.stdin.take().unwrap(), script.as_bytes())
+                    .unwrap();
+                child.wait_with_output().expect("nft")
+            }
+        });
+        let took = start.elapsed();
+        assert!(
+            out.status.success(),
+            "{round}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        weft_tests::e2e::report(&format!(
+            "policy rules for n1 ({} pods, {isolated} isolated, {} rules, {} bytes): compute {computed:?}, \
+             render {rendered:?}, nft -f {round} {took:?}",
+            model.pods().len(),
+            script
+                .lines()
+                .filter(|l| l.contains(" return") || l.contains(" drop "))
+                .count(),
+            script.len(),
+        ));
+    }
+}
