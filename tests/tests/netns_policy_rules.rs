@@ -34,6 +34,9 @@ const PODS: [(&str, &str, Ipv4Addr, &str); 4] = [
     ("y", "r", Ipv4Addr::new(10, 32, 2, 2), "n2"),
 ];
 
+/// The port of the pods' long-lived TCP echo.
+const ECHO_PORT: u16 = 82;
+
 const PROBES: [(Protocol, u16); 4] = [
     (Protocol::Tcp, 80),
     (Protocol::Tcp, 81),
@@ -204,6 +207,7 @@ fn bridge_calls_iptables(sysctl: bool, bridge_flag: bool) {
 }
 
 /// TCP and UDP servers on 80 and 81 in every pod: TCP sends one byte and closes, UDP echoes.
+/// TCP 82 echoes for as long as the client keeps the connection.
 struct Servers {
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -214,7 +218,7 @@ impl Servers {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         for (_, pod, _, _) in PODS {
-            let (tcp, udp) = in_netns(&pod_ns(pod), || {
+            let (tcp, udp, echo) = in_netns(&pod_ns(pod), || {
                 let tcp: Vec<TcpListener> = [80, 81]
                     .iter()
                     .map(|p| TcpListener::bind(("0.0.0.0", *p)).expect("tcp bind"))
@@ -223,7 +227,8 @@ impl Servers {
                     .iter()
                     .map(|p| UdpSocket::bind(("0.0.0.0", *p)).expect("udp bind"))
                     .collect();
-                (tcp, udp)
+                let echo = TcpListener::bind(("0.0.0.0", ECHO_PORT)).expect("tcp bind");
+                (tcp, udp, echo)
             });
             let stop = stop.clone();
             threads.push(std::thread::spawn(move || {
@@ -233,8 +238,19 @@ impl Servers {
                 for u in &udp {
                     u.set_nonblocking(true).unwrap();
                 }
+                echo.set_nonblocking(true).unwrap();
+                let mut open: Vec<TcpStream> = Vec::new();
                 let mut buf = [0u8; 64];
                 while !stop.load(Ordering::Relaxed) {
+                    if let Ok((s, _)) = echo.accept() {
+                        s.set_nonblocking(true).unwrap();
+                        open.push(s);
+                    }
+                    open.retain_mut(|s| match s.read(&mut buf) {
+                        Ok(0) => false,
+                        Ok(n) => std::io::Write::write_all(s, &buf[..n]).is_ok(),
+                        Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+                    });
                     for l in &tcp {
                         if let Ok((mut s, _)) = l.accept() {
                             let _ = std::io::Write::write_all(&mut s, b"k");
@@ -260,6 +276,14 @@ impl Drop for Servers {
             let _ = t.join();
         }
     }
+}
+
+/// A TCP connection from namespace `ns`, or the error after a second.
+fn connect(ns: &str, to: Ipv4Addr, port: u16) -> std::io::Result<TcpStream> {
+    let to = SocketAddr::from((to, port));
+    in_netns(ns, move || {
+        TcpStream::connect_timeout(&to, Duration::from_secs(1))
+    })
 }
 
 /// Whether a new connection from namespace `ns` to `to` gets an answer within a second.
@@ -466,7 +490,10 @@ fn rendered_rules_give_the_engines_reachability_for_every_pair() {
         json!({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "10.32.2.0/24"}}]}]}),
     );
     let steps: [(&str, Vec<NetworkPolicy>); 3] = [
-        ("three policies", vec![web, b_closed.clone(), c_out.clone()]),
+        (
+            "three policies",
+            vec![web.clone(), b_closed.clone(), c_out.clone()],
+        ),
         ("replaced by x/only-remote", vec![c_out, only_remote]),
         ("none", vec![]),
     ];
@@ -493,6 +520,42 @@ fn rendered_rules_give_the_engines_reachability_for_every_pair() {
             );
         }
     }
+
+    // A connection stays up through every replacement of the table, whether the new rules
+    // still allow it or not: only new connections are judged (docs/networkpolicy.md).
+    let a = PODS[0].2;
+    let c_to_a_82 = |policies: &[NetworkPolicy]| {
+        let model = compute(policies, &pods, &namespaces, Local::Node("n1"));
+        load(&model);
+        allows(&model, PODS[2].2.into(), a.into(), Protocol::Tcp, ECHO_PORT).is_allowed()
+    };
+    let a_82 = policy(
+        "x",
+        "a-82",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}},
+               "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}],
+                            "ports": [{"port": ECHO_PORT}]}]}),
+    );
+    assert!(c_to_a_82(std::slice::from_ref(&a_82)));
+    let mut held =
+        connect(&pod_ns("c"), a, ECHO_PORT).expect("c reaches a's echo while a-82 allows it");
+    held.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut echoes = |round: &str| {
+        std::io::Write::write_all(&mut held, round.as_bytes()).unwrap();
+        let mut back = vec![0u8; round.len()];
+        held.read_exact(&mut back)
+            .unwrap_or_else(|e| panic!("{round}: the open connection broke: {e}"));
+        assert_eq!(back, round.as_bytes());
+    };
+    echoes("before");
+    assert!(c_to_a_82(&[a_82, b_closed.clone()]), "still allowed");
+    echoes("still allowed");
+    assert!(!c_to_a_82(&[web]), "x/web allows c nothing on TCP 82");
+    echoes("no longer allowed");
+    assert!(
+        connect(&pod_ns("c"), a, ECHO_PORT).is_err(),
+        "a new connection is judged by the new rules"
+    );
 
     // Without the host sysctl, the bridge's own flag is enough; with neither, bridged
     // traffic between two pods of the node never meets the rules (docs/networkpolicy.md).
