@@ -345,6 +345,25 @@ fn policy(ns: &str, name: &str, spec: Value) -> NetworkPolicy {
     from_json(json!({"metadata": {"namespace": ns, "name": name}, "spec": spec}))
 }
 
+/// Runs `nft -f -` with `script` inside namespace `ns`: its error output on failure.
+fn nft_in(ns: &str, script: &str) -> Result<(), String> {
+    let script = script.to_owned();
+    let out = in_netns(ns, move || {
+        let mut child = std::process::Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("nft");
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), script.as_bytes()).unwrap();
+        child.wait_with_output().expect("nft")
+    });
+    match out.status.success() {
+        true => Ok(()),
+        false => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+    }
+}
+
 /// Loads `model` for node n1 into the node's table (with the masquerade, as the router will).
 fn load(model: &Model) {
     let rules = Rules {
@@ -354,14 +373,9 @@ fn load(model: &Model) {
         exempt: vec![],
     };
     let script = rules.script_with(&Enforcement::render(model, &[BRIDGE_IP, TUN_IP]));
-    let path = std::env::temp_dir().join(format!("{PREFIX}-rules.nft"));
-    std::fs::write(&path, &script).unwrap();
-    let (ok, _, err) = run(
-        Path::new("ip"),
-        &["netns", "exec", NODE, "nft", "-f", path.to_str().unwrap()],
-    );
-    let _ = std::fs::remove_file(&path);
-    assert!(ok, "nft -f: {err}\n{script}");
+    if let Err(e) = nft_in(NODE, &script) {
+        panic!("nft -f: {e}\n{script}");
+    }
 }
 
 /// The named counters of weft's table that counted a packet.
@@ -584,8 +598,9 @@ fn rendered_rules_give_the_engines_reachability_for_every_pair() {
 mod cluster300;
 
 /// The rules for one node of the benchmark's cluster load, and load again over themselves (the
-/// replacement the router will make on every change). Reports the time each step took: a
-/// figure for docs/networkpolicy.md, not asserted.
+/// replacement the router will make on every change); so do every other node's, which
+/// between them use every rule shape the renderer writes but SCTP. Reports the time n1's
+/// steps took: a figure for docs/networkpolicy.md, not asserted.
 #[test]
 fn the_rules_for_300_pods_and_100_policies_load_and_replace_themselves() {
     let test = "the_rules_for_300_pods_and_100_policies_load_and_replace_themselves";
@@ -623,26 +638,11 @@ fn the_rules_for_300_pods_and_100_policies_load_and_replace_themselves() {
     assert!(isolated > 0, "the benchmark cluster isolates pods on n1");
     for round in ["load", "replace"] {
         let start = Instant::now();
-        let out = in_netns(ALONE, {
-            let script = script.clone();
-            move || {
-                let mut child = std::process::Command::new("nft")
-                    .args(["-f", "-"])
-                    .stdin(std::process::Stdio::piped())
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .expect("nft");
-                std::io::Write::write_all(&mut child.stdin.take().unwrap(), script.as_bytes())
-                    .unwrap();
-                child.wait_with_output().expect("nft")
-            }
-        });
+        let loaded = nft_in(ALONE, &script);
         let took = start.elapsed();
-        assert!(
-            out.status.success(),
-            "{round}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if let Err(e) = loaded {
+            panic!("{round}: {e}");
+        }
         weft_tests::e2e::report(&format!(
             "policy rules for n1 ({} pods, {isolated} isolated, {} rules, {} bytes): compute {computed:?}, \
              render {rendered:?}, nft -f {round} {took:?}",
@@ -653,5 +653,14 @@ fn the_rules_for_300_pods_and_100_policies_load_and_replace_themselves() {
                 .count(),
             script.len(),
         ));
+    }
+    for n in 0..cluster300::NODES {
+        let node = format!("n{n}");
+        let model = compute(&s.policies, &s.pods, &s.namespaces, Local::Node(&node));
+        let script =
+            rules.script_with(&Enforcement::render(&model, &[Ipv4Addr::new(10, 32, 0, 0)]));
+        if let Err(e) = nft_in(ALONE, &script) {
+            panic!("{node}: {e}");
+        }
     }
 }
