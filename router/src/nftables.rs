@@ -11,6 +11,11 @@
 //! 2. pod traffic within the cluster range, or to an exempt CIDR, keeps its source;
 //! 3. the rest of the pods' traffic (the internet, a cloud API, another node's host address)
 //!    leaves with the node's address, unless egress masquerade is off.
+//!
+//! With NetworkPolicy ([`policy`]), the same table holds the filter chains that enforce it,
+//! so the masquerade and the policy always change together, in one transaction.
+
+pub mod policy;
 
 use std::io::{self, Write};
 use std::process::{Command, Stdio};
@@ -36,8 +41,14 @@ pub struct Rules {
 }
 
 impl Rules {
-    /// The `nft -f` script: create (so the delete cannot fail), delete, create whole.
+    /// The `nft -f` script without NetworkPolicy.
     pub fn script(&self) -> String {
+        self.script_with(&policy::Enforcement::default())
+    }
+
+    /// The `nft -f` script: create (so the delete cannot fail), delete, create whole, with
+    /// `policy`'s counters and chains.
+    pub fn script_with(&self, policy: &policy::Enforcement) -> String {
         let range = self.cluster_range;
         let mut s = format!(
             "table ip {TABLE}\ndelete table ip {TABLE}\ntable ip {TABLE} {{\n \
@@ -56,14 +67,23 @@ impl Rules {
             }
             s += &format!("  ip saddr {range} masquerade\n");
         }
-        s += " }\n}\n";
+        s += " }\n";
+        s += policy.as_str();
+        s += "}\n";
         s
     }
 }
 
 /// Replaces weft's table with `rules`, in one transaction.
 pub fn apply(rules: &Rules) -> Result<(), NetconfError> {
-    nft(&rules.script()).map_err(|e| NetconfError::new(format!("nft -f (table ip {TABLE})"), e))
+    apply_with(rules, &policy::Enforcement::default())
+}
+
+/// Replaces weft's table with `rules` and `policy`, in one transaction: the kernel switches
+/// from the old rules to the new ones between two packets, or keeps the old ones on error.
+pub fn apply_with(rules: &Rules, policy: &policy::Enforcement) -> Result<(), NetconfError> {
+    nft(&rules.script_with(policy))
+        .map_err(|e| NetconfError::new(format!("nft -f (table ip {TABLE})"), e))
 }
 
 /// Deletes weft's table; false when there was none.
@@ -158,5 +178,36 @@ mod tests {
         assert!(!s.contains("ip saddr 10.32.0.0/12 masquerade"), "{s}");
         // Traffic into the mesh still takes the node's mesh address.
         assert!(s.contains("oifname \"weft-tun\""));
+    }
+
+    #[test]
+    fn policy_chains_go_inside_the_one_table_after_the_masquerade() {
+        use k8s_openapi::api::core::v1::{Namespace, Pod};
+        use k8s_openapi::api::networking::v1::NetworkPolicy;
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "x", "name": "a"},
+            "spec": {"containers": [{"name": "c"}]},
+            "status": {"phase": "Running", "podIP": "10.32.1.2"},
+        }))
+        .unwrap();
+        let deny: NetworkPolicy = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "x", "name": "deny"}, "spec": {"podSelector": {}},
+        }))
+        .unwrap();
+        let model = weft_policy::compute(
+            &[deny],
+            &[pod],
+            &[] as &[Namespace],
+            weft_policy::Local::All,
+        );
+        let policy = policy::Enforcement::render(&model, &[]);
+        let s = rules().script_with(&policy);
+        let masquerade = s.find(" chain postrouting {").unwrap();
+        let chains = s.find(policy.as_str()).expect(&s);
+        assert!(masquerade < chains, "{s}");
+        assert!(s.ends_with(&format!("{}}}\n", policy.as_str())), "{s}");
+        // Exactly one table is created and deleted.
+        assert_eq!(s.matches("table ip weft").count(), 3, "{s}");
+        assert_eq!(s.matches("table ").count(), 3, "{s}");
     }
 }
