@@ -40,6 +40,7 @@
 //! | `membership.rs` | merging records, names, refuting our tombstone, which members we keep |
 //! | `address_space.rs` | asking for, granting and taking over address space (IPAM) |
 //! | `pinning.rs` | membership pinned to a list of keys |
+//! | `ratelimit.rs` | `InitiationLimiter`: per-source budgets for the initiations we answer |
 //!
 //! Tunnel state transitions are methods of [`crate::tunnel::Tunnel`]; drop reasons are in
 //! [`crate::drop`]; the IPv4 view and the anti-spoofing rule in [`crate::packet`].
@@ -81,6 +82,7 @@ mod path_state;
 mod paths;
 mod peer;
 mod pinning;
+mod ratelimit;
 mod sealed;
 mod status;
 mod timers;
@@ -92,7 +94,7 @@ pub use io::{Command, Config, DownReason, Event, PersistentState, Transmit};
 pub use status::{DirectAttempt, NodeStats, NodeStatus, PeerStatus};
 
 pub use handshake::{
-    CROSSING_WINDOW, INITIATE_FALLBACK, RESPONDING_TIMEOUT, UNKNOWN_INDEX_ENDPOINTS,
+    CROSSING_WINDOW, INITIATE_FALLBACK, PENDING_LIMIT, RESPONDING_TIMEOUT, UNKNOWN_INDEX_ENDPOINTS,
     UNKNOWN_INDEX_INTERVAL,
 };
 pub use path_state::{
@@ -101,12 +103,14 @@ pub use path_state::{
 };
 pub use paths::{DIRECT_PATH_BOUND, ROUTE_INTERVAL};
 pub use peer::CONFIRM_TIMEOUT;
+pub use ratelimit::{INITIATION_BURST, INITIATIONS_PER_SECOND, LIMITER_ADDRESSES};
 pub use sealed::QUEUE_LIMIT;
 
 use handshake::{Dial, Pending};
 use indices::{IndexUse, Indices};
 use paths::Source;
 use peer::Peer;
+use ratelimit::InitiationLimiter;
 use timers::{Timer, TimerTable};
 
 /// One router's mesh logic. See the module docs for the call order.
@@ -128,6 +132,8 @@ pub struct Node {
     dials: BTreeMap<Endpoint, Dial>,
     indices: Indices,
     responding: HashMap<u32, Pending>,
+    /// Per-source budgets for initiations we answer.
+    initiations: InitiationLimiter,
     /// Endpoints peers reported seeing us at, newest last.
     seen: VecDeque<Endpoint>,
     synced: bool,
@@ -215,6 +221,7 @@ impl Node {
             dials: BTreeMap::new(),
             indices: Indices::default(),
             responding: HashMap::new(),
+            initiations: InitiationLimiter::default(),
             seen: VecDeque::new(),
             synced: false,
             rumors: BTreeSet::new(),
@@ -334,6 +341,11 @@ impl Node {
     /// relay holds no session for the pair it relays).
     pub fn holds_session_with(&self, peer: &PeerId) -> bool {
         self.indices.holds_session_with(peer)
+    }
+
+    /// Responder handshakes waiting for their finish (at most [`PENDING_LIMIT`]).
+    pub fn pending_handshakes(&self) -> usize {
+        self.responding.len()
     }
 
     /// Whether `index` is one of our local indices (a session, or a handshake in flight).
@@ -662,6 +674,7 @@ impl Node {
                 Ok(sealed) => self.on_sealed(now, source, sealed),
                 Err(_) => self.drop_for(DropReason::Malformed),
             },
+            MessageType::StaleIndex => self.on_stale_index(now, source, bytes),
             // A relay envelope inside a relay envelope.
             MessageType::Relay => self.drop_for(DropReason::Malformed),
         }

@@ -26,7 +26,7 @@ impl Node {
     pub(super) fn on_sealed(&mut self, now: Instant, source: Source, sealed: Sealed<&[u8]>) {
         let index = sealed.receiver_index();
         let Some(IndexUse::Session(id)) = self.indices.get(index) else {
-            return self.on_unknown_index(now, source);
+            return self.on_unknown_index(now, source, sealed.header());
         };
         let Some(session) = self
             .peers
@@ -35,7 +35,7 @@ impl Node {
             .and_then(|k| k.for_index(index, now))
             .cloned()
         else {
-            return self.on_unknown_index(now, source);
+            return self.on_unknown_index(now, source, sealed.header());
         };
         let under_current = self
             .peers
