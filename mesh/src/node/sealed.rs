@@ -56,6 +56,11 @@ impl Node {
         let mut new_direct = None;
         let mut relay_now = None;
         if let Some(p) = self.peers.get_mut(&id) {
+            // A session we demoted as one the peer never completed: the peer seals with it.
+            // (The data plane holds no unconfirmed session, so this packet comes here.)
+            if p.tunnel.keys_mut().is_some_and(|k| k.opened(index, now)) {
+                debug!(peer = %id, "the peer holds our crossed session after all: current again");
+            }
             p.last_rx = now;
             p.rx_bytes += sealed.as_bytes().len() as u64;
             p.rx_packets += 1;
