@@ -148,6 +148,10 @@ pub struct Node {
     unknown_index_from: HashMap<Endpoint, Instant>,
     routes: Arc<RouteTable>,
     routes_dirty: bool,
+    /// Which member owns which block changed since routes were computed: unlike a path
+    /// change, this cannot wait for the routes' slot in the data plane's snapshot (see
+    /// [`Node::data_plane`]).
+    owners_dirty: bool,
     routes_computed: Option<Instant>,
     data_plane: Option<Arc<DataPlane>>,
     timers: TimerTable,
@@ -232,6 +236,7 @@ impl Node {
             unknown_index_from: HashMap::new(),
             routes: Arc::default(),
             routes_dirty: true,
+            owners_dirty: true,
             routes_computed: None,
             data_plane: None,
             timers: TimerTable::default(),
@@ -410,6 +415,12 @@ impl Node {
     pub fn data_plane(&mut self, now: Instant) -> Arc<DataPlane> {
         if let Some(dp) = &self.data_plane {
             return dp.clone();
+        }
+        // Workers judge each packet's source by who owns it (`packet::admit`), as the Node
+        // does with routes it recomputes first (`on_data`): a block just learned must not be
+        // refused by one path and delivered by the other until the next route slot.
+        if self.owners_dirty {
+            self.compute_routes(now);
         }
         let mut peers = BTreeMap::new();
         let mut receiving = HashMap::new();
