@@ -12,6 +12,9 @@ use crate::session::{PREVIOUS_SESSION_GRACE, Session};
 pub struct Keyring {
     current: Option<Arc<Session>>,
     previous: Option<(Arc<Session>, Instant)>,
+    /// The previous session is one [`Keyring::promote_previous`] demoted, on the guess that
+    /// the peer never completed it; a packet under it proves the guess wrong.
+    demoted: bool,
 }
 
 impl Keyring {
@@ -26,6 +29,7 @@ impl Keyring {
     /// it.
     #[must_use = "a returned index must be forgotten by the caller's index map"]
     pub fn install(&mut self, session: Arc<Session>, now: Instant) -> Option<u32> {
+        self.demoted = false;
         let old = self.current.replace(session)?;
         self.previous
             .replace(grace(old, now))
@@ -40,6 +44,7 @@ impl Keyring {
     /// [`Keyring::install`] does.
     #[must_use = "a returned index must be forgotten by the caller's index map"]
     pub fn install_previous(&mut self, session: Arc<Session>, now: Instant) -> Option<u32> {
+        self.demoted = false;
         self.previous
             .replace(grace(session, now))
             .map(|(gone, _)| gone.local_index())
@@ -47,9 +52,38 @@ impl Keyring {
 
     /// Makes the previous session current again, and the current one previous for
     /// [`PREVIOUS_SESSION_GRACE`] from `now`: for a session kept for opening only
-    /// ([`Keyring::install_previous`]) that turned out to be the only one the peer holds.
-    /// Returns false (and changes nothing) when there is no previous session at `now`.
+    /// ([`Keyring::install_previous`]) that seems to be the only one the peer holds (ours was
+    /// never confirmed). That is a guess: the demoted session comes back if a packet opens
+    /// under it ([`Keyring::opened`]). Returns false (and changes nothing) when there is no
+    /// previous session at `now`.
     pub fn promote_previous(&mut self, now: Instant) -> bool {
+        if !self.swap(now) {
+            return false;
+        }
+        self.demoted = true;
+        true
+    }
+
+    /// A packet from the peer opened under `local_index`. If that is the session
+    /// [`Keyring::promote_previous`] demoted, the peer holds it after all (its first packets
+    /// under it were lost, not our finish): it is current again, and the promoted one
+    /// previous for [`PREVIOUS_SESSION_GRACE`] from `now`, so that both ends seal with the
+    /// one they settled on. Returns whether it was restored.
+    pub fn opened(&mut self, local_index: u32, now: Instant) -> bool {
+        if !self.demoted
+            || self
+                .previous(now)
+                .is_none_or(|prev| prev.local_index() != local_index)
+        {
+            return false;
+        }
+        self.demoted = false;
+        self.swap(now)
+    }
+
+    /// Exchanges the current and the previous session (while the previous one lasts); the
+    /// one made previous gets a grace from `now`.
+    fn swap(&mut self, now: Instant) -> bool {
         if self.previous(now).is_none_or(|prev| prev.is_expired(now)) {
             return false;
         }
@@ -119,6 +153,7 @@ impl Keyring {
         {
             released.push(s.local_index());
             self.previous = None;
+            self.demoted = false;
         }
         if let Some(s) = &self.current
             && s.is_expired(now)
@@ -308,5 +343,66 @@ mod tests {
         let later = t5 + PREVIOUS_SESSION_GRACE;
         assert!(!ring.promote_previous(later));
         assert_eq!(ring.current().unwrap().local_index(), 11);
+    }
+
+    #[test]
+    fn a_packet_under_the_session_a_promotion_demoted_makes_it_current_again() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(1);
+        let (ours, peer_ours) = pair_with(t0, 10, 20);
+        let (_peer_theirs, theirs) = pair_with(t1, 21, 11);
+        let mut ring = Keyring::new();
+        assert_eq!(ring.install(Arc::new(ours), t0), None);
+        assert_eq!(ring.install_previous(Arc::new(theirs), t1), None);
+        let t5 = t0 + Duration::from_secs(5);
+        assert!(ring.promote_previous(t5));
+        // A packet under the promoted one changes nothing.
+        assert!(!ring.opened(11, t5));
+        assert_eq!(ring.current().unwrap().local_index(), 11);
+        // The peer seals with ours after all: its first packets were lost, not our finish.
+        let t6 = t5 + Duration::from_secs(1);
+        let mut p = packet();
+        peer_ours
+            .seal_in_place(PayloadKind::Data, &mut p, t6)
+            .unwrap();
+        open(ring.for_index(10, t6).unwrap(), &mut p, t6).unwrap();
+        assert!(ring.opened(10, t6));
+        assert_eq!(ring.current().unwrap().local_index(), 10);
+        assert_eq!(ring.sending(t6).unwrap().local_index(), 10);
+        assert_eq!(ring.previous_until(), Some(t6 + PREVIOUS_SESSION_GRACE));
+        // Once only: the session is current, and packets under it are no news.
+        assert!(!ring.opened(10, t6));
+        assert!(!ring.opened(11, t6));
+        assert_eq!(ring.current().unwrap().local_index(), 10);
+    }
+
+    #[test]
+    fn only_a_demoted_session_is_restored_by_a_packet() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(1);
+        let (a1, _b1) = pair_with(t0, 10, 20);
+        let (a2, _b2) = pair_with(t1, 11, 21);
+        let mut ring = Keyring::new();
+        assert_eq!(ring.install(Arc::new(a1), t0), None);
+        // A rekey: late packets under the old session do not bring it back.
+        assert_eq!(ring.install(Arc::new(a2), t1), None);
+        assert!(!ring.opened(10, t1));
+        assert_eq!(ring.current().unwrap().local_index(), 11);
+        // A promotion is forgotten once a new session is installed after it...
+        let (_p3, theirs) = pair_with(t1, 22, 12);
+        assert_eq!(ring.install_previous(Arc::new(theirs), t1), Some(10));
+        assert!(ring.promote_previous(t1));
+        let (a4, _b4) = pair_with(t1, 13, 23);
+        assert_eq!(ring.install(Arc::new(a4), t1), Some(11));
+        assert!(!ring.opened(12, t1));
+        assert_eq!(ring.current().unwrap().local_index(), 13);
+        // ...and once the demoted session's grace is over.
+        let (_p5, theirs) = pair_with(t1, 24, 14);
+        assert_eq!(ring.install_previous(Arc::new(theirs), t1), Some(12));
+        assert!(ring.promote_previous(t1));
+        let later = t1 + PREVIOUS_SESSION_GRACE;
+        assert_eq!(ring.handle_timeout(later), vec![13]);
+        assert!(!ring.opened(13, later));
+        assert_eq!(ring.current().unwrap().local_index(), 14);
     }
 }

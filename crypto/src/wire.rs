@@ -13,7 +13,12 @@
 //! finish     (72 B)   0 type=3 | 1 version | 2..4 zero | 4..8 receiver index
 //!                     | 8..56 AEAD(s) | 56..72 AEAD(empty)
 //! data/control        0 type=4|5 | 1..5 receiver index | 5..13 counter | ciphertext | 16 B tag
+//! stale index (13 B)  0 type=7 | 1..5 receiver index | 5..13 counter
 //! ```
+//!
+//! A stale-index notice answers a sealed datagram whose receiver index the router does not
+//! hold (it restarted): it echoes that datagram's header, so it is always smaller than what
+//! it answers (13 bytes against at least 29) and names an index only the sender knows.
 //!
 //! Handshake messages carry a version byte; a data format change takes a new type value.
 //! Type 6 is the mesh's relay envelope, which `weft-mesh` owns. Unknown types are refused.
@@ -57,6 +62,9 @@ pub enum MessageType {
     Control = 5,
     /// A sealed datagram wrapped for forwarding by a relay (format owned by `weft-mesh`).
     Relay = 6,
+    /// "I hold no session with this receiver index": the echoed header of a sealed datagram,
+    /// so that its sender handshakes again (see [`StaleIndex`]).
+    StaleIndex = 7,
 }
 
 impl MessageType {
@@ -70,6 +78,7 @@ impl MessageType {
             Some(4) => Ok(Self::Data),
             Some(5) => Ok(Self::Control),
             Some(6) => Ok(Self::Relay),
+            Some(7) => Ok(Self::StaleIndex),
             Some(&other) => Err(WireError::UnknownType(other)),
         }
     }
@@ -269,6 +278,63 @@ impl DataHeader {
         out[0] = self.kind.message_type() as u8;
         out[1..5].copy_from_slice(&self.receiver_index.to_le_bytes());
         out[5..13].copy_from_slice(&self.counter.to_le_bytes());
+    }
+}
+
+/// Size of a stale-index notice: the echoed header of the sealed datagram it answers.
+pub const STALE_INDEX_LEN: usize = DATA_HEADER_LEN;
+
+/// A checked stale-index notice: a router that received a sealed datagram under a receiver
+/// index it does not hold echoes the datagram's header under type 7. It is not authenticated
+/// (the router holds no key for it); its receiver then acts only if the index and counter
+/// are those of a session it holds with the notice's source, which an off-path sender cannot
+/// guess, and its answer is a handshake to a member it already knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StaleIndex {
+    /// The receiver index the sealed datagram named (the notice's receiver's remote index).
+    pub receiver_index: u32,
+    /// The counter the sealed datagram carried.
+    pub counter: u64,
+}
+
+impl StaleIndex {
+    /// Validates type and length.
+    pub fn parse(bytes: &[u8]) -> Result<Self, WireError> {
+        let got = MessageType::of(bytes)?;
+        if got != MessageType::StaleIndex {
+            return Err(WireError::UnexpectedType {
+                expected: MessageType::StaleIndex,
+                got,
+            });
+        }
+        if bytes.len() != STALE_INDEX_LEN {
+            return Err(WireError::Length {
+                kind: got,
+                expected: STALE_INDEX_LEN,
+                got: bytes.len(),
+            });
+        }
+        Ok(Self {
+            receiver_index: u32_at(bytes, 1),
+            counter: u64::from_le_bytes(bytes[5..13].try_into().expect("8 bytes")),
+        })
+    }
+
+    /// The notice answering a sealed datagram with this header.
+    pub fn answering(header: &DataHeader) -> Self {
+        Self {
+            receiver_index: header.receiver_index,
+            counter: header.counter,
+        }
+    }
+
+    /// The notice's bytes.
+    pub fn encode(&self) -> [u8; STALE_INDEX_LEN] {
+        let mut out = [0u8; STALE_INDEX_LEN];
+        out[0] = MessageType::StaleIndex as u8;
+        out[1..5].copy_from_slice(&self.receiver_index.to_le_bytes());
+        out[5..13].copy_from_slice(&self.counter.to_le_bytes());
+        out
     }
 }
 
@@ -490,6 +556,36 @@ mod tests {
         buf[0] = MessageType::HandshakeFinish as u8;
         assert!(matches!(
             Sealed::parse(&buf[..]),
+            Err(WireError::UnexpectedType { .. })
+        ));
+    }
+
+    #[test]
+    fn a_stale_index_notice_echoes_a_header_and_is_smaller_than_any_sealed_datagram() {
+        let h = DataHeader {
+            kind: PayloadKind::Data,
+            receiver_index: 0x0102_0304,
+            counter: 99,
+        };
+        let notice = StaleIndex::answering(&h);
+        let bytes = notice.encode();
+        assert!(bytes.len() < DATA_OVERHEAD);
+        assert_eq!(StaleIndex::parse(&bytes).unwrap(), notice);
+        assert_eq!(MessageType::of(&bytes).unwrap(), MessageType::StaleIndex);
+        assert!(matches!(
+            StaleIndex::parse(&bytes[..12]),
+            Err(WireError::Length { got: 12, .. })
+        ));
+        let mut long = bytes.to_vec();
+        long.push(0);
+        assert!(matches!(
+            StaleIndex::parse(&long),
+            Err(WireError::Length { got: 14, .. })
+        ));
+        let mut sealed = [0u8; DATA_OVERHEAD];
+        h.write(&mut sealed);
+        assert!(matches!(
+            StaleIndex::parse(&sealed[..STALE_INDEX_LEN]),
             Err(WireError::UnexpectedType { .. })
         ));
     }

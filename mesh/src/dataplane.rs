@@ -250,8 +250,16 @@ impl Tally {
 
     /// Something was dropped at `now`, for `reason`.
     pub fn drop_for(&mut self, reason: DropReason, now: Instant) {
+        self.drops_for(reason, 1, now);
+    }
+
+    /// `n` things were dropped at `now`, for `reason`.
+    pub fn drops_for(&mut self, reason: DropReason, n: u64, now: Instant) {
+        if n == 0 {
+            return;
+        }
         self.since.get_or_insert(now);
-        *self.drops.entry(reason).or_default() += 1;
+        *self.drops.entry(reason).or_default() += n;
     }
 
     /// When the pending report is due ([`REPORT_EVERY`] after the first thing in it), if

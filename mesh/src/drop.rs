@@ -56,6 +56,18 @@ pub enum DropReason {
     /// A TUN frame the data plane could not split into packets (an offload frame with more
     /// segments than a batch holds, or a malformed virtio header): dropped whole.
     TunFrame,
+    /// A handshake initiation from an address that sent more than its share (a per-source
+    /// token bucket, `mesh/src/node/ratelimit.rs`): refused before any Diffie-Hellman.
+    InitiationRateLimited,
+    /// A handshake initiation refused because as many handshakes as we keep are waiting for
+    /// their finish already (bounded memory under a flood).
+    PendingFull,
+    /// A handshake initiation the data plane dropped because the queue of initiations waiting
+    /// for the control task was full (a flood): established traffic has a queue of its own.
+    HandshakeQueueFull,
+    /// A datagram or packet the data plane dropped because the control task's queue for
+    /// everything but initiations was full (the control task fell behind).
+    NodeQueueFull,
 }
 
 /// Drop counts by reason.
@@ -63,7 +75,7 @@ pub type DropCounters = BTreeMap<DropReason, u64>;
 
 impl DropReason {
     /// Every reason, in declaration order.
-    pub const ALL: [DropReason; 23] = [
+    pub const ALL: [DropReason; 27] = [
         Self::Malformed,
         Self::UnknownIndex,
         Self::HandshakeRejected,
@@ -87,6 +99,10 @@ impl DropReason {
         Self::NotMember,
         Self::NotPinned,
         Self::TunFrame,
+        Self::InitiationRateLimited,
+        Self::PendingFull,
+        Self::HandshakeQueueFull,
+        Self::NodeQueueFull,
     ];
 
     /// The stable snake_case label metrics and logs use (`reason="spoofed_source"`). Fixed
@@ -116,6 +132,10 @@ impl DropReason {
             Self::NotMember => "not_member",
             Self::NotPinned => "not_pinned",
             Self::TunFrame => "tun_frame",
+            Self::InitiationRateLimited => "initiation_rate_limited",
+            Self::PendingFull => "pending_full",
+            Self::HandshakeQueueFull => "handshake_queue_full",
+            Self::NodeQueueFull => "node_queue_full",
         }
     }
 }

@@ -16,13 +16,11 @@ use weft_mesh::{Command, Event, NextHop, Node, PeerId};
 
 use crate::config::{RouterConfig, TUN_NAME, pod_mtu};
 use crate::control::{self, Call, PeerReport, Request, Response, RouteReport, StatusReport};
-use crate::dataplane::{self, Offload, Paths, Shared, ToNode};
+use crate::dataplane::{self, Offload, Paths, Queues, Receivers, Shared, ToNode};
 use crate::metrics::{self, Snapshot};
 use crate::netconf;
 use crate::state::{StateDir, StateError};
 
-/// Messages from the data-plane workers waiting for the control task.
-const TO_NODE_QUEUE: usize = 1024;
 /// Socket buffers: the default 208 KiB overflows within a millisecond at a gigabit while the
 /// single loop is busy sealing a batch (RcvbufErrors seen in the lab before this).
 const SOCKET_BUFFER: usize = 8 << 20;
@@ -437,7 +435,7 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
     let tun = Arc::new(tun);
     let udp = Arc::new(udp);
     let shared = Arc::new(Shared::default());
-    let (to_node, from_workers) = mpsc::channel(TO_NODE_QUEUE);
+    let (to_node, from_workers) = Queues::new();
     let tx = dataplane::tx::Tx {
         tun: tun.clone(),
         socket: socket.clone(),
@@ -455,7 +453,8 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
         shared: shared.clone(),
         to_node: to_node.clone(),
     };
-    let workers = dataplane::Workers::start(tx, rx, to_node).map_err(RunError::WorkersStart)?;
+    let workers =
+        dataplane::Workers::start(tx, rx, to_node.main).map_err(RunError::WorkersStart)?;
 
     let mut driver = Driver {
         node,
@@ -536,7 +535,7 @@ impl Driver {
     async fn run(
         &mut self,
         calls: &mut mpsc::Receiver<Call>,
-        mut from_workers: mpsc::Receiver<ToNode>,
+        mut from_workers: Receivers,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), RunError> {
         tokio::pin!(shutdown);
@@ -550,9 +549,16 @@ impl Driver {
                         None => std::future::pending().await,
                     }
                 };
+                // In this order (docs/design.md §3, "Handshakes under load"): activity
+                // reports and established traffic before timers, requests and new handshakes,
+                // which come last, so a flood of initiations waits in its own bounded queue.
                 tokio::select! {
+                    biased;
                     _ = &mut shutdown => return Ok(()),
-                    Some(message) = from_workers.recv() => {
+                    Some(report) = from_workers.reports.recv() => {
+                        report.apply(&mut self.node, Instant::now());
+                    }
+                    Some(message) = from_workers.main.recv() => {
                         let now = Instant::now();
                         match message {
                             ToNode::Packets(packets) => self.node.handle_tun_packets(now, packets),
@@ -560,7 +566,6 @@ impl Driver {
                                 now,
                                 datagrams.iter().map(|(from, d)| (*from, d.as_slice())),
                             ),
-                            ToNode::Activity(report) => report.apply(&mut self.node, now),
                             ToNode::Stopped { worker, error } => {
                                 return Err(RunError::WorkerStopped {
                                     worker,
@@ -585,6 +590,9 @@ impl Driver {
                         } else {
                             self.node.handle_command(Instant::now(), command);
                         }
+                    }
+                    Some((from, initiation)) = from_workers.initiations.recv() => {
+                        self.node.handle_datagram(Instant::now(), from, &initiation);
                     }
                 }
                 self.drain().await?;

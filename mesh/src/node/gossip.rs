@@ -61,6 +61,7 @@ impl Node {
         self.table.merge(record.clone(), now);
         if old_blocks.as_ref() != Some(&record.pod_blocks) {
             self.routes_dirty = true;
+            self.owners_dirty = true;
         }
         self.rumors.insert(self.id);
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info};
-use weft_crypto::wire::{Finish, Initiation, Response};
+use weft_crypto::wire::{DataHeader, Finish, Initiation, Response, StaleIndex};
 use weft_crypto::{Keyring, REKEY_TIMEOUT, Role, Session};
 
 use crate::drop::DropReason;
@@ -34,9 +34,6 @@ pub(super) struct Dial {
     pub(super) retry_at: Instant,
     pub(super) tries: u32,
     pub(super) failures: u32,
-    /// Dialled because it sent us data under a session we do not hold: one round of
-    /// attempts, then forgotten (it is not a seed).
-    pub(super) once: bool,
 }
 
 /// How young the current session must be for a session beside it to count as one that
@@ -55,6 +52,12 @@ pub const INITIATE_FALLBACK: Duration = REKEY_TIMEOUT;
 /// after `REKEY_TIMEOUT`, so a third message later than that will not come.
 pub const RESPONDING_TIMEOUT: Duration = Duration::from_secs(2 * REKEY_TIMEOUT.as_secs());
 
+/// Responder handshakes kept waiting for their finish at once; an initiation past this is
+/// refused and counted ([`DropReason::PendingFull`]). Each holds a Noise state of a few
+/// hundred bytes; a member needs one for the few seconds of a handshake, so this is room for
+/// a thousand peers rekeying at once while a flood cannot grow the router's memory.
+pub const PENDING_LIMIT: usize = 1024;
+
 /// A sealed datagram for a receiver index we do not hold (we restarted and lost the session,
 /// or dropped it) makes us handshake with its sender at most this often per endpoint.
 pub const UNKNOWN_INDEX_INTERVAL: Duration = REKEY_TIMEOUT;
@@ -67,6 +70,18 @@ impl Node {
     pub(super) fn on_initiation(&mut self, now: Instant, source: Source, bytes: &[u8]) {
         if Initiation::parse(bytes).is_err() {
             return self.drop_for(DropReason::Malformed);
+        }
+        // Budgets first, before any Diffie-Hellman. A relayed initiation comes from the
+        // endpoint of a member with a tunnel up (the relay checks), so only direct ones count
+        // against their source.
+        if source.relayed_from.is_none() && !self.initiations.admit(source.endpoint.ip(), now) {
+            return self.drop_for(DropReason::InitiationRateLimited);
+        }
+        if self.responding.len() >= PENDING_LIMIT {
+            self.expire_responding(now);
+            if self.responding.len() >= PENDING_LIMIT {
+                return self.drop_for(DropReason::PendingFull);
+            }
         }
         let index = self.alloc_index(IndexUse::Responding);
         let wall = self.wall(now);
@@ -268,10 +283,15 @@ impl Node {
     }
 
     /// A sealed datagram for an index we do not hold. Its sender believes in a session we
-    /// lost (we restarted) or dropped: handshake with it now rather than let it send into the
+    /// lost (we restarted) or dropped: have a handshake now rather than let it send into the
     /// void until DEAD_AFTER. Rate limited per endpoint and bounded in endpoints, and only
-    /// for direct sources (a forged source costs us at most one initiation per interval).
-    pub(super) fn on_unknown_index(&mut self, now: Instant, source: Source) {
+    /// for direct sources.
+    ///
+    /// No reflection (docs/design.md §3): a known member's endpoint gets an initiation, but
+    /// any other source only a [`StaleIndex`] notice, the echo of the datagram's header,
+    /// smaller than the datagram itself. The sender, if it holds that session with us, is the
+    /// one that handshakes; a forged source gets fewer bytes than the forger sent.
+    pub(super) fn on_unknown_index(&mut self, now: Instant, source: Source, header: DataHeader) {
         self.drop_for(DropReason::UnknownIndex);
         if source.relayed_from.is_some() {
             return;
@@ -307,23 +327,49 @@ impl Node {
                 self.start_handshake(id, now);
             }
             _ => {
-                if self.dials.contains_key(&ep) || self.config.announce.contains(&ep) {
-                    return;
-                }
-                debug!(endpoint = %ep, "data for an unknown index from a stranger: dialling it");
-                self.dials.insert(
-                    ep,
-                    Dial {
-                        attempt: None,
-                        retry_at: now,
-                        tries: 0,
-                        failures: 0,
-                        once: true,
-                    },
-                );
-                self.dial(ep, now);
+                debug!(endpoint = %ep, "data for an unknown index from a stranger: telling it");
+                let notice = StaleIndex::answering(&header).encode();
+                self.stats.handshake_bytes += notice.len() as u64;
+                self.transmit(ep, notice.to_vec());
             }
         }
+    }
+
+    /// A [`StaleIndex`] notice: the peer at `source` says it holds no session under an index
+    /// we seal to (it restarted). Believed only when it names the receiver index of our
+    /// session with the member at that endpoint (the current one, or the one we seal with)
+    /// and a counter we used, which an off-path forger cannot guess; then we handshake with
+    /// that member, unless we already are.
+    pub(super) fn on_stale_index(&mut self, now: Instant, source: Source, bytes: &[u8]) {
+        let Ok(notice) = StaleIndex::parse(bytes) else {
+            return self.drop_for(DropReason::Malformed);
+        };
+        // Notices answer direct datagrams only.
+        if source.relayed_from.is_some() {
+            return self.drop_for(DropReason::UnknownIndex);
+        }
+        let Some(id) = self.by_endpoint.get(&source.endpoint).copied() else {
+            return self.drop_for(DropReason::UnknownIndex);
+        };
+        let Some(p) = self.peers.get(&id) else {
+            return self.drop_for(DropReason::UnknownIndex);
+        };
+        // The session we seal with (during a rekey's grace, the previous one) or the current.
+        let names = |s: &Arc<Session>| {
+            s.remote_index() == notice.receiver_index && notice.counter < s.sent()
+        };
+        let ours = p
+            .tunnel
+            .keys()
+            .is_some_and(|k| k.current().is_some_and(names) || k.sending(now).is_some_and(names));
+        if !ours || p.path.direct() != Some(source.endpoint) {
+            return self.drop_for(DropReason::UnknownIndex);
+        }
+        if p.tunnel.attempt().is_some() {
+            return;
+        }
+        debug!(peer = %id, endpoint = %source.endpoint, "peer lost our session: handshaking");
+        self.start_handshake(id, now);
     }
 
     /// A handshake completed with `id`.
@@ -449,14 +495,12 @@ impl Node {
     }
 
     pub(super) fn add_dial(&mut self, endpoint: Endpoint, now: Instant) {
-        let dial = self.dials.entry(endpoint).or_insert(Dial {
+        self.dials.entry(endpoint).or_insert(Dial {
             attempt: None,
             retry_at: now,
             tries: 0,
             failures: 0,
-            once: false,
         });
-        dial.once = false;
         self.timers.set(Timer::Maintenance, now);
     }
 

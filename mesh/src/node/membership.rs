@@ -69,13 +69,12 @@ impl Node {
         {
             self.cancel_grants_to(&rec);
         }
-        if old_blocks.as_ref() != Some(&rec.pod_blocks)
-            || old_links.as_ref() != Some(&rec.links_down)
-            || merged == Merge::New
-            || !rec.is_alive()
-        {
+        let owners_changed =
+            old_blocks.as_ref() != Some(&rec.pod_blocks) || merged == Merge::New || !rec.is_alive();
+        if owners_changed || old_links.as_ref() != Some(&rec.links_down) {
             self.routes_dirty = true;
         }
+        self.owners_dirty |= owners_changed;
         self.rumors.insert(id);
         if !was_nat_pair && self.nat_pair(&id) {
             self.nat_pair_found(id, now);

@@ -40,6 +40,7 @@
 //! | `membership.rs` | merging records, names, refuting our tombstone, which members we keep |
 //! | `address_space.rs` | asking for, granting and taking over address space (IPAM) |
 //! | `pinning.rs` | membership pinned to a list of keys |
+//! | `ratelimit.rs` | `InitiationLimiter`: per-source budgets for the initiations we answer |
 //!
 //! Tunnel state transitions are methods of [`crate::tunnel::Tunnel`]; drop reasons are in
 //! [`crate::drop`]; the IPv4 view and the anti-spoofing rule in [`crate::packet`].
@@ -81,6 +82,7 @@ mod path_state;
 mod paths;
 mod peer;
 mod pinning;
+mod ratelimit;
 mod sealed;
 mod status;
 mod timers;
@@ -92,7 +94,7 @@ pub use io::{Command, Config, DownReason, Event, PersistentState, Transmit};
 pub use status::{DirectAttempt, NodeStats, NodeStatus, PeerStatus};
 
 pub use handshake::{
-    CROSSING_WINDOW, INITIATE_FALLBACK, RESPONDING_TIMEOUT, UNKNOWN_INDEX_ENDPOINTS,
+    CROSSING_WINDOW, INITIATE_FALLBACK, PENDING_LIMIT, RESPONDING_TIMEOUT, UNKNOWN_INDEX_ENDPOINTS,
     UNKNOWN_INDEX_INTERVAL,
 };
 pub use path_state::{
@@ -101,12 +103,14 @@ pub use path_state::{
 };
 pub use paths::{DIRECT_PATH_BOUND, ROUTE_INTERVAL};
 pub use peer::CONFIRM_TIMEOUT;
+pub use ratelimit::{INITIATION_BURST, INITIATIONS_PER_SECOND, LIMITER_ADDRESSES};
 pub use sealed::QUEUE_LIMIT;
 
 use handshake::{Dial, Pending};
 use indices::{IndexUse, Indices};
 use paths::Source;
 use peer::Peer;
+use ratelimit::InitiationLimiter;
 use timers::{Timer, TimerTable};
 
 /// One router's mesh logic. See the module docs for the call order.
@@ -128,6 +132,8 @@ pub struct Node {
     dials: BTreeMap<Endpoint, Dial>,
     indices: Indices,
     responding: HashMap<u32, Pending>,
+    /// Per-source budgets for initiations we answer.
+    initiations: InitiationLimiter,
     /// Endpoints peers reported seeing us at, newest last.
     seen: VecDeque<Endpoint>,
     synced: bool,
@@ -142,6 +148,10 @@ pub struct Node {
     unknown_index_from: HashMap<Endpoint, Instant>,
     routes: Arc<RouteTable>,
     routes_dirty: bool,
+    /// Which member owns which block changed since routes were computed: unlike a path
+    /// change, this cannot wait for the routes' slot in the data plane's snapshot (see
+    /// [`Node::data_plane`]).
+    owners_dirty: bool,
     routes_computed: Option<Instant>,
     data_plane: Option<Arc<DataPlane>>,
     timers: TimerTable,
@@ -215,6 +225,7 @@ impl Node {
             dials: BTreeMap::new(),
             indices: Indices::default(),
             responding: HashMap::new(),
+            initiations: InitiationLimiter::default(),
             seen: VecDeque::new(),
             synced: false,
             rumors: BTreeSet::new(),
@@ -225,6 +236,7 @@ impl Node {
             unknown_index_from: HashMap::new(),
             routes: Arc::default(),
             routes_dirty: true,
+            owners_dirty: true,
             routes_computed: None,
             data_plane: None,
             timers: TimerTable::default(),
@@ -336,6 +348,11 @@ impl Node {
         self.indices.holds_session_with(peer)
     }
 
+    /// Responder handshakes waiting for their finish (at most [`PENDING_LIMIT`]).
+    pub fn pending_handshakes(&self) -> usize {
+        self.responding.len()
+    }
+
     /// Whether `index` is one of our local indices (a session, or a handshake in flight).
     /// Tests use it to show a relay holds nothing for the pair it relays.
     pub fn holds_index(&self, index: u32) -> bool {
@@ -398,6 +415,12 @@ impl Node {
     pub fn data_plane(&mut self, now: Instant) -> Arc<DataPlane> {
         if let Some(dp) = &self.data_plane {
             return dp.clone();
+        }
+        // Workers judge each packet's source by who owns it (`packet::admit`), as the Node
+        // does with routes it recomputes first (`on_data`): a block just learned must not be
+        // refused by one path and delivered by the other until the next route slot.
+        if self.owners_dirty {
+            self.compute_routes(now);
         }
         let mut peers = BTreeMap::new();
         let mut receiving = HashMap::new();
@@ -662,6 +685,7 @@ impl Node {
                 Ok(sealed) => self.on_sealed(now, source, sealed),
                 Err(_) => self.drop_for(DropReason::Malformed),
             },
+            MessageType::StaleIndex => self.on_stale_index(now, source, bytes),
             // A relay envelope inside a relay envelope.
             MessageType::Relay => self.drop_for(DropReason::Malformed),
         }

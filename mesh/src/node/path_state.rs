@@ -173,10 +173,11 @@ impl PathState {
             .unanswered_since
             .filter(|_| watch_silence && self.is_direct())
             .map(|t| t + SILENT_PROBE_AFTER);
-        min_opt(
-            min_opt(silent_at, self.direct_probe_at),
-            self.punch_round_at,
-        )
+        // A probe is only sent off the direct path (`probe_due`): a probe time left over on
+        // a direct path (it went silent with no relay to move to) must not wake the timer, or
+        // the peer's deadline stays in the past and the timer spins.
+        let probe_at = self.direct_probe_at.filter(|_| !self.is_direct());
+        min_opt(min_opt(silent_at, probe_at), self.punch_round_at)
     }
 
     /// When to ask for an introduction, waiting for a session since `since` (once a wait).
@@ -311,6 +312,25 @@ mod tests {
         assert_eq!(p.deadline(true), Some(t0 + SILENT_PROBE_AFTER));
         // A rekeying tunnel probes already: no silence wake-up for it.
         assert_eq!(p.deadline(false), None);
+    }
+
+    #[test]
+    fn a_silent_direct_path_with_no_relay_sets_no_deadline_in_the_past() {
+        let t0 = Instant::now();
+        let mut p = direct(1);
+        p.expect_answer(t0);
+        let silent = t0 + SILENT_PROBE_AFTER;
+        let old = p.leave_direct(silent);
+        // No relay: the direct hop stays the only hope, and nothing is probed on it.
+        p.next_hop = old;
+        let later = silent + 2 * DIRECT_PROBE_INTERVAL;
+        assert!(!p.probe_due(later));
+        assert_eq!(p.deadline(true), None);
+        assert_eq!(p.deadline(false), None);
+        // Once a relay carries the session, the probe is due (overdue: at once).
+        p.next_hop = Some(relay());
+        assert_eq!(p.deadline(true), Some(silent + DIRECT_PROBE_INTERVAL));
+        assert!(p.probe_due(later));
     }
 
     #[test]

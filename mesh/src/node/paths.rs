@@ -445,6 +445,7 @@ impl Node {
 
     pub(super) fn compute_routes(&mut self, now: Instant) {
         self.routes_dirty = false;
+        self.owners_dirty = false;
         let direct: BTreeSet<PeerId> = self
             .peers
             .iter()

@@ -26,7 +26,7 @@ impl Node {
     pub(super) fn on_sealed(&mut self, now: Instant, source: Source, sealed: Sealed<&[u8]>) {
         let index = sealed.receiver_index();
         let Some(IndexUse::Session(id)) = self.indices.get(index) else {
-            return self.on_unknown_index(now, source);
+            return self.on_unknown_index(now, source, sealed.header());
         };
         let Some(session) = self
             .peers
@@ -35,7 +35,7 @@ impl Node {
             .and_then(|k| k.for_index(index, now))
             .cloned()
         else {
-            return self.on_unknown_index(now, source);
+            return self.on_unknown_index(now, source, sealed.header());
         };
         let under_current = self
             .peers
@@ -56,6 +56,11 @@ impl Node {
         let mut new_direct = None;
         let mut relay_now = None;
         if let Some(p) = self.peers.get_mut(&id) {
+            // A session we demoted as one the peer never completed: the peer seals with it.
+            // (The data plane holds no unconfirmed session, so this packet comes here.)
+            if p.tunnel.keys_mut().is_some_and(|k| k.opened(index, now)) {
+                debug!(peer = %id, "the peer holds our crossed session after all: current again");
+            }
             p.last_rx = now;
             p.rx_bytes += sealed.as_bytes().len() as u64;
             p.rx_packets += 1;

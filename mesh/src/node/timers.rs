@@ -115,10 +115,8 @@ impl Node {
         self.timers.set_peer(id, deadline);
     }
 
-    pub(super) fn on_maintenance_timer(&mut self, now: Instant) {
-        self.timers
-            .set(Timer::Maintenance, now + Duration::from_secs(1));
-        // Handshakes we answered whose finish never came.
+    /// Forgets handshakes we answered whose finish never came.
+    pub(super) fn expire_responding(&mut self, now: Instant) {
         let expired: Vec<u32> = self
             .responding
             .iter()
@@ -129,6 +127,12 @@ impl Node {
             self.responding.remove(&i);
             self.indices.release(i);
         }
+    }
+
+    pub(super) fn on_maintenance_timer(&mut self, now: Instant) {
+        self.timers
+            .set(Timer::Maintenance, now + Duration::from_secs(1));
+        self.expire_responding(now);
         let wall = self.wall(now);
         self.handshaker.expire_initiations(wall);
         // Dials.
@@ -146,12 +150,6 @@ impl Node {
                 continue;
             };
             if d.attempt.is_some() && d.tries >= HANDSHAKE_ATTEMPTS {
-                if d.once {
-                    if let Some(a) = self.dials.remove(&ep).and_then(|d| d.attempt) {
-                        self.indices.release(a.index);
-                    }
-                    continue;
-                }
                 d.failures += 1;
                 d.tries = 0;
                 let b = backoff(d.failures);

@@ -155,6 +155,8 @@ impl Node {
         // Our session is still unconfirmed while the one beside it is newer: that one was
         // kept for opening only as crossing ours, but the peer never had ours (our finish was
         // lost). The peer's is the one both hold: seal with it rather than handshake again.
+        // (If the peer's first packets under ours were lost instead, its next one brings ours
+        // back: `Keyring::opened`, called from `on_sealed`.)
         if let Tunnel::Established { keys } = &mut p.tunnel
             && let Some(current) = keys.current()
             && unconfirmed_since(keys).is_some_and(|t| now >= t)

@@ -12,13 +12,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use quinn_udp::{RecvMeta, UdpSocketState};
-use tokio::sync::mpsc;
 use tracing::debug;
 use tun_rs::{GROTable, SyncDevice};
 use weft_crypto::DATA_HEADER_LEN;
 use weft_mesh::{DataPlane, DropReason, Received, Tally};
 
-use super::{Shared, ToNode};
+use super::{Queues, Shared};
 
 /// Messages per `recvmmsg`.
 const MESSAGES: usize = 16;
@@ -43,8 +42,8 @@ pub struct Rx {
     pub udp: Arc<UdpSocketState>,
     /// The Node's snapshot.
     pub shared: Arc<Shared>,
-    /// Where datagrams the snapshot does not cover go.
-    pub to_node: mpsc::Sender<ToNode>,
+    /// Where datagrams the snapshot does not cover, and reports, go.
+    pub to_node: Queues,
 }
 
 /// Opened packets waiting for the TUN write: each `[DATA_HEADER_LEN bytes | packet]`; the
@@ -137,8 +136,8 @@ impl Rx {
                     }
                 }
                 self.write(&mut st.gro, &mut st.out);
-                if !slow.is_empty() && self.to_node.try_send(ToNode::Datagrams(slow)).is_err() {
-                    debug!("control task busy: datagrams dropped");
+                if !slow.is_empty() {
+                    self.to_node.datagrams(slow, &mut st.tally, now);
                 }
                 true
             }
@@ -153,9 +152,7 @@ impl Rx {
                 true
             }
         };
-        if let Some(report) = st.tally.take_if_due(now) {
-            let _ = self.to_node.try_send(ToNode::Activity(report));
-        }
+        self.to_node.report(&mut st.tally, now);
         Ok(busy)
     }
 

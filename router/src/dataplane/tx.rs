@@ -14,13 +14,12 @@ use std::time::Instant;
 
 use nix::poll::PollFlags;
 use quinn_udp::{Transmit, UdpSocketState};
-use tokio::sync::mpsc;
 use tracing::{debug, warn};
 use tun_rs::SyncDevice;
 use weft_crypto::{DATA_HEADER_LEN, DATA_OVERHEAD};
 use weft_mesh::{DropReason, Ipv4View, PeerId, PeerPath, Tally};
 
-use super::{Shared, ToNode, wait};
+use super::{Queues, Shared, wait};
 
 /// Packet slots per batch.
 const SLOTS: usize = 256;
@@ -44,7 +43,7 @@ pub struct Tx {
     /// The Node's snapshot.
     pub shared: Arc<Shared>,
     /// Where packets the snapshot does not cover go.
-    pub to_node: mpsc::Sender<ToNode>,
+    pub to_node: Queues,
     /// Whether the TUN device carries virtio headers.
     pub offload: bool,
     /// Whether to send runs with UDP GSO.
@@ -141,9 +140,7 @@ impl Tx {
                 true
             }
         };
-        if let Some(report) = st.tally.take_if_due(now) {
-            let _ = self.to_node.try_send(ToNode::Activity(report));
-        }
+        self.to_node.report(&mut st.tally, now);
         Ok(busy)
     }
 
@@ -210,9 +207,7 @@ impl Tx {
             // Node decides (it queues, relays, rekeys or counts the drop).
             slow.push(slot[DATA_HEADER_LEN..DATA_HEADER_LEN + len].to_vec());
         }
-        if !slow.is_empty() && self.to_node.try_send(ToNode::Packets(slow)).is_err() {
-            debug!("control task busy: packets without a session dropped");
-        }
+        self.to_node.packets(slow, tally, now);
     }
 
     /// Sends the sealed slots: each run of full datagrams to one endpoint in one `sendmsg`.
