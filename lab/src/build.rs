@@ -22,7 +22,7 @@ pub(crate) fn build(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState>
     add_ns(&u)?;
     sys::ip_in(&u, &["link", "add", "sw", "type", "bridge"])?;
     sys::ip_in(&u, &["link", "set", "sw", "up"])?;
-    if spec.kubernetes.is_some() {
+    if spec.kubernetes.is_some() || spec.api {
         sys::ip_in(&u, &["addr", "add", plan::API_SERVER, "dev", "sw"])?;
     }
 
@@ -42,6 +42,11 @@ pub(crate) fn build(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState>
     }
 
     let pod_mtu = weft_router::config::pod_mtu(UNDERLAY_MTU).expect("1500 carries pods");
+    let api_pid = if spec.api {
+        Some(crate::api::start(&spec.prefix, &nodes, &bins.weft)?)
+    } else {
+        None
+    };
     if spec.routers {
         routers::start_all(spec, &mut nodes, &bins.weft)?;
     } else {
@@ -65,6 +70,7 @@ pub(crate) fn build(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState>
         nodes,
         pods,
         pod_mtu,
+        api_pid,
     };
     state::save(&state)?;
     Ok(state)

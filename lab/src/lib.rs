@@ -20,6 +20,7 @@
 //! exec NS`), underlay addresses come from `198.18.0.0/15`, and traffic only flows between
 //! the lab's namespaces.
 
+pub mod api;
 mod build;
 pub mod delay;
 pub mod error;
@@ -136,6 +137,8 @@ pub fn down(prefix: &str) -> Result<usize, LabError> {
         .into_iter()
         .filter(|ns| names.owns(ns))
         .collect();
+    // Not in a lab namespace: it listens on the host's loopback too.
+    api::stop(prefix);
     for ns in &mine {
         for pid in sys::pids_in(ns) {
             // A namespace lives on while a process holds it: end the processes first.

@@ -194,6 +194,10 @@ pub struct LabSpec {
     /// seeds. The switch answers at [`API_SERVER`] for a server run in the underlay namespace.
     #[serde(default)]
     pub kubernetes: Option<std::path::PathBuf>,
+    /// Run the lab's own API server (`--api`, see [`crate::api`]) and the routers in
+    /// Kubernetes mode against it, with a Node per lab node.
+    #[serde(default)]
+    pub api: bool,
 }
 
 fn yes() -> bool {
@@ -230,6 +234,14 @@ impl LabSpec {
                 "block {a}-{b}: a node cannot be blocked from itself"
             );
         }
+        refuse_unless!(
+            !(self.api && self.kubernetes.is_some()),
+            "--api runs the lab's own API server: it does not go with --kubernetes"
+        );
+        refuse_unless!(
+            !self.api || self.routers,
+            "--api runs the routers against the lab's API server: it needs routers"
+        );
         if self.routers {
             refuse_unless!(
                 (1..=self.nodes).any(|n| !self.nat.contains(&n) && !self.wrong_secret.contains(&n)),
@@ -373,6 +385,7 @@ mod tests {
             delay_line: false,
             offload: None,
             kubernetes: None,
+            api: false,
         }
     }
 

@@ -78,6 +78,9 @@ pub struct LabState {
     pub pods: Vec<PodState>,
     /// The pod MTU given to weft-cni.
     pub pod_mtu: u32,
+    /// The lab API server's process id, under `--api`.
+    #[serde(default)]
+    pub api_pid: Option<u32>,
 }
 
 /// The directory of lab `prefix`: its state file, secrets, node state directories and logs.

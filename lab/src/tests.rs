@@ -40,6 +40,7 @@ fn spec(prefix: &str, nodes: usize, pods: usize) -> LabSpec {
         delay_line: false,
         offload: None,
         kubernetes: None,
+        api: false,
     }
 }
 
