@@ -262,6 +262,12 @@ enum LabCommand {
         /// kubeconfig for kubectl (plain http on a loopback port).
         #[arg(long, conflicts_with_all = ["no_routers", "kubernetes"])]
         api: bool,
+        /// With --api: Namespaces and Pods from this Kubernetes YAML (several documents). Each
+        /// Pod becomes a lab pod attached by weft-cni on its `spec.nodeName` (n1, n2…; pods
+        /// without one are spread round-robin), stored running with its address, and
+        /// reachable as `weft lab exec NAMESPACE/NAME -- CMD`. No images run.
+        #[arg(long, value_name = "FILE", requires = "api")]
+        model: Option<PathBuf>,
         #[command(flatten)]
         which: LabName,
     },
@@ -350,7 +356,8 @@ enum LabCommand {
     },
     /// Run a command inside a pod: `weft lab exec n1-p1 -- ping 10.32.2.2`.
     Exec {
-        /// The pod, as `weft lab status` names it (e.g. n1-p1).
+        /// The pod, as `weft lab status` names it (e.g. n1-p1, or NAMESPACE/NAME for a pod of
+        /// a --model file).
         pod: String,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
@@ -749,6 +756,7 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<()> {
             no_routers,
             kubernetes,
             api,
+            model,
             which,
         } => {
             let spec = weft_lab::LabSpec {
@@ -772,6 +780,7 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<()> {
                 offload,
                 kubernetes: kubernetes.map(std::path::absolute).transpose()?,
                 api,
+                model: model.map(std::path::absolute).transpose()?,
             };
             let mut bins = weft_lab::Binaries::beside(std::env::current_exe()?);
             if let Some(cni) = cni_bin {

@@ -13,7 +13,11 @@ use crate::plan::{self, LabSpec, Names, Netem, UNDERLAY_MTU};
 use crate::state::{self, LabState, NodeState, PodState};
 use crate::{Binaries, routers, sys};
 
-pub(crate) fn build(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState> {
+pub(crate) fn build(
+    spec: &LabSpec,
+    model: Option<&crate::model::Model>,
+    bins: &Binaries,
+) -> anyhow::Result<LabState> {
     let names = Names::new(&spec.prefix);
     let dir = state::lab_dir(&spec.prefix);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -62,7 +66,23 @@ pub(crate) fn build(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState>
     for node in &nodes {
         let i: usize = node.name[1..].parse().expect("n<number>");
         for j in 1..=spec.pods {
-            pods.push(attach_pod(&names, node, i, j, pod_mtu, &bins.cni)?);
+            let (ns, name) = (names.pod_ns(i, j), plan::pod_name(i, j));
+            pods.push(attach_pod(node, ns, name, pod_mtu, &bins.cni)?);
+        }
+    }
+    if let Some(model) = model {
+        crate::api::store_namespaces(&spec.prefix, &model.namespaces)?;
+        for (k, (pod, i)) in model.pods.iter().enumerate() {
+            let node = &nodes[i - 1];
+            let meta = &pod["metadata"];
+            let name = format!(
+                "{}/{}",
+                meta["namespace"].as_str().unwrap_or_default(),
+                meta["name"].as_str().unwrap_or_default()
+            );
+            let p = attach_pod(node, names.model_pod_ns(k + 1), name, pod_mtu, &bins.cni)?;
+            crate::api::store_pod(&spec.prefix, pod, &p, node)?;
+            pods.push(p);
         }
     }
     let state = LabState {
@@ -288,16 +308,13 @@ pub(crate) fn switch_rules(spec: &LabSpec) -> String {
 }
 
 fn attach_pod(
-    names: &Names,
     node: &NodeState,
-    i: usize,
-    j: usize,
+    ns: String,
+    name: String,
     mtu: u32,
     cni_bin: &Path,
 ) -> anyhow::Result<PodState> {
-    let ns = names.pod_ns(i, j);
     add_ns(&ns)?;
-    let name = plan::pod_name(i, j);
     let config = serde_json::json!({
         "cniVersion": "1.1.0",
         "name": "weft",

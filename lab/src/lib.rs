@@ -24,6 +24,7 @@ pub mod api;
 mod build;
 pub mod delay;
 pub mod error;
+pub mod model;
 pub mod plan;
 mod routers;
 mod state;
@@ -100,6 +101,10 @@ impl Binaries {
 pub fn up(spec: &LabSpec, bins: &Binaries) -> Result<LabState, LabError> {
     sys::check_prerequisites()?;
     spec.validate()?;
+    let model = match &spec.model {
+        Some(path) => Some(model::load(path, spec.nodes)?),
+        None => None,
+    };
     for (what, path) in [("weft-cni", &bins.cni), ("weft", &bins.weft)] {
         if !path.is_file() {
             return Err(LabError::Unsupported(format!(
@@ -115,7 +120,7 @@ pub fn up(spec: &LabSpec, bins: &Binaries) -> Result<LabState, LabError> {
             spec.prefix
         );
     }
-    match build::build(spec, bins) {
+    match build::build(spec, model.as_ref(), bins) {
         Ok(state) => Ok(state),
         Err(e) => {
             if let Err(cleanup) = down(&spec.prefix) {
@@ -237,10 +242,15 @@ pub fn render(state: &LabState) -> String {
             router
         );
     }
-    out += &format!("\n{:<8} {:<6} {:<16}\n", "POD", "NODE", "ADDRESS");
+    let w = state
+        .pods
+        .iter()
+        .map(|p| p.name.len() + 1)
+        .fold(8, usize::max);
+    out += &format!("\n{:<w$} {:<6} {:<16}\n", "POD", "NODE", "ADDRESS");
     for p in &state.pods {
         out += &format!(
-            "{:<8} {:<6} {:<16}\n",
+            "{:<w$} {:<6} {:<16}\n",
             p.name,
             p.node,
             p.address.to_string()

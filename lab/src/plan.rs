@@ -198,6 +198,9 @@ pub struct LabSpec {
     /// Kubernetes mode against it, with a Node per lab node.
     #[serde(default)]
     pub api: bool,
+    /// Namespaces and Pods to make (`--model FILE`, needs `api`): see [`crate::model`].
+    #[serde(default)]
+    pub model: Option<std::path::PathBuf>,
 }
 
 fn yes() -> bool {
@@ -237,6 +240,10 @@ impl LabSpec {
         refuse_unless!(
             !(self.api && self.kubernetes.is_some()),
             "--api runs the lab's own API server: it does not go with --kubernetes"
+        );
+        refuse_unless!(
+            self.model.is_none() || self.api,
+            "--model makes Pods in the lab's API server: it needs --api"
         );
         refuse_unless!(
             !self.api || self.routers,
@@ -334,6 +341,10 @@ impl<'a> Names<'a> {
     pub fn pod_ns(&self, i: usize, j: usize) -> String {
         format!("{}-n{i}-p{j}", self.prefix)
     }
+    /// The namespace of the `k`th pod of a `--model` file.
+    pub fn model_pod_ns(&self, k: usize) -> String {
+        format!("{}-m{k}", self.prefix)
+    }
     /// Whether `ns` belongs to this lab (for sweeping what a crashed run left).
     pub fn owns(&self, ns: &str) -> bool {
         ns.strip_prefix(self.prefix)
@@ -386,6 +397,7 @@ mod tests {
             offload: None,
             kubernetes: None,
             api: false,
+            model: None,
         }
     }
 

@@ -57,7 +57,7 @@ impl NodeState {
 /// A pod as attached.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PodState {
-    /// Short name, `n1-p2`.
+    /// Short name, `n1-p2`, or `NAMESPACE/NAME` for a pod of a `--model` file.
     pub name: String,
     /// The node it runs on.
     pub node: String,

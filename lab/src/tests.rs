@@ -41,6 +41,7 @@ fn spec(prefix: &str, nodes: usize, pods: usize) -> LabSpec {
         offload: None,
         kubernetes: None,
         api: false,
+        model: None,
     }
 }
 

@@ -2,7 +2,9 @@
 //! other through its Nodes (blocks from their podCIDRs, keys annotated by the routers), and
 //! the real `kubectl`, given `weft lab kubeconfig`, drives it as it would a cluster: get with
 //! `-o wide` and `-o yaml`, apply and delete of a Namespace and a NetworkPolicy, label, and a
-//! request the server does not support refused with a Status. `weft lab down` ends the server.
+//! request the server does not support refused with a Status. Pods of a `--model` file are
+//! spread over the nodes, stored running with their addresses, labelled through kubectl and
+//! reached with `weft lab exec NAMESPACE/NAME`. `weft lab down` ends the server.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -28,6 +30,28 @@ spec:
   podSelector:
     matchLabels: {app: web}
   policyTypes: [Ingress]
+";
+
+const MODEL: &str = "apiVersion: v1
+kind: Namespace
+metadata: {name: lxk-m, labels: {team: m}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: lxk-m, labels: {app: web}}
+spec:
+  containers:
+  - name: web
+    ports: [{containerPort: 80, name: http}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: lxk-m}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c, namespace: lxk-m}
+spec: {nodeName: n1}
 ";
 
 /// Runs kubectl against the lab, returning (success, stdout, stderr).
@@ -58,7 +82,21 @@ fn kubectl_drives_the_lab_api_server_and_routers_run_against_it() {
     if !can_run(test, &["kubectl"]) {
         return;
     }
-    let lab = Lab::up(PREFIX, &["--nodes", "2", "--pods", "1", "--api"]);
+    let model = std::env::temp_dir().join(format!("weft-{PREFIX}-model.yaml"));
+    std::fs::write(&model, MODEL).unwrap();
+    let lab = Lab::up(
+        PREFIX,
+        &[
+            "--nodes",
+            "2",
+            "--pods",
+            "1",
+            "--api",
+            "--model",
+            model.to_str().unwrap(),
+        ],
+    );
+    let _ = std::fs::remove_file(&model);
     let kubeconfig = std::path::PathBuf::from(lab.lab(&["kubeconfig"]).trim());
     assert!(kubeconfig.is_file(), "{}", kubeconfig.display());
     let text = std::fs::read_to_string(&kubeconfig).unwrap();
@@ -95,6 +133,49 @@ fn kubectl_drives_the_lab_api_server_and_routers_run_against_it() {
         "Active",
     ] {
         assert!(wide.contains(want), "no {want:?} in:\n{wide}");
+    }
+
+    // The model's pods: a and b spread over n1 and n2, c where it asked; each stored running
+    // with the address weft-cni gave it, and reachable by name.
+    let pods = ok(&kubeconfig, &["get", "pods", "-n", "lxk-m", "-o", "wide"]);
+    for (pod, node) in [("a", "n1"), ("b", "n2"), ("c", "n1")] {
+        let state = lab.pod(&format!("lxk-m/{pod}"));
+        assert_eq!(state.node, node);
+        let row = pods
+            .lines()
+            .find(|l| l.starts_with(&format!("{pod} ")))
+            .unwrap_or_else(|| panic!("no pod {pod} in:\n{pods}"));
+        for want in ["Running", &state.address.to_string(), node] {
+            assert!(row.contains(want), "no {want:?} in {row:?}");
+        }
+    }
+    assert!(
+        lab.ping("lxk-m/a", lab.pod("lxk-m/b").address),
+        "a cannot reach b"
+    );
+    let out = lab.lab(&[
+        "exec", "lxk-m/b", "--", "ip", "-4", "-o", "addr", "show", "eth0",
+    ]);
+    assert!(
+        out.contains(&lab.pod("lxk-m/b").address.to_string()),
+        "{out}"
+    );
+    ok(
+        &kubeconfig,
+        &["label", "--overwrite", "-n", "lxk-m", "pod/a", "app=db"],
+    );
+    let yaml = ok(
+        &kubeconfig,
+        &["get", "pod", "a", "-n", "lxk-m", "-o", "yaml"],
+    );
+    for want in [
+        "app: db",
+        "name: http",
+        "containerPort: 80",
+        "nodeName: n1",
+        "phase: Running",
+    ] {
+        assert!(yaml.contains(want), "no {want:?} in:\n{yaml}");
     }
 
     // apply creates, apply again changes, label overwrites, get -o yaml shows it all.

@@ -136,47 +136,6 @@ fn openapi(path: &str) -> Option<Value> {
     )
 }
 
-fn query_of(uri: &Uri) -> BTreeMap<String, String> {
-    uri.query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (decode(k), decode(v))
-        })
-        .collect()
-}
-
-/// Percent-decoding of a query component (`+` is a space).
-fn decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                match std::str::from_utf8(&b[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or(())
-                {
-                    Ok(v) => {
-                        out.push(v);
-                        i += 3;
-                        continue;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The selectors a list or watch asked for, checked against one object.
 struct Filter {
     labels: Vec<Term>,
@@ -361,7 +320,7 @@ pub async fn handle(
         Ok(r) => r,
         Err(r) => return refuse(&r),
     };
-    let query = query_of(&uri);
+    let query = route::query(uri.query().unwrap_or(""));
     let content_type = headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
@@ -660,21 +619,4 @@ fn watch_stream(
         .header("content-type", "application/json")
         .body(Body::from_stream(stream))
         .expect("a valid response")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn queries_are_percent_decoded() {
-        let q = query_of(
-            &"/x?labelSelector=a%3Db%2Cc&watch=true&x=%zz"
-                .parse()
-                .unwrap(),
-        );
-        assert_eq!(q["labelSelector"], "a=b,c");
-        assert_eq!(q["watch"], "true");
-        assert_eq!(q["x"], "%zz");
-    }
 }

@@ -217,6 +217,80 @@ pub(crate) fn start(prefix: &str, nodes: &[NodeState], weft: &Path) -> anyhow::R
     Ok(pid)
 }
 
+/// Sends one request to lab `prefix`'s API server through its loopback port, returning the
+/// status code and body. (HTTP/1.1 by hand, with `Connection: close`: the lab's only client
+/// call, not worth a client crate.)
+fn call(prefix: &str, method: &str, path: &str, body: &Value) -> anyhow::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let config = std::fs::read_to_string(kubeconfig_file(prefix)).context("the kubeconfig")?;
+    let addr = config
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: http://"))
+        .context("no server in the lab's kubeconfig")?;
+    let body = body.to_string();
+    let mut c = std::net::TcpStream::connect(addr)
+        .with_context(|| format!("connecting to the lab's API server at {addr}"))?;
+    c.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        c,
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut reply = String::new();
+    c.read_to_string(&mut reply)?;
+    let code = reply
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("a reply that is not HTTP: {reply:?}"))?;
+    let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok((code, body.to_string()))
+}
+
+/// Creates the Namespaces of a `--model` file (those that exist already are left as they are).
+pub(crate) fn store_namespaces(prefix: &str, namespaces: &[Value]) -> anyhow::Result<()> {
+    for ns in namespaces {
+        let (code, body) = call(prefix, "POST", "/api/v1/namespaces", ns)?;
+        if code != 201 && code != 409 {
+            anyhow::bail!(
+                "creating namespace {}: {code} {body}",
+                ns["metadata"]["name"]
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Stores a `--model` Pod as attached: on its node, running, with its address.
+pub(crate) fn store_pod(
+    prefix: &str,
+    pod: &Value,
+    attached: &crate::PodState,
+    node: &NodeState,
+) -> anyhow::Result<()> {
+    let mut pod = pod.clone();
+    let ns = pod["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or("default")
+        .to_string();
+    pod["spec"]["nodeName"] = json!(node.name);
+    let ip = attached.address.to_string();
+    pod["status"] = json!({"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+        "hostIP": node.underlay.addr().to_string(),
+        "conditions": [{"type": "Ready", "status": "True"}]});
+    let (code, body) = call(
+        prefix,
+        "POST",
+        &format!("/api/v1/namespaces/{ns}/pods"),
+        &pod,
+    )?;
+    if code != 201 {
+        anyhow::bail!("storing pod {}: {code} {body}", attached.name);
+    }
+    Ok(())
+}
+
 /// Kills lab `prefix`'s API server, if it runs (checked by its command line, so a reused pid
 /// is left alone).
 pub(crate) fn stop(prefix: &str) {
@@ -273,4 +347,118 @@ pub fn serve_lab(prefix: &str) -> Result<(), LabError> {
     };
     rt.block_on(server.serve(vec![loopback, switch], lab_gone))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+
+    /// Serves `server` on a loopback port of this test's own, on a thread.
+    fn serve(server: &ApiServer) -> SocketAddr {
+        let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let addr = l.local_addr().unwrap();
+        let s = server.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(s.serve(vec![l], std::future::pending()))
+        });
+        addr
+    }
+
+    /// Sends a request; returns the status line and a reader past the headers.
+    fn request(addr: SocketAddr, req: &str) -> (String, BufReader<std::net::TcpStream>) {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        c.write_all(req.as_bytes()).unwrap();
+        let mut r = BufReader::new(c);
+        let mut status = String::new();
+        r.read_line(&mut status).unwrap();
+        let mut line = String::new();
+        while r.read_line(&mut line).unwrap() > 2 {
+            line.clear();
+        }
+        (status, r)
+    }
+
+    /// The next JSON line of a chunked watch (chunk sizes are lines of hex, skipped).
+    fn next_event(r: &mut BufReader<std::net::TcpStream>) -> Option<Value> {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if r.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            if line.starts_with('{') {
+                return serde_json::from_str(&line).ok();
+            }
+            if line.trim() == "0" {
+                return None;
+            }
+        }
+    }
+
+    fn get(path: &str) -> String {
+        format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n")
+    }
+
+    #[test]
+    fn watches_over_http_follow_changes_bookmark_and_end_with_410_on_compaction() {
+        let server = ApiServer::new();
+        server
+            .create(Kind::Namespace, "", json!({"metadata": {"name": "x"}}))
+            .unwrap();
+        let addr = serve(&server);
+        let rv = server.with_store(|s| s.resource_version());
+        let (status, mut w) = request(
+            addr,
+            &get(&format!(
+                "/api/v1/namespaces?watch=true&resourceVersion={rv}&allowWatchBookmarks=true"
+            )),
+        );
+        assert!(status.contains("200"), "{status}");
+        let patch = r#"{"metadata":{"labels":{"a":"b"}}}"#;
+        let (status, _) = request(
+            addr,
+            &format!(
+                "PATCH /api/v1/namespaces/x HTTP/1.1\r\nhost: x\r\ncontent-type: \
+                 application/merge-patch+json\r\ncontent-length: {}\r\n\r\n{patch}",
+                patch.len()
+            ),
+        );
+        assert!(status.contains("200"), "{status}");
+        let e = next_event(&mut w).expect("an event");
+        assert_eq!(
+            (
+                e["type"].as_str(),
+                e["object"]["metadata"]["labels"]["a"].as_str()
+            ),
+            (Some("MODIFIED"), Some("b"))
+        );
+        let e = next_event(&mut w).expect("a bookmark");
+        assert_eq!(e["type"], "BOOKMARK");
+        assert_eq!(
+            e["object"]["metadata"]["resourceVersion"],
+            (rv + 1).to_string()
+        );
+        server.expire();
+        let e = next_event(&mut w).expect("410");
+        assert_eq!(
+            (e["type"].as_str(), e["object"]["code"].as_u64()),
+            (Some("ERROR"), Some(410))
+        );
+        assert!(next_event(&mut w).is_none(), "the watch goes on after 410");
+        // A watch from before the compaction is gone at once; a list gives the version to
+        // watch from again.
+        let (_, mut w) = request(
+            addr,
+            &get(&format!("/api/v1/namespaces?watch=1&resourceVersion={rv}")),
+        );
+        assert_eq!(next_event(&mut w).unwrap()["object"]["reason"], "Expired");
+        let (status, _) = request(addr, &get("/api/v1/services"));
+        assert!(status.contains("404"), "{status}");
+    }
 }

@@ -1,5 +1,7 @@
-//! Which object a request's path names: the one parser of request paths (fuzzed as
-//! `lab_api_route`). Discovery paths are answered before this is asked.
+//! Which object a request's path names, and its query's parameters: the server's parsers of
+//! request text (fuzzed as `lab_api`). Discovery paths are answered before these are asked.
+
+use std::collections::BTreeMap;
 
 use super::store::{Kind, Refusal, refusal};
 
@@ -75,6 +77,41 @@ pub fn parse(path: &str) -> Result<Route, Refusal> {
     })
 }
 
+/// A query string's parameters, percent-decoded (`+` is a space; a `%` not followed by two
+/// hex digits stays as it is).
+pub fn query(q: &str) -> BTreeMap<String, String> {
+    q.split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+            (b'+', _) => out.push(b' '),
+            (c, _) => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +140,13 @@ mod tests {
         );
         let r = parse("/api/v1/nodes/n1").unwrap();
         assert_eq!((r.kind, r.name.as_deref()), (Kind::Node, Some("n1")));
+        let q = query("labelSelector=a%3Db%2Cc&watch=true&x=%zz&y=%4&z=a+b");
+        assert_eq!(q["labelSelector"], "a=b,c");
+        assert_eq!(q["watch"], "true");
+        assert_eq!(
+            (q["x"].as_str(), q["y"].as_str(), q["z"].as_str()),
+            ("%zz", "%4", "a b")
+        );
         for bad in [
             "/api/v1/services",
             "/api/v1/networkpolicies",
