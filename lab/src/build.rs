@@ -67,7 +67,14 @@ pub(crate) fn build(
         let i: usize = node.name[1..].parse().expect("n<number>");
         for j in 1..=spec.pods {
             let (ns, name) = (names.pod_ns(i, j), plan::pod_name(i, j));
-            pods.push(attach_pod(node, ns, name, pod_mtu, &bins.cni)?);
+            let pod = attach_pod(node, ns, name, pod_mtu, &bins.cni)?;
+            if spec.api {
+                // Every lab pod is a Pod to the API (in `default`), as a policy sees pods.
+                let object = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": pod.name, "namespace": "default"}, "spec": {}});
+                crate::api::store_pod(&spec.prefix, &object, &pod, node)?;
+            }
+            pods.push(pod);
         }
     }
     if let Some(model) = model {

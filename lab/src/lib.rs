@@ -242,6 +242,12 @@ pub fn render(state: &LabState) -> String {
             router
         );
     }
+    if let Some(pid) = state.api_pid {
+        out += &format!(
+            "\nAPI server: pid {pid}; kubectl --kubeconfig {}\n",
+            api::kubeconfig_file(&state.spec.prefix).display()
+        );
+    }
     let w = state
         .pods
         .iter()

@@ -153,6 +153,13 @@ fn kubectl_drives_the_lab_api_server_and_routers_run_against_it() {
         lab.ping("lxk-m/a", lab.pod("lxk-m/b").address),
         "a cannot reach b"
     );
+    // The lab's own pods are Pods too.
+    let yaml = ok(&kubeconfig, &["get", "pod", "n2-p1", "-o", "yaml"]);
+    let ip = lab.pod("n2-p1").address.to_string();
+    assert!(
+        yaml.contains(&format!("podIP: {ip}")) && yaml.contains("nodeName: n2"),
+        "{yaml}"
+    );
     let out = lab.lab(&[
         "exec", "lxk-m/b", "--", "ip", "-4", "-o", "addr", "show", "eth0",
     ]);
