@@ -234,6 +234,9 @@ fn kubectl_drives_the_lab_api_server_and_routers_run_against_it() {
         &["get", "--raw", "/api/v1/namespaces/default/pods/p/log"],
     );
     assert!(!done && err.contains("has no subresource \"log\""), "{err}");
+    // (kubectl create sends protobuf, which the server does not read.)
+    let (done, _, err) = kubectl(&kubeconfig, &["create", "namespace", "lxk-pb"]);
+    assert!(!done && err.contains("reads JSON only"), "{err}");
     let (done, _, err) = kubectl(&kubeconfig, &["get", "ns", "lxk-none"]);
     assert!(
         !done && err.contains("namespaces \"lxk-none\" not found"),

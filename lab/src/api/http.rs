@@ -341,8 +341,7 @@ pub async fn handle(
     let as_table = headers
         .get("accept")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("as=Table"))
-        && !watch;
+        .is_some_and(|a| a.contains("as=Table"));
     let how = How { watch, as_table };
     match respond(&shared, &method, &route, &query, &content_type, &body, how) {
         Ok(r) => r,
@@ -374,6 +373,16 @@ fn respond(
         })
     };
     let json_body = || -> Result<Value, Refusal> {
+        if !matches!(content_type, "" | "application/json") && *method != Method::PATCH {
+            // Typed clients (`kubectl create namespace`, `kubectl run`) send protobuf.
+            return Err(refusal(
+                415,
+                "UnsupportedMediaType",
+                format!(
+                    "the lab API server reads JSON only, not {content_type:?} (kubectl apply -f sends JSON)"
+                ),
+            ));
+        }
         serde_json::from_slice(body)
             .map_err(|e| refusal(400, "BadRequest", format!("the body is not JSON: {e}")))
     };
@@ -403,6 +412,7 @@ fn respond(
                     filter,
                     start,
                     rx,
+                    as_table,
                 ));
             }
             let items: Vec<Value> = store
@@ -520,7 +530,17 @@ fn watch_stream(
     filter: Filter,
     start: WatchStart,
     rx: broadcast::Receiver<Signal>,
+    as_table: bool,
 ) -> Response {
+    // `kubectl get -w` asks for each event's object as a one-row Table.
+    let line = move |e: &Event| -> String {
+        if as_table {
+            let t = table(e.kind, std::slice::from_ref(&e.object), e.rv);
+            json!({"type": e.kind_of_change, "object": t}).to_string()
+        } else {
+            e.line()
+        }
+    };
     let bookmarks = query
         .get("allowWatchBookmarks")
         .is_some_and(|v| v == "true");
@@ -535,7 +555,7 @@ fn watch_stream(
             let mut lines: Vec<String> = events
                 .iter()
                 .filter(|e| filter.matches(&e.object))
-                .map(|e| e.line())
+                .map(|e| line(e))
                 .collect();
             if initial_end && bookmarks {
                 let rv = shared
@@ -600,7 +620,7 @@ fn watch_stream(
                                 && route.namespace.as_ref().is_none_or(|n| *n == e.namespace)
                                 && filter_ok.matches(&e.object);
                             if mine {
-                                return Some((Ok(format!("{}\n", e.line())), w));
+                                return Some((Ok(format!("{}\n", line(&e))), w));
                             }
                         }
                         Ok(Signal::Expired) => {
