@@ -41,6 +41,7 @@ fuzz_target!(|data: &[u8]| {
         .expect("a valid pod");
     for kind in Kind::ALL {
         let ns = if kind.namespaced() { "x" } else { "" };
+        let _ = store::unknown_field(kind, &body);
         let _ = s.create(kind, ns, body.clone());
     }
     for (status, how) in [

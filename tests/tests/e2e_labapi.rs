@@ -234,6 +234,14 @@ fn kubectl_drives_the_lab_api_server_and_routers_run_against_it() {
         &["get", "--raw", "/api/v1/namespaces/default/pods/p/log"],
     );
     assert!(!done && err.contains("has no subresource \"log\""), "{err}");
+    // A misspelt field in a policy is refused, not dropped.
+    std::fs::write(&file, MANIFEST.replace("policyTypes", "policyType")).unwrap();
+    let (done, _, err) = kubectl(&kubeconfig, &["apply", "-f", f]);
+    assert!(
+        !done && err.contains("unknown field \"spec.policyType\""),
+        "{err}"
+    );
+    std::fs::write(&file, MANIFEST).unwrap();
     // (kubectl create sends protobuf, which the server does not read.)
     let (done, _, err) = kubectl(&kubeconfig, &["create", "namespace", "lxk-pb"]);
     assert!(!done && err.contains("reads JSON only"), "{err}");

@@ -16,6 +16,7 @@ use super::Shared;
 use super::route::{self, Route};
 use super::store::{
     self, Event, Kind, PatchType, Refusal, Term, WatchStart, parse_selector, refusal, selects,
+    unknown_field,
 };
 
 /// How often a watch that asked for bookmarks gets one.
@@ -92,8 +93,8 @@ fn discovery(path: &str) -> Option<Value> {
 /// Just enough OpenAPI v3 for `kubectl apply`: it validates client-side from a schema unless
 /// the document says the server takes `fieldValidation` on PATCH, and builds its patches from
 /// its compiled-in types when the document has no schema. So each group's document lists one
-/// PATCH per kind with that parameter, and no schemas. (The server does not validate fields:
-/// unknown fields are stored as given.)
+/// PATCH per kind with that parameter, and no schemas. (The server checks field names only
+/// where [`unknown_field`] does.)
 fn openapi(path: &str) -> Option<Value> {
     let gvs = [
         ("api/v1", "v1"),
@@ -372,6 +373,7 @@ fn respond(
             refusal(405, "MethodNotAllowed", format!("{what} needs an object's name (the lab API server does not support {what} on a collection)"))
         })
     };
+    let strict = query.get("fieldValidation").is_some_and(|v| v == "Strict");
     let json_body = || -> Result<Value, Refusal> {
         if !matches!(content_type, "" | "application/json") && *method != Method::PATCH {
             // Typed clients (`kubectl create namespace`, `kubectl run`) send protobuf.
@@ -383,8 +385,20 @@ fn respond(
                 ),
             ));
         }
-        serde_json::from_slice(body)
-            .map_err(|e| refusal(400, "BadRequest", format!("the body is not JSON: {e}")))
+        let v: Value = serde_json::from_slice(body)
+            .map_err(|e| refusal(400, "BadRequest", format!("the body is not JSON: {e}")))?;
+        match unknown_field(kind, &v) {
+            Some(field) if strict => Err(refusal(
+                400,
+                "BadRequest",
+                format!(
+                    "{} in version {:?} cannot be handled: strict decoding error: unknown field {field:?}",
+                    kind.name(),
+                    kind.api_version()
+                ),
+            )),
+            _ => Ok(v),
+        }
     };
     let mut store = shared.store.lock().expect("the store's lock");
     let published = |events: &[Arc<Event>]| {

@@ -694,6 +694,101 @@ impl Store {
     }
 }
 
+/// The first field of `object` (or of a patch to one) that its kind does not have, for
+/// `fieldValidation=Strict` (what kubectl sends): checked at the top, in `metadata`, and all
+/// through a NetworkPolicy's spec, where a misspelt field would silently change a policy.
+/// Pod and Node specs and every status are not checked. Directives (`$…`) are skipped.
+pub fn unknown_field(kind: Kind, object: &Value) -> Option<String> {
+    const TOP: &[&str] = &["apiVersion", "kind", "metadata", "spec", "status"];
+    const META: &[&str] = &[
+        "name",
+        "generateName",
+        "namespace",
+        "labels",
+        "annotations",
+        "uid",
+        "resourceVersion",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+        "finalizers",
+        "ownerReferences",
+        "managedFields",
+        "selfLink",
+    ];
+    const SELECTOR: &[&str] = &["matchLabels", "matchExpressions"];
+    const EXPRESSION: &[&str] = &["key", "operator", "values"];
+    const PORT: &[&str] = &["protocol", "port", "endPort"];
+    const PEER: &[&str] = &["podSelector", "namespaceSelector", "ipBlock"];
+    fn check(v: &Value, known: &[&str], at: &str) -> Option<String> {
+        let m = v.as_object()?;
+        m.keys()
+            .find(|k| !k.starts_with('$') && !known.contains(&k.as_str()))
+            .map(|k| format!("{at}{k}"))
+    }
+    fn each(v: &Value) -> impl Iterator<Item = &Value> {
+        v.as_array().into_iter().flatten()
+    }
+    fn selector(v: &Value, at: &str) -> Option<String> {
+        check(v, SELECTOR, at).or_else(|| {
+            each(&v["matchExpressions"])
+                .find_map(|e| check(e, EXPRESSION, &format!("{at}matchExpressions[].")))
+        })
+    }
+    let mut found =
+        check(object, TOP, "").or_else(|| check(&object["metadata"], META, "metadata."));
+    if kind == Kind::Namespace {
+        found = found.or_else(|| check(&object["spec"], &["finalizers"], "spec."));
+    }
+    if kind != Kind::NetworkPolicy || found.is_some() {
+        return found;
+    }
+    let spec = &object["spec"];
+    check(
+        spec,
+        &["podSelector", "ingress", "egress", "policyTypes"],
+        "spec.",
+    )
+    .or_else(|| selector(&spec["podSelector"], "spec.podSelector."))
+    .or_else(|| {
+        [("ingress", "from"), ("egress", "to")]
+            .iter()
+            .find_map(|(dir, peers)| {
+                each(&spec[*dir]).find_map(|rule| {
+                    let at = format!("spec.{dir}[].");
+                    check(rule, &[peers, "ports"], &at)
+                        .or_else(|| {
+                            each(&rule["ports"])
+                                .find_map(|p| check(p, PORT, &format!("{at}ports[].")))
+                        })
+                        .or_else(|| {
+                            each(&rule[*peers]).find_map(|peer| {
+                                let at = format!("{at}{peers}[].");
+                                check(peer, PEER, &at)
+                                    .or_else(|| {
+                                        selector(&peer["podSelector"], &format!("{at}podSelector."))
+                                    })
+                                    .or_else(|| {
+                                        selector(
+                                            &peer["namespaceSelector"],
+                                            &format!("{at}namespaceSelector."),
+                                        )
+                                    })
+                                    .or_else(|| {
+                                        check(
+                                            &peer["ipBlock"],
+                                            &["cidr", "except"],
+                                            &format!("{at}ipBlock."),
+                                        )
+                                    })
+                            })
+                        })
+                })
+            })
+    })
+}
+
 fn check_type(kind: Kind, object: &Value) -> Result<(), Refusal> {
     let (api, k) = (object["apiVersion"].as_str(), object["kind"].as_str());
     if api.is_some_and(|a| a != kind.api_version()) || k.is_some_and(|k| k != kind.name()) {
@@ -930,6 +1025,43 @@ mod tests {
         let gone: Vec<(&str, Kind)> = events.iter().map(|e| (e.kind_of_change, e.kind)).collect();
         assert_eq!(gone, [("DELETED", Kind::Pod), ("DELETED", Kind::Namespace)]);
         assert!(s.list(Kind::Pod, None).is_empty() && s.list(Kind::Namespace, None).is_empty());
+    }
+
+    #[test]
+    fn strict_validation_names_the_first_unknown_field() {
+        let policy = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "p"},
+            "spec": {"podSelector": {"matchLabels": {"a": "b"}}, "policyTypes": ["Ingress"],
+                "ingress": [{"from": [{"namespaceSelector": {"matchExpressions":
+                    [{"key": "k", "operator": "In", "values": ["v"]}]},
+                    "ipBlock": {"cidr": "10.0.0.0/8", "except": []}}],
+                    "ports": [{"port": 80, "protocol": "TCP", "endPort": 81}]}]}});
+        assert_eq!(unknown_field(Kind::NetworkPolicy, &policy), None);
+        for (path, want) in [
+            ("/spec/podSelectr", "spec.podSelectr"),
+            ("/spec/ingress/0/frm", "spec.ingress[].frm"),
+            (
+                "/spec/ingress/0/ports/0/prot",
+                "spec.ingress[].ports[].prot",
+            ),
+            (
+                "/spec/ingress/0/from/0/ipBlock/excpt",
+                "spec.ingress[].from[].ipBlock.excpt",
+            ),
+            ("/metadata/label", "metadata.label"),
+            ("/spce", "spce"),
+        ] {
+            let mut p = policy.clone();
+            let (parent, key) = path.rsplit_once('/').unwrap();
+            p.pointer_mut(parent).unwrap()[key] = json!(1);
+            assert_eq!(
+                unknown_field(Kind::NetworkPolicy, &p).as_deref(),
+                Some(want),
+                "{path}"
+            );
+        }
+        let patch = json!({"metadata": {"labels": {"x": "y"}}, "$setElementOrder/x": []});
+        assert_eq!(unknown_field(Kind::Pod, &patch), None);
     }
 
     #[test]
