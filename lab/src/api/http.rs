@@ -410,7 +410,11 @@ fn respond(
         Method::GET if route.name.is_none() => {
             let filter = Filter::new(query)?;
             if watch {
+                // A streaming list (sendInitialEvents) starts with every object whatever
+                // the version: the state it builds must be whole.
+                let initial = query.get("sendInitialEvents").is_some_and(|v| v == "true");
                 let from = match query.get("resourceVersion").map(String::as_str) {
+                    _ if initial => None,
                     None | Some("" | "0") => None,
                     Some(v) => Some(v.parse::<u64>().map_err(|_| {
                         refusal(400, "BadRequest", format!("invalid resourceVersion {v:?}"))

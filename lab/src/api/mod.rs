@@ -451,6 +451,26 @@ mod tests {
             (Some("ERROR"), Some(410))
         );
         assert!(next_event(&mut w).is_none(), "the watch goes on after 410");
+        // A streaming list sends every object, then the bookmark that ends the initial events,
+        // whatever version it names.
+        let (_, mut w) = request(
+            addr,
+            &get(&format!(
+                "/api/v1/namespaces?watch=1&sendInitialEvents=true&allowWatchBookmarks=true\
+                 &resourceVersionMatch=NotOlderThan&resourceVersion={rv}"
+            )),
+        );
+        let e = next_event(&mut w).unwrap();
+        assert_eq!(
+            (e["type"].as_str(), e["object"]["metadata"]["name"].as_str()),
+            (Some("ADDED"), Some("x"))
+        );
+        let e = next_event(&mut w).unwrap();
+        assert_eq!(e["type"], "BOOKMARK");
+        assert_eq!(
+            e["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+            "true"
+        );
         // A watch from before the compaction is gone at once; a list gives the version to
         // watch from again.
         let (_, mut w) = request(
