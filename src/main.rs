@@ -256,6 +256,30 @@ enum LabCommand {
         /// address 198.18.255.254 for an API server run in the underlay namespace.
         #[arg(long, value_name = "KUBECONFIG", conflicts_with = "no_routers")]
         kubernetes: Option<PathBuf>,
+        /// Run the lab's own Kubernetes API server (Nodes, Namespaces, Pods,
+        /// NetworkPolicies) and the routers in Kubernetes mode against it: a Node per lab
+        /// node, with its static block as podCIDR. `weft lab kubeconfig` prints the path of a
+        /// kubeconfig for kubectl (plain http on a loopback port).
+        #[arg(long, conflicts_with_all = ["no_routers", "kubernetes"])]
+        api: bool,
+        /// With --api: Namespaces and Pods from this Kubernetes YAML (several documents). Each
+        /// Pod becomes a lab pod attached by weft-cni on its `spec.nodeName` (n1, n2…; pods
+        /// without one are spread round-robin), stored running with its address, and
+        /// reachable as `weft lab exec NAMESPACE/NAME -- CMD`. No images run.
+        #[arg(long, value_name = "FILE", requires = "api")]
+        model: Option<PathBuf>,
+        #[command(flatten)]
+        which: LabName,
+    },
+    /// Print the path of a kubeconfig for the lab's API server (`weft lab up --api`):
+    /// `kubectl --kubeconfig "$(weft lab kubeconfig)" get nodes`.
+    Kubeconfig {
+        #[command(flatten)]
+        which: LabName,
+    },
+    /// The lab's API server (run by `weft lab up --api`, detached).
+    #[command(hide = true)]
+    ApiServe {
         #[command(flatten)]
         which: LabName,
     },
@@ -332,7 +356,8 @@ enum LabCommand {
     },
     /// Run a command inside a pod: `weft lab exec n1-p1 -- ping 10.32.2.2`.
     Exec {
-        /// The pod, as `weft lab status` names it (e.g. n1-p1).
+        /// The pod, as `weft lab status` names it (e.g. n1-p1, or NAMESPACE/NAME for a pod of
+        /// a --model file).
         pod: String,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
@@ -730,6 +755,8 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<()> {
             cni_bin,
             no_routers,
             kubernetes,
+            api,
+            model,
             which,
         } => {
             let spec = weft_lab::LabSpec {
@@ -752,6 +779,8 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<()> {
                 delay_line,
                 offload,
                 kubernetes: kubernetes.map(std::path::absolute).transpose()?,
+                api,
+                model: model.map(std::path::absolute).transpose()?,
             };
             let mut bins = weft_lab::Binaries::beside(std::env::current_exe()?);
             if let Some(cni) = cni_bin {
@@ -807,6 +836,20 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<()> {
             forwarder.run()?;
             println!("lab {:?} is down: stopped", which.prefix);
         }
+        LabCommand::Kubeconfig { which } => {
+            let state = weft_lab::status(&which.prefix)?;
+            if !state.spec.api {
+                bail!(
+                    "lab {:?} runs no API server (start it with `weft lab up --api`)",
+                    which.prefix
+                );
+            }
+            println!(
+                "{}",
+                weft_lab::api::kubeconfig_file(&which.prefix).display()
+            );
+        }
+        LabCommand::ApiServe { which } => weft_lab::api::serve_lab(&which.prefix)?,
         LabCommand::Down { which } => {
             let n = weft_lab::down(&which.prefix)?;
             println!("lab {:?}: removed {n} namespaces", which.prefix);

@@ -13,7 +13,11 @@ use crate::plan::{self, LabSpec, Names, Netem, UNDERLAY_MTU};
 use crate::state::{self, LabState, NodeState, PodState};
 use crate::{Binaries, routers, sys};
 
-pub(crate) fn build(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState> {
+pub(crate) fn build(
+    spec: &LabSpec,
+    model: Option<&crate::model::Model>,
+    bins: &Binaries,
+) -> anyhow::Result<LabState> {
     let names = Names::new(&spec.prefix);
     let dir = state::lab_dir(&spec.prefix);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -22,7 +26,7 @@ pub(crate) fn build(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState>
     add_ns(&u)?;
     sys::ip_in(&u, &["link", "add", "sw", "type", "bridge"])?;
     sys::ip_in(&u, &["link", "set", "sw", "up"])?;
-    if spec.kubernetes.is_some() {
+    if spec.kubernetes.is_some() || spec.api {
         sys::ip_in(&u, &["addr", "add", plan::API_SERVER, "dev", "sw"])?;
     }
 
@@ -42,6 +46,11 @@ pub(crate) fn build(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState>
     }
 
     let pod_mtu = weft_router::config::pod_mtu(UNDERLAY_MTU).expect("1500 carries pods");
+    let api_pid = if spec.api {
+        Some(crate::api::start(&spec.prefix, &nodes, &bins.weft)?)
+    } else {
+        None
+    };
     if spec.routers {
         routers::start_all(spec, &mut nodes, &bins.weft)?;
     } else {
@@ -57,7 +66,30 @@ pub(crate) fn build(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState>
     for node in &nodes {
         let i: usize = node.name[1..].parse().expect("n<number>");
         for j in 1..=spec.pods {
-            pods.push(attach_pod(&names, node, i, j, pod_mtu, &bins.cni)?);
+            let (ns, name) = (names.pod_ns(i, j), plan::pod_name(i, j));
+            let pod = attach_pod(node, ns, name, pod_mtu, &bins.cni)?;
+            if spec.api {
+                // Every lab pod is a Pod to the API (in `default`), as a policy sees pods.
+                let object = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": pod.name, "namespace": "default"}, "spec": {}});
+                crate::api::store_pod(&spec.prefix, &object, &pod, node)?;
+            }
+            pods.push(pod);
+        }
+    }
+    if let Some(model) = model {
+        crate::api::store_namespaces(&spec.prefix, &model.namespaces)?;
+        for (k, (pod, i)) in model.pods.iter().enumerate() {
+            let node = &nodes[i - 1];
+            let meta = &pod["metadata"];
+            let name = format!(
+                "{}/{}",
+                meta["namespace"].as_str().unwrap_or_default(),
+                meta["name"].as_str().unwrap_or_default()
+            );
+            let p = attach_pod(node, names.model_pod_ns(k + 1), name, pod_mtu, &bins.cni)?;
+            crate::api::store_pod(&spec.prefix, pod, &p, node)?;
+            pods.push(p);
         }
     }
     let state = LabState {
@@ -65,6 +97,7 @@ pub(crate) fn build(spec: &LabSpec, bins: &Binaries) -> anyhow::Result<LabState>
         nodes,
         pods,
         pod_mtu,
+        api_pid,
     };
     state::save(&state)?;
     Ok(state)
@@ -282,16 +315,13 @@ pub(crate) fn switch_rules(spec: &LabSpec) -> String {
 }
 
 fn attach_pod(
-    names: &Names,
     node: &NodeState,
-    i: usize,
-    j: usize,
+    ns: String,
+    name: String,
     mtu: u32,
     cni_bin: &Path,
 ) -> anyhow::Result<PodState> {
-    let ns = names.pod_ns(i, j);
     add_ns(&ns)?;
-    let name = plan::pod_name(i, j);
     let config = serde_json::json!({
         "cniVersion": "1.1.0",
         "name": "weft",

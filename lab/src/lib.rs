@@ -20,9 +20,11 @@
 //! exec NS`), underlay addresses come from `198.18.0.0/15`, and traffic only flows between
 //! the lab's namespaces.
 
+pub mod api;
 mod build;
 pub mod delay;
 pub mod error;
+pub mod model;
 pub mod plan;
 mod routers;
 mod state;
@@ -99,6 +101,10 @@ impl Binaries {
 pub fn up(spec: &LabSpec, bins: &Binaries) -> Result<LabState, LabError> {
     sys::check_prerequisites()?;
     spec.validate()?;
+    let model = match &spec.model {
+        Some(path) => Some(model::load(path, spec.nodes)?),
+        None => None,
+    };
     for (what, path) in [("weft-cni", &bins.cni), ("weft", &bins.weft)] {
         if !path.is_file() {
             return Err(LabError::Unsupported(format!(
@@ -114,7 +120,7 @@ pub fn up(spec: &LabSpec, bins: &Binaries) -> Result<LabState, LabError> {
             spec.prefix
         );
     }
-    match build::build(spec, bins) {
+    match build::build(spec, model.as_ref(), bins) {
         Ok(state) => Ok(state),
         Err(e) => {
             if let Err(cleanup) = down(&spec.prefix) {
@@ -136,6 +142,8 @@ pub fn down(prefix: &str) -> Result<usize, LabError> {
         .into_iter()
         .filter(|ns| names.owns(ns))
         .collect();
+    // Not in a lab namespace: it listens on the host's loopback too.
+    api::stop(prefix);
     for ns in &mine {
         for pid in sys::pids_in(ns) {
             // A namespace lives on while a process holds it: end the processes first.
@@ -234,10 +242,21 @@ pub fn render(state: &LabState) -> String {
             router
         );
     }
-    out += &format!("\n{:<8} {:<6} {:<16}\n", "POD", "NODE", "ADDRESS");
+    if let Some(pid) = state.api_pid {
+        out += &format!(
+            "\nAPI server: pid {pid}; kubectl --kubeconfig {}\n",
+            api::kubeconfig_file(&state.spec.prefix).display()
+        );
+    }
+    let w = state
+        .pods
+        .iter()
+        .map(|p| p.name.len() + 1)
+        .fold(8, usize::max);
+    out += &format!("\n{:<w$} {:<6} {:<16}\n", "POD", "NODE", "ADDRESS");
     for p in &state.pods {
         out += &format!(
-            "{:<8} {:<6} {:<16}\n",
+            "{:<w$} {:<6} {:<16}\n",
             p.name,
             p.node,
             p.address.to_string()

@@ -194,6 +194,13 @@ pub struct LabSpec {
     /// seeds. The switch answers at [`API_SERVER`] for a server run in the underlay namespace.
     #[serde(default)]
     pub kubernetes: Option<std::path::PathBuf>,
+    /// Run the lab's own API server (`--api`, see [`crate::api`]) and the routers in
+    /// Kubernetes mode against it, with a Node per lab node.
+    #[serde(default)]
+    pub api: bool,
+    /// Namespaces and Pods to make (`--model FILE`, needs `api`): see [`crate::model`].
+    #[serde(default)]
+    pub model: Option<std::path::PathBuf>,
 }
 
 fn yes() -> bool {
@@ -230,6 +237,18 @@ impl LabSpec {
                 "block {a}-{b}: a node cannot be blocked from itself"
             );
         }
+        refuse_unless!(
+            !(self.api && self.kubernetes.is_some()),
+            "--api runs the lab's own API server: it does not go with --kubernetes"
+        );
+        refuse_unless!(
+            self.model.is_none() || self.api,
+            "--model makes Pods in the lab's API server: it needs --api"
+        );
+        refuse_unless!(
+            !self.api || self.routers,
+            "--api runs the routers against the lab's API server: it needs routers"
+        );
         if self.routers {
             refuse_unless!(
                 (1..=self.nodes).any(|n| !self.nat.contains(&n) && !self.wrong_secret.contains(&n)),
@@ -322,6 +341,10 @@ impl<'a> Names<'a> {
     pub fn pod_ns(&self, i: usize, j: usize) -> String {
         format!("{}-n{i}-p{j}", self.prefix)
     }
+    /// The namespace of the `k`th pod of a `--model` file.
+    pub fn model_pod_ns(&self, k: usize) -> String {
+        format!("{}-m{k}", self.prefix)
+    }
     /// Whether `ns` belongs to this lab (for sweeping what a crashed run left).
     pub fn owns(&self, ns: &str) -> bool {
         ns.strip_prefix(self.prefix)
@@ -373,6 +396,8 @@ mod tests {
             delay_line: false,
             offload: None,
             kubernetes: None,
+            api: false,
+            model: None,
         }
     }
 

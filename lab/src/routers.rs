@@ -38,7 +38,10 @@ pub(crate) fn router_args(spec: &LabSpec, node: &NodeState, secret: &Path) -> Ve
     if let Some(offload) = spec.offload {
         args.push(format!("--offload={offload}"));
     }
-    if let Some(kubeconfig) = &spec.kubernetes {
+    let lab_api = spec
+        .api
+        .then(|| crate::api::switch_kubeconfig_file(&spec.prefix));
+    if let Some(kubeconfig) = spec.kubernetes.as_ref().or(lab_api.as_ref()) {
         // Peers, block and pins come from the API server's Node objects, named n1, n2...
         args.push("--kubernetes".into());
         args.push(format!("--node-name={}", node.name));

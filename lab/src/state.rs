@@ -57,7 +57,7 @@ impl NodeState {
 /// A pod as attached.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PodState {
-    /// Short name, `n1-p2`.
+    /// Short name, `n1-p2`, or `NAMESPACE/NAME` for a pod of a `--model` file.
     pub name: String,
     /// The node it runs on.
     pub node: String,
@@ -78,6 +78,9 @@ pub struct LabState {
     pub pods: Vec<PodState>,
     /// The pod MTU given to weft-cni.
     pub pod_mtu: u32,
+    /// The lab API server's process id, under `--api`.
+    #[serde(default)]
+    pub api_pid: Option<u32>,
 }
 
 /// The directory of lab `prefix`: its state file, secrets, node state directories and logs.

@@ -40,6 +40,8 @@ fn spec(prefix: &str, nodes: usize, pods: usize) -> LabSpec {
         delay_line: false,
         offload: None,
         kubernetes: None,
+        api: false,
+        model: None,
     }
 }
 

@@ -85,6 +85,32 @@ impl Netns {
         })
     }
 
+    /// A TCP listener bound to `addr` inside this namespace (it stays there whichever thread
+    /// accepts on it): how the lab's API server serves the switch from a process that also
+    /// listens on the host's loopback.
+    pub fn bind_tcp(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> Result<std::net::TcpListener, NetnsError> {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                setns(&self.file, CloneFlags::CLONE_NEWNET).map_err(|e| NetnsError::Enter {
+                    path: self.path.clone(),
+                    source: e.into(),
+                })?;
+                std::net::TcpListener::bind(addr)
+                    .map_err(|source| NetnsError::Connect { addr, source })
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(NetnsError::Enter {
+                    path: self.path.clone(),
+                    source: io::Error::other("namespace thread panicked"),
+                })
+            })
+        })
+    }
+
     /// A netlink socket inside this namespace. Also proves the path is a network namespace:
     /// setns refuses anything else.
     pub fn netlink(&self) -> Result<Netlink, NetnsError> {

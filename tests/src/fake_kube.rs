@@ -1,6 +1,9 @@
 //! A fake Kubernetes API server for Nodes, in-process, over plain HTTP/1.1: enough of the
 //! real protocol for a kube-rs client to list, watch and patch Nodes, with the faults a real
-//! one shows (a 410 Gone that forces a relist, bookmarks, outages, RBAC refusals).
+//! one shows (a 410 Gone that forces a relist, bookmarks, outages, RBAC refusals) and that
+//! tests script (forced annotations, events dropped unseen). The lab's own API server
+//! (`weft_lab::api`, behind `weft lab up --api`) serves more kinds and verbs without faults;
+//! this one shares its Node and its merge patch.
 //!
 //! It serves real Kubernetes JSON: a `NodeList` with `metadata.resourceVersion`, a watch as
 //! a stream of `WatchEvent` lines (`ADDED`, `MODIFIED`, `DELETED`, `BOOKMARK`, `ERROR`), and
@@ -83,49 +86,9 @@ pub struct FakeApi {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// A Node as the kubelet and the controller manager would have made it.
-pub fn node(name: &str, internal_ip: &str, pod_cidr: Option<&str>) -> Value {
-    let mut n = json!({
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {"name": name, "uid": format!("uid-{name}"), "annotations": {
-            "node.alpha.kubernetes.io/ttl": "0"}},
-        "spec": {},
-        "status": {
-            "addresses": [
-                {"type": "InternalIP", "address": internal_ip},
-                {"type": "Hostname", "address": name}],
-            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
-                "message": "kubelet is posting ready status",
-                "lastHeartbeatTime": "2026-01-01T00:00:00Z",
-                "lastTransitionTime": "2026-01-01T00:00:00Z"}]
-        }
-    });
-    if let Some(c) = pod_cidr {
-        n["spec"] = json!({"podCIDR": c, "podCIDRs": [c]});
-    }
-    n
-}
-
-/// RFC 7386 JSON merge patch.
-fn merge(target: &mut Value, patch: &Value) {
-    match patch {
-        Value::Object(p) => {
-            if !target.is_object() {
-                *target = json!({});
-            }
-            let t = target.as_object_mut().expect("object");
-            for (k, v) in p {
-                if v.is_null() {
-                    t.remove(k);
-                } else {
-                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
-                }
-            }
-        }
-        other => *target = other.clone(),
-    }
-}
+/// A Node as the kubelet and the controller manager would have made it (the lab API server's).
+pub use weft_lab::api::node;
+use weft_lab::api::store::merge;
 
 fn status(code: u16, reason: &str, message: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
