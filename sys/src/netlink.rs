@@ -15,8 +15,8 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
-    LinkFlags, LinkInfo, LinkMessage,
+    InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth,
+    LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -251,6 +251,18 @@ impl Netlink {
             )])),
         ]));
         // NEWLINK on an existing link changes it; EXCL would make it fail.
+        self.ack(RouteNetlinkMessage::NewLink(msg), 0)
+    }
+
+    /// Has bridge `index` hand what it forwards to the IPv4 netfilter hooks (`ip link set DEV
+    /// type bridge nf_call_iptables 1`; br_netfilter must be loaded for it to take effect).
+    pub fn set_bridge_nf_call_iptables(&mut self, index: u32, on: bool) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Bridge),
+            LinkInfo::Data(InfoData::Bridge(vec![InfoBridge::NfCallIpTables(on)])),
+        ]));
         self.ack(RouteNetlinkMessage::NewLink(msg), 0)
     }
 
