@@ -187,6 +187,10 @@ struct RouterArgs {
     /// pod's ServiceAccount).
     #[arg(long, env = "WEFT_KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
+    /// With --kubernetes: enforce NetworkPolicy on this node's pods (watches NetworkPolicies,
+    /// Pods and Namespaces; see docs/networkpolicy.md). Off: every pod reaches every pod.
+    #[arg(long, env = "WEFT_NETWORK_POLICY", default_value = "on")]
+    network_policy: OnOff,
     /// Write weft-cni's conflist into this directory once the router can carry pod traffic
     /// (its block, bridge, TUN device and route up: when /readyz turns 200), so that the
     /// kubelet calls the node's network ready only then. Not set: the router writes none.
@@ -343,6 +347,12 @@ enum LabCommand {
 }
 
 /// What `weft lab router` does to one node's router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum RouterActionArg {
     /// SIGTERM, and wait until it has exited (it removes its TUN device on the way out).
@@ -535,6 +545,7 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
             .then(|| weft_router::kubernetes::KubeConfig {
                 node_name: args.node_name.clone().unwrap_or_default(),
                 kubeconfig: args.kubeconfig.clone(),
+                network_policy: args.network_policy == OnOff::On,
             }),
         cni: args
             .cni_conf_dir
@@ -642,6 +653,28 @@ fn status_text(r: &weft_router::control::StatusReport) -> String {
     if dropped > 0 {
         let reasons: Vec<String> = r.drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
         rows.push(("Drops", format!("{dropped} ({})", reasons.join(", "))));
+    }
+    if let Some(p) = &r.policy {
+        let denied: Vec<String> = p
+            .denied
+            .iter()
+            .filter(|d| d.packets > 0)
+            .map(|d| format!("{} {} {}", d.policy, d.direction, d.packets))
+            .collect();
+        let mut line = format!(
+            "{} pods isolated, {} updates, denied: {}",
+            p.isolated_pods,
+            p.updates,
+            if denied.is_empty() {
+                "none".to_string()
+            } else {
+                denied.join(", ")
+            }
+        );
+        if !p.problems.is_empty() {
+            line += &format!(", {} malformed objects", p.problems.len());
+        }
+        rows.push(("Policy", line));
     }
     let mut out: String = rows
         .into_iter()
