@@ -232,22 +232,13 @@ pub fn br_netfilter_loaded() -> bool {
 /// Every IPv4 address of this node outside `range` (its underlay and host addresses).
 pub fn host_addresses(range: Ipv4Net) -> Result<Vec<Ipv4Addr>, NetconfError> {
     let mut nl = Netlink::new().map_err(ctx("open netlink"))?;
-    let links = nl.links().map_err(ctx("list links"))?;
-    let mut out = Vec::new();
-    for link in links {
-        let addresses = match nl.addresses(link.index) {
-            Ok(a) => a,
-            // Gone between the two dumps.
-            Err(e) if netlink::is_not_found(&e) => continue,
-            Err(e) => return Err(ctx(format!("list the addresses of {}", link.name))(e)),
-        };
-        out.extend(
-            addresses
-                .iter()
-                .map(|a| a.addr())
-                .filter(|a| !range.contains(a) && !a.is_loopback()),
-        );
-    }
+    let mut out: Vec<Ipv4Addr> = nl
+        .all_addresses()
+        .map_err(ctx("list addresses"))?
+        .into_iter()
+        .map(|(_, net)| net.addr())
+        .filter(|a| !range.contains(a) && !a.is_loopback())
+        .collect();
     out.sort();
     out.dedup();
     Ok(out)

@@ -300,6 +300,16 @@ impl Netlink {
 
     /// The IPv4 addresses of a link, with their prefix lengths.
     pub fn addresses(&mut self, index: u32) -> io::Result<Vec<Ipv4Net>> {
+        Ok(self
+            .all_addresses()?
+            .into_iter()
+            .filter(|(i, _)| *i == index)
+            .map(|(_, net)| net)
+            .collect())
+    }
+
+    /// Every IPv4 address of every link, with its link's index, in one dump.
+    pub fn all_addresses(&mut self) -> io::Result<Vec<(u32, Ipv4Net)>> {
         let mut req = AddressMessage::default();
         req.header.family = AddressFamily::Inet;
         let replies = self.request(RouteNetlinkMessage::GetAddress(req), NLM_F_DUMP)?;
@@ -308,9 +318,6 @@ impl Netlink {
             let RouteNetlinkMessage::NewAddress(a) = m else {
                 continue;
             };
-            if a.header.index != index {
-                continue;
-            }
             let local = a.attributes.iter().find_map(|x| match x {
                 AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
                 _ => None,
@@ -324,7 +331,7 @@ impl Netlink {
             if let Some(ip) = addr
                 && let Ok(net) = Ipv4Net::new(ip, a.header.prefix_len)
             {
-                out.push(net);
+                out.push((a.header.index, net));
             }
         }
         Ok(out)

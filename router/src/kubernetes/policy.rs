@@ -133,7 +133,21 @@ where
                 }
                 // The watcher retries with backoff; the rules in place stay meanwhile.
                 Err(e) => {
-                    warn!(resource = %kind, error = %e, "watching for NetworkPolicy; the rules in place stay");
+                    let forbidden = matches!(
+                        &e,
+                        watcher::Error::InitialListFailed(kube::Error::Api(s))
+                            | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+                            if s.is_forbidden()
+                    );
+                    if forbidden {
+                        warn!(
+                            resource = %kind, error = %e,
+                            "forbidden: NetworkPolicy needs list and watch on {kind} (the \
+                             ClusterRole in deploy/weft.yaml grants them); the rules in place stay"
+                        );
+                    } else {
+                        warn!(resource = %kind, error = %e, "watching for NetworkPolicy; the rules in place stay");
+                    }
                     failing = true;
                 }
             }
@@ -274,16 +288,23 @@ impl State {
     async fn turn(&mut self) {
         self.bridge().await;
         let range = self.node.rules.cluster_range;
+        // Rendering a big model takes milliseconds: only when something it uses changed, or
+        // the last load failed.
+        let mut dirty = self.loaded.is_none();
         match blocking(move || crate::netconf::host_addresses(range)).await {
-            Ok(host) => self.host = host,
+            Ok(host) => {
+                dirty |= host != self.host;
+                self.host = host;
+            }
             Err(e) => self.fail(format!("listing the node's addresses: {e}")),
         }
         if let Some((model, policies)) = self.model.take() {
             self.note_problems(&model);
             self.totals.retain(|(p, _), _| policies.contains(p));
             self.loaded_model = Some(model);
+            dirty = true;
         }
-        if let Some(model) = &self.loaded_model {
+        if let Some(model) = self.loaded_model.as_ref().filter(|_| dirty) {
             let mut node = vec![self.node.mesh_address];
             node.extend(&self.host);
             let enforcement = Enforcement::render(model, &node);
