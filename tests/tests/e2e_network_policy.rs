@@ -5,7 +5,8 @@
 //! the other node and from its own node (across the bridge); its node still reaches it, and
 //! it still gets the replies to what it sends; the denials are counted per policy in `weft
 //! status` and the metrics, and stay counted when another policy replaces the rules.
-//! Deleting the policy lets the traffic through again.
+//! Deleting the policy lets the traffic through again. A malformed policy is reported and
+//! counted, and fails closed.
 //!
 //! The fake API server runs on a thread of this test in the lab's underlay namespace, as in
 //! e2e_kubernetes.
@@ -205,6 +206,35 @@ fn a_policy_through_the_api_refuses_and_then_allows_real_traffic() {
         deleted.elapsed().as_secs_f64()
     ));
     assert!(lab.ping("n1-p2", a), "same-node traffic still refused");
+
+    // A malformed policy (the API server would refuse it) is reported, counted, and fails
+    // closed for the pod it selects, on that pod's node.
+    api.put(
+        "networkpolicies",
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"namespace": "x", "name": "broken"},
+            "spec": {"podSelector": {"matchLabels": {"app": "c"}},
+                "ingress": [{"from": [{"ipBlock": {"cidr": "not-a-cidr"}}]}]}}),
+    );
+    wait("n2 to report x/broken", Duration::from_secs(10), || {
+        let p = &lab.status("n2")["policy"];
+        p["isolated_pods"] == 1 && p["problems"].as_array().is_some_and(|a| !a.is_empty())
+    });
+    let policy = lab.status("n2")["policy"].clone();
+    assert_eq!(policy["problems_seen"], 1, "{policy}");
+    assert!(
+        policy["problems"][0]
+            .as_str()
+            .is_some_and(|p| p.contains("x/broken") && p.contains("cidr")),
+        "{policy}"
+    );
+    assert!(!lab.ping("n1-p1", c), "a malformed policy let traffic in");
+    assert!(
+        lab.metrics("n2")
+            .lines()
+            .any(|l| l == "weft_policy_problems_total 1"),
+        "weft_policy_problems_total"
+    );
     drop(lab);
     drop(api);
     let _ = std::fs::remove_file(kubeconfig);
