@@ -173,6 +173,30 @@ impl State {
         line
     }
 
+    /// Records `request`; the answer when the server is down or RBAC refuses it.
+    fn admit(&mut self, request: Request) -> Option<axum::response::Response> {
+        let (verb, resource) = (request.verb.clone(), request.resource.clone());
+        self.requests.push(request);
+        if self.down {
+            return Some(reply(
+                503,
+                status(503, "ServiceUnavailable", "the fake API server is down"),
+            ));
+        }
+        if self
+            .forbidden
+            .iter()
+            .any(|(v, r)| *v == verb && *r == resource)
+        {
+            let msg = format!(
+                "{resource} is forbidden: User \"system:serviceaccount:kube-system:weft\" cannot \
+                 {verb} resource \"{resource}\" at the cluster scope"
+            );
+            return Some(reply(403, status(403, "Forbidden", &msg)));
+        }
+        None
+    }
+
     /// Records a change of an object of `resource`.
     fn change_object(&mut self, resource: &str, kind: &str, mut object: Value) -> Line {
         self.rv += 1;
@@ -518,30 +542,15 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let mut state = shared.state.lock().unwrap();
-    state.requests.push(Request {
+    if let Some(refused) = state.admit(Request {
         verb: verb.into(),
         resource: resource.clone(),
         name: name.clone(),
         query: query.clone(),
         content_type: content_type.clone(),
         body: body.to_vec(),
-    });
-    if state.down {
-        return reply(
-            503,
-            status(503, "ServiceUnavailable", "the fake API server is down"),
-        );
-    }
-    if state
-        .forbidden
-        .iter()
-        .any(|(v, r)| v == verb && *r == resource)
-    {
-        let msg = format!(
-            "nodes is forbidden: User \"system:serviceaccount:kube-system:weft\" cannot {verb} \
-             resource \"{resource}\" in API group \"\" at the cluster scope"
-        );
-        return reply(403, status(403, "Forbidden", &msg));
+    }) {
+        return refused;
     }
     match (verb, resource.as_str()) {
         ("list", "nodes") => {
@@ -710,7 +719,7 @@ fn objects(
         _ => "other",
     };
     let mut state = shared.state.lock().unwrap();
-    state.requests.push(Request {
+    if let Some(refused) = state.admit(Request {
         verb: verb.into(),
         resource: resource.into(),
         name: None,
@@ -720,20 +729,8 @@ fn objects(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
         body: body.to_vec(),
-    });
-    if state.down {
-        return reply(
-            503,
-            status(503, "ServiceUnavailable", "the fake API server is down"),
-        );
-    }
-    if state
-        .forbidden
-        .iter()
-        .any(|(v, r)| v == verb && r == resource)
-    {
-        let msg = format!("{resource} is forbidden: cannot {verb} \"{resource}\"");
-        return reply(403, status(403, "Forbidden", &msg));
+    }) {
+        return refused;
     }
     let (kind, api_version) = match resource {
         "pods" => ("PodList", "v1"),

@@ -15,10 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use weft_tests::e2e::*;
-use weft_tests::fake_kube::{FakeApi, node};
 
 const PREFIX: &str = "npwp";
-const API_PORT: u16 = 6443;
 
 fn pod_cidr(i: usize) -> String {
     format!("10.32.{}.0/24", 110 + i)
@@ -48,48 +46,7 @@ fn a_policy_through_the_api_refuses_and_then_allows_real_traffic() {
     if !can_run(test, &["ping", "nft"]) {
         return;
     }
-    let weft = weft_bin();
-    let _ = run(&weft, &["lab", "down", "--prefix", PREFIX]);
-    let nodes: Vec<Value> = (1..=2)
-        .map(|i| {
-            node(
-                &format!("n{i}"),
-                &weft_lab::plan::underlay_addr(i, false).addr().to_string(),
-                Some(&pod_cidr(i)),
-            )
-        })
-        .collect();
-    let switch_ns = weft_lab::Names::new(PREFIX).underlay_ns();
-    let server = std::thread::spawn(move || {
-        FakeApi::start_with_nodes(
-            ([0, 0, 0, 0], API_PORT).into(),
-            Some(format!("/run/netns/{switch_ns}").into()),
-            nodes,
-        )
-    });
-    let kubeconfig = std::env::temp_dir().join(format!("weft-{PREFIX}-kubeconfig"));
-    let api_addr = weft_lab::plan::API_SERVER.split('/').next().unwrap();
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: \
-             http://{api_addr}:{API_PORT}\ncontexts:\n- name: lab\n  context:\n    \
-             cluster: lab\n    user: lab\ncurrent-context: lab\nusers:\n- name: lab\n  user: {{}}\n"
-        ),
-    )
-    .unwrap();
-    let lab = Lab::up(
-        PREFIX,
-        &[
-            "--nodes",
-            "2",
-            "--pods",
-            "2",
-            "--kubernetes",
-            kubeconfig.to_str().unwrap(),
-        ],
-    );
-    let api = server.join().expect("the fake API server started");
+    let (lab, api, _kubeconfig) = kube_lab(PREFIX, 2, pod_cidr, &["--pods", "2"]);
 
     // The lab's pods as the API server would show them: x/a and x/b on n1, x/c on n2.
     api.put(
@@ -237,5 +194,4 @@ fn a_policy_through_the_api_refuses_and_then_allows_real_traffic() {
     );
     drop(lab);
     drop(api);
-    let _ = std::fs::remove_file(kubeconfig);
 }
