@@ -562,16 +562,10 @@ async fn handle(
             )
         }
         ("watch", "nodes") => {
-            let from: u64 = query
-                .get("resourceVersion")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            let gone_line = json!({"type": "ERROR", "object": status(410, "Expired",
-                "too old resource version")})
-            .to_string();
-            if from < state.compacted {
-                return reply_lines(format!("{gone_line}\n"));
-            }
+            let (from, gone_line) = match watch_from(&state, &query) {
+                Ok(w) => w,
+                Err(gone) => return reply_lines(gone),
+            };
             let backlog: Vec<String> = state
                 .history
                 .iter()
@@ -751,16 +745,10 @@ fn objects(
             )
         }
         "watch" => {
-            let from: u64 = query
-                .get("resourceVersion")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            let gone_line = json!({"type": "ERROR", "object": status(410, "Expired",
-                "too old resource version")})
-            .to_string();
-            if from < state.compacted {
-                return reply_lines(format!("{gone_line}\n"));
-            }
+            let (from, gone_line) = match watch_from(&state, &query) {
+                Ok(w) => w,
+                Err(gone) => return reply_lines(gone),
+            };
             let backlog: Vec<String> = state
                 .object_history
                 .iter()
@@ -780,6 +768,22 @@ fn objects(
             ),
         ),
     }
+}
+
+/// Where a watch starts, and the 410 line that ends it when its history is compacted; the
+/// whole answer when it starts from before that.
+fn watch_from(state: &State, query: &BTreeMap<String, String>) -> Result<(u64, String), String> {
+    let from: u64 = query
+        .get("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let gone_line = json!({"type": "ERROR", "object": status(410, "Expired",
+        "too old resource version")})
+    .to_string();
+    if from < state.compacted {
+        return Err(format!("{gone_line}\n"));
+    }
+    Ok((from, gone_line))
 }
 
 fn reply_lines(body: String) -> axum::response::Response {
