@@ -655,26 +655,7 @@ fn status_text(r: &weft_router::control::StatusReport) -> String {
         rows.push(("Drops", format!("{dropped} ({})", reasons.join(", "))));
     }
     if let Some(p) = &r.policy {
-        let denied: Vec<String> = p
-            .denied
-            .iter()
-            .filter(|d| d.packets > 0)
-            .map(|d| format!("{} {} {}", d.policy, d.direction, d.packets))
-            .collect();
-        let mut line = format!(
-            "{} pods isolated, {} updates, denied: {}",
-            p.isolated_pods,
-            p.updates,
-            if denied.is_empty() {
-                "none".to_string()
-            } else {
-                denied.join(", ")
-            }
-        );
-        if !p.problems.is_empty() {
-            line += &format!(", {} malformed objects", p.problems.len());
-        }
-        rows.push(("Policy", line));
+        rows.push(("Policy", policy_line(p)));
     }
     let mut out: String = rows
         .into_iter()
@@ -682,6 +663,30 @@ fn status_text(r: &weft_router::control::StatusReport) -> String {
         .collect();
     out.push('\n');
     out
+}
+
+/// `weft status`'s NetworkPolicy line: isolated pods, updates, denials per policy.
+fn policy_line(p: &weft_router::control::PolicyReport) -> String {
+    let denied: Vec<String> = p
+        .denied
+        .iter()
+        .filter(|d| d.packets > 0)
+        .map(|d| format!("{} {} {}", d.policy, d.direction, d.packets))
+        .collect();
+    let mut line = format!(
+        "{} pods isolated, {} updates, denied: {}",
+        p.isolated_pods,
+        p.updates,
+        if denied.is_empty() {
+            "none".to_string()
+        } else {
+            denied.join(", ")
+        }
+    );
+    if !p.problems.is_empty() {
+        line += &format!(", {} malformed objects", p.problems.len());
+    }
+    line
 }
 
 fn peers_table(peers: &[weft_router::control::PeerReport]) -> String {
@@ -867,6 +872,34 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_policy_line_lists_what_was_denied() {
+        use weft_router::control::{DeniedReport, PolicyReport};
+        let mut p = PolicyReport {
+            isolated_pods: 2,
+            updates: 3,
+            ..Default::default()
+        };
+        assert_eq!(policy_line(&p), "2 pods isolated, 3 updates, denied: none");
+        p.denied = vec![
+            DeniedReport {
+                policy: "x/a".into(),
+                direction: "ingress".into(),
+                packets: 4,
+            },
+            DeniedReport {
+                policy: "x/b".into(),
+                direction: "egress".into(),
+                packets: 0,
+            },
+        ];
+        p.problems = vec!["networkpolicy x/c: spec: bad".into()];
+        assert_eq!(
+            policy_line(&p),
+            "2 pods isolated, 3 updates, denied: x/a ingress 4, 1 malformed objects"
+        );
+    }
 
     #[test]
     fn keygen_writes_a_new_key_and_refuses_an_existing_file() {
