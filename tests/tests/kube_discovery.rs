@@ -472,3 +472,23 @@ async fn the_policy_model_follows_policies_pods_and_namespaces_in_the_api() {
         let _ = tokio::time::timeout(Duration::from_millis(200), watches.changed()).await;
     }
 }
+
+#[tokio::test]
+async fn the_policy_model_waits_for_every_list() {
+    let api = fake();
+    api.forbid("list", "pods");
+    let watches = kubernetes::policy::Watches::start(client(&api));
+    // Policies and Namespaces are listed, Pods refused: no model from policies without their
+    // pods, which would open what the rules in place close.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), watches.ready())
+            .await
+            .is_err(),
+        "ready without the Pods"
+    );
+    let used = api.used();
+    for r in ["namespaces", "networkpolicies"] {
+        assert!(used.contains(&("list".into(), r.into())), "{used:?}");
+    }
+    assert!(used.contains(&("list".into(), "pods".into())));
+}
