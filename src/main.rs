@@ -346,13 +346,14 @@ enum LabCommand {
     },
 }
 
-/// What `weft lab router` does to one node's router.
+/// A switch given as `on` or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum OnOff {
     On,
     Off,
 }
 
+/// What `weft lab router` does to one node's router.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum RouterActionArg {
     /// SIGTERM, and wait until it has exited (it removes its TUN device on the way out).

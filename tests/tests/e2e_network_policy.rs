@@ -5,8 +5,9 @@
 //! the other node and from its own node (across the bridge); its node still reaches it, and
 //! it still gets the replies to what it sends; the denials are counted per policy in `weft
 //! status` and the metrics, and stay counted when another policy replaces the rules.
-//! Deleting the policy lets the traffic through again. A malformed policy is reported and
-//! counted, and fails closed.
+//! The rules outlive a stopped router, and a router that starts while the API server is down
+//! keeps them. Deleting the policy lets the traffic through again. A malformed policy is
+//! reported and counted, and fails closed.
 //!
 //! The fake API server runs on a thread of this test in the lab's underlay namespace, as in
 //! e2e_kubernetes.
@@ -142,6 +143,38 @@ fn a_policy_through_the_api_refuses_and_then_allows_real_traffic() {
         status["policy"]
     );
     assert_eq!(denied(&status, "x/deny-b", "ingress"), Some(0));
+
+    // The rules outlive the router, and a router starting while the API server is down
+    // keeps them until it has listed everything again.
+    api.set_down(true);
+    lab.lab(&["router", "stop", "n1"]);
+    assert!(
+        !lab.ping("n1-p2", a),
+        "x/a reached while n1's router is stopped"
+    );
+    lab.lab(&["router", "start", "n1"]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !lab.ping("n1-p2", a),
+        "a router starting without the API server opened x/a\n{}",
+        lab.log_tail("n1")
+    );
+    api.set_down(false);
+    wait(
+        "n1 back with both policies",
+        Duration::from_secs(30),
+        || {
+            lab.try_status("n1")
+                .is_ok_and(|s| s["policy"]["isolated_pods"] == 2)
+        },
+    );
+    // Both of n1's pods are isolated now: tunnels, not pings, say the mesh is back.
+    lab.wait_tunnels(Duration::from_secs(30));
+    assert!(
+        lab.reaches("n1-p1", c, Duration::from_secs(10)).is_some(),
+        "x/a's replies from x/c after the restart\n{}",
+        lab.log_tail("n1")
+    );
 
     // Deleted: allowed again.
     let deleted = Instant::now();
