@@ -187,6 +187,10 @@ struct RouterArgs {
     /// pod's ServiceAccount).
     #[arg(long, env = "WEFT_KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
+    /// With --kubernetes: enforce NetworkPolicy on this node's pods (watches NetworkPolicies,
+    /// Pods and Namespaces; see docs/networkpolicy.md). Off: every pod reaches every pod.
+    #[arg(long, env = "WEFT_NETWORK_POLICY", default_value = "on")]
+    network_policy: OnOff,
     /// Write weft-cni's conflist into this directory once the router can carry pod traffic
     /// (its block, bridge, TUN device and route up: when /readyz turns 200), so that the
     /// kubelet calls the node's network ready only then. Not set: the router writes none.
@@ -365,6 +369,13 @@ enum LabCommand {
         #[command(flatten)]
         which: LabName,
     },
+}
+
+/// A switch given as `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
 }
 
 /// What `weft lab router` does to one node's router.
@@ -560,6 +571,7 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
             .then(|| weft_router::kubernetes::KubeConfig {
                 node_name: args.node_name.clone().unwrap_or_default(),
                 kubeconfig: args.kubeconfig.clone(),
+                network_policy: args.network_policy == OnOff::On,
             }),
         cni: args
             .cni_conf_dir
@@ -668,12 +680,39 @@ fn status_text(r: &weft_router::control::StatusReport) -> String {
         let reasons: Vec<String> = r.drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
         rows.push(("Drops", format!("{dropped} ({})", reasons.join(", "))));
     }
+    if let Some(p) = &r.policy {
+        rows.push(("Policy", policy_line(p)));
+    }
     let mut out: String = rows
         .into_iter()
         .map(|(k, v)| format!("{k:>12}: {v}\n"))
         .collect();
     out.push('\n');
     out
+}
+
+/// `weft status`'s NetworkPolicy line: isolated pods, updates, denials per policy.
+fn policy_line(p: &weft_router::control::PolicyReport) -> String {
+    let denied: Vec<String> = p
+        .denied
+        .iter()
+        .filter(|d| d.packets > 0)
+        .map(|d| format!("{} {} {}", d.policy, d.direction, d.packets))
+        .collect();
+    let mut line = format!(
+        "{} pods isolated, {} updates, denied: {}",
+        p.isolated_pods,
+        p.updates,
+        if denied.is_empty() {
+            "none".to_string()
+        } else {
+            denied.join(", ")
+        }
+    );
+    if !p.problems.is_empty() {
+        line += &format!(", {} malformed objects", p.problems.len());
+    }
+    line
 }
 
 fn peers_table(peers: &[weft_router::control::PeerReport]) -> String {
@@ -877,6 +916,34 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_policy_line_lists_what_was_denied() {
+        use weft_router::control::{DeniedReport, PolicyReport};
+        let mut p = PolicyReport {
+            isolated_pods: 2,
+            updates: 3,
+            ..Default::default()
+        };
+        assert_eq!(policy_line(&p), "2 pods isolated, 3 updates, denied: none");
+        p.denied = vec![
+            DeniedReport {
+                policy: "x/a".into(),
+                direction: "ingress".into(),
+                packets: 4,
+            },
+            DeniedReport {
+                policy: "x/b".into(),
+                direction: "egress".into(),
+                packets: 0,
+            },
+        ];
+        p.problems = vec!["networkpolicy x/c: spec: bad".into()];
+        assert_eq!(
+            policy_line(&p),
+            "2 pods isolated, 3 updates, denied: x/a ingress 4, 1 malformed objects"
+        );
+    }
 
     #[test]
     fn keygen_writes_a_new_key_and_refuses_an_existing_file() {

@@ -69,6 +69,34 @@ pub struct StatusReport {
     /// Which data path the kernel gave the router (offloads probed at start).
     #[serde(default)]
     pub data_path: Option<DataPathReport>,
+    /// NetworkPolicy enforcement, when on.
+    #[serde(default)]
+    pub policy: Option<PolicyReport>,
+}
+
+/// NetworkPolicy enforcement on this node (docs/networkpolicy.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyReport {
+    /// Packets denied since the router started, per isolating policy and direction.
+    pub denied: Vec<DeniedReport>,
+    /// The malformed objects of the current snapshot (each policy fails closed).
+    pub problems: Vec<String>,
+    /// Malformed objects seen since the router started.
+    pub problems_seen: u64,
+    /// Times the rules were replaced.
+    pub updates: u64,
+    /// This node's pods isolated in at least one direction.
+    pub isolated_pods: usize,
+}
+
+/// Packets one policy denied in one direction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeniedReport {
+    /// `namespace/name`.
+    pub policy: String,
+    /// `ingress` or `egress`.
+    pub direction: String,
+    pub packets: u64,
 }
 
 /// The data path in use, as probed at start.

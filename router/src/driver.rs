@@ -301,7 +301,13 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
         masquerade: config.masquerade,
         exempt: config.masquerade_exempt.clone(),
     };
-    blocking(move || crate::nftables::apply(&rules)).await?;
+    // With NetworkPolicy on, a table left by the last run keeps its policy chains until the
+    // enforcer has complete lists to replace it from: masquerade only would open every pod.
+    if !config.kubernetes.as_ref().is_some_and(|k| k.network_policy)
+        || !blocking(crate::nftables::exists).await?
+    {
+        blocking(move || crate::nftables::apply(&rules)).await?;
+    }
     let tun = open_tun(config.offload, pod_mtu)?;
     let paths = Paths {
         tun_offload: tun.tcp_gso(),
@@ -361,6 +367,7 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
     heartbeat.abort();
     let discovery = discovery?;
     let pod_cidr = discovery.as_ref().map(|d| d.pod_cidr).or(config.pod_cidr);
+    let policy = crate::kubernetes::policy::Enforcer::start_for(&config, discovery.as_ref());
 
     let now = Instant::now();
     let mut mesh_config = weft_mesh::Config::new(config.name.clone());
@@ -477,6 +484,7 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
         tun_block: None,
         refused,
         discovery,
+        policy,
         config,
     };
     let result = driver.run(&mut calls, from_workers, shutdown).await;
@@ -529,6 +537,8 @@ struct Driver {
     refused: Arc<control::RefusedRequests>,
     /// Kubernetes Node discovery, when on: pins and forgets for the Node.
     discovery: Option<crate::kubernetes::Discovery>,
+    /// NetworkPolicy enforcement, when on.
+    policy: Option<crate::kubernetes::policy::Enforcer>,
 }
 
 impl Driver {
@@ -812,6 +822,7 @@ impl Driver {
                 gso_segments: self.paths.gso_segments,
                 gro_segments: self.paths.gro_segments,
             }),
+            policy: self.policy.as_ref().map(|p| p.report()),
         }
     }
 

@@ -24,7 +24,7 @@ use weft_mesh::NodeStats;
 use crate::control::StatusReport;
 
 /// Every metric the router exports, with its help text: the one list of names.
-pub const NAMES: [(&str, &str); 11] = [
+pub const NAMES: [(&str, &str); 13] = [
     ("weft_peers", "Peers by tunnel state."),
     ("weft_handshakes", "Handshakes completed."),
     (
@@ -51,6 +51,14 @@ pub const NAMES: [(&str, &str); 11] = [
         "weft_addresses_in_use",
         "Pod addresses leased by weft-cni on this node.",
     ),
+    (
+        "weft_policy_denied_packets",
+        "Packets NetworkPolicy denied, per isolating policy (ns/name) and direction.",
+    ),
+    (
+        "weft_policy_problems",
+        "Malformed NetworkPolicies, Pods or Namespaces seen (each policy fails closed).",
+    ),
 ];
 
 /// What a scrape reports.
@@ -70,6 +78,9 @@ pub struct Snapshot {
     block_addresses: i64,
     /// Filled in at scrape time from the lease files.
     addresses_in_use: i64,
+    /// (policy, direction, packets), when NetworkPolicy is enforced.
+    policy_denied: Vec<(String, String, u64)>,
+    policy_problems: u64,
 }
 
 impl Snapshot {
@@ -103,6 +114,13 @@ impl Snapshot {
                 .and_then(|b| b.parse::<ipnet::Ipv4Net>().ok())
                 .map_or(0, |b| (1i64 << (32 - b.prefix_len())) - 3),
             addresses_in_use: 0,
+            policy_denied: report
+                .policy
+                .iter()
+                .flat_map(|p| &p.denied)
+                .map(|d| (d.policy.clone(), d.direction.clone(), d.packets))
+                .collect(),
+            policy_problems: report.policy.as_ref().map_or(0, |p| p.problems_seen),
         }
     }
 }
@@ -196,9 +214,23 @@ impl Collector for Shared {
             let g = gauge(v);
             g.encode(encoder.encode_descriptor(name, help(name), None, g.metric_type())?)?;
         }
+        let mut family = encoder.encode_descriptor(
+            "weft_policy_denied_packets",
+            help("weft_policy_denied_packets"),
+            None,
+            counter(0).metric_type(),
+        )?;
+        for (policy, direction, n) in &s.policy_denied {
+            let labels = [
+                ("policy", policy.as_str()),
+                ("direction", direction.as_str()),
+            ];
+            counter(*n).encode(family.encode_family(&labels)?)?;
+        }
         for (name, v) in [
             ("weft_control_bytes", s.control_bytes),
             ("weft_relayed", s.relayed),
+            ("weft_policy_problems", s.policy_problems),
         ] {
             let c = counter(v);
             c.encode(encoder.encode_descriptor(name, help(name), None, c.metric_type())?)?;
@@ -331,6 +363,15 @@ mod tests {
             drops: BTreeMap::from([("malformed".to_string(), 3)]),
             routes: vec![],
             data_path: None,
+            policy: Some(crate::control::PolicyReport {
+                denied: vec![crate::control::DeniedReport {
+                    policy: "x/deny".into(),
+                    direction: "ingress".into(),
+                    packets: 5,
+                }],
+                problems_seen: 2,
+                ..Default::default()
+            }),
         };
         let shared = Shared::default();
         shared.update(Snapshot::from_report(&report, NodeStats::default()));
@@ -360,6 +401,13 @@ mod tests {
         assert!(text.contains("weft_block_ready 1"), "{text}");
         assert!(text.contains("weft_block_addresses 253"), "{text}");
         assert!(text.contains("weft_addresses_in_use 4"), "{text}");
+        assert!(
+            text.contains(
+                "weft_policy_denied_packets_total{policy=\"x/deny\",direction=\"ingress\"} 5"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("weft_policy_problems_total 2"), "{text}");
     }
 
     /// The mesh's undecodable control messages and the control socket's malformed requests
@@ -396,6 +444,7 @@ mod tests {
             drops,
             routes: vec![],
             data_path: None,
+            policy: None,
         };
         let shared = Shared::default();
         shared.update(Snapshot::from_report(&report, NodeStats::default()));

@@ -203,6 +203,47 @@ pub fn ensure_bridge(name: &str, block: Ipv4Net, mtu: u32) -> Result<(), Netconf
         })
 }
 
+/// Has `bridge` hand the traffic between its ports to the IPv4 hooks, where the
+/// NetworkPolicy chain judges it (docs/networkpolicy.md, "Same-node traffic"), unless
+/// `done` is its index already (the flag was set on this very bridge). Its index; `None`
+/// when there is no such bridge yet. Whether the kernel then calls the hooks depends on
+/// br_netfilter being loaded: [`br_netfilter_loaded`].
+pub fn bridge_call_iptables(bridge: &str, done: Option<u32>) -> Result<Option<u32>, NetconfError> {
+    let mut nl = Netlink::new().map_err(ctx("open netlink"))?;
+    let Some(link) = nl
+        .link_by_name(bridge)
+        .map_err(ctx(format!("look up {bridge}")))?
+    else {
+        return Ok(None);
+    };
+    if done == Some(link.index) {
+        return Ok(done);
+    }
+    nl.set_bridge_nf_call_iptables(link.index, true)
+        .map_err(ctx(format!("set nf_call_iptables on bridge {bridge}")))?;
+    Ok(Some(link.index))
+}
+
+/// Whether br_netfilter is there (its sysctls appear with it, per network namespace).
+pub fn br_netfilter_loaded() -> bool {
+    std::path::Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists()
+}
+
+/// Every IPv4 address of this node outside `range` (its underlay and host addresses).
+pub fn host_addresses(range: Ipv4Net) -> Result<Vec<Ipv4Addr>, NetconfError> {
+    let mut nl = Netlink::new().map_err(ctx("open netlink"))?;
+    let mut out: Vec<Ipv4Addr> = nl
+        .all_addresses()
+        .map_err(ctx("list addresses"))?
+        .into_iter()
+        .map(|(_, net)| net.addr())
+        .filter(|a| !range.contains(a) && !a.is_loopback())
+        .collect();
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
 fn find(nl: &mut Netlink, name: &str) -> Result<Link, NetconfError> {
     nl.link_by_name(name)
         .map_err(ctx(format!("look up {name}")))?

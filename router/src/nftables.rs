@@ -15,7 +15,10 @@
 //! With NetworkPolicy ([`policy`]), the same table holds the filter chains that enforce it,
 //! so the masquerade and the policy always change together, in one transaction.
 
+pub mod counters;
 pub mod policy;
+
+use std::collections::BTreeMap;
 
 use std::io::{self, Write};
 use std::process::{Command, Stdio};
@@ -86,16 +89,44 @@ pub fn apply_with(rules: &Rules, policy: &policy::Enforcement) -> Result<(), Net
         .map_err(|e| NetconfError::new(format!("nft -f (table ip {TABLE})"), e))
 }
 
-/// Deletes weft's table; false when there was none.
-pub fn remove() -> Result<bool, NetconfError> {
-    let what = || format!("nft delete table ip {TABLE}");
-    let listed = Command::new("nft")
+/// Packets per named counter of weft's table (`nft -j list counters`); none when there is
+/// no table.
+pub fn read_counters() -> Result<BTreeMap<String, u64>, NetconfError> {
+    let what = || format!("nft -j list counters table ip {TABLE}");
+    let out = Command::new("nft")
+        .args(["-j", "list", "counters", "table", "ip", TABLE])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| NetconfError::new(what(), not_installed(e)))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("No such file or directory") {
+            return Ok(BTreeMap::new());
+        }
+        return Err(NetconfError::new(
+            what(),
+            io::Error::other(err.trim().to_owned()),
+        ));
+    }
+    counters::parse_counters(&out.stdout, TABLE)
+        .map_err(|e| NetconfError::new(what(), io::Error::other(e)))
+}
+
+/// Whether weft's table is there.
+pub fn exists() -> Result<bool, NetconfError> {
+    Command::new("nft")
         .args(["list", "table", "ip", TABLE])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .map_err(|e| NetconfError::new(what(), not_installed(e)))?;
-    if !listed.success() {
+        .map(|s| s.success())
+        .map_err(|e| NetconfError::new(format!("nft list table ip {TABLE}"), not_installed(e)))
+}
+
+/// Deletes weft's table; false when there was none.
+pub fn remove() -> Result<bool, NetconfError> {
+    let what = || format!("nft delete table ip {TABLE}");
+    if !exists()? {
         return Ok(false);
     }
     nft(&format!("delete table ip {TABLE}\n"))

@@ -15,8 +15,8 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
-    LinkFlags, LinkInfo, LinkMessage,
+    InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth,
+    LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -254,6 +254,18 @@ impl Netlink {
         self.ack(RouteNetlinkMessage::NewLink(msg), 0)
     }
 
+    /// Has bridge `index` hand what it forwards to the IPv4 netfilter hooks (`ip link set DEV
+    /// type bridge nf_call_iptables 1`; br_netfilter must be loaded for it to take effect).
+    pub fn set_bridge_nf_call_iptables(&mut self, index: u32, on: bool) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Bridge),
+            LinkInfo::Data(InfoData::Bridge(vec![InfoBridge::NfCallIpTables(on)])),
+        ]));
+        self.ack(RouteNetlinkMessage::NewLink(msg), 0)
+    }
+
     /// Whether hairpin mode is on for a bridge port (for CHECK and tests).
     pub fn hairpin(&mut self, index: u32) -> io::Result<Option<bool>> {
         let mut msg = LinkMessage::default();
@@ -288,6 +300,16 @@ impl Netlink {
 
     /// The IPv4 addresses of a link, with their prefix lengths.
     pub fn addresses(&mut self, index: u32) -> io::Result<Vec<Ipv4Net>> {
+        Ok(self
+            .all_addresses()?
+            .into_iter()
+            .filter(|(i, _)| *i == index)
+            .map(|(_, net)| net)
+            .collect())
+    }
+
+    /// Every IPv4 address of every link, with its link's index, in one dump.
+    pub fn all_addresses(&mut self) -> io::Result<Vec<(u32, Ipv4Net)>> {
         let mut req = AddressMessage::default();
         req.header.family = AddressFamily::Inet;
         let replies = self.request(RouteNetlinkMessage::GetAddress(req), NLM_F_DUMP)?;
@@ -296,9 +318,6 @@ impl Netlink {
             let RouteNetlinkMessage::NewAddress(a) = m else {
                 continue;
             };
-            if a.header.index != index {
-                continue;
-            }
             let local = a.attributes.iter().find_map(|x| match x {
                 AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
                 _ => None,
@@ -312,7 +331,7 @@ impl Netlink {
             if let Some(ip) = addr
                 && let Ok(net) = Ipv4Net::new(ip, a.header.prefix_len)
             {
-                out.push(net);
+                out.push((a.header.index, net));
             }
         }
         Ok(out)

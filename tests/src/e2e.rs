@@ -1003,3 +1003,67 @@ pub fn spray(ns: &str, to: SocketAddr, datagrams: Vec<Vec<u8>>) {
         }
     });
 }
+
+/// A lab whose routers run with `--kubernetes` against a fake API server on port 6443 of the
+/// lab's switch (`weft lab up --kubernetes` gives the switch `weft_lab::plan::API_SERVER`),
+/// which holds a Node per lab node (`n1`, … at their underlay addresses, with podCIDR
+/// `pod_cidr(i)`) before the routers start: `weft lab up --prefix PREFIX --nodes N
+/// --kubernetes KUBECONFIG ARGS…`. The kubeconfig file goes when the third value is dropped.
+pub fn kube_lab(
+    prefix: &str,
+    nodes: usize,
+    pod_cidr: fn(usize) -> String,
+    args: &[&str],
+) -> (Lab, crate::fake_kube::FakeApi, KubeconfigFile) {
+    const API_PORT: u16 = 6443;
+    // A lab left by a crashed run must be gone before the server looks for the namespace.
+    let _ = run(&weft_bin(), &["lab", "down", "--prefix", prefix]);
+    let objects: Vec<Value> = (1..=nodes)
+        .map(|i| {
+            crate::fake_kube::node(
+                &format!("n{i}"),
+                &weft_lab::plan::underlay_addr(i, false).addr().to_string(),
+                Some(&pod_cidr(i)),
+            )
+        })
+        .collect();
+    let switch_ns = weft_lab::Names::new(prefix).underlay_ns();
+    let server = std::thread::spawn(move || {
+        crate::fake_kube::FakeApi::start_with_nodes(
+            ([0, 0, 0, 0], API_PORT).into(),
+            Some(format!("/run/netns/{switch_ns}").into()),
+            objects,
+        )
+    });
+    let kubeconfig = KubeconfigFile(std::env::temp_dir().join(format!("weft-{prefix}-kubeconfig")));
+    let api_addr = weft_lab::plan::API_SERVER.split('/').next().unwrap();
+    std::fs::write(
+        &kubeconfig.0,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: \
+             http://{api_addr}:{API_PORT}\ncontexts:\n- name: lab\n  context:\n    \
+             cluster: lab\n    user: lab\ncurrent-context: lab\nusers:\n- name: lab\n  user: {{}}\n"
+        ),
+    )
+    .unwrap();
+    let n = nodes.to_string();
+    let mut full = vec![
+        "--nodes",
+        &n,
+        "--kubernetes",
+        kubeconfig.0.to_str().unwrap(),
+    ];
+    full.extend_from_slice(args);
+    let lab = Lab::up(prefix, &full);
+    let api = server.join().expect("the fake API server started");
+    (lab, api, kubeconfig)
+}
+
+/// The kubeconfig file of a [`kube_lab`], removed when dropped.
+pub struct KubeconfigFile(PathBuf);
+
+impl Drop for KubeconfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

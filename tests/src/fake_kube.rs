@@ -1,7 +1,9 @@
 //! A fake Kubernetes API server for Nodes, in-process, over plain HTTP/1.1: enough of the
 //! real protocol for a kube-rs client to list, watch and patch Nodes, with the faults a real
 //! one shows (a 410 Gone that forces a relist, bookmarks, outages, RBAC refusals) and that
-//! tests script (forced annotations, events dropped unseen). The lab's own API server
+//! tests script (forced annotations, events dropped unseen). Pods, Namespaces and
+//! NetworkPolicies can be listed and watched too ([`OBJECTS`]); tests create, change and
+//! delete them with [`FakeApi::put`] and [`FakeApi::remove`]. The lab's own API server
 //! (`weft_lab::api`, behind `weft lab up --api`) serves more kinds and verbs without faults;
 //! this one shares its Node and its merge patch.
 //!
@@ -47,9 +49,21 @@ impl Request {
     }
 }
 
+/// The other resources served, cluster-wide, for list and watch: (resource, path).
+pub const OBJECTS: [(&str, &str); 3] = [
+    ("pods", "/api/v1/pods"),
+    ("namespaces", "/api/v1/namespaces"),
+    (
+        "networkpolicies",
+        "/apis/networking.k8s.io/v1/networkpolicies",
+    ),
+];
+
 #[derive(Debug, Clone)]
 enum Line {
     Event(String),
+    /// An event of one of [`OBJECTS`]: (resource, line).
+    Object(String, String),
     /// An `ERROR` event with code 410, then the end of the stream.
     Gone,
     /// The end of the stream (the server closed the watch).
@@ -63,6 +77,10 @@ struct State {
     /// Watches from a resourceVersion below this get 410 Gone (the history is compacted).
     compacted: u64,
     history: Vec<(u64, String)>,
+    /// [`OBJECTS`] by resource, then `namespace/name` (or `name`).
+    objects: BTreeMap<String, BTreeMap<String, Value>>,
+    /// Their events: (resourceVersion, resource, line).
+    object_history: Vec<(u64, String, String)>,
     requests: Vec<Request>,
     forbidden: Vec<(String, String)>,
     down: bool,
@@ -116,6 +134,53 @@ impl State {
         let line = json!({"type": kind, "object": object}).to_string();
         self.history.push((self.rv, line.clone()));
         line
+    }
+
+    /// Records `request`; the answer when the server is down or RBAC refuses it.
+    fn admit(&mut self, request: Request) -> Option<axum::response::Response> {
+        let (verb, resource) = (request.verb.clone(), request.resource.clone());
+        self.requests.push(request);
+        if self.down {
+            return Some(reply(
+                503,
+                status(503, "ServiceUnavailable", "the fake API server is down"),
+            ));
+        }
+        if self
+            .forbidden
+            .iter()
+            .any(|(v, r)| *v == verb && *r == resource)
+        {
+            let msg = format!(
+                "{resource} is forbidden: User \"system:serviceaccount:kube-system:weft\" cannot \
+                 {verb} resource \"{resource}\" at the cluster scope"
+            );
+            return Some(reply(403, status(403, "Forbidden", &msg)));
+        }
+        None
+    }
+
+    /// Records a change of an object of `resource`.
+    fn change_object(&mut self, resource: &str, kind: &str, mut object: Value) -> Line {
+        self.rv += 1;
+        object["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        let key = match object["metadata"]["namespace"].as_str() {
+            Some(ns) => format!("{ns}/{}", object["metadata"]["name"].as_str().unwrap_or("")),
+            None => object["metadata"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+        };
+        let store = self.objects.entry(resource.into()).or_default();
+        if kind == "DELETED" {
+            store.remove(&key);
+        } else {
+            store.insert(key, object.clone());
+        }
+        let line = json!({"type": kind, "object": object}).to_string();
+        self.object_history
+            .push((self.rv, resource.into(), line.clone()));
+        Line::Object(resource.into(), line)
     }
 
     fn apply_forced(&self, name: &str, node: &mut Value) {
@@ -228,6 +293,32 @@ impl FakeApi {
         });
     }
 
+    /// Creates or replaces an object of `resource` (one of [`OBJECTS`]): `ADDED` or
+    /// `MODIFIED`.
+    pub fn put(&self, resource: &str, object: Value) {
+        assert!(OBJECTS.iter().any(|(r, _)| *r == resource), "{resource}");
+        let line = self.with(|s| {
+            let ns = object["metadata"]["namespace"].as_str();
+            let name = object["metadata"]["name"].as_str().expect("name");
+            let key = ns.map_or(name.to_string(), |ns| format!("{ns}/{name}"));
+            let exists = s
+                .objects
+                .get(resource)
+                .is_some_and(|m| m.contains_key(&key));
+            s.change_object(resource, if exists { "MODIFIED" } else { "ADDED" }, object)
+        });
+        self.send(line);
+    }
+
+    /// Deletes an object of `resource` (`namespace/name`, or `name` for Namespaces).
+    pub fn remove(&self, resource: &str, key: &str) {
+        let line = self.with(|s| {
+            let o = s.objects.get(resource).and_then(|m| m.get(key)).cloned();
+            s.change_object(resource, "DELETED", o.expect("no such object"))
+        });
+        self.send(line);
+    }
+
     /// A Node as stored.
     pub fn get(&self, name: &str) -> Option<Value> {
         self.with(|s| s.nodes.get(name).cloned())
@@ -257,6 +348,7 @@ impl FakeApi {
         self.with(|s| {
             s.compacted = s.rv;
             s.history.clear();
+            s.object_history.clear();
         });
         self.send(Line::Gone);
     }
@@ -377,6 +469,9 @@ async fn handle(
         })
         .collect();
     let path = uri.path().trim_end_matches('/');
+    if let Some((resource, _)) = OBJECTS.iter().find(|(_, p)| *p == path) {
+        return objects(&shared, resource, &method, query, &headers, body);
+    }
     let rest = path.strip_prefix("/api/v1/nodes");
     let (name, sub) = match rest {
         Some("") => (None, None),
@@ -410,30 +505,15 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let mut state = shared.state.lock().unwrap();
-    state.requests.push(Request {
+    if let Some(refused) = state.admit(Request {
         verb: verb.into(),
         resource: resource.clone(),
         name: name.clone(),
         query: query.clone(),
         content_type: content_type.clone(),
         body: body.to_vec(),
-    });
-    if state.down {
-        return reply(
-            503,
-            status(503, "ServiceUnavailable", "the fake API server is down"),
-        );
-    }
-    if state
-        .forbidden
-        .iter()
-        .any(|(v, r)| v == verb && *r == resource)
-    {
-        let msg = format!(
-            "nodes is forbidden: User \"system:serviceaccount:kube-system:weft\" cannot {verb} \
-             resource \"{resource}\" in API group \"\" at the cluster scope"
-        );
-        return reply(403, status(403, "Forbidden", &msg));
+    }) {
+        return refused;
     }
     match (verb, resource.as_str()) {
         ("list", "nodes") => {
@@ -445,20 +525,10 @@ async fn handle(
             )
         }
         ("watch", "nodes") => {
-            let from: u64 = query
-                .get("resourceVersion")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            let gone_line = json!({"type": "ERROR", "object": status(410, "Expired",
-                "too old resource version")})
-            .to_string();
-            if from < state.compacted {
-                let body = Body::from(format!("{gone_line}\n"));
-                return axum::response::Response::builder()
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .unwrap();
-            }
+            let (from, gone_line) = match watch_from(&state, &query) {
+                Ok(w) => w,
+                Err(gone) => return reply_lines(gone),
+            };
             let backlog: Vec<String> = state
                 .history
                 .iter()
@@ -467,44 +537,7 @@ async fn handle(
                 .collect();
             let rx = shared.lines.subscribe();
             drop(state);
-            let stream = futures_util::stream::unfold(
-                (backlog.into_iter(), rx, false),
-                move |(mut backlog, mut rx, done)| {
-                    let gone_line = gone_line.clone();
-                    async move {
-                        if done {
-                            return None;
-                        }
-                        if let Some(l) = backlog.next() {
-                            return Some((
-                                Ok::<_, std::io::Error>(format!("{l}\n")),
-                                (backlog, rx, false),
-                            ));
-                        }
-                        loop {
-                            match rx.recv().await {
-                                Ok(Line::Event(l)) => {
-                                    return Some((Ok(format!("{l}\n")), (backlog, rx, false)));
-                                }
-                                Ok(Line::Gone) => {
-                                    return Some((
-                                        Ok(format!("{gone_line}\n")),
-                                        (backlog, rx, true),
-                                    ));
-                                }
-                                Ok(Line::End) | Err(broadcast::error::RecvError::Closed) => {
-                                    return None;
-                                }
-                                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                            }
-                        }
-                    }
-                },
-            );
-            axum::response::Response::builder()
-                .header("content-type", "application/json")
-                .body(Body::from_stream(stream))
-                .unwrap()
+            watch_reply(backlog, rx, gone_line, None)
         }
         ("patch", "nodes" | "nodes/status") => {
             let name = name.unwrap_or_default();
@@ -576,4 +609,149 @@ async fn handle(
             status(404, "NotFound", "the fake API server serves Nodes only"),
         ),
     }
+}
+
+/// A watch's answer: `backlog`, then the lines of `resource` (Nodes when `None`) as they come.
+fn watch_reply(
+    backlog: Vec<String>,
+    rx: broadcast::Receiver<Line>,
+    gone_line: String,
+    resource: Option<String>,
+) -> axum::response::Response {
+    let stream = futures_util::stream::unfold(
+        (backlog.into_iter(), rx, false),
+        move |(mut backlog, mut rx, done)| {
+            let gone_line = gone_line.clone();
+            let resource = resource.clone();
+            async move {
+                if done {
+                    return None;
+                }
+                if let Some(l) = backlog.next() {
+                    return Some((
+                        Ok::<_, std::io::Error>(format!("{l}\n")),
+                        (backlog, rx, false),
+                    ));
+                }
+                loop {
+                    match rx.recv().await {
+                        Ok(Line::Event(l)) if resource.is_none() => {
+                            return Some((Ok(format!("{l}\n")), (backlog, rx, false)));
+                        }
+                        Ok(Line::Object(r, l)) if resource.as_ref() == Some(&r) => {
+                            return Some((Ok(format!("{l}\n")), (backlog, rx, false)));
+                        }
+                        Ok(Line::Event(_) | Line::Object(..)) => continue,
+                        Ok(Line::Gone) => {
+                            return Some((Ok(format!("{gone_line}\n")), (backlog, rx, true)));
+                        }
+                        Ok(Line::End) | Err(broadcast::error::RecvError::Closed) => {
+                            return None;
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    }
+                }
+            }
+        },
+    );
+    axum::response::Response::builder()
+        .header("content-type", "application/json")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}
+
+/// List and watch of one of [`OBJECTS`], cluster-wide.
+fn objects(
+    shared: &Arc<Shared>,
+    resource: &str,
+    method: &Method,
+    query: BTreeMap<String, String>,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
+    let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    let verb = match (method, watch) {
+        (&Method::GET, true) => "watch",
+        (&Method::GET, false) => "list",
+        _ => "other",
+    };
+    let mut state = shared.state.lock().unwrap();
+    if let Some(refused) = state.admit(Request {
+        verb: verb.into(),
+        resource: resource.into(),
+        name: None,
+        query: query.clone(),
+        content_type: headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        body: body.to_vec(),
+    }) {
+        return refused;
+    }
+    let (kind, api_version) = match resource {
+        "pods" => ("PodList", "v1"),
+        "namespaces" => ("NamespaceList", "v1"),
+        _ => ("NetworkPolicyList", "networking.k8s.io/v1"),
+    };
+    match verb {
+        "list" => {
+            let items: Vec<Value> = state
+                .objects
+                .get(resource)
+                .map(|m| m.values().cloned().collect())
+                .unwrap_or_default();
+            reply(
+                200,
+                json!({"kind": kind, "apiVersion": api_version,
+                    "metadata": {"resourceVersion": state.rv.to_string()}, "items": items}),
+            )
+        }
+        "watch" => {
+            let (from, gone_line) = match watch_from(&state, &query) {
+                Ok(w) => w,
+                Err(gone) => return reply_lines(gone),
+            };
+            let backlog: Vec<String> = state
+                .object_history
+                .iter()
+                .filter(|(rv, r, _)| *rv > from && r == resource)
+                .map(|(_, _, l)| l.clone())
+                .collect();
+            let rx = shared.lines.subscribe();
+            drop(state);
+            watch_reply(backlog, rx, gone_line, Some(resource.to_string()))
+        }
+        _ => reply(
+            405,
+            status(
+                405,
+                "MethodNotAllowed",
+                "the fake API server lists and watches these only",
+            ),
+        ),
+    }
+}
+
+/// Where a watch starts, and the 410 line that ends it when its history is compacted; the
+/// whole answer when it starts from before that.
+fn watch_from(state: &State, query: &BTreeMap<String, String>) -> Result<(u64, String), String> {
+    let from: u64 = query
+        .get("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let gone_line = json!({"type": "ERROR", "object": status(410, "Expired",
+        "too old resource version")})
+    .to_string();
+    if from < state.compacted {
+        return Err(format!("{gone_line}\n"));
+    }
+    Ok((from, gone_line))
+}
+
+fn reply_lines(body: String) -> axum::response::Response {
+    axum::response::Response::builder()
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .unwrap()
 }

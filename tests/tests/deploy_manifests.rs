@@ -228,7 +228,7 @@ fn a_misspelled_field_is_caught() {
 }
 
 #[test]
-fn cluster_role_grants_exactly_what_discovery_uses() {
+fn cluster_role_grants_exactly_what_discovery_and_policy_use() {
     let m = load();
     let role = only(&m.cluster_roles, "ClusterRole");
     assert_eq!(role.metadata.name.as_deref(), Some("weft"));
@@ -251,6 +251,12 @@ fn cluster_role_grants_exactly_what_discovery_uses() {
         vec![
             (s(&[""]), s(&["nodes"]), s(&["list", "watch"])),
             (s(&[""]), s(&["nodes/status"]), s(&["patch"])),
+            (s(&[""]), s(&["pods", "namespaces"]), s(&["list", "watch"])),
+            (
+                s(&["networking.k8s.io"]),
+                s(&["networkpolicies"]),
+                s(&["list", "watch"])
+            ),
         ]
     );
 }

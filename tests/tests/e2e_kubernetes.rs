@@ -14,10 +14,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use weft_router::kubernetes::KEY_ANNOTATION;
 use weft_tests::e2e::*;
-use weft_tests::fake_kube::{FakeApi, node};
 
 const PREFIX: &str = "e2ek";
-const API_PORT: u16 = 6443;
 
 fn pod_cidr(i: usize) -> String {
     // Not the lab's static blocks (10.32.i.0/24): a block seen here came from the Node.
@@ -50,49 +48,7 @@ fn routers_find_each_other_through_nodes_pin_keys_and_forget_deleted_nodes() {
     if !can_run(test, &["ping"]) {
         return;
     }
-    let weft = weft_bin();
-    // A lab left by a crashed run must be gone before the server looks for the namespace.
-    let _ = run(&weft, &["lab", "down", "--prefix", PREFIX]);
-    let nodes: Vec<Value> = (1..=3)
-        .map(|i| {
-            node(
-                &format!("n{i}"),
-                &weft_lab::plan::underlay_addr(i, false).addr().to_string(),
-                Some(&pod_cidr(i)),
-            )
-        })
-        .collect();
-    let switch_ns = weft_lab::Names::new(PREFIX).underlay_ns();
-    let server = std::thread::spawn(move || {
-        FakeApi::start_with_nodes(
-            ([0, 0, 0, 0], API_PORT).into(),
-            Some(format!("/run/netns/{switch_ns}").into()),
-            nodes,
-        )
-    });
-    let kubeconfig = std::env::temp_dir().join(format!("weft-{PREFIX}-kubeconfig"));
-    let api_addr = weft_lab::plan::API_SERVER.split('/').next().unwrap();
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: \
-             http://{api_addr}:{API_PORT}\ncontexts:\n- name: lab\n  context:\n    \
-             cluster: lab\n    user: lab\ncurrent-context: lab\nusers:\n- name: lab\n  user: {{}}\n"
-        ),
-    )
-    .unwrap();
-    let lab = Lab::up(
-        PREFIX,
-        &[
-            "--nodes",
-            "3",
-            "--pods",
-            "1",
-            "--kubernetes",
-            kubeconfig.to_str().unwrap(),
-        ],
-    );
-    let api = server.join().expect("the fake API server started");
+    let (lab, api, _kubeconfig) = kube_lab(PREFIX, 3, pod_cidr, &["--pods", "1"]);
 
     // Blocks are the Nodes' podCIDRs, and the pods of every node reach each other.
     for i in 1..=3 {
@@ -225,5 +181,4 @@ fn routers_find_each_other_through_nodes_pin_keys_and_forget_deleted_nodes() {
     );
     drop(lab);
     drop(api);
-    let _ = std::fs::remove_file(kubeconfig);
 }

@@ -330,7 +330,8 @@ async fn errors_say_what_failed() {
     assert_eq!(d.pod_cidr, "10.32.1.0/24".parse().unwrap());
 }
 
-/// The ClusterRole of `deploy/weft.yaml`, as (verb, resource) pairs of the core group.
+/// The ClusterRole of `deploy/weft.yaml`, as (verb, resource) pairs (the core group, and
+/// networking.k8s.io for networkpolicies).
 fn cluster_role_grants() -> BTreeSet<(String, String)> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/weft.yaml");
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
@@ -345,7 +346,12 @@ fn cluster_role_grants() -> BTreeSet<(String, String)> {
     let mut grants = BTreeSet::new();
     for rule in roles[0].rules.clone().unwrap_or_default() {
         let groups = rule.api_groups.clone().unwrap_or_default();
-        assert_eq!(groups, vec![String::new()], "only the core group: {rule:?}");
+        let want = if rule.resources == Some(vec!["networkpolicies".into()]) {
+            "networking.k8s.io"
+        } else {
+            ""
+        };
+        assert_eq!(groups, vec![want.to_string()], "{rule:?}");
         assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none());
         for r in rule.resources.clone().unwrap_or_default() {
             for v in &rule.verbs {
@@ -369,6 +375,11 @@ async fn the_cluster_role_grants_exactly_what_the_code_uses() {
     let mut d = kubernetes::start(client(&api), own("n1", key()), ready)
         .await
         .unwrap();
+    // NetworkPolicy's watches (the same as the router's enforcer starts).
+    let watches = kubernetes::policy::Watches::start(d.client.clone());
+    tokio::time::timeout(WAIT, watches.ready())
+        .await
+        .expect("the policy watches listed");
     // Every path that talks to the API: list, watch, both patches, a relist, a delete.
     api.expire();
     api.delete_node("n2");
@@ -382,6 +393,14 @@ async fn the_cluster_role_grants_exactly_what_the_code_uses() {
             .contains(&("patch".into(), "nodes/status".into()))
     })
     .await;
+    wait_for("the policy watches", || {
+        let used = api.used();
+        ["pods", "namespaces", "networkpolicies"]
+            .iter()
+            .all(|r| used.contains(&("watch".into(), r.to_string())))
+    })
+    .await;
+    drop(watches);
     let used = api.used();
     let granted = cluster_role_grants();
     let missing: Vec<_> = used.difference(&granted).collect();
@@ -394,4 +413,82 @@ async fn the_cluster_role_grants_exactly_what_the_code_uses() {
         unused.is_empty(),
         "the ClusterRole grants what the code does not use: {unused:?}"
     );
+}
+
+#[tokio::test]
+async fn the_policy_model_follows_policies_pods_and_namespaces_in_the_api() {
+    use weft_router::kubernetes::policy::Watches;
+    let api = fake();
+    api.put(
+        "namespaces",
+        json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "x", "labels": {"ns": "x"}}}),
+    );
+    let pod = |name: &str, ip: &str, node: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"namespace": "x", "name": name, "labels": {"pod": name}},
+            "spec": {"nodeName": node, "containers": [{"name": "c"}]},
+            "status": {"phase": "Running", "podIP": ip}})
+    };
+    api.put("pods", pod("a", "10.32.1.2", "n1"));
+    api.put("pods", pod("b", "10.32.2.2", "n2"));
+    let url = format!("http://{}", api.addr).parse().unwrap();
+    let watches = Watches::start(kube::Client::try_from(kube::Config::new(url)).unwrap());
+    tokio::time::timeout(WAIT, watches.ready()).await.unwrap();
+    let isolated = |w: &Watches| -> Vec<String> {
+        let (model, _) = w.model("n1");
+        model
+            .pods()
+            .iter()
+            .filter(|p| p.ingress.is_isolated())
+            .map(|p| p.pod.to_string())
+            .collect()
+    };
+    assert!(isolated(&watches).is_empty());
+    // Only n1's pod is n1's to enforce; the policy reaches the model through the watch.
+    api.put(
+        "networkpolicies",
+        json!({"apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy", "metadata": {"namespace": "x", "name": "deny"},
+        "spec": {"podSelector": {}}}),
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while isolated(&watches) != ["x/a"] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            isolated(&watches)
+        );
+        tokio::time::timeout(WAIT, watches.changed()).await.unwrap();
+    }
+    let (_, policies) = watches.model("n1");
+    assert_eq!(policies.into_iter().collect::<Vec<_>>(), ["x/deny"]);
+    // A relist after 410 Gone, then the policy deleted: open again.
+    api.expire();
+    api.remove("networkpolicies", "x/deny");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !isolated(&watches).is_empty() {
+        assert!(tokio::time::Instant::now() < deadline);
+        let _ = tokio::time::timeout(Duration::from_millis(200), watches.changed()).await;
+    }
+}
+
+#[tokio::test]
+async fn the_policy_model_waits_for_every_list() {
+    let api = fake();
+    api.forbid("list", "pods");
+    let watches = kubernetes::policy::Watches::start(client(&api));
+    // Policies and Namespaces are listed, Pods refused: no model from policies without their
+    // pods, which would open what the rules in place close.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), watches.ready())
+            .await
+            .is_err(),
+        "ready without the Pods"
+    );
+    let used = api.used();
+    for r in ["namespaces", "networkpolicies"] {
+        assert!(used.contains(&("list".into(), r.into())), "{used:?}");
+    }
+    assert!(used.contains(&("list".into(), "pods".into())));
 }

@@ -40,6 +40,7 @@
 //! routing on the pins it has. Errors name what failed and what to check.
 
 pub mod node_view;
+pub mod policy;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -81,6 +82,8 @@ pub struct KubeConfig {
     /// A kubeconfig file; without one, `KUBECONFIG`, then `~/.kube/config`, then the
     /// in-cluster ServiceAccount (kube's `Config::infer`).
     pub kubeconfig: Option<PathBuf>,
+    /// Enforce NetworkPolicy on this node's pods (`--network-policy`, [`policy`]).
+    pub network_policy: bool,
 }
 
 /// Why discovery could not start, or why one request to the API server failed. The
@@ -260,6 +263,8 @@ pub struct Discovery {
     /// Commands for the mesh, in order. The first ones (the pins of the initial list) are
     /// queued before [`start`] returns: apply them before the mesh handles any datagram.
     pub commands: mpsc::UnboundedReceiver<Command>,
+    /// The client discovery uses, for the other watches.
+    pub client: kube::Client,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -338,7 +343,7 @@ pub async fn start(
     own: Own,
     ready: Arc<AtomicBool>,
 ) -> Result<Discovery, KubeError> {
-    let api: Api<Node> = Api::all(client);
+    let api: Api<Node> = Api::all(client.clone());
     let (tx, commands) = mpsc::unbounded_channel();
     let mut nodes = Nodes::new(own.clone(), tx);
     let mut stream = watcher(api.clone(), watcher::Config::default())
@@ -403,6 +408,7 @@ pub async fn start(
     Ok(Discovery {
         pod_cidr,
         commands,
+        client,
         task,
     })
 }
