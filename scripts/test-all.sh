@@ -30,11 +30,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo build (the binaries the lab tests run)"
 cargo build --workspace --bins --locked
 echo "== cargo test (routers with offloads: TUN TSO/GRO, UDP GSO/GRO)"
-bounded 25m cargo test --workspace --locked
+bounded 25m cargo test --workspace --locked --no-fail-fast
 # The end-to-end tests again on the fallback path (one packet per system call), which a
 # kernel without the offloads gets (e2e test a checks which path the routers run).
 # --workspace, as above: the same feature set, so nothing is compiled again.
 echo "== end-to-end tests again, routers with WEFT_OFFLOAD=off"
-WEFT_OFFLOAD=off bounded 15m cargo test --workspace --locked --test 'e2e_*'
+WEFT_OFFLOAD=off bounded 15m cargo test --workspace --locked --no-fail-fast --test 'e2e_*'
 echo "== fuzz smoke (bounded)"
 scripts/fuzz-smoke.sh

@@ -117,14 +117,19 @@ fn a_policy_through_the_api_refuses_and_then_allows_real_traffic() {
     report(&format!(
         "{PREFIX}: x/deny-a denied {counted} packets (two pings)"
     ));
-    let metrics = lab.metrics("n1");
+    // The metrics are a snapshot the router refreshes every second, behind the status.
     let line = "weft_policy_denied_packets_total{policy=\"x/deny-a\",direction=\"ingress\"} ";
-    let exported: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(line))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{line} not in the metrics:\n{metrics}"));
-    assert!(exported >= counted, "{exported} < {counted}");
+    let exported = || -> Option<u64> {
+        lab.metrics("n1")
+            .lines()
+            .find_map(|l| l.strip_prefix(line))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    wait(
+        "the metrics to export x/deny-a's denials",
+        Duration::from_secs(5),
+        || exported().is_some_and(|e| e >= counted),
+    );
 
     // Another policy replaces the table: the denials counted so far are kept.
     api.put(
@@ -219,11 +224,14 @@ fn a_policy_through_the_api_refuses_and_then_allows_real_traffic() {
         "{policy}"
     );
     assert!(!lab.ping("n1-p1", c), "a malformed policy let traffic in");
-    assert!(
-        lab.metrics("n2")
-            .lines()
-            .any(|l| l == "weft_policy_problems_total 1"),
-        "weft_policy_problems_total"
+    wait(
+        "weft_policy_problems_total 1 in n2's metrics",
+        Duration::from_secs(5),
+        || {
+            lab.metrics("n2")
+                .lines()
+                .any(|l| l == "weft_policy_problems_total 1")
+        },
     );
     drop(lab);
     drop(api);
