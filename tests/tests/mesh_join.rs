@@ -10,6 +10,7 @@ weft_tests::both_data_paths!(
     a_fifty_nodes_from_one_seed_converge_within_30s,
     b_fifty_nodes_converge_with_loss_and_reordering_within_60s,
     g_twenty_nodes_joining_at_once_get_distinct_blocks_within_30s,
+    every_pair_talks_the_moment_the_mesh_knows_every_block,
 );
 
 fn converge(sim: &mut Sim, limit: Duration) -> Duration {
@@ -79,4 +80,31 @@ fn g_twenty_nodes_joining_at_once_get_distinct_blocks_within_30s(data_path: Data
     blocks.dedup();
     assert_eq!(blocks.len(), 23, "every node has its own block");
     assert!(sim.ownership_checks() > 20);
+}
+
+/// Members starting together carry traffic between every pair from the moment every table
+/// holds every block, not from each member's next route slot (up to `ROUTE_INTERVAL` later),
+/// on either data path. (The Node's path used to route by the owners of its last route slot:
+/// blocks claimed since were dropped as unroutable, and a restarted mesh could not reach its
+/// newest blocks for up to a second after it formed.)
+fn every_pair_talks_the_moment_the_mesh_knows_every_block(data_path: DataPath) {
+    for seed in [31, 32, 33, 34] {
+        let mut sim = Sim::with_data_path(seed_from_env(seed), data_path);
+        let n = star(&mut sim, 4).len();
+        // Finely stepped, so the traffic starts within a millisecond of the last block.
+        let took = sim.run_until(Duration::from_secs(30), Duration::from_millis(1), |s| {
+            s.full_mesh() && s.all_know_all_blocks()
+        });
+        assert!(took.is_some(), "seed {seed}: no mesh\n{}", summary(&sim));
+        for (b, received) in sim.traffic_round(0).iter().enumerate() {
+            assert_eq!(
+                received.len(),
+                n - 1,
+                "seed {seed}: node {b} received {} of {} packets sent as the mesh formed\n{}",
+                received.len(),
+                n - 1,
+                summary(&sim)
+            );
+        }
+    }
 }

@@ -419,9 +419,7 @@ impl Node {
         // Workers judge each packet's source by who owns it (`packet::admit`), as the Node
         // does with routes it recomputes first (`on_data`): a block just learned must not be
         // refused by one path and delivered by the other until the next route slot.
-        if self.owners_dirty {
-            self.compute_routes(now);
-        }
+        self.refresh_owners(now);
         let mut peers = BTreeMap::new();
         let mut receiving = HashMap::new();
         for (id, p) in &self.peers {
@@ -557,6 +555,9 @@ impl Node {
 
     /// A batch of IP packets from the TUN device, to seal and send to their owners.
     pub fn handle_tun_packets(&mut self, now: Instant, packets: impl IntoIterator<Item = Vec<u8>>) {
+        // Routed by the blocks the table holds, as the data plane's snapshot routes them: a
+        // block learned since the last route slot is not dropped as unroutable meanwhile.
+        self.refresh_owners(now);
         for packet in packets {
             let Ok(view) = Ipv4View::new_checked(&packet) else {
                 self.drop_for(DropReason::NotIpv4);

@@ -443,6 +443,15 @@ impl Node {
         self.compute_routes(now);
     }
 
+    /// Recomputes routes now, outside the route slots, if who owns a block changed since
+    /// they were computed: packets are routed and judged by owners, which must be current
+    /// (relay paths may wait for the slot; owners may not).
+    pub(super) fn refresh_owners(&mut self, now: Instant) {
+        if self.owners_dirty {
+            self.compute_routes(now);
+        }
+    }
+
     pub(super) fn compute_routes(&mut self, now: Instant) {
         self.routes_dirty = false;
         self.owners_dirty = false;
