@@ -61,3 +61,29 @@ fn a_founder_has_its_block_and_a_single_deadline() {
     assert_eq!(n.drops().get(&weft_mesh::DropReason::NoRoute), Some(&1));
     assert_eq!(n.drops().get(&weft_mesh::DropReason::NotIpv4), Some(&1));
 }
+
+#[test]
+fn a_node_dials_its_seeds_as_it_starts() {
+    let now = Instant::now();
+    let seed: weft_mesh::Endpoint = "198.18.0.9:6786".parse().unwrap();
+    let mut config = Config::new("n");
+    config.seeds = vec![seed];
+    let mut n = Node::new(
+        config,
+        Handshaker::new(
+            KeyPair::from_private([4; 32]),
+            JoinSecret::new(b"a join secret for the unit tests").unwrap(),
+        ),
+        None,
+        Box::new(SeededRng::new(6)),
+        now,
+        Timestamp::from_unix(Duration::from_secs(1_800_000_000)),
+    );
+    // At once, not at the first maintenance tick a second later: a restarted router carries
+    // traffic again as soon as its seed answers.
+    n.handle_timeout(now);
+    let initiation = std::iter::from_fn(|| n.poll_transmit())
+        .find(|t| t.destination == seed)
+        .expect("an initiation to the seed");
+    assert_eq!(initiation.bytes.first(), Some(&1), "a handshake initiation");
+}

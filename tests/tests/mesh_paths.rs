@@ -153,9 +153,16 @@ fn f_the_move_from_relay_to_punched_path_loses_no_packet(data_path: DataPath) {
     }
     let (a, c) = (1, 2);
     let idc = sim.id(c);
+    // A routes to C's block once its table holds C's record (`Node::routes` may show it only
+    // from the next route slot).
     let up = sim.run_until(Duration::from_secs(30), Duration::from_millis(5), |s| {
-        let to_c = s.node(c).block().map(|b| b.network());
-        s.node(a).is_up(&idc) && to_c.is_some_and(|ip| s.node(a).routes().owner(ip) == Some(idc))
+        let block = s.node(c).block();
+        s.node(a).is_up(&idc)
+            && block.is_some()
+            && s.node(a)
+                .members()
+                .get(&idc)
+                .is_some_and(|r| r.pod_blocks.first() == block.as_ref())
     });
     assert!(up.is_some(), "seed {}: A–C never up", sim.seed);
     let first = sim.node(a).path(&idc);

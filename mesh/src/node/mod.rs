@@ -249,9 +249,6 @@ impl Node {
             config,
         };
         node.publish_own(now);
-        for seed in node.config.seeds.clone() {
-            node.add_dial(seed, now);
-        }
         node.timers.set(Timer::Gossip, now + GOSSIP_INTERVAL);
         let jitter = node.jitter(DIGEST_INTERVAL);
         node.timers
@@ -260,6 +257,11 @@ impl Node {
         node.timers
             .set(Timer::Maintenance, now + Duration::from_secs(1));
         node.timers.set(Timer::Routes, now);
+        // After the timers: dialling sets the maintenance timer to now, which the line above
+        // would otherwise push back a second and every start would wait that long to dial.
+        for seed in node.config.seeds.clone() {
+            node.add_dial(seed, now);
+        }
         if let Some(block) = node.space.block() {
             node.events.push_back(Event::BlockClaimed { block });
         }
