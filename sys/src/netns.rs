@@ -66,22 +66,9 @@ impl Netns {
         &self,
         addr: std::net::SocketAddr,
     ) -> Result<std::net::TcpStream, NetnsError> {
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                setns(&self.file, CloneFlags::CLONE_NEWNET).map_err(|e| NetnsError::Enter {
-                    path: self.path.clone(),
-                    source: e.into(),
-                })?;
-                std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))
-                    .map_err(|source| NetnsError::Connect { addr, source })
-            })
-            .join()
-            .unwrap_or_else(|_| {
-                Err(NetnsError::Enter {
-                    path: self.path.clone(),
-                    source: io::Error::other("namespace thread panicked"),
-                })
-            })
+        self.inside(|| {
+            std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))
+                .map_err(|source| NetnsError::Connect { addr, source })
         })
     }
 
@@ -92,22 +79,28 @@ impl Netns {
         &self,
         addr: std::net::SocketAddr,
     ) -> Result<std::net::TcpListener, NetnsError> {
+        self.inside(|| {
+            std::net::TcpListener::bind(addr).map_err(|source| NetnsError::Connect { addr, source })
+        })
+    }
+
+    /// Runs `make` on a thread of its own that has entered this namespace: a socket it makes
+    /// stays in the namespace, and the caller's thread never moves.
+    fn inside<T: Send>(
+        &self,
+        make: impl FnOnce() -> Result<T, NetnsError> + Send,
+    ) -> Result<T, NetnsError> {
+        let enter_err = |source| NetnsError::Enter {
+            path: self.path.clone(),
+            source,
+        };
         std::thread::scope(|s| {
             s.spawn(|| {
-                setns(&self.file, CloneFlags::CLONE_NEWNET).map_err(|e| NetnsError::Enter {
-                    path: self.path.clone(),
-                    source: e.into(),
-                })?;
-                std::net::TcpListener::bind(addr)
-                    .map_err(|source| NetnsError::Connect { addr, source })
+                setns(&self.file, CloneFlags::CLONE_NEWNET).map_err(|e| enter_err(e.into()))?;
+                make()
             })
             .join()
-            .unwrap_or_else(|_| {
-                Err(NetnsError::Enter {
-                    path: self.path.clone(),
-                    source: io::Error::other("namespace thread panicked"),
-                })
-            })
+            .unwrap_or_else(|_| Err(enter_err(io::Error::other("namespace thread panicked"))))
         })
     }
 
