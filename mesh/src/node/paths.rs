@@ -210,13 +210,7 @@ impl Node {
 
     /// A keepalive under the current session to each of `targets`, past the peer's path.
     fn send_probes(&mut self, id: PeerId, targets: BTreeSet<Endpoint>, now: Instant) {
-        let Some(session) = self
-            .peers
-            .get(&id)
-            .and_then(|p| p.tunnel.keys())
-            .and_then(|k| k.sending(now))
-            .cloned()
-        else {
+        let Some(session) = self.sending_session(id, now) else {
             return;
         };
         for ep in targets {

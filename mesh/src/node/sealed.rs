@@ -177,6 +177,15 @@ impl Node {
         self.send_sealed_control_with(id, session, &msg.encode(), true, now);
     }
 
+    /// The session we seal to `id` with now, if any.
+    pub(super) fn sending_session(&self, id: PeerId, now: Instant) -> Option<Arc<Session>> {
+        self.peers
+            .get(&id)
+            .and_then(|p| p.tunnel.keys())
+            .and_then(|k| k.sending(now))
+            .cloned()
+    }
+
     pub(super) fn send_sealed_control(
         &mut self,
         id: PeerId,
@@ -184,13 +193,7 @@ impl Node {
         gossip: bool,
         now: Instant,
     ) {
-        let Some(session) = self
-            .peers
-            .get(&id)
-            .and_then(|p| p.tunnel.keys())
-            .and_then(|k| k.sending(now))
-            .cloned()
-        else {
+        let Some(session) = self.sending_session(id, now) else {
             return;
         };
         self.send_sealed_control_with(id, &session, plain, gossip, now);
@@ -222,13 +225,7 @@ impl Node {
     pub(super) fn send_data(&mut self, id: PeerId, packet: Vec<u8>, now: Instant) {
         // A session we initiated is not used for data until the peer confirms it: our finish
         // may still be on its way (or lost), and data overtaking it would be dropped there.
-        let session = self
-            .peers
-            .get(&id)
-            .and_then(|p| p.tunnel.keys())
-            .and_then(|k| k.sending(now))
-            .filter(|s| s.is_confirmed())
-            .cloned();
+        let session = self.sending_session(id, now).filter(|s| s.is_confirmed());
         let Some(session) = session else {
             // Wait for the handshake, within bounds.
             if !self.peers.contains_key(&id) {
