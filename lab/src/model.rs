@@ -51,10 +51,12 @@ pub fn parse(text: &str, nodes: usize) -> Result<Model, LabError> {
     let mut next = 0;
     for (n, mut o) in objects.into_iter().enumerate() {
         let what = format!("document {}", n + 1);
-        let name = o["metadata"]["name"].as_str().unwrap_or("").to_string();
-        if name.is_empty() {
-            refuse!("{what} has no metadata.name");
-        }
+        let name = match &o["metadata"]["name"] {
+            Value::String(name) if !name.is_empty() => name.clone(),
+            Value::Null => refuse!("{what} has no metadata.name"),
+            // YAML 1.1 reads `y`, `no`, `on`... as booleans, as kubectl does: quote them.
+            other => refuse!("{what}: metadata.name {other} is not a string (quote it)"),
+        };
         match (o["apiVersion"].as_str(), o["kind"].as_str()) {
             (Some("v1"), Some("Namespace")) => {
                 if !names.insert(("Namespace".to_string(), String::new(), name.clone())) {
@@ -189,6 +191,10 @@ metadata: {name: d}
             (
                 "kind: Pod\napiVersion: v1\nmetadata: {name: p, namespace: y}\n",
                 "not a string",
+            ),
+            (
+                "kind: Namespace\napiVersion: v1\nmetadata: {name: y}\n",
+                "metadata.name true is not a string (quote it)",
             ),
             ("a: [", "not YAML"),
         ] {
