@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use weft_crypto::{JoinSecret, KeyPair, OsRandom};
 use weft_router::control::{Request, Response};
+use weft_router::kubernetes::explain::{self, EndSpec};
 use weft_router::report::printable;
 
 /// weft: an encrypted mesh overlay network for Kubernetes.
@@ -92,6 +93,9 @@ enum Command {
         #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
         state_dir: PathBuf,
     },
+    /// NetworkPolicy as weft enforces it (docs/networkpolicy.md).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// A weft cluster inside network namespaces on this machine (needs root).
     #[command(subcommand)]
     Lab(LabCommand),
@@ -206,6 +210,36 @@ struct RouterArgs {
     /// Log level (RUST_LOG, when set, takes precedence).
     #[arg(long, env = "WEFT_LOG_LEVEL", default_value = "info")]
     log_level: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCommand {
+    /// Why a new connection FROM -> TO is allowed or dropped: which policies isolate each
+    /// end, which allow it, and the deny counters a drop is counted in.
+    ///
+    /// Judged by weft's policy engine on the NetworkPolicies, Pods and Namespaces the API
+    /// server holds now, as every router does; a router applies a change within about a
+    /// second of it. Replies within an allowed connection are never dropped. Exit status:
+    /// 0 allowed, 3 dropped, 1 on error.
+    Explain {
+        /// The source: NAMESPACE/POD or an IP address.
+        #[arg(value_parser = |s: &str| s.parse::<EndSpec>())]
+        from: EndSpec,
+        /// The destination: NAMESPACE/POD or an IP address.
+        #[arg(value_parser = |s: &str| s.parse::<EndSpec>())]
+        to: EndSpec,
+        /// The destination port.
+        #[arg(long)]
+        port: u16,
+        /// tcp, udp or sctp.
+        #[arg(long, default_value = "tcp", value_parser = explain::parse_protocol)]
+        protocol: explain::Protocol,
+        /// A kubeconfig file (default: KUBECONFIG, ~/.kube/config, then the in-cluster
+        /// ServiceAccount). Its user must be allowed to list pods, namespaces and
+        /// networkpolicies in every namespace.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -434,6 +468,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", weft_router::keyfile::load(&key_file)?.public())
         }
         Command::Lab(cmd) => return run_lab(cmd),
+        Command::Policy(PolicyCommand::Explain {
+            from,
+            to,
+            port,
+            protocol,
+            kubeconfig,
+        }) => {
+            let config = weft_router::kubernetes::KubeConfig {
+                node_name: String::new(),
+                kubeconfig,
+                network_policy: true,
+            };
+            let explanation = runtime()?.block_on(explain::fetch_and_explain(
+                &config, &from, &to, protocol, port,
+            ))?;
+            print!("{explanation}");
+            if !explanation.is_allowed() {
+                use std::io::Write;
+                std::io::stdout().flush()?;
+                // Like diff's 1: a verdict, not a failure, yet scripts can tell.
+                std::process::exit(3);
+            }
+        }
         Command::InstallCni(args) => return install_cni::run(args),
         Command::Uninstall { cluster_range } => {
             for line in weft_router::netconf::uninstall(cluster_range)? {

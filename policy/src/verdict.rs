@@ -1,5 +1,5 @@
-//! One connection judged against the model: what the tests check, and what `weft` will show
-//! to explain a drop.
+//! One connection judged against the model: what the tests check, and what `weft policy
+//! explain` shows to explain a drop.
 
 use std::net::IpAddr;
 

@@ -570,6 +570,60 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// `weft policy explain` on `from -> to`, TCP 80: (exit code, what it printed).
+    fn explain(&self, from: &str, to: &str) -> (Option<i32>, String) {
+        let out = Command::new(&self.lab.weft)
+            .arg("policy")
+            .arg("explain")
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args([&spec(from), &spec(to), "--port", "80"])
+            .output()
+            .expect("running weft policy explain");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.stderr.is_empty(),
+            "weft policy explain: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    }
+
+    /// A drop is explained by the policy that isolates `to`, and the deny counter the
+    /// explanation names, on `to`'s node, has counted the probes the grid just made.
+    fn explain_drop(&self, from: &str, to: &str, policy: &str) {
+        let (code, text) = self.explain(from, to);
+        assert_eq!(code, Some(3), "a drop exits 3:\n{text}");
+        let want = format!("ingress of {}: DROPPED: isolated by {policy},", spec(to));
+        assert!(text.contains(&want), "{want:?} not in\n{text}");
+        let counter = format!("deny-ingress/{policy}");
+        assert!(text.contains(&counter), "{counter} not in\n{text}");
+        let node = self.lab.pod(&spec(to)).node.clone();
+        let (ok, out, err) = self.lab.on_node(
+            &node,
+            &["nft", "-j", "list", "counter", "ip", "weft", &counter],
+        );
+        assert!(ok, "nft list counter {counter} on {node}: {err}");
+        let json: Value = serde_json::from_str(&out).expect("nft's JSON");
+        let packets = json["nftables"]
+            .as_array()
+            .and_then(|a| a.iter().find_map(|o| o["counter"]["packets"].as_u64()))
+            .unwrap_or_else(|| panic!("no counter in {out}"));
+        assert!(packets > 0, "{counter} on {node} counted nothing");
+        report(&format!(
+            "{}: weft policy explain {from} -> {to}: {}; {counter} on {node}: {packets} packets",
+            self.lab.prefix,
+            text.lines().next().unwrap_or("")
+        ));
+    }
+}
+
+/// `xa` -> `x/a`.
+fn spec(short: &str) -> String {
+    format!("{}/{}", &short[..1], &short[1..])
+}
+
 fn apply(yaml: impl Into<String>) -> impl Fn(&Cluster) {
     let yaml = yaml.into();
     move |c: &Cluster| {
@@ -713,6 +767,13 @@ fn suite(c: &mut Cluster) {
         ("ya", "xa", false),
         &[TCP80, UDP81],
         XA_FROM_PODS_B,
+    );
+    c.explain_drop("ya", "xa", "x/allow-b");
+    let (code, text) = c.explain("yb", "xa");
+    assert_eq!(code, Some(0), "an allowed connection exits 0:\n{text}");
+    assert!(
+        text.contains("ingress of x/a: allowed by x/allow-b"),
+        "{text}"
     );
     c.step(
         "pod y/c labelled pod=b",

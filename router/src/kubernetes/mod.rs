@@ -39,6 +39,7 @@
 //! watcher retries with backoff (kube-runtime's default, up to 30 s) and the router keeps
 //! routing on the pins it has. Errors name what failed and what to check.
 
+pub mod explain;
 pub mod node_view;
 pub mod policy;
 
@@ -187,7 +188,7 @@ pub enum KubeError {
 
 impl KubeError {
     /// Classifies a client error from `verb` on `resource`.
-    fn from_client(e: kube::Error, verb: &'static str, resource: &'static str) -> Self {
+    pub(super) fn from_client(e: kube::Error, verb: &'static str, resource: &'static str) -> Self {
         match e {
             kube::Error::Api(status) if status.is_forbidden() => KubeError::Forbidden {
                 verb,
