@@ -2,7 +2,7 @@
 # bench/run.sh: weft's data-path benchmark.
 #
 # In one run it builds the release binaries, brings up a 2-node lab (one pod per node) and
-# measures, on up to five paths: TCP throughput with one stream and with four (iperf3 -P 4;
+# measures, on up to seven paths: TCP throughput with one stream and with four (iperf3 -P 4;
 # RUNS runs of DURATION seconds each, median), ping round-trip time across the two nodes
 # (idle, and alongside the one-stream transfers), packets dropped inside the nodes, and for
 # the tunnels the CPU time both tunnel processes spend per GB moved and their peak memory:
@@ -78,7 +78,7 @@
 #                     with this version in the same rounds, and their ratios
 #   BASE_PREFIX=wbase the baseline lab's namespace prefix
 #   WEFT_BASELINE_REV=  what to call the baseline in the report (default: its --version)
-#   POLICY=auto       auto: the two NetworkPolicy rows when kubectl is on PATH; 0: skip them;
+#   POLICY=auto       auto: the two NetworkPolicy rows when kubectl and nft are on PATH; 0: skip them;
 #                     1: require them
 #   API_PREFIX=wbapi  the --api lab's namespace prefix
 #   CARGO_TARGET_DIR  where cargo builds (default: target/ in the repository)
