@@ -2,7 +2,7 @@
 # bench/run.sh: weft's data-path benchmark.
 #
 # In one run it builds the release binaries, brings up a 2-node lab (one pod per node) and
-# measures, on up to five paths: TCP throughput with one stream and with four (iperf3 -P 4;
+# measures, on up to seven paths: TCP throughput with one stream and with four (iperf3 -P 4;
 # RUNS runs of DURATION seconds each, median), ping round-trip time across the two nodes
 # (idle, and alongside the one-stream transfers), packets dropped inside the nodes, and for
 # the tunnels the CPU time both tunnel processes spend per GB moved and their peak memory:
@@ -23,6 +23,20 @@
 #   baseline   pod n1-p1 -> pod n2-p1 of a second lab run by other weft binaries (an earlier
 #              commit's, from WEFT_BASELINE), to compare two versions of weft in one run;
 #              only when WEFT_BASELINE is set
+#   weft, API lab, no policy
+#              pod bench/client (node n1) -> pod bench/server (node n2) of a second lab run
+#              under --api (prefix API_PREFIX, pods from bench/policy-row-model.yaml): the
+#              routers in Kubernetes mode against the lab's API server, enforcing
+#              NetworkPolicy, with no NetworkPolicy in it (their table holds only the
+#              masquerade); only with POLICY on
+#   weft + policy
+#              the same pods of the same lab with the NetworkPolicies of
+#              bench/policy-row-policies.yaml applied (kubectl apply): they isolate the client
+#              for egress and the server for ingress and allow the traffic, beside unrelated
+#              ones that isolate the lab's other pods, so that every packet the nodes forward
+#              meets the policy chain and every new connection walks both pods' chains. Each
+#              round deletes the policies before the no-policy row and applies them before
+#              this one, and waits until both nodes' tables show it
 #
 # and prints a table with each path's ratio to the bare veth, weft's ratios to boringtun and
 # gotatun, and weft's figures against its performance targets. The rounds are interleaved
@@ -64,6 +78,9 @@
 #                     with this version in the same rounds, and their ratios
 #   BASE_PREFIX=wbase the baseline lab's namespace prefix
 #   WEFT_BASELINE_REV=  what to call the baseline in the report (default: its --version)
+#   POLICY=auto       auto: the two NetworkPolicy rows when kubectl and nft are on PATH; 0: skip them;
+#                     1: require them
+#   API_PREFIX=wbapi  the --api lab's namespace prefix
 #   CARGO_TARGET_DIR  where cargo builds (default: target/ in the repository)
 #   WEFT_REV=         what to call the source in the report when it is not a git checkout
 #   OUT=              a directory to keep the raw results in (iperf3 JSON, ping output,
@@ -71,7 +88,7 @@
 #                     they go to a temporary directory that is removed at the end
 #
 # Needs (Debian packages): iproute2, iperf3, jq, iputils-ping, mawk (or gawk), coreutils,
-# sed, grep, git; for the boringtun and gotatun rows also wireguard-tools (wg) and
+# sed, grep, git; kubectl and nftables (nft) for the NetworkPolicy rows; for the boringtun and gotatun rows also wireguard-tools (wg) and
 # boringtun-cli or gotatun (not in Debian: `cargo install boringtun-cli`, `cargo install
 # gotatun-cli`); a Rust toolchain unless NO_BUILD=1.
 set -euo pipefail
@@ -96,6 +113,8 @@ NO_BUILD=${NO_BUILD:-0}
 OUT=${OUT:-}
 BASELINE=${WEFT_BASELINE:-}
 BASE_PREFIX=${BASE_PREFIX:-wbase}
+POLICY=${POLICY:-auto}
+API_PREFIX=${API_PREFIX:-wbapi}
 
 die() { echo "bench/run.sh: $*" >&2; exit 1; }
 log() { echo "bench: $*" >&2; }
@@ -110,6 +129,18 @@ if [[ -n $BASELINE ]]; then
     [[ -x $BASELINE/weft && -x $BASELINE/weft-cni ]] ||
         die "WEFT_BASELINE=$BASELINE holds no executable weft and weft-cni"
     BASELINE=$(cd "$BASELINE" && pwd)
+fi
+case $POLICY in
+auto) if command -v kubectl >/dev/null && command -v nft >/dev/null; then POLICY=1; else POLICY=0; fi ;;
+1) command -v kubectl >/dev/null || die "POLICY=1 but kubectl is not on PATH"
+   command -v nft >/dev/null || die "POLICY=1 but nft (nftables) is not on PATH" ;;
+0) ;;
+*) die "POLICY must be auto, 0 or 1" ;;
+esac
+if [[ $POLICY == 1 ]]; then
+    [[ $API_PREFIX =~ ^[a-z0-9]{1,8}$ ]] || die "API_PREFIX must be 1-8 lowercase letters or digits"
+    [[ $API_PREFIX != "$PREFIX" && $API_PREFIX != "$BASE_PREFIX" ]] ||
+        die "API_PREFIX must differ from PREFIX and BASE_PREFIX"
 fi
 case ${WEFT_OFFLOAD-unset} in
 unset | on | off | auto) ;;
@@ -149,7 +180,9 @@ PIDS=()          # iperf3 servers and WireGuard processes we started
 WG_IFS=()        # WireGuard interfaces (their UAPI sockets live in the shared /var/run)
 LAB_UP=0
 BASE_UP=0
+API_UP=0
 NODE_DIR=()      # the nodes' state directories, from `weft lab status --json`
+API_DIR=()       # the same for the --api lab
 
 cleanup() {
     local rc=$?
@@ -168,6 +201,14 @@ cleanup() {
     if [[ $BASE_UP == 1 ]]; then
         "$BASELINE/weft" lab down --prefix "$BASE_PREFIX" >/dev/null ||
             echo "bench: baseline lab down failed" >&2
+    fi
+    if [[ $API_UP == 1 ]]; then
+        if [[ -n $OUT ]]; then
+            for i in 1 2; do
+                [[ -n ${API_DIR[i]:-} ]] && cp "${API_DIR[i]}/router.log" "$OUT/router-api-n$i.log" 2>/dev/null
+            done
+        fi
+        "$WEFT" lab down --prefix "$API_PREFIX" >/dev/null || echo "bench: API lab down failed" >&2
     fi
     rm -rf "$WORK"
     exit "$rc"
@@ -249,6 +290,58 @@ if [[ -n $BASELINE ]]; then
     BASE_REV=${WEFT_BASELINE_REV:-$("$BASELINE/weft" --version 2>&1 | head -n1)}
 fi
 
+# The NetworkPolicy lab: 2 nodes under --api with the pods of bench/policy-row-model.yaml.
+if [[ $POLICY == 1 ]]; then
+    API_UP=1
+    log "NetworkPolicy rows: weft lab up --nodes 2 --pods 0 --api --model bench/policy-row-model.yaml --prefix $API_PREFIX"
+    "$WEFT" lab up --nodes 2 --pods 0 --api --model "$REPO/bench/policy-row-model.yaml" \
+        --prefix "$API_PREFIX" >&2
+    "$WEFT" lab status --prefix "$API_PREFIX" --json >"$RAW/lab-api.json"
+    jqa() { jq -er "$1" "$RAW/lab-api.json"; }
+    A_N1=$(jqa '.nodes[] | select(.name=="n1") | .namespace')
+    A_N2=$(jqa '.nodes[] | select(.name=="n2") | .namespace')
+    API_DIR=(unused "$(jqa '.nodes[] | select(.name=="n1") | .state_dir')" \
+        "$(jqa '.nodes[] | select(.name=="n2") | .state_dir')")
+    A_CLIENT=$(jqa '.pods[] | select(.name=="bench/client") | .namespace')
+    A_CLIENT_ADDR=$(jqa '.pods[] | select(.name=="bench/client") | .address')
+    A_SERVER=$(jqa '.pods[] | select(.name=="bench/server") | .namespace')
+    A_SERVER_ADDR=$(jqa '.pods[] | select(.name=="bench/server") | .address')
+    TPIDS[api]=$(router_pids "$RAW/lab-api.json")
+    TPIDS[apipol]=${TPIDS[api]}
+    API_KUBECONFIG=$("$WEFT" lab kubeconfig --prefix "$API_PREFIX")
+fi
+kc() { kubectl --kubeconfig "$API_KUBECONFIG" "$@"; }
+# Whether the NetworkPolicy lab's tables hold the policy row's rules: the client's egress
+# chain on n1 and the server's ingress chain on n2 ("yes"), no policy chain at all ("no"), or
+# something in between.
+api_tables() {
+    local t1 t2
+    t1=$(ip netns exec "$A_N1" nft list table ip weft 2>/dev/null || true)
+    t2=$(ip netns exec "$A_N2" nft list table ip weft 2>/dev/null || true)
+    if [[ $t1 == *"chain out-$A_CLIENT_ADDR "* && $t2 == *"chain in-$A_SERVER_ADDR "* ]]; then
+        echo yes
+    elif [[ $t1 != *"chain pod-policy"* && $t2 != *"chain pod-policy"* ]]; then
+        echo no
+    else
+        echo partly
+    fi
+}
+# Puts the policies in (yes) or takes them out (no), then waits (up to 30 s) until both
+# nodes' tables show it, so that the row measures the rules it is named after.
+set_policies() {
+    local want=$1 k
+    if [[ $want == yes ]]; then
+        kc apply -f "$REPO/bench/policy-row-policies.yaml" >>"$RAW/kubectl-api.txt"
+    else
+        kc delete --ignore-not-found -f "$REPO/bench/policy-row-policies.yaml" >>"$RAW/kubectl-api.txt"
+    fi
+    for ((k = 0; k < 300; k++)); do
+        [[ $(api_tables) == "$want" ]] && return 0
+        sleep 0.1
+    done
+    die "NetworkPolicy lab: the tables are not '$want' 30 s after kubectl (see the routers' logs)"
+}
+
 in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
 # Waits (up to 30 s) until `ping` from namespace $1 reaches $2.
@@ -264,6 +357,7 @@ wait_reachable() {
 wait_reachable "$N1" "$N2_ADDR" "bare veth"
 wait_reachable "$P1" "$P2_ADDR" "weft (pod n1-p1 -> pod n2-p1)"
 [[ -z $BASELINE ]] || wait_reachable "$B_P1" "$B_P2_ADDR" "baseline (pod n1-p1 -> pod n2-p1)"
+[[ $POLICY != 1 ]] || wait_reachable "$A_CLIENT" "$A_SERVER_ADDR" "API lab (pod bench/client -> bench/server)"
 
 # --- WireGuard tunnels (boringtun, gotatun) -----------------------------------------------
 # One interface per node namespace and implementation, a /24 of 198.19.0.0/16 (benchmark
@@ -329,6 +423,7 @@ start_server() {
 start_server "$P2" pod
 start_server "$N2" node
 [[ -z $BASELINE ]] || start_server "$B_P2" baseline
+[[ $POLICY != 1 ]] || start_server "$A_SERVER" api
 
 # path key -> (client namespace, server address, label)
 # bare1 is the bare veth with node n1's eth0 limited to one segment per GSO packet
@@ -344,6 +439,11 @@ if [[ -n $BASELINE ]]; then
     PATHS+=(baseline)
     CLIENT[baseline]=$B_P1 SERVER[baseline]=$B_P2_ADDR LABEL[baseline]="weft baseline (pod->pod)"
 fi
+if [[ $POLICY == 1 ]]; then
+    PATHS+=(api apipol)
+    CLIENT[api]=$A_CLIENT SERVER[api]=$A_SERVER_ADDR LABEL[api]="weft, API lab, no policy"
+    CLIENT[apipol]=$A_CLIENT SERVER[apipol]=$A_SERVER_ADDR LABEL[apipol]="weft + policy"
+fi
 for impl in "${WG_PATHS[@]}"; do
     PATHS+=("$impl")
     CLIENT[$impl]=$N1 SERVER[$impl]=${SERVER_ADDR[$impl]}
@@ -356,11 +456,13 @@ done
 # interface: the tunnel process did not read fast enough). Summed over both nodes, read before
 # and after each one-stream run.
 tun_dev() { # path, node number -> its tunnel device in that node's namespace (or nothing)
-    case $1 in weft | baseline) echo weft-tun ;; boringtun | gotatun) wg_dev "$1" "$2" ;; esac
+    case $1 in weft | baseline | api | apipol) echo weft-tun ;; boringtun | gotatun) wg_dev "$1" "$2" ;; esac
 }
 path_ns() { # path, node number -> that node's namespace (the baseline has a lab of its own)
     if [[ $1 == baseline ]]; then
         if [[ $2 == 1 ]]; then echo "$B_N1"; else echo "$B_N2"; fi
+    elif [[ $1 == api || $1 == apipol ]]; then
+        if [[ $2 == 1 ]]; then echo "$A_N1"; else echo "$A_N2"; fi
     else
         echo "${NODE_NS[$2]}"
     fi
@@ -466,6 +568,8 @@ for ((r = 1; r <= RUNS; r++)); do
     for p in "${PATHS[@]}"; do
         log "round $r/$RUNS: $p"
         [[ $p != bare1 ]] || ip -n "$N1" link set eth0 gso_max_segs 1
+        [[ $p != api ]] || set_policies no
+        [[ $p != apipol ]] || set_policies yes
         ping_once "$p" "$r"
         iperf_once "$p" "$r" 1
         iperf_once "$p" "$r" 4
@@ -493,6 +597,19 @@ if [[ -n $OUT ]]; then
         ip -n "${NODE_NS[i]}" -s link >"$RAW/links-n$i.txt" 2>&1 || true
         in_ns "${NODE_NS[i]}" cat /proc/net/snmp >"$RAW/snmp-n$i.txt" 2>&1 || true
     done
+    if [[ $POLICY == 1 ]]; then
+        for i in 1 2; do
+            ns=$A_N1; [[ $i == 1 ]] || ns=$A_N2
+            in_ns "$ns" nft list table ip weft >"$RAW/api-table-n$i.nft" 2>&1 || true
+            in_ns "$ns" "$WEFT" status --json --state-dir "${API_DIR[i]}" \
+                >"$RAW/weft-status-api-n$i.json" 2>&1 || true
+        done
+    fi
+fi
+# The size of the policy row's rules (the last round left them in), for the report.
+if [[ $POLICY == 1 ]]; then
+    API_RULES=$( (in_ns "$A_N1" nft list table ip weft; in_ns "$A_N2" nft list table ip weft) 2>/dev/null |
+        grep -cE '(return|drop|accept|jump|vmap)' || true)
 fi
 
 # --- report -------------------------------------------------------------------------------
@@ -527,6 +644,7 @@ echo "iperf3: 1 TCP stream and 4 (-P 4), $RUNS runs x ${DURATION} s (+1 s omitte
 echo "pod MTU $POD_MTU; WireGuard MTU $WG_MTU; underlay MTU 1500; weft offload: $OFFLOAD_NOTE"
 echo "tunnels beside weft: ${versions:-none}"
 [[ -z $BASELINE ]] || echo "baseline: $BASE_REV ($BASELINE), in lab $BASE_PREFIX"
+[[ $POLICY != 1 ]] || echo "NetworkPolicy rows: lab $API_PREFIX under --api, 10 pods, 6 policies; with them, $API_RULES rules (lines with a verdict) on the two nodes"
 echo
 
 # The summary: throughput, ratio, latency, CPU, memory. Values kept for the ratios below.
@@ -582,6 +700,12 @@ if [[ -n $BASELINE ]]; then
         printf "weft / baseline: 1 stream %.2fx, 4 streams %.2fx, CPU-s/GB %.2fx, ping %+.3f ms\n",
             w1 / o1, w4 / o4, wc / oc, wr - ob }'
 fi
+if [[ $POLICY == 1 ]]; then
+    awk -v w1="${MED1[apipol]}" -v w4="${MED4[apipol]}" -v wc="${CPU[apipol]}" -v wr="${RTT[apipol]}" \
+        -v o1="${MED1[api]}" -v o4="${MED4[api]}" -v oc="${CPU[api]}" -v ob="${RTT[api]}" 'BEGIN {
+        printf "weft + policy / no policy: 1 stream %.3fx, 4 streams %.3fx, CPU-s/GB %.3fx, ping %+.3f ms\n",
+            w1 / o1, w4 / o4, wc / oc, wr - ob }'
+fi
 if has_wg boringtun; then
     bt1=${MED1[boringtun]} bt4=${MED4[boringtun]} btc=${CPU[boringtun]}
 else
@@ -603,6 +727,7 @@ awk -v w1="${MED1[weft]}" -v w4="${MED4[weft]}" -v wc="${CPU[weft]}" -v b1="${ME
     printf "  peak RSS <= 20 MiB                 %8.1f MiB   %s\n", rss / 1024, verdict(rss <= 20 * 1024)
     }'
 ((RUNS >= 5)) || echo "(the targets ask for medians of at least 5 runs; this run had RUNS=$RUNS)"
+[[ $POLICY == 1 ]] || echo "(NetworkPolicy rows skipped: kubectl or nft not found, or POLICY=0)"
 has_wg boringtun || echo "(boringtun row skipped: boringtun-cli or wg not found, or BORINGTUN=0)"
 has_wg gotatun || echo "(gotatun row skipped: gotatun or wg not found, or GOTATUN=0)"
 [[ -z $OUT ]] || echo "(raw results in $OUT)"
