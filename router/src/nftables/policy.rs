@@ -198,14 +198,7 @@ fn pod_chain(name: &str, way: Way, pod: &PodRules, ips: &[Ipv4Addr], dir: &Direc
         let peers = match &allow.peers {
             Peers::Any => String::new(),
             Peers::Nets(nets) => {
-                let v4: Vec<String> = nets
-                    .iter()
-                    .filter_map(|n| match n {
-                        IpNet::V4(n) if n.prefix_len() == 32 => Some(n.addr().to_string()),
-                        IpNet::V4(n) => Some(n.to_string()),
-                        IpNet::V6(_) => None,
-                    })
-                    .collect();
+                let v4 = v4_intervals(nets);
                 if v4.is_empty() {
                     continue; // only IPv6 peers: nothing an IPv4 packet can match
                 }
@@ -231,6 +224,42 @@ fn pod_chain(name: &str, way: Way, pod: &PodRules, ips: &[Ipv4Addr], dir: &Direc
         comment(&format!("{} of {}", way.word(), pod.pod))
     );
     s
+}
+
+/// The IPv4 part of `nets` as nftables writes an interval set: adjacent prefixes merged into
+/// one range (`0.0.0.0/0` less one address is two ranges, not 32 prefixes). nftables merges
+/// them itself when it loads the set, but parsing and merging the prefixes made loading the
+/// table markedly slower (docs/performance.md, NetworkPolicy).
+fn v4_intervals(nets: &[IpNet]) -> Vec<String> {
+    let mut ranges: Vec<(u32, u32)> = nets
+        .iter()
+        .filter_map(|n| match n {
+            IpNet::V4(n) => Some((u32::from(n.network()), u32::from(n.broadcast()))),
+            IpNet::V6(_) => None,
+        })
+        .collect();
+    ranges.sort_unstable();
+    let mut merged: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
+    for (first, last) in ranges {
+        match merged.last_mut() {
+            Some(prev) if u64::from(first) <= u64::from(prev.1) + 1 => prev.1 = prev.1.max(last),
+            _ => merged.push((first, last)),
+        }
+    }
+    merged
+        .into_iter()
+        .map(|(first, last)| {
+            let size = u64::from(last) - u64::from(first) + 1;
+            let (a, b) = (Ipv4Addr::from(first), Ipv4Addr::from(last));
+            if size == 1 {
+                a.to_string()
+            } else if size.is_power_of_two() && u64::from(first) % size == 0 {
+                format!("{a}/{}", 32 - size.trailing_zeros())
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect()
 }
 
 /// One element bare, several in braces.
@@ -479,6 +508,47 @@ mod tests {
             "{}",
             e.as_str()
         );
+    }
+
+    #[test]
+    fn peers_are_written_as_merged_intervals() {
+        let nets =
+            |list: &[&str]| -> Vec<IpNet> { list.iter().map(|n| n.parse().unwrap()).collect() };
+        // Everything but 10.32.1.2: 32 prefixes from the engine, two ranges here.
+        let all: ipnet::Ipv4Net = "0.0.0.0/0".parse().unwrap();
+        let hole: ipnet::Ipv4Net = "10.32.1.2/32".parse().unwrap();
+        let mut less: Vec<IpNet> = Vec::new();
+        let mut net = all;
+        while net.prefix_len() < 32 {
+            let halves: Vec<ipnet::Ipv4Net> = net.subnets(net.prefix_len() + 1).unwrap().collect();
+            let (inside, outside) = if halves[0].contains(&hole.addr()) {
+                (halves[0], halves[1])
+            } else {
+                (halves[1], halves[0])
+            };
+            less.push(IpNet::V4(outside));
+            net = inside;
+        }
+        assert_eq!(less.len(), 32);
+        assert_eq!(
+            v4_intervals(&less),
+            ["0.0.0.0-10.32.1.1", "10.32.1.3-255.255.255.255"]
+        );
+        assert_eq!(
+            v4_intervals(&nets(&[
+                "10.32.2.0/24",
+                "10.32.3.0/24",
+                "10.32.5.7/32",
+                "::/0"
+            ])),
+            ["10.32.2.0/23", "10.32.5.7"]
+        );
+        assert_eq!(
+            v4_intervals(&nets(&["10.32.1.0/24", "10.32.2.0/24"])),
+            ["10.32.1.0-10.32.2.255"]
+        );
+        assert_eq!(v4_intervals(&nets(&["0.0.0.0/0"])), ["0.0.0.0/0"]);
+        assert!(v4_intervals(&nets(&["fd00::/8"])).is_empty());
     }
 
     #[test]
