@@ -31,6 +31,12 @@ pub enum Response {
     Report(Box<crate::report::MeshReport>),
     /// The command was accepted (it runs asynchronously; watch `status`).
     Accepted,
+    /// `pod_added`: the pod may start. `enforced`: the NetworkPolicy rules in the kernel
+    /// hold it; false when this router enforces no NetworkPolicy.
+    PodReady {
+        /// Whether NetworkPolicy is enforced here.
+        enforced: bool,
+    },
     /// The request was refused.
     Error {
         /// Why, for people.
@@ -258,9 +264,14 @@ async fn answer(
                             message: "the router is shutting down".into(),
                         }
                     } else {
-                        rx.await.unwrap_or(Response::Error {
-                            message: "the router dropped the request".into(),
-                        })
+                        // A client that hangs up has given up (weft-cni's ADD timed out and
+                        // undid its work): dropping `rx` tells whoever holds the request.
+                        tokio::select! {
+                            r = rx => r.unwrap_or(Response::Error {
+                                message: "the router dropped the request".into(),
+                            }),
+                            () = hung_up(&mut reader) => return Ok(()),
+                        }
                     }
                 }
             },
@@ -269,6 +280,16 @@ async fn answer(
     bytes.push(b'\n');
     write.write_all(&bytes).await?;
     write.shutdown().await
+}
+
+/// Returns when the client closes its end (or sends more than a request may hold).
+async fn hung_up(reader: &mut (impl tokio::io::AsyncRead + Unpin)) {
+    let mut buf = [0u8; 256];
+    while let Ok(n) = reader.read(&mut buf).await {
+        if n == 0 {
+            return;
+        }
+    }
 }
 
 /// Why a client got no answer from the router.
