@@ -238,9 +238,14 @@ impl Watches {
         let _ = self.namespaces.wait_until_ready().await;
     }
 
-    /// `node`'s model from the stores as they are, with the pods weft-cni announced that
-    /// the API has not shown Running yet ([`Announced`]), and the policies that exist.
-    pub fn model(&self, node: &str, announced: &mut Announced) -> (Model, BTreeSet<String>) {
+    /// `node`'s model from the stores as they are, and the policies that exist.
+    pub fn model(&self, node: &str) -> (Model, BTreeSet<String>) {
+        self.model_with(node, &mut Announced::default())
+    }
+
+    /// [`Watches::model`], with the pods weft-cni announced that the API has not shown
+    /// Running yet ([`Announced`]).
+    pub fn model_with(&self, node: &str, announced: &mut Announced) -> (Model, BTreeSet<String>) {
         let policies = self.policies.state();
         let pods = announced.apply(self.pods.state(), node);
         let model = weft_policy::compute(
@@ -276,7 +281,7 @@ async fn run(
         tokio::select! {
             _ = stores.changed() => {
                 tokio::time::sleep(DEBOUNCE).await;
-                state.model = Some(stores.model(&state.node.name, &mut announced));
+                state.model = Some(stores.model_with(&state.node.name, &mut announced));
             }
             Some(a) = announcements.recv() => {
                 // At once, no debounce: a pod's start waits on this. Take every request
@@ -285,12 +290,12 @@ async fn run(
                 while let Ok(a) = announcements.try_recv() {
                     announced.add(a);
                 }
-                state.model = Some(stores.model(&state.node.name, &mut announced));
+                state.model = Some(stores.model_with(&state.node.name, &mut announced));
             }
             _ = refresh.tick() => {
                 // Callers that gave up (and pods that never came) are let go.
                 if announced.waiting() {
-                    state.model = Some(stores.model(&state.node.name, &mut announced));
+                    state.model = Some(stores.model_with(&state.node.name, &mut announced));
                 }
             }
         }
