@@ -6,9 +6,11 @@
 //! address outside them is unjudged (open) until the status catches up. weft-cni keeps the
 //! pod's host end down until the router confirms rules that hold the pod; to have such rules
 //! at once, the router takes the announcement as the pod's status: a Pod found in the store
-//! by namespace and name, bound to this node, Pending (or with no phase yet) and with no
-//! other address, is computed as Running at the announced address. The API wins as soon as
-//! it says anything else (another address, Succeeded, Failed, another node, deleted).
+//! by namespace and name, bound to this node and not finished, is computed as Running at the
+//! announced address until the API shows it Running there. An address the API still shows
+//! is the last sandbox's (the kubelet keeps it until the new one is up): the newest ADD wins
+//! over it. The API wins when the pod is finished (Succeeded, Failed), on another node, or
+//! deleted.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -79,12 +81,11 @@ fn record(pod: Option<&Pod>, node: &str, address: Ipv4Addr) -> Record {
         ips.extend(status.and_then(|s| s.pod_ip.as_deref()));
     }
     let ours = address.to_string();
-    if ips.iter().any(|ip| *ip != ours) {
-        return Record::Disagrees(format!("the API server gives it address {}", ips.join(",")));
-    }
     match phase {
-        Some("Running") if !ips.is_empty() => Record::Agrees,
-        None | Some("Pending") | Some("Running") => Record::Override,
+        Some("Running") if !ips.is_empty() && ips.iter().all(|ip| *ip == ours) => Record::Agrees,
+        // Another address while Pending or Running is the last sandbox's, which the kubelet
+        // keeps reporting until the new one is up: this ADD is the newer word.
+        None | Some("Pending") | Some("Running") | Some("Unknown") => Record::Override,
         Some(other) => Record::Disagrees(format!("the API server says it is {other}")),
     }
 }
@@ -236,10 +237,10 @@ mod tests {
     }
 
     #[test]
-    fn the_api_wins_when_it_says_anything_else() {
+    fn the_api_wins_when_the_pod_is_finished_or_elsewhere() {
         let mut a = Announced::default();
         let mut other_node = announce(&mut a, "x", "10.32.1.5");
-        let mut other_ip = announce(&mut a, "y", "10.32.1.6");
+        let _restarted = announce(&mut a, "y", "10.32.1.6");
         let mut failed = announce(&mut a, "z", "10.32.1.7");
         let pods = a.apply(
             vec![
@@ -250,19 +251,31 @@ mod tests {
             "n1",
         );
         assert_eq!(status_of(&pods, "x").0.as_deref(), Some("Pending"));
-        assert_eq!(status_of(&pods, "y").1.as_deref(), Some("10.32.1.9"));
+        // The address of the sandbox this ADD replaces: the announcement wins.
+        assert_eq!(status_of(&pods, "y").1.as_deref(), Some("10.32.1.6"));
         assert_eq!(status_of(&pods, "z").0.as_deref(), Some("Failed"));
-        for (rx, want) in [
-            (&mut other_node, "node n2"),
-            (&mut other_ip, "10.32.1.9"),
-            (&mut failed, "Failed"),
-        ] {
+        for (rx, want) in [(&mut other_node, "node n2"), (&mut failed, "Failed")] {
             match rx.try_recv().unwrap() {
                 Response::Error { message } => assert!(message.contains(want), "{message}"),
                 r => panic!("{r:?}"),
             }
         }
-        assert!(!a.waiting());
+        assert_eq!(a.pods.len(), 1);
+        // Once the API shows the new address, the announcement has done its work.
+        let pods = vec![pod(
+            "y",
+            "n1",
+            json!({"phase": "Running", "podIP": "10.32.1.6"}),
+        )];
+        let model = weft_policy::compute(
+            &Vec::<k8s_openapi::api::networking::v1::NetworkPolicy>::new(),
+            &a.apply(pods.clone(), "n1"),
+            &Vec::<k8s_openapi::api::core::v1::Namespace>::new(),
+            weft_policy::Local::Node("n1"),
+        );
+        a.answer(&model);
+        a.apply(pods, "n1");
+        assert!(a.pods.is_empty());
     }
 
     #[test]
