@@ -280,7 +280,15 @@ async fn run(
     loop {
         tokio::select! {
             _ = stores.changed() => {
-                tokio::time::sleep(DEBOUNCE).await;
+                // A pod's start waits on an announcement: one cuts the debounce short (the
+                // kubelet's own writes to the Pod come just before its ADD).
+                tokio::select! {
+                    _ = tokio::time::sleep(DEBOUNCE) => {}
+                    Some(a) = announcements.recv() => announced.add(a),
+                }
+                while let Ok(a) = announcements.try_recv() {
+                    announced.add(a);
+                }
                 state.model = Some(stores.model_with(&state.node.name, &mut announced));
             }
             Some(a) = announcements.recv() => {
