@@ -1,7 +1,9 @@
 //! The control API: one JSON request and one JSON response per connection on a unix socket
 //! in the state directory (the socket 0600 inside the directory's 0700). `weft status`, `weft
 //! peers`, `weft report`, `weft connect` and `weft forget` are its clients; the types here are
-//! shared.
+//! shared. weft-cni is one too (`pod_added`, answered once the NetworkPolicy rules hold the
+//! pod, which may take as long as the rules take to load): a client that hangs up before
+//! its answer has given up, and the request is dropped.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
