@@ -24,6 +24,9 @@ pub const DEFAULT_MTU: u32 = 1500 - weft_sys::mtu::TUNNEL_OVERHEAD;
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/weft";
 /// The smallest MTU IPv4 allows (RFC 791) and the largest a veth takes.
 pub const MTU_RANGE: std::ops::RangeInclusive<u32> = 68..=65535;
+/// `policy.timeout_seconds`: its range and default.
+pub const POLICY_TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 1..=120;
+pub const DEFAULT_POLICY_TIMEOUT: u64 = 10;
 /// Larger stdin is refused before parsing: a real config is a few kilobytes.
 pub const MAX_CONFIG_BYTES: usize = 1 << 20;
 
@@ -32,6 +35,16 @@ pub const MAX_CONFIG_BYTES: usize = 1 << 20;
 pub struct PodRoute {
     pub dst: Ipv4Net,
     pub gw: Option<Ipv4Addr>,
+}
+
+/// `policy`: the router enforces NetworkPolicy, and ADD waits for it to judge the pod
+/// before the pod's link goes up (docs/networkpolicy.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyWait {
+    /// The router's control socket (absolute).
+    pub control_socket: PathBuf,
+    /// How long ADD waits for the router's answer.
+    pub timeout: std::time::Duration,
 }
 
 /// The checked network configuration.
@@ -49,6 +62,8 @@ pub struct NetConf {
     /// GC only: the attachments the runtime still wants (`cni.dev/valid-attachments` and the
     /// older `cni.dev/attachments`, merged). `None` when neither key was sent.
     pub valid_attachments: Option<BTreeSet<Attachment>>,
+    /// Set by a router that enforces NetworkPolicy; `None`: ADD does not wait.
+    pub policy: Option<PolicyWait>,
 }
 
 /// Why a configuration was refused. Each maps to one CNI error code.
@@ -93,6 +108,14 @@ struct RawAttachment {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    control_socket: String,
+    #[serde(default)]
+    timeout_seconds: Option<u64>,
+}
+
+#[derive(Deserialize)]
 struct RawRoute {
     dst: IpNet,
     #[serde(default)]
@@ -127,6 +150,9 @@ struct RawNetConf {
     valid_attachments: Option<Vec<RawAttachment>>,
     #[serde(default, rename = "cni.dev/attachments")]
     attachments: Option<Vec<RawAttachment>>,
+    // A misspelt key inside it would silently turn the wait off: refused instead.
+    #[serde(default)]
+    policy: Option<Value>,
 }
 
 impl NetConf {
@@ -255,6 +281,7 @@ impl NetConf {
                 Some(set)
             }
         };
+        let policy = raw.policy.map(check_policy).transpose()?;
         Ok(NetConf {
             cni_version,
             name: raw.name,
@@ -265,8 +292,37 @@ impl NetConf {
             routes,
             prev_result,
             valid_attachments,
+            policy,
         })
     }
+}
+
+fn check_policy(raw: Value) -> Result<PolicyWait, ConfigError> {
+    // Decoded on its own, so the error names the key (serde's would not).
+    let raw = RawPolicy::deserialize(&raw).map_err(|e| {
+        ConfigError::Decode(format!(
+            "policy: {e} (expected {{\"control_socket\": ABSOLUTE PATH, \"timeout_seconds\": 1..=120}})"
+        ))
+    })?;
+    let control_socket = PathBuf::from(&raw.control_socket);
+    if !control_socket.is_absolute() || raw.control_socket.contains('\0') {
+        return Err(ConfigError::Invalid(format!(
+            "policy.control_socket {:?} must be an absolute path",
+            raw.control_socket
+        )));
+    }
+    let seconds = raw.timeout_seconds.unwrap_or(DEFAULT_POLICY_TIMEOUT);
+    if !POLICY_TIMEOUT_RANGE.contains(&seconds) {
+        return Err(ConfigError::Invalid(format!(
+            "policy.timeout_seconds {seconds} is outside {}..={}",
+            POLICY_TIMEOUT_RANGE.start(),
+            POLICY_TIMEOUT_RANGE.end()
+        )));
+    }
+    Ok(PolicyWait {
+        control_socket,
+        timeout: std::time::Duration::from_secs(seconds),
+    })
 }
 
 /// The spec: an alphanumeric first character, then alphanumerics, '_', '.' or '-'.
@@ -299,6 +355,53 @@ mod tests {
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/weft"));
         assert!(c.routes.is_empty() && c.dns.is_none() && c.prev_result.is_none());
         assert!(c.valid_attachments.is_none());
+        assert!(c.policy.is_none());
+    }
+
+    #[test]
+    fn policy_wait() {
+        let base = r#"{"cniVersion":"1.1.0","name":"weft","type":"weft-cni","policy":"#;
+        let with = |p: &str| parse(&format!("{base}{p}}}"));
+        let c = with(r#"{"control_socket":"/var/lib/weft/control.sock"}"#).unwrap();
+        assert_eq!(
+            c.policy,
+            Some(PolicyWait {
+                control_socket: "/var/lib/weft/control.sock".into(),
+                timeout: std::time::Duration::from_secs(10),
+            })
+        );
+        let c = with(r#"{"control_socket":"/s","timeout_seconds":120}"#).unwrap();
+        assert_eq!(c.policy.unwrap().timeout.as_secs(), 120);
+        for (bad, code, says) in [
+            (r#"{"control_socket":"rel.sock"}"#, 7, "absolute"),
+            (
+                r#"{"control_socket":"/s","timeout_seconds":0}"#,
+                7,
+                "1..=120",
+            ),
+            (
+                r#"{"control_socket":"/s","timeout_seconds":121}"#,
+                7,
+                "1..=120",
+            ),
+            (
+                r#"{"control_socket":"/s","timeout_seconds":-1}"#,
+                6,
+                "timeout_seconds",
+            ),
+            (
+                r#"{"control_socket":"/s","timeout_seconds":1.5}"#,
+                6,
+                "timeout_seconds",
+            ),
+            (r#"{"control_socket":"/s","timeout":5}"#, 6, "timeout"),
+            (r#"{"timeout_seconds":5}"#, 6, "control_socket"),
+            (r#""/s""#, 6, "policy"),
+        ] {
+            let e = with(bad).unwrap_err();
+            assert_eq!(e.to_cni().code, code, "{bad}: {e}");
+            assert!(e.to_string().contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -112,6 +112,8 @@ pub enum Invocation {
     Add {
         attachment: Attachment,
         netns: PathBuf,
+        /// The pod the runtime names in CNI_ARGS (the kubelet always does).
+        pod: PodArgs,
     },
     /// DEL tolerates a missing or empty `CNI_NETNS` (containerd sends an empty one).
     Del {
@@ -168,8 +170,9 @@ impl Invocation {
                 )));
             }
         };
+        let mut pod = PodArgs::default();
         if let Some(args) = var("CNI_ARGS")? {
-            check_cni_args(&args)?;
+            pod = check_cni_args(&args)?;
         }
         let attachment = || -> Result<Attachment, CniError> {
             Ok(Attachment {
@@ -193,6 +196,7 @@ impl Invocation {
             Command::Add => Invocation::Add {
                 attachment: attachment()?,
                 netns: netns(required("CNI_NETNS")?)?,
+                pod,
             },
             Command::Del => Invocation::Del {
                 attachment: attachment()?,
@@ -209,12 +213,79 @@ impl Invocation {
     }
 }
 
-/// CNI_ARGS is `K=V;K=V`; we use none of them, but refuse a malformed string rather than
-/// guess what the caller meant.
-fn check_cni_args(args: &str) -> Result<(), CniError> {
+/// The kubelet's CNI_ARGS entries naming the pod, as sent. Only ADD with a `policy` config
+/// uses them ([`PodArgs::pod`] checks them then): without one, ADD works as it always did
+/// whatever they hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodArgs {
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+}
+
+/// A pod's namespace and name, checked as the API server checks them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl PodArgs {
+    /// The pod, or code 4 saying which entry is missing or malformed.
+    pub fn pod(&self) -> Result<PodRef, CniError> {
+        let get = |key: &str, value: &Option<String>, max: usize, dots: bool| {
+            let v = value.as_deref().ok_or_else(|| {
+                env_error(format!(
+                    "CNI_ARGS has no {key}: weft enforces NetworkPolicy here and must know which \
+                     pod this is (the kubelet sends K8S_POD_NAMESPACE and K8S_POD_NAME)"
+                ))
+            })?;
+            if dns_name(v, max, dots) {
+                Ok(v.to_owned())
+            } else {
+                Err(env_error(format!(
+                    "CNI_ARGS {key}={v:?} is not a Kubernetes name (lowercase letters, digits, \
+                     '-'{}; at most {max} bytes)",
+                    if dots { " and '.'" } else { "" }
+                )))
+            }
+        };
+        Ok(PodRef {
+            namespace: get("K8S_POD_NAMESPACE", &self.namespace, 63, false)?,
+            name: get("K8S_POD_NAME", &self.name, 253, true)?,
+        })
+    }
+}
+
+/// A DNS-1123 label, or with `dots` a subdomain (labels joined by '.').
+fn dns_name(v: &str, max: usize, dots: bool) -> bool {
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    !v.is_empty()
+        && v.len() <= max
+        && if dots {
+            v.split('.').all(label)
+        } else {
+            label(v)
+        }
+}
+
+/// CNI_ARGS is `K=V;K=V`; we keep the pod's namespace and name, and refuse a malformed
+/// string rather than guess what the caller meant.
+fn check_cni_args(args: &str) -> Result<PodArgs, CniError> {
+    let mut pod = PodArgs::default();
     for pair in args.split(';').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
-            Some((k, _)) if !k.is_empty() => {}
+            Some((k, v)) if !k.is_empty() => match k {
+                "K8S_POD_NAMESPACE" => pod.namespace = Some(v.to_owned()),
+                "K8S_POD_NAME" => pod.name = Some(v.to_owned()),
+                _ => {}
+            },
             _ => {
                 return Err(env_error(format!(
                     "CNI_ARGS entry {pair:?} is not KEY=VALUE"
@@ -222,7 +293,7 @@ fn check_cni_args(args: &str) -> Result<(), CniError> {
             }
         }
     }
-    Ok(())
+    Ok(pod)
 }
 
 fn env_error(msg: String) -> CniError {
@@ -313,5 +384,46 @@ mod tests {
         assert!(e.msg.contains("absolute"), "{e}");
         let e = env(&[("CNI_COMMAND", "GC"), ("CNI_ARGS", "novalue")]).unwrap_err();
         assert!(e.msg.contains("CNI_ARGS"), "{e}");
+    }
+
+    #[test]
+    fn the_pod_comes_from_cni_args() {
+        let add = |args: &str| {
+            let Invocation::Add { pod, .. } = env(&[
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", "c1"),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_NETNS", "/run/netns/x"),
+                ("CNI_ARGS", args),
+            ])
+            .unwrap() else {
+                panic!("not an ADD")
+            };
+            pod
+        };
+        let kubelet = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0.a;\
+                       K8S_POD_INFRA_CONTAINER_ID=c1;K8S_POD_UID=u";
+        assert_eq!(
+            add(kubelet).pod().unwrap(),
+            PodRef {
+                namespace: "default".into(),
+                name: "web-0.a".into()
+            }
+        );
+        for (args, says) in [
+            ("", "K8S_POD_NAMESPACE"),
+            ("K8S_POD_NAMESPACE=default", "K8S_POD_NAME"),
+            ("K8S_POD_NAME=a", "K8S_POD_NAMESPACE"),
+            (
+                "K8S_POD_NAMESPACE=a.b;K8S_POD_NAME=a",
+                "K8S_POD_NAMESPACE=\"a.b\"",
+            ),
+            ("K8S_POD_NAMESPACE=a;K8S_POD_NAME=A", "K8S_POD_NAME=\"A\""),
+            ("K8S_POD_NAMESPACE=a;K8S_POD_NAME=", "K8S_POD_NAME=\"\""),
+        ] {
+            let e = add(args).pod().unwrap_err();
+            assert_eq!(e.code, 4);
+            assert!(e.msg.contains(says), "{args}: {e}");
+        }
     }
 }

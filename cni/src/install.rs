@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use weft_sys::durable;
 use weft_sys::mtu::{self, MIN_POD_MTU, TUNNEL_OVERHEAD, UnderlayMtuError};
 
-use crate::config::{ConfigError, NetConf};
+use crate::config::{ConfigError, NetConf, PolicyWait};
 
 /// The conflist's file name. Runtimes load the first configuration in name order (containerd
 /// loads exactly one), so a low number puts weft ahead of leftovers with later names.
@@ -185,6 +185,16 @@ pub fn install(o: &Options) -> Result<Vec<Action>, InstallError> {
 /// [`Parts::Conflist`], `o.plugin` is not read: the plugin must already be in the bin
 /// directory (a conflist naming a missing plugin would fail every pod).
 pub fn install_parts(o: &Options, parts: Parts) -> Result<Vec<Action>, InstallError> {
+    install_parts_with(o, parts, None)
+}
+
+/// [`install_parts`], with the conflist's `policy` key when `policy` is set: a router that
+/// enforces NetworkPolicy has ADD wait for its rules (docs/networkpolicy.md).
+pub fn install_parts_with(
+    o: &Options,
+    parts: Parts,
+    policy: Option<&PolicyWait>,
+) -> Result<Vec<Action>, InstallError> {
     // Everything is checked first: an error below this block leaves the directories as found.
     let bin_dir = existing_dir(&o.bin_dir, "--cni-bin-dir")?;
     if parts.conflist() {
@@ -215,7 +225,7 @@ pub fn install_parts(o: &Options, parts: Parts) -> Result<Vec<Action>, InstallEr
     let loopback = has_executable(&o.bin_dir.join("loopback"));
     let conflist = if parts.conflist() {
         not_a_directory(&conf_target)?;
-        Some(render_conflist(o, portmap)?)
+        Some(render_conflist_with(o, portmap, policy)?)
     } else {
         None
     };
@@ -268,6 +278,15 @@ pub fn install_parts(o: &Options, parts: Parts) -> Result<Vec<Action>, InstallEr
 /// The conflist for this node, checked by weft-cni's own parser the way a runtime hands it the
 /// first plugin (with the list's cniVersion and name added).
 pub fn render_conflist(o: &Options, portmap: bool) -> Result<Vec<u8>, InstallError> {
+    render_conflist_with(o, portmap, None)
+}
+
+/// [`render_conflist`], with weft-cni's `policy` key when `policy` is set.
+pub fn render_conflist_with(
+    o: &Options,
+    portmap: bool,
+    policy: Option<&PolicyWait>,
+) -> Result<Vec<u8>, InstallError> {
     // Structs rather than a JSON value: they keep the field order a reader expects (type
     // first), where a serde_json map would sort the keys.
     #[derive(serde::Serialize)]
@@ -287,6 +306,8 @@ pub fn render_conflist(o: &Options, portmap: bool) -> Result<Vec<u8>, InstallErr
             mtu: u32,
             #[serde(rename = "stateDir")]
             state_dir: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            policy: Option<Policy<'a>>,
         },
         Portmap {
             #[serde(rename = "type")]
@@ -300,11 +321,30 @@ pub fn render_conflist(o: &Options, portmap: bool) -> Result<Vec<u8>, InstallErr
             o.state_dir.display()
         ))
     })?;
+    #[derive(serde::Serialize)]
+    struct Policy<'a> {
+        control_socket: &'a str,
+        timeout_seconds: u64,
+    }
+    let policy = policy
+        .map(|p| -> Result<Policy<'_>, InstallError> {
+            Ok(Policy {
+                control_socket: p.control_socket.to_str().ok_or_else(|| {
+                    InstallError::Refused(format!(
+                        "the control socket {} is not UTF-8",
+                        p.control_socket.display()
+                    ))
+                })?,
+                timeout_seconds: p.timeout.as_secs(),
+            })
+        })
+        .transpose()?;
     let weft = Plugin::Weft {
         kind: PLUGIN_NAME,
         bridge: &o.bridge,
         mtu: o.pod_mtu,
         state_dir,
+        policy,
     };
     let mut as_run = serde_json::to_value(&weft).expect("a plugin entry serialises");
     as_run["cniVersion"] = CNI_VERSION.into();
@@ -572,6 +612,25 @@ mod tests {
         plugin["cniVersion"] = list["cniVersion"].clone();
         plugin["name"] = list["name"].clone();
         NetConf::parse(plugin.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn the_policy_key_is_written_only_when_asked_and_parses_back() {
+        let s = Scratch::new();
+        let plain = render_conflist(&s.options, false).unwrap();
+        assert!(first_plugin_as_run(&plain).policy.is_none());
+        let wait = PolicyWait {
+            control_socket: "/var/lib/weft/control.sock".into(),
+            timeout: std::time::Duration::from_secs(10),
+        };
+        let with = render_conflist_with(&s.options, false, Some(&wait)).unwrap();
+        let list: serde_json::Value = serde_json::from_slice(&with).unwrap();
+        assert_eq!(
+            list["plugins"][0]["policy"],
+            serde_json::json!({"control_socket": "/var/lib/weft/control.sock",
+                "timeout_seconds": 10})
+        );
+        assert_eq!(first_plugin_as_run(&with).policy, Some(wait));
     }
 
     #[test]

@@ -11,7 +11,9 @@
 //! - the address leases inside the node's block ([`ipam`]), under a lock, durable on disk;
 //! - what the bridge, veths, addresses and routes of a pod should be ([`plugin`]); the netlink
 //!   calls, namespaces and durable writes that make it so are `weft-sys`'s;
-//! - the conflist installer behind `weft install-cni` ([`install`]).
+//! - the conflist installer behind `weft install-cni` ([`install`]);
+//! - with NetworkPolicy enforced, ADD's bounded wait for the router to judge the pod
+//!   ([`router_wait`]) before the pod's link goes up.
 //!
 //! What it must never do: depend on `weft-mesh`, `weft-crypto` or `weft-router`, only on
 //! `weft-sys` for system calls (docs/design.md §8); start an async runtime; shell out to `ip`
@@ -25,6 +27,7 @@ pub mod ipam;
 pub mod node_block;
 pub mod plugin;
 pub mod result;
+pub mod router_wait;
 pub mod version;
 
 pub use result::CniError;

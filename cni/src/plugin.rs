@@ -13,7 +13,7 @@ use ipnet::{IpNet, Ipv4Net};
 use serde_json::{Map, Value, json};
 
 use crate::config::{NetConf, PodRoute};
-use crate::env::{Attachment, Invocation};
+use crate::env::{Attachment, Invocation, PodArgs};
 use crate::ipam::{IpamError, LeaseStore, LockedLeases};
 use crate::node_block::{NodeBlock, NodeBlockError};
 use crate::result::{CniError, ErrorCode, Interface, IpConfig, Route};
@@ -43,7 +43,11 @@ pub fn run(invocation: &Invocation, stdin: &[u8]) -> Result<Option<Value>, Failu
     let version = conf.cni_version;
     let fail = |error| Failure { error, version };
     match invocation {
-        Invocation::Add { attachment, netns } => add(&conf, attachment, netns).map(Some),
+        Invocation::Add {
+            attachment,
+            netns,
+            pod,
+        } => add(&conf, attachment, netns, pod).map(Some),
         Invocation::Del { attachment, .. } => del(&conf, attachment).map(|()| None),
         Invocation::Check { attachment, netns } => check(&conf, attachment, netns).map(|()| None),
         Invocation::Status => status(&conf).map(|()| None),
@@ -159,7 +163,18 @@ fn ensure_bridge(host: &mut Netlink, conf: &NetConf, block: &NodeBlock) -> Resul
         })
 }
 
-fn add(conf: &NetConf, attachment: &Attachment, netns_path: &Path) -> Result<Value, CniError> {
+fn add(
+    conf: &NetConf,
+    attachment: &Attachment,
+    netns_path: &Path,
+    pod_args: &PodArgs,
+) -> Result<Value, CniError> {
+    // With NetworkPolicy enforced the router must know the pod: refused before anything is
+    // touched when the runtime does not name it.
+    let waits = match &conf.policy {
+        Some(policy) => Some((policy, pod_args.pod()?)),
+        None => None,
+    };
     let netns = Netns::open(netns_path).map_err(netns_error)?;
     let mut pod = netns.netlink().map_err(netns_error)?;
     let block = node_block(conf)?;
@@ -197,7 +212,7 @@ fn add(conf: &NetConf, attachment: &Attachment, netns_path: &Path) -> Result<Val
 
     let bridge = ensure_bridge(&mut host, conf, &block)?;
     let lease = leases.allocate(&block, attachment).map_err(ipam_error)?;
-    match attach(
+    let result = match attach(
         conf,
         attachment,
         &netns,
@@ -206,8 +221,9 @@ fn add(conf: &NetConf, attachment: &Attachment, netns_path: &Path) -> Result<Val
         &bridge,
         &block,
         lease.address,
+        waits.is_none(),
     ) {
-        Ok(result) => Ok(result),
+        Ok(result) => result,
         Err(e) => {
             // Undo in reverse: the veth (its pod end goes with it), then the address.
             if let Ok(Some(l)) = host.link_by_name(&host_name) {
@@ -218,9 +234,97 @@ fn add(conf: &NetConf, attachment: &Attachment, netns_path: &Path) -> Result<Val
                     e.with_details(format!("and releasing {} failed: {undo}", lease.address))
                 );
             }
+            return Err(e);
+        }
+    };
+    let Some((policy, pod_ref)) = waits else {
+        return Ok(result);
+    };
+    // The wait is the router's (up to the timeout): other ADDs on the node go on meanwhile,
+    // so the lock is dropped and taken again, and the lease and veth checked to be still ours.
+    drop(leases);
+    let started = std::time::Instant::now();
+    let waited = crate::router_wait::wait(policy, &pod_ref, lease.address).map_err(|e| {
+        CniError::new(
+            ErrorCode::TryAgainLater,
+            format!(
+                "pod {}/{} at {}: {e} (after {} ms); the attachment was undone",
+                pod_ref.namespace,
+                pod_ref.name,
+                lease.address,
+                started.elapsed().as_millis()
+            ),
+        )
+    });
+    let mut leases = match lock_leases(conf) {
+        Ok(l) => l,
+        Err(e) => {
+            // Without the lock the lease cannot be released: GC reclaims it, since the
+            // runtime never lists a failed ADD's attachment as valid.
+            let _ = delete_link_named(&mut host, &host_name);
+            return Err(e);
+        }
+    };
+    let opened = waited.and_then(|_| {
+        let ours = leases
+            .find(attachment)
+            .map_err(ipam_error)?
+            .iter()
+            .any(|l| l.address == lease.address);
+        if !ours {
+            return Err(CniError::new(
+                ErrorCode::TryAgainLater,
+                format!(
+                    "the lease of {} was released while waiting for the router (a GC or DEL ran)",
+                    lease.address
+                ),
+            ));
+        }
+        open_host_end(&mut host, &bridge, &host_name, lease.address)
+    });
+    match opened {
+        Ok(()) => Ok(result),
+        Err(e) => {
+            // Undo everything ADD did: the veth, then this attachment's lease (by attachment,
+            // not address: the address is someone else's if a GC freed it meanwhile).
+            if let Err(undo) = delete_link_named(&mut host, &host_name) {
+                return Err(e.with_details(format!("and deleting {host_name} failed: {undo}")));
+            }
+            if let Err(undo) = leases.release(attachment) {
+                return Err(
+                    e.with_details(format!("and releasing {} failed: {undo}", lease.address))
+                );
+            }
             Err(e)
         }
     }
+}
+
+/// Lets the pod's traffic through once the router judges it: a neighbour entry the bridge
+/// still holds for the address (an earlier pod's MAC, or a failed resolution from packets
+/// sent while the port was down) is dropped first, then the host end goes up.
+fn open_host_end(
+    host: &mut Netlink,
+    bridge: &Link,
+    host_name: &str,
+    address: Ipv4Addr,
+) -> Result<(), CniError> {
+    host.delete_neighbour(bridge.index, address)
+        .map_err(io_error(format!(
+            "delete {}'s neighbour entry for {address}",
+            bridge.name
+        )))?;
+    let link = host
+        .link_by_name(host_name)
+        .map_err(io_error("look up host veth"))?
+        .ok_or_else(|| {
+            CniError::new(
+                ErrorCode::TryAgainLater,
+                format!("host veth {host_name} vanished while waiting for the router"),
+            )
+        })?;
+    host.set_up(link.index)
+        .map_err(io_error(format!("set {host_name} up")))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -233,6 +337,7 @@ fn attach(
     bridge: &Link,
     block: &NodeBlock,
     address: Ipv4Addr,
+    host_up: bool,
 ) -> Result<Value, CniError> {
     let host_name = host_veth_name(attachment);
     let ifname = attachment.ifname.as_str();
@@ -247,8 +352,12 @@ fn attach(
         .map_err(io_error(format!("attach {host_name} to {}", bridge.name)))?;
     host.set_hairpin(host_link.index)
         .map_err(io_error(format!("hairpin on {host_name}")))?;
-    host.set_up(host_link.index)
-        .map_err(io_error(format!("set {host_name} up")))?;
+    // Down until the router judges the pod, when it enforces NetworkPolicy: a port that is
+    // down forwards nothing either way.
+    if host_up {
+        host.set_up(host_link.index)
+            .map_err(io_error(format!("set {host_name} up")))?;
+    }
 
     let pod_link = pod
         .link_by_name(ifname)

@@ -486,3 +486,131 @@ fn second_in_a_chain_keeps_the_previous_result() {
     rt.del(&list, t, true).unwrap();
     assert!(lab.leases().is_empty() && lab.host_veths().is_empty());
 }
+
+/// A router's control socket in miniature: answers each connection's request with the next
+/// of `answers`, after recording the request and whether that ADD's host end (named beside
+/// the answer) was up at that moment.
+fn fake_router(
+    socket: &Path,
+    node: String,
+    answers: Vec<(&'static str, String)>,
+) -> std::thread::JoinHandle<Vec<(Value, bool)>> {
+    use std::io::{BufRead, Write};
+    let _ = std::fs::remove_file(socket);
+    let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for (answer, veth) in answers {
+            let (c, _) = listener.accept().unwrap();
+            let mut line = String::new();
+            std::io::BufReader::new(&c).read_line(&mut line).unwrap();
+            let shown = ip(&["-n", &node, "-o", "link", "show", &veth]);
+            assert!(shown.contains(&veth), "no {veth} while ADD waits: {shown}");
+            let up = shown.contains(",UP");
+            seen.push((serde_json::from_str(&line).unwrap(), up));
+            (&c).write_all(answer.as_bytes()).unwrap();
+        }
+        seen
+    })
+}
+
+#[test]
+fn with_policy_add_waits_for_the_router_and_undoes_everything_without_it() {
+    if !can_run("with_policy_add_waits_for_the_router_and_undoes_everything_without_it") {
+        return;
+    }
+    let lab = Lab::new("wcpol", Flavor::Weft, "10.32.28.0/24");
+    let socket = lab.state.join("control.sock");
+    let mut conf = lab.plugin_conf();
+    conf["cniVersion"] = json!("1.1.0");
+    conf["name"] = json!("podnet");
+    conf["policy"] = json!({"control_socket": socket, "timeout_seconds": 2});
+    let stdin = conf.to_string();
+    let pods: Vec<Netns> = ["a", "b", "c", "d"].iter().map(|n| lab.pod(n)).collect();
+    let add = |i: usize, args: &str| {
+        let (id, netns) = (format!("pol{i}"), pods[i].path());
+        exec_plugin(
+            &lab.node.name,
+            "weft-cni",
+            &[
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", &id),
+                ("CNI_NETNS", &netns),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_ARGS", args),
+            ],
+            stdin.as_bytes(),
+        )
+    };
+    let kubelet =
+        |name: &str| format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}");
+    let veth_of = |i: usize| {
+        host_veth_name(&Attachment {
+            container_id: ContainerId::parse(&format!("pol{i}")).unwrap(),
+            ifname: IfName::parse("eth0").unwrap(),
+        })
+    };
+    let router = fake_router(
+        &socket,
+        lab.node.name.clone(),
+        vec![
+            ("{\"result\":\"pod_ready\",\"enforced\":true}\n", veth_of(0)),
+            (
+                "{\"result\":\"error\",\"message\":\"pod default/b: the API server says it is Failed\"}\n",
+                veth_of(1),
+            ),
+        ],
+    );
+
+    // The router confirms: the pod is attached, its host end up only now.
+    let a = add(0, &kubelet("a"));
+    assert!(a.success, "{a:?}");
+    let address = pod_address(&a.json(), "eth0");
+    let veth = veth_of(0);
+    assert!(ip(&["-n", &lab.node.name, "-o", "link", "show", &veth]).contains(",UP"));
+    assert!(
+        ping(&pods[0].name, lab.block.gateway()),
+        "a reaches its gateway"
+    );
+
+    // The router refuses: code 11 with its reason, and nothing of b is left.
+    let b = add(1, &kubelet("b"));
+    assert_eq!(b.code(), 11, "{b:?}");
+    assert!(
+        b.msg().contains("the API server says it is Failed"),
+        "{}",
+        b.msg()
+    );
+    let seen = router.join().unwrap();
+    assert_eq!(
+        seen[0].0,
+        json!({"command": "pod_added", "namespace": "default", "name": "a",
+            "address": address.to_string()})
+    );
+    assert!(
+        !seen[0].1 && !seen[1].1,
+        "a host end was up while waiting: {seen:?}"
+    );
+    assert_eq!(lab.host_veths(), std::slice::from_ref(&veth));
+    assert_eq!(lab.leases(), [address.to_string()]);
+    assert!(
+        pods[1].links().iter().all(|l| l == "lo"),
+        "{:?}",
+        pods[1].links()
+    );
+
+    // No router at all: code 11 at once; no pod named: code 4 before anything is made.
+    std::fs::remove_file(&socket).unwrap();
+    let c = add(2, &kubelet("c"));
+    assert_eq!(c.code(), 11, "{c:?}");
+    assert!(
+        c.msg().contains("cannot reach the weft router"),
+        "{}",
+        c.msg()
+    );
+    let d = add(3, "IgnoreUnknown=1");
+    assert_eq!(d.code(), 4, "{d:?}");
+    assert!(d.msg().contains("K8S_POD_NAMESPACE"), "{}", d.msg());
+    assert_eq!(lab.host_veths(), [veth]);
+    assert_eq!(lab.leases(), [address.to_string()]);
+}

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weft_cni::config::{MTU_RANGE, NetConf};
+use weft_cni::config::{MTU_RANGE, NetConf, POLICY_TIMEOUT_RANGE};
 use weft_cni::result::CniResult;
 
 fuzz_target!(|data: &[u8]| {
@@ -14,6 +14,12 @@ fuzz_target!(|data: &[u8]| {
     let mut spliced = br#"{"cniVersion":"1.1.0","name":"weft","type":"weft-cni","#.to_vec();
     spliced.extend_from_slice(data);
     spliced.push(b'}');
+    check(&spliced);
+    // And as the `policy` object, whose checks sit behind the decoder too.
+    let mut spliced =
+        br#"{"cniVersion":"1.1.0","name":"weft","type":"weft-cni","policy":{"#.to_vec();
+    spliced.extend_from_slice(data);
+    spliced.extend_from_slice(b"}}");
     check(&spliced);
 });
 
@@ -25,6 +31,10 @@ fn check(data: &[u8]) {
             assert!(conf.bridge.as_str().len() <= 15);
             for r in &conf.routes {
                 assert_eq!(r.dst.trunc(), r.dst);
+            }
+            if let Some(p) = &conf.policy {
+                assert!(p.control_socket.is_absolute());
+                assert!(POLICY_TIMEOUT_RANGE.contains(&p.timeout.as_secs()));
             }
             if let Some(prev) = &conf.prev_result {
                 let mut want = prev.clone();

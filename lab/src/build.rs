@@ -62,18 +62,40 @@ pub(crate) fn build(
                 .with_context(|| format!("writing node {}'s block", node.name))?;
         }
     }
+    // As the kubelet does it: the Pod is in the API (bound, Pending) before weft-cni runs
+    // with CNI_ARGS naming it, and Running with its address after. With the routers
+    // enforcing NetworkPolicy, ADD waits for them to judge the pod.
     let mut pods = Vec::new();
+    let policy = |node: &NodeState| (spec.api && spec.routers).then(|| node.control_socket());
     for node in &nodes {
         let i: usize = node.name[1..].parse().expect("n<number>");
         for j in 1..=spec.pods {
             let (ns, name) = (names.pod_ns(i, j), plan::pod_name(i, j));
-            let pod = attach_pod(node, ns, name, pod_mtu, &bins.cni)?;
-            if spec.api {
+            let pod = if spec.api {
                 // Every lab pod is a Pod to the API (in `default`), as a policy sees pods.
                 let object = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
-                    "metadata": {"name": pod.name, "namespace": "default"}, "spec": {}});
-                crate::api::store_pod(&spec.prefix, &object, &pod, node)?;
-            }
+                    "metadata": {"name": name, "namespace": "default"}, "spec": {}});
+                let (k8s_ns, k8s_name) =
+                    crate::api::store_pending_pod(&spec.prefix, &object, node)?;
+                let k8s = (k8s_ns.as_str(), k8s_name.as_str());
+                let attach = Attach {
+                    mtu: pod_mtu,
+                    cni_bin: &bins.cni,
+                    k8s: Some(k8s),
+                    policy: policy(node),
+                };
+                let pod = attach_pod(node, ns, name, &attach)?;
+                crate::api::mark_running(&spec.prefix, k8s, &pod)?;
+                pod
+            } else {
+                let attach = Attach {
+                    mtu: pod_mtu,
+                    cni_bin: &bins.cni,
+                    k8s: None,
+                    policy: None,
+                };
+                attach_pod(node, ns, name, &attach)?
+            };
             pods.push(pod);
         }
     }
@@ -81,14 +103,17 @@ pub(crate) fn build(
         crate::api::store_namespaces(&spec.prefix, &model.namespaces)?;
         for (k, (pod, i)) in model.pods.iter().enumerate() {
             let node = &nodes[i - 1];
-            let meta = &pod["metadata"];
-            let name = format!(
-                "{}/{}",
-                meta["namespace"].as_str().unwrap_or_default(),
-                meta["name"].as_str().unwrap_or_default()
-            );
-            let p = attach_pod(node, names.model_pod_ns(k + 1), name, pod_mtu, &bins.cni)?;
-            crate::api::store_pod(&spec.prefix, pod, &p, node)?;
+            let (k8s_ns, k8s_name) = crate::api::store_pending_pod(&spec.prefix, pod, node)?;
+            let k8s = (k8s_ns.as_str(), k8s_name.as_str());
+            let attach = Attach {
+                mtu: pod_mtu,
+                cni_bin: &bins.cni,
+                k8s: Some(k8s),
+                policy: policy(node),
+            };
+            let name = format!("{k8s_ns}/{k8s_name}");
+            let p = attach_pod(node, names.model_pod_ns(k + 1), name, &attach)?;
+            crate::api::mark_running(&spec.prefix, k8s, &p)?;
             pods.push(p);
         }
     }
@@ -314,25 +339,43 @@ pub(crate) fn switch_rules(spec: &LabSpec) -> String {
     rules
 }
 
+/// How weft-cni is run for a pod.
+pub(crate) struct Attach<'a> {
+    pub mtu: u32,
+    pub cni_bin: &'a Path,
+    /// The Pod's namespace and name in the API, sent in CNI_ARGS as the kubelet does.
+    pub k8s: Option<(&'a str, &'a str)>,
+    /// The router's control socket, when ADD is to wait for its NetworkPolicy rules.
+    pub policy: Option<std::path::PathBuf>,
+}
+
 fn attach_pod(
     node: &NodeState,
     ns: String,
     name: String,
-    mtu: u32,
-    cni_bin: &Path,
+    how: &Attach<'_>,
 ) -> anyhow::Result<PodState> {
     add_ns(&ns)?;
-    let config = serde_json::json!({
+    let mut config = serde_json::json!({
         "cniVersion": "1.1.0",
         "name": "weft",
         "type": "weft-cni",
         "bridge": "weft",
-        "mtu": mtu,
+        "mtu": how.mtu,
         "stateDir": node.state_dir,
     });
+    if let Some(socket) = &how.policy {
+        config["policy"] = serde_json::json!({"control_socket": socket});
+    }
     let netns_path = format!("/run/netns/{ns}");
     let container_id = format!("lab-{ns}");
-    let cni = cni_bin.to_str().context("weft-cni path is not UTF-8")?;
+    let cni = how.cni_bin.to_str().context("weft-cni path is not UTF-8")?;
+    let args = how
+        .k8s
+        .map(|(k8s_ns, k8s_name)| {
+            format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={k8s_ns};K8S_POD_NAME={k8s_name}")
+        })
+        .unwrap_or_default();
     let out = sys::run_with(
         "ip",
         &["netns", "exec", &node.namespace, cni],
@@ -342,6 +385,7 @@ fn attach_pod(
             ("CNI_NETNS", &netns_path),
             ("CNI_IFNAME", "eth0"),
             ("CNI_PATH", "/usr/lib/cni"),
+            ("CNI_ARGS", &args),
         ],
         Some(config.to_string().as_bytes()),
     )

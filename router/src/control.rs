@@ -1,7 +1,9 @@
 //! The control API: one JSON request and one JSON response per connection on a unix socket
 //! in the state directory (the socket 0600 inside the directory's 0700). `weft status`, `weft
 //! peers`, `weft report`, `weft connect` and `weft forget` are its clients; the types here are
-//! shared.
+//! shared. weft-cni is one too (`pod_added`, answered once the NetworkPolicy rules hold the
+//! pod, which may take as long as the rules take to load): a `pod_added` client that hangs
+//! up before its answer has given up, and the request is dropped.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -31,6 +33,12 @@ pub enum Response {
     Report(Box<crate::report::MeshReport>),
     /// The command was accepted (it runs asynchronously; watch `status`).
     Accepted,
+    /// `pod_added`: the pod may start. `enforced`: the NetworkPolicy rules in the kernel
+    /// hold it; false when this router enforces no NetworkPolicy.
+    PodReady {
+        /// Whether NetworkPolicy is enforced here.
+        enforced: bool,
+    },
     /// The request was refused.
     Error {
         /// Why, for people.
@@ -252,15 +260,26 @@ async fn answer(
                     }
                 }
                 Ok(request) => {
+                    let waits = matches!(request, Request::PodAdded { .. });
                     let (tx, rx) = oneshot::channel();
+                    let dropped = || Response::Error {
+                        message: "the router dropped the request".into(),
+                    };
                     if calls.send((request, tx)).await.is_err() {
                         Response::Error {
                             message: "the router is shutting down".into(),
                         }
+                    } else if waits {
+                        // A client that hangs up has given up (weft-cni's ADD timed out and
+                        // undid its work): dropping `rx` tells whoever holds the request.
+                        // Only here: the other answers are immediate, and a client may
+                        // half-close once it has sent its request.
+                        tokio::select! {
+                            r = rx => r.unwrap_or_else(|_| dropped()),
+                            () = hung_up(&mut reader) => return Ok(()),
+                        }
                     } else {
-                        rx.await.unwrap_or(Response::Error {
-                            message: "the router dropped the request".into(),
-                        })
+                        rx.await.unwrap_or_else(|_| dropped())
                     }
                 }
             },
@@ -269,6 +288,16 @@ async fn answer(
     bytes.push(b'\n');
     write.write_all(&bytes).await?;
     write.shutdown().await
+}
+
+/// Returns when the client closes its end (or sends more than a request may hold).
+async fn hung_up(reader: &mut (impl tokio::io::AsyncRead + Unpin)) {
+    let mut buf = [0u8; 256];
+    while let Ok(n) = reader.read(&mut buf).await {
+        if n == 0 {
+            return;
+        }
+    }
 }
 
 /// Why a client got no answer from the router.
@@ -316,6 +345,54 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// weft-cni giving up (its timeout) must reach whoever holds its request, so that the
+    /// announcement does not outlive the lease weft-cni then releases; a client of an
+    /// immediate answer may half-close and still gets it.
+    #[tokio::test]
+    async fn a_waiting_client_that_hangs_up_closes_its_request() {
+        let dir = std::env::temp_dir().join(format!("weft-control-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("control.sock");
+        let (calls, mut requests) = mpsc::channel(4);
+        let server = tokio::spawn(serve(
+            bind(&path).unwrap(),
+            calls,
+            Arc::new(RefusedRequests::default()),
+        ));
+
+        let mut client = UnixStream::connect(&path).await.unwrap();
+        client
+            .write_all(
+                b"{\"command\":\"pod_added\",\"namespace\":\"default\",\"name\":\"a\",\"address\":\"10.32.1.5\"}\n",
+            )
+            .await
+            .unwrap();
+        let (request, mut reply) = requests.recv().await.unwrap();
+        assert!(matches!(request, Request::PodAdded { .. }));
+        assert!(!reply.is_closed());
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(2), reply.closed())
+            .await
+            .expect("the hang-up closes the request");
+
+        let mut client = UnixStream::connect(&path).await.unwrap();
+        client
+            .write_all(b"{\"command\":\"report\"}\n")
+            .await
+            .unwrap();
+        client.shutdown().await.unwrap();
+        let (_, reply) = requests.recv().await.unwrap();
+        reply.send(Response::Accepted).unwrap();
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).await.unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Response>(&out).unwrap(),
+            Response::Accepted
+        );
+        server.abort();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     /// A refusal counted under a mesh drop label would replace the mesh's count in the
     /// status and the metrics (the drops are one map by label).

@@ -585,10 +585,16 @@ impl Driver {
                         }
                     }
                     _ = sleep => self.node.handle_timeout(Instant::now()),
-                    Some((request, reply)) = calls.recv() => {
-                        let response = self.handle_request(request);
-                        let _ = reply.send(response);
-                    }
+                    Some((request, reply)) = calls.recv() => match request {
+                        // Answered later, by the enforcer, once its rules hold the pod.
+                        Request::PodAdded { namespace, name, address } => {
+                            self.pod_added(namespace, name, address, reply);
+                        }
+                        request => {
+                            let response = self.handle_request(request);
+                            let _ = reply.send(response);
+                        }
+                    },
                     command = crate::kubernetes::Discovery::next_command(&mut self.discovery) => {
                         // A deleted Node whose key never joined the mesh (refused, or gone
                         // before it came up) has nothing to forget: not worth the warning a
@@ -720,9 +726,15 @@ impl Driver {
             bridge: self.config.bridge.clone(),
             pod_mtu: self.pod_mtu,
         };
-        let actions =
-            tokio::task::spawn_blocking(move || install::install_parts(&options, Parts::Conflist))
-                .await??;
+        // With NetworkPolicy enforced, ADD waits for the rules to hold each new pod.
+        let policy = self.policy.as_ref().map(|_| weft_cni::config::PolicyWait {
+            control_socket: self.config.state_dir.join(crate::state::CONTROL_SOCKET),
+            timeout: std::time::Duration::from_secs(weft_cni::config::DEFAULT_POLICY_TIMEOUT),
+        });
+        let actions = tokio::task::spawn_blocking(move || {
+            install::install_parts_with(&options, Parts::Conflist, policy.as_ref())
+        })
+        .await??;
         for action in actions {
             info!("CNI: {action}");
         }
@@ -749,9 +761,42 @@ impl Driver {
         Ok(())
     }
 
+    /// weft-cni's `pod_added`: answered at once without NetworkPolicy enforcement, else by
+    /// the enforcer once the rules in the kernel hold the pod (docs/networkpolicy.md).
+    fn pod_added(
+        &mut self,
+        namespace: String,
+        name: String,
+        address: std::net::Ipv4Addr,
+        reply: tokio::sync::oneshot::Sender<Response>,
+    ) {
+        let Some(policy) = &self.policy else {
+            let _ = reply.send(Response::PodReady { enforced: false });
+            return;
+        };
+        // Only an address weft-cni could have leased here: any other would be shown as a
+        // local pod's and judged on this node.
+        match self.node.block() {
+            Some(block) if block.contains(&address) => {
+                policy.pod_added(namespace, name, address, reply)
+            }
+            block => {
+                let _ = reply.send(Response::Error {
+                    message: format!(
+                        "address {address} is not in this node's pod block ({})",
+                        block.map_or("none yet".into(), |b| b.to_string())
+                    ),
+                });
+            }
+        }
+    }
+
     fn handle_request(&mut self, request: Request) -> Response {
         let now = Instant::now();
         match request {
+            Request::PodAdded { .. } => Response::Error {
+                message: "pod_added is answered by the policy loop".into(),
+            },
             Request::Status => Response::Status(Box::new(self.status_report())),
             Request::Report => Response::Report(Box::new(self.mesh_report())),
             Request::Connect { endpoint } => {

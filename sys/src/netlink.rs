@@ -18,6 +18,7 @@ use netlink_packet_route::link::{
     InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth,
     LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
@@ -440,6 +441,22 @@ impl Netlink {
             RouteNetlinkMessage::DelRoute(blackhole_message(dst, metric)),
             0,
         )
+    }
+
+    /// Deletes the neighbour (ARP) entry link `index` holds for `ip` (as `ip neigh del`):
+    /// an entry left by an earlier holder of the address, or a failed resolution, would
+    /// hold back a new pod's first packets. `Ok(false)` when there was none.
+    pub fn delete_neighbour(&mut self, index: u32, ip: Ipv4Addr) -> io::Result<bool> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.ifindex = index;
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        match self.ack(RouteNetlinkMessage::DelNeighbour(msg), 0) {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Deletes an IPv4 address of a link; EADDRNOTAVAIL when the link does not have it.

@@ -221,6 +221,17 @@ pub(crate) fn start(prefix: &str, nodes: &[NodeState], weft: &Path) -> anyhow::R
 /// status code and body. (HTTP/1.1 by hand, with `Connection: close`: the lab's only client
 /// call, not worth a client crate.)
 fn call(prefix: &str, method: &str, path: &str, body: &Value) -> anyhow::Result<(u16, String)> {
+    call_as(prefix, method, path, "application/json", body)
+}
+
+/// [`call`] with a body of `content_type` (a PATCH names its kind of patch so).
+fn call_as(
+    prefix: &str,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &Value,
+) -> anyhow::Result<(u16, String)> {
     use std::io::{Read, Write};
     let config = std::fs::read_to_string(kubeconfig_file(prefix)).context("the kubeconfig")?;
     let addr = config
@@ -233,7 +244,7 @@ fn call(prefix: &str, method: &str, path: &str, body: &Value) -> anyhow::Result<
     c.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         c,
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: {content_type}\r\n\
          content-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     )?;
@@ -262,23 +273,25 @@ pub(crate) fn store_namespaces(prefix: &str, namespaces: &[Value]) -> anyhow::Re
     Ok(())
 }
 
-/// Stores a `--model` Pod as attached: on its node, running, with its address.
-pub(crate) fn store_pod(
+/// Stores a Pod as the scheduler leaves it for the kubelet: bound to `node`, Pending, with
+/// no address yet. Returns its namespace and name, for weft-cni's CNI_ARGS.
+pub(crate) fn store_pending_pod(
     prefix: &str,
     pod: &Value,
-    attached: &crate::PodState,
     node: &NodeState,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<(String, String)> {
     let mut pod = pod.clone();
     let ns = pod["metadata"]["namespace"]
         .as_str()
         .unwrap_or("default")
         .to_string();
+    let name = pod["metadata"]["name"]
+        .as_str()
+        .context("a Pod without metadata.name")?
+        .to_string();
+    pod["metadata"]["namespace"] = json!(ns);
     pod["spec"]["nodeName"] = json!(node.name);
-    let ip = attached.address.to_string();
-    pod["status"] = json!({"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
-        "hostIP": node.underlay.addr().to_string(),
-        "conditions": [{"type": "Ready", "status": "True"}]});
+    pod["status"] = json!({"phase": "Pending", "hostIP": node.underlay.addr().to_string()});
     let (code, body) = call(
         prefix,
         "POST",
@@ -286,7 +299,30 @@ pub(crate) fn store_pod(
         &pod,
     )?;
     if code != 201 {
-        anyhow::bail!("storing pod {}: {code} {body}", attached.name);
+        anyhow::bail!("storing pod {ns}/{name}: {code} {body}");
+    }
+    Ok((ns, name))
+}
+
+/// Marks a Pod Running at the address weft-cni gave it, as the kubelet does once the pod's
+/// sandbox is up.
+pub(crate) fn mark_running(
+    prefix: &str,
+    (ns, name): (&str, &str),
+    attached: &crate::PodState,
+) -> anyhow::Result<()> {
+    let ip = attached.address.to_string();
+    let patch = json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+        "conditions": [{"type": "Ready", "status": "True"}]}});
+    let (code, body) = call_as(
+        prefix,
+        "PATCH",
+        &format!("/api/v1/namespaces/{ns}/pods/{name}/status"),
+        "application/merge-patch+json",
+        &patch,
+    )?;
+    if code != 200 {
+        anyhow::bail!("marking pod {ns}/{name} Running: {code} {body}");
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! [`Request`] here, or an error that says what to send instead. Pure (std, serde): the
 //! control-socket fuzz target compiles this file on its own, without the router's runtime.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
@@ -24,13 +24,24 @@ pub enum Request {
         /// The member's key.
         peer: String,
     },
+    /// weft-cni attached a pod (its host end still down): answer once the policy rules in the
+    /// kernel judge it at `address` (docs/networkpolicy.md).
+    PodAdded {
+        /// Its namespace (a DNS label).
+        namespace: String,
+        /// Its name (a DNS subdomain).
+        name: String,
+        /// The address weft-cni leased it.
+        address: Ipv4Addr,
+    },
 }
 
 /// What a refused request is told to send instead.
 const REQUEST_EXAMPLES: &str = "send one JSON object such as {\"command\":\"status\"}, \
      {\"command\":\"report\"}, \
-     {\"command\":\"connect\",\"endpoint\":\"198.18.0.1:6786\"} or \
-     {\"command\":\"forget\",\"peer\":\"BASE64KEY\"}";
+     {\"command\":\"connect\",\"endpoint\":\"198.18.0.1:6786\"}, \
+     {\"command\":\"forget\",\"peer\":\"BASE64KEY\"} or \
+     {\"command\":\"pod_added\",\"namespace\":\"NS\",\"name\":\"POD\",\"address\":\"10.32.0.5\"}";
 
 /// Why a request line was refused; the message says what is wrong and what to send, for
 /// the client to show.
@@ -46,6 +57,9 @@ pub enum RequestError {
         examples = REQUEST_EXAMPLES
     )]
     UnknownFields,
+    /// A value of the right type that no object can have (a pod name with a slash, say).
+    #[error("cannot parse the request ({0}); {examples}", examples = REQUEST_EXAMPLES)]
+    BadValue(String),
 }
 
 /// Parses one request line.
@@ -59,7 +73,44 @@ pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
     if serde_json::to_value(&request).ok().as_ref() != Some(&value) {
         return Err(RequestError::UnknownFields);
     }
+    if let Request::PodAdded {
+        namespace, name, ..
+    } = &request
+    {
+        // The API server's own rules: a namespace is a DNS label, a pod name a DNS subdomain.
+        check_dns_name("namespace", namespace, 63, false)?;
+        check_dns_name("name", name, 253, true)?;
+    }
     Ok(request)
+}
+
+/// A DNS-1123 label (`dots` false) or subdomain (`dots` true) of at most `max` bytes.
+fn check_dns_name(field: &str, value: &str, max: usize, dots: bool) -> Result<(), RequestError> {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let ok = !value.is_empty()
+        && value.len() <= max
+        && if dots {
+            value.split('.').all(label_ok)
+        } else {
+            label_ok(value)
+        };
+    if ok {
+        Ok(())
+    } else {
+        Err(RequestError::BadValue(format!(
+            "{field} {value:?} is not a Kubernetes {} (lowercase letters, digits and '-'{}, \
+             at most {max} bytes)",
+            if dots { "DNS subdomain" } else { "DNS label" },
+            if dots { ", labels joined by '.'" } else { "" },
+        )))
+    }
 }
 
 #[cfg(test)]
@@ -82,8 +133,28 @@ mod tests {
                 endpoint: "198.18.0.1:6786".parse().unwrap()
             }
         );
+        assert_eq!(
+            parse_request(
+                br#"{"command":"pod_added","namespace":"default","name":"web-1.a","address":"10.32.1.5"}"#
+            )
+            .unwrap(),
+            Request::PodAdded {
+                namespace: "default".into(),
+                name: "web-1.a".into(),
+                address: "10.32.1.5".parse().unwrap(),
+            }
+        );
         for bad in [
             &b"hello"[..],
+            br#"{"command":"pod_added","namespace":"default","name":"a"}"#,
+            br#"{"command":"pod_added","namespace":"default","name":"a","address":"fd00::1"}"#,
+            br#"{"command":"pod_added","namespace":"default","name":"a","address":"10.32.1.5","x":1}"#,
+            br#"{"command":"pod_added","namespace":"Default","name":"a","address":"10.32.1.5"}"#,
+            br#"{"command":"pod_added","namespace":"a.b","name":"a","address":"10.32.1.5"}"#,
+            br#"{"command":"pod_added","namespace":"default","name":"a/b","address":"10.32.1.5"}"#,
+            br#"{"command":"pod_added","namespace":"default","name":"","address":"10.32.1.5"}"#,
+            br#"{"command":"pod_added","namespace":"default","name":"-a","address":"10.32.1.5"}"#,
+            br#"{"command":"pod_added","namespace":"default","name":"a..b","address":"10.32.1.5"}"#,
             b"{}",
             br#"{"command":"reboot"}"#,
             br#"{"command":"connect"}"#,

@@ -39,6 +39,7 @@
 //! watcher retries with backoff (kube-runtime's default, up to 30 s) and the router keeps
 //! routing on the pins it has. Errors name what failed and what to check.
 
+pub mod announced;
 pub mod explain;
 pub mod node_view;
 pub mod policy;

@@ -23,16 +23,20 @@ use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{debug, info, warn};
 use weft_policy::{Local, Model, Problem};
 
-use crate::control::{DeniedReport, PolicyReport};
+use super::announced::{Announced, Announcement};
+use crate::control::{DeniedReport, PolicyReport, Response};
 use crate::nftables::policy::{Enforcement, Way, counter_name};
 use crate::nftables::{self, Rules};
 
 /// How long a burst of changes is left to settle before the model is recomputed.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
+/// `pod_added` requests queued for the loop; more are refused (weft-cni fails the ADD with
+/// "try again later").
+const ANNOUNCE_QUEUE: usize = 256;
 /// How often the counters are read for status and metrics, the host's addresses looked at
 /// again and the bridge's flag checked.
 const REFRESH: Duration = Duration::from_secs(2);
@@ -53,6 +57,7 @@ pub struct Node {
 /// NetworkPolicy enforcement, running until dropped.
 pub struct Enforcer {
     report: Arc<Mutex<PolicyReport>>,
+    announce: mpsc::Sender<Announcement>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -88,8 +93,39 @@ impl Enforcer {
     /// Starts the watches and the enforcement loop.
     pub fn start(client: kube::Client, node: Node) -> Enforcer {
         let report = Arc::new(Mutex::new(PolicyReport::default()));
-        let task = tokio::spawn(run(Watches::start(client), node, report.clone()));
-        Enforcer { report, task }
+        let (announce, announced) = mpsc::channel(ANNOUNCE_QUEUE);
+        let task = tokio::spawn(run(Watches::start(client), node, report.clone(), announced));
+        Enforcer {
+            report,
+            announce,
+            task,
+        }
+    }
+
+    /// weft-cni attached `namespace/name` at `address`: `reply` gets `pod_ready` once the
+    /// rules in the kernel hold it (docs/networkpolicy.md), or an error. Never blocks.
+    pub fn pod_added(
+        &self,
+        namespace: String,
+        name: String,
+        address: Ipv4Addr,
+        reply: oneshot::Sender<Response>,
+    ) {
+        let a = Announcement {
+            namespace,
+            name,
+            address,
+            reply,
+        };
+        if let Err(e) = self.announce.try_send(a) {
+            let (why, a) = match e {
+                mpsc::error::TrySendError::Full(a) => ("too many pods are being added", a),
+                mpsc::error::TrySendError::Closed(a) => ("NetworkPolicy enforcement stopped", a),
+            };
+            let _ = a.reply.send(Response::Error {
+                message: format!("{why}; try again"),
+            });
+        }
     }
 
     /// Denials and problems so far.
@@ -204,10 +240,17 @@ impl Watches {
 
     /// `node`'s model from the stores as they are, and the policies that exist.
     pub fn model(&self, node: &str) -> (Model, BTreeSet<String>) {
+        self.model_with(node, &mut Announced::default())
+    }
+
+    /// [`Watches::model`], with the pods weft-cni announced that the API has not shown
+    /// Running yet ([`Announced`]).
+    pub fn model_with(&self, node: &str, announced: &mut Announced) -> (Model, BTreeSet<String>) {
         let policies = self.policies.state();
+        let pods = announced.apply(self.pods.state(), node);
         let model = weft_policy::compute(
             &policies,
-            &self.pods.state(),
+            &pods,
             &self.namespaces.state(),
             Local::Node(node),
         );
@@ -219,23 +262,59 @@ impl Watches {
     }
 }
 
-async fn run(stores: Watches, node: Node, report: Arc<Mutex<PolicyReport>>) {
+async fn run(
+    stores: Watches,
+    node: Node,
+    report: Arc<Mutex<PolicyReport>>,
+    mut announcements: mpsc::Receiver<Announcement>,
+) {
     // The first model only from complete lists: a partial one (policies without their pods)
-    // would open what the table left by the last run still closes.
+    // would open what the table left by the last run still closes. Announcements wait in
+    // their queue meanwhile.
     stores.ready().await;
     info!(node = %node.name, "NetworkPolicy: Pods, Namespaces and NetworkPolicies listed");
     let mut state = State::new(node, report);
+    let mut announced = Announced::default();
     let mut refresh = tokio::time::interval(REFRESH);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stores.changed() => {
-                tokio::time::sleep(DEBOUNCE).await;
-                state.model = Some(stores.model(&state.node.name));
+                // A pod's start waits on an announcement: one cuts the debounce short (the
+                // kubelet's own writes to the Pod come just before its ADD).
+                tokio::select! {
+                    _ = tokio::time::sleep(DEBOUNCE) => {}
+                    Some(a) = announcements.recv() => announced.add(a),
+                }
+                while let Ok(a) = announcements.try_recv() {
+                    announced.add(a);
+                }
+                state.model = Some(stores.model_with(&state.node.name, &mut announced));
             }
-            _ = refresh.tick() => {}
+            Some(a) = announcements.recv() => {
+                // At once, no debounce: a pod's start waits on this. Take every request
+                // queued, for one model.
+                announced.add(a);
+                while let Ok(a) = announcements.try_recv() {
+                    announced.add(a);
+                }
+                state.model = Some(stores.model_with(&state.node.name, &mut announced));
+            }
+            _ = refresh.tick() => {
+                // Callers that gave up (and pods that never came) are let go.
+                if announced.waiting() {
+                    state.model = Some(stores.model_with(&state.node.name, &mut announced));
+                }
+            }
         }
         state.turn().await;
+        // `loaded` is the rendering of `loaded_model` in the kernel (turn just replaced it,
+        // or found it already the same): the pods it holds are judged from their first packet.
+        if state.loaded.is_some()
+            && let Some(model) = &state.loaded_model
+        {
+            announced.answer(model);
+        }
     }
 }
 
