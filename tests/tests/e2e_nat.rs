@@ -7,8 +7,14 @@ use std::time::{Duration, Instant};
 
 use weft_tests::e2e::*;
 
-/// How long a pair behind NATs may take to reach its direct path, from the end of `lab up`.
+/// How long a pair behind NATs may take to reach its direct path, from the end of `lab up`,
+/// when its first punch round works.
 const DIRECT_WITHIN: Duration = Duration::from_secs(10);
+/// A lost round is followed by 35 s of silence and another round (docs/design.md §4). Round
+/// 1 is won by a head start of twice the NATs' 5 ms distance; on this lab's two shared cores a
+/// debug-build router scheduled late by more than that loses it now and then (1 of 2 runs once
+/// in CI), which is the world's case of a lost round, not a fault: round 2 must then win.
+const SECOND_ROUND_WITHIN: Duration = Duration::from_secs(10 + 35 + 10);
 
 /// The first ping between pods of two NATed nodes, one try, with one second to answer.
 fn first_ping_answers_within_a_second(lab: &Lab, from: &str, to: &str) {
@@ -89,17 +95,31 @@ fn nat_pairs_punch_through_or_relay_and_first_packets_do_not_wait() {
     }
     for (a, b) in [("n2", "n3"), ("n4", "n5")] {
         let left = DIRECT_WITHIN.saturating_sub(up.elapsed());
-        let took = lab.wait_peer(a, b, left, |p| p == "direct");
+        let mut took = lab.wait_peer(a, b, left, |p| p == "direct");
+        let mut round = "first round";
+        if took.is_none() {
+            report(&format!(
+                "{}: {a} - {b}: no direct path {DIRECT_WITHIN:?} after lab up ({:?}); waiting \
+                 for the next punch round",
+                lab.prefix,
+                lab.peer(a, b)
+                    .and_then(|p| p["why_relayed"].as_str().map(str::to_owned))
+            ));
+            round = "a later round";
+            let left = SECOND_ROUND_WITHIN.saturating_sub(up.elapsed());
+            took = lab.wait_peer(a, b, left, |p| p == "direct");
+        }
         assert!(
             took.is_some(),
-            "{a} - {b}: no direct path {DIRECT_WITHIN:?} after lab up: {:?}\n{}",
+            "{a} - {b}: no direct path {SECOND_ROUND_WITHIN:?} after lab up, two punch rounds: \
+             {:?}\n{}",
             lab.peer(a, b),
             lab.log_tail(a)
         );
         let back = lab.wait_peer(b, a, Duration::from_secs(2), |p| p == "direct");
         assert!(back.is_some(), "{b} - {a}: {:?}", lab.peer(b, a));
         report(&format!(
-            "{}: {a} - {b} direct {:.1}s after lab up",
+            "{}: {a} - {b} direct {:.1}s after lab up ({round})",
             lab.prefix,
             up.elapsed().as_secs_f64()
         ));
