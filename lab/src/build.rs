@@ -66,7 +66,25 @@ pub(crate) fn build(
     // with CNI_ARGS naming it, and Running with its address after. With the routers
     // enforcing NetworkPolicy, ADD waits for them to judge the pod.
     let mut pods = Vec::new();
-    let policy = |node: &NodeState| (spec.api && spec.routers).then(|| node.control_socket());
+    // `lab_name`: what `lab exec` calls the pod; by default the Pod's `NAMESPACE/NAME`.
+    let as_kubelet = |node: &NodeState,
+                      object: &serde_json::Value,
+                      netns: String,
+                      lab_name: Option<String>|
+     -> anyhow::Result<PodState> {
+        let (k8s_ns, k8s_name) = crate::api::store_pending_pod(&spec.prefix, object, node)?;
+        let k8s = (k8s_ns.as_str(), k8s_name.as_str());
+        let attach = Attach {
+            mtu: pod_mtu,
+            cni_bin: &bins.cni,
+            k8s: Some(k8s),
+            policy: (spec.api && spec.routers).then(|| node.control_socket()),
+        };
+        let name = lab_name.unwrap_or_else(|| format!("{k8s_ns}/{k8s_name}"));
+        let pod = attach_pod(node, netns, name, &attach)?;
+        crate::api::mark_running(&spec.prefix, k8s, &pod)?;
+        Ok(pod)
+    };
     for node in &nodes {
         let i: usize = node.name[1..].parse().expect("n<number>");
         for j in 1..=spec.pods {
@@ -75,18 +93,7 @@ pub(crate) fn build(
                 // Every lab pod is a Pod to the API (in `default`), as a policy sees pods.
                 let object = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
                     "metadata": {"name": name, "namespace": "default"}, "spec": {}});
-                let (k8s_ns, k8s_name) =
-                    crate::api::store_pending_pod(&spec.prefix, &object, node)?;
-                let k8s = (k8s_ns.as_str(), k8s_name.as_str());
-                let attach = Attach {
-                    mtu: pod_mtu,
-                    cni_bin: &bins.cni,
-                    k8s: Some(k8s),
-                    policy: policy(node),
-                };
-                let pod = attach_pod(node, ns, name, &attach)?;
-                crate::api::mark_running(&spec.prefix, k8s, &pod)?;
-                pod
+                as_kubelet(node, &object, ns, Some(name))?
             } else {
                 let attach = Attach {
                     mtu: pod_mtu,
@@ -102,19 +109,8 @@ pub(crate) fn build(
     if let Some(model) = model {
         crate::api::store_namespaces(&spec.prefix, &model.namespaces)?;
         for (k, (pod, i)) in model.pods.iter().enumerate() {
-            let node = &nodes[i - 1];
-            let (k8s_ns, k8s_name) = crate::api::store_pending_pod(&spec.prefix, pod, node)?;
-            let k8s = (k8s_ns.as_str(), k8s_name.as_str());
-            let attach = Attach {
-                mtu: pod_mtu,
-                cni_bin: &bins.cni,
-                k8s: Some(k8s),
-                policy: policy(node),
-            };
-            let name = format!("{k8s_ns}/{k8s_name}");
-            let p = attach_pod(node, names.model_pod_ns(k + 1), name, &attach)?;
-            crate::api::mark_running(&spec.prefix, k8s, &p)?;
-            pods.push(p);
+            let netns = names.model_pod_ns(k + 1);
+            pods.push(as_kubelet(&nodes[i - 1], pod, netns, None)?);
         }
     }
     let state = LabState {
