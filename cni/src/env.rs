@@ -256,8 +256,10 @@ impl PodArgs {
     }
 }
 
-/// A DNS-1123 label, or with `dots` a subdomain (labels joined by '.').
-fn dns_name(v: &str, max: usize, dots: bool) -> bool {
+/// A DNS-1123 label, or with `dots` a subdomain (labels joined by '.'), of at most `max`
+/// bytes: the API server's rule for a namespace (a label, 63) and a pod name (a subdomain,
+/// 253). The router checks the `pod_added` requests it gets from here with it too.
+pub fn dns_name(v: &str, max: usize, dots: bool) -> bool {
     let label = |l: &str| {
         !l.is_empty()
             && l.len() <= 63

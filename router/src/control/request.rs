@@ -86,22 +86,7 @@ pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
 
 /// A DNS-1123 label (`dots` false) or subdomain (`dots` true) of at most `max` bytes.
 fn check_dns_name(field: &str, value: &str, max: usize, dots: bool) -> Result<(), RequestError> {
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    let ok = !value.is_empty()
-        && value.len() <= max
-        && if dots {
-            value.split('.').all(label_ok)
-        } else {
-            label_ok(value)
-        };
-    if ok {
+    if weft_cni::env::dns_name(value, max, dots) {
         Ok(())
     } else {
         Err(RequestError::BadValue(format!(
