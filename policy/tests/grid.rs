@@ -6,52 +6,10 @@
 mod support;
 
 use serde_json::json;
-use support::{OPEN, PROBES, World, ip_of};
+use support::{
+    OPEN, PROBES, TCP80, TCP81, UDP80, UDP81, World, XA_FROM_Y, XA_FROM_Z, XA_ISOLATED, ip_of,
+};
 use weft_policy::{Local, Malformed, ObjectRef, Protocol, Side, allows};
-
-const TCP80: (Protocol, u16) = (Protocol::Tcp, 80);
-const TCP81: (Protocol, u16) = (Protocol::Tcp, 81);
-const UDP80: (Protocol, u16) = (Protocol::Udp, 80);
-const UDP81: (Protocol, u16) = (Protocol::Udp, 81);
-
-/// Nobody but x/a itself reaches x/a.
-const XA_ISOLATED: &str = "
-        xa xb xc ya yb yc za zb zc
-    xa  .  .  .  .  .  .  .  .  .
-    xb  X  .  .  .  .  .  .  .  .
-    xc  X  .  .  .  .  .  .  .  .
-    ya  X  .  .  .  .  .  .  .  .
-    yb  X  .  .  .  .  .  .  .  .
-    yc  X  .  .  .  .  .  .  .  .
-    za  X  .  .  .  .  .  .  .  .
-    zb  X  .  .  .  .  .  .  .  .
-    zc  X  .  .  .  .  .  .  .  .";
-
-/// Only namespace y (and x/a itself) reaches x/a.
-const XA_FROM_Y: &str = "
-        xa xb xc ya yb yc za zb zc
-    xa  .  .  .  .  .  .  .  .  .
-    xb  X  .  .  .  .  .  .  .  .
-    xc  X  .  .  .  .  .  .  .  .
-    ya  .  .  .  .  .  .  .  .  .
-    yb  .  .  .  .  .  .  .  .  .
-    yc  .  .  .  .  .  .  .  .  .
-    za  X  .  .  .  .  .  .  .  .
-    zb  X  .  .  .  .  .  .  .  .
-    zc  X  .  .  .  .  .  .  .  .";
-
-/// Only namespace z (and x/a itself) reaches x/a.
-const XA_FROM_Z: &str = "
-        xa xb xc ya yb yc za zb zc
-    xa  .  .  .  .  .  .  .  .  .
-    xb  X  .  .  .  .  .  .  .  .
-    xc  X  .  .  .  .  .  .  .  .
-    ya  X  .  .  .  .  .  .  .  .
-    yb  X  .  .  .  .  .  .  .  .
-    yc  X  .  .  .  .  .  .  .  .
-    za  .  .  .  .  .  .  .  .  .
-    zb  .  .  .  .  .  .  .  .  .
-    zc  .  .  .  .  .  .  .  .  .";
 
 fn policy(ns: &str, name: &str, spec: serde_json::Value) -> serde_json::Value {
     json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",

@@ -23,65 +23,17 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::Value;
 use weft_policy::{Local, Protocol, allows};
 use weft_tests::e2e::*;
+use world::{
+    OPEN, TCP80, TCP81, UDP80, UDP81, XA_FROM_Y, XA_FROM_Z, XA_ISOLATED, parse_grid, render,
+};
+
+/// The engine's grid tests' world: its grids, their parser and printer, shared, not copied.
+#[path = "../../policy/tests/support/mod.rs"]
+mod world;
 
 const NAMES: [&str; 9] = ["xa", "xb", "xc", "ya", "yb", "yc", "za", "zb", "zc"];
-const TCP80: (Protocol, u16) = (Protocol::Tcp, 80);
-const TCP81: (Protocol, u16) = (Protocol::Tcp, 81);
-const UDP80: (Protocol, u16) = (Protocol::Udp, 80);
-const UDP81: (Protocol, u16) = (Protocol::Udp, 81);
 /// How long a probe waits before it calls the pair blocked.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1000);
-
-const OPEN: &str = "
-        xa xb xc ya yb yc za zb zc
-    xa  .  .  .  .  .  .  .  .  .
-    xb  .  .  .  .  .  .  .  .  .
-    xc  .  .  .  .  .  .  .  .  .
-    ya  .  .  .  .  .  .  .  .  .
-    yb  .  .  .  .  .  .  .  .  .
-    yc  .  .  .  .  .  .  .  .  .
-    za  .  .  .  .  .  .  .  .  .
-    zb  .  .  .  .  .  .  .  .  .
-    zc  .  .  .  .  .  .  .  .  .";
-
-/// Nobody but x/a itself reaches x/a.
-const XA_ISOLATED: &str = "
-        xa xb xc ya yb yc za zb zc
-    xa  .  .  .  .  .  .  .  .  .
-    xb  X  .  .  .  .  .  .  .  .
-    xc  X  .  .  .  .  .  .  .  .
-    ya  X  .  .  .  .  .  .  .  .
-    yb  X  .  .  .  .  .  .  .  .
-    yc  X  .  .  .  .  .  .  .  .
-    za  X  .  .  .  .  .  .  .  .
-    zb  X  .  .  .  .  .  .  .  .
-    zc  X  .  .  .  .  .  .  .  .";
-
-/// Only namespace y (and x/a itself) reaches x/a.
-const XA_FROM_Y: &str = "
-        xa xb xc ya yb yc za zb zc
-    xa  .  .  .  .  .  .  .  .  .
-    xb  X  .  .  .  .  .  .  .  .
-    xc  X  .  .  .  .  .  .  .  .
-    ya  .  .  .  .  .  .  .  .  .
-    yb  .  .  .  .  .  .  .  .  .
-    yc  .  .  .  .  .  .  .  .  .
-    za  X  .  .  .  .  .  .  .  .
-    zb  X  .  .  .  .  .  .  .  .
-    zc  X  .  .  .  .  .  .  .  .";
-
-/// Only namespace z (and x/a itself) reaches x/a.
-const XA_FROM_Z: &str = "
-        xa xb xc ya yb yc za zb zc
-    xa  .  .  .  .  .  .  .  .  .
-    xb  X  .  .  .  .  .  .  .  .
-    xc  X  .  .  .  .  .  .  .  .
-    ya  X  .  .  .  .  .  .  .  .
-    yb  X  .  .  .  .  .  .  .  .
-    yc  X  .  .  .  .  .  .  .  .
-    za  .  .  .  .  .  .  .  .  .
-    zb  .  .  .  .  .  .  .  .  .
-    zc  .  .  .  .  .  .  .  .  .";
 
 /// Namespaces y and z (both labelled `ns: z`) reach x/a, x's other pods do not.
 const XA_FROM_Y_AND_Z: &str = "
@@ -195,38 +147,6 @@ fn model(node: Option<&str>) -> String {
 
 /// A grid: row = source, column = destination, true = connected.
 type Grid = [[bool; 9]; 9];
-
-fn parse_grid(text: &str) -> Grid {
-    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
-    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
-    assert_eq!(header, NAMES, "grid header");
-    let mut out = [[false; 9]; 9];
-    for (i, row) in out.iter_mut().enumerate() {
-        let cells: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
-        assert_eq!(cells.len(), 10, "row {}", NAMES[i]);
-        assert_eq!(cells[0], NAMES[i], "row label");
-        for (j, cell) in row.iter_mut().enumerate() {
-            *cell = match cells[j + 1] {
-                "." => true,
-                "X" => false,
-                other => panic!("cell {other:?}"),
-            };
-        }
-    }
-    out
-}
-
-fn render(grid: &Grid) -> String {
-    let mut out = format!("    {}\n", NAMES.join(" "));
-    for (i, row) in grid.iter().enumerate() {
-        out += NAMES[i];
-        for &c in row {
-            out += if c { "  ." } else { "  X" };
-        }
-        out += "\n";
-    }
-    out
-}
 
 /// TCP echo and UDP echo servers on 80 and 81 in every pod, until dropped.
 struct Servers {

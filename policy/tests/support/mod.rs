@@ -36,6 +36,50 @@ pub const OPEN: &str = "
     zb  .  .  .  .  .  .  .  .  .
     zc  .  .  .  .  .  .  .  .  .";
 
+pub const TCP80: (Protocol, u16) = (Protocol::Tcp, 80);
+pub const TCP81: (Protocol, u16) = (Protocol::Tcp, 81);
+pub const UDP80: (Protocol, u16) = (Protocol::Udp, 80);
+pub const UDP81: (Protocol, u16) = (Protocol::Udp, 81);
+
+/// Nobody but x/a itself reaches x/a.
+pub const XA_ISOLATED: &str = "
+        xa xb xc ya yb yc za zb zc
+    xa  .  .  .  .  .  .  .  .  .
+    xb  X  .  .  .  .  .  .  .  .
+    xc  X  .  .  .  .  .  .  .  .
+    ya  X  .  .  .  .  .  .  .  .
+    yb  X  .  .  .  .  .  .  .  .
+    yc  X  .  .  .  .  .  .  .  .
+    za  X  .  .  .  .  .  .  .  .
+    zb  X  .  .  .  .  .  .  .  .
+    zc  X  .  .  .  .  .  .  .  .";
+
+/// Only namespace y (and x/a itself) reaches x/a.
+pub const XA_FROM_Y: &str = "
+        xa xb xc ya yb yc za zb zc
+    xa  .  .  .  .  .  .  .  .  .
+    xb  X  .  .  .  .  .  .  .  .
+    xc  X  .  .  .  .  .  .  .  .
+    ya  .  .  .  .  .  .  .  .  .
+    yb  .  .  .  .  .  .  .  .  .
+    yc  .  .  .  .  .  .  .  .  .
+    za  X  .  .  .  .  .  .  .  .
+    zb  X  .  .  .  .  .  .  .  .
+    zc  X  .  .  .  .  .  .  .  .";
+
+/// Only namespace z (and x/a itself) reaches x/a.
+pub const XA_FROM_Z: &str = "
+        xa xb xc ya yb yc za zb zc
+    xa  .  .  .  .  .  .  .  .  .
+    xb  X  .  .  .  .  .  .  .  .
+    xc  X  .  .  .  .  .  .  .  .
+    ya  X  .  .  .  .  .  .  .  .
+    yb  X  .  .  .  .  .  .  .  .
+    yc  X  .  .  .  .  .  .  .  .
+    za  .  .  .  .  .  .  .  .  .
+    zb  .  .  .  .  .  .  .  .  .
+    zc  .  .  .  .  .  .  .  .  .";
+
 /// Pod `p` of namespace `n` (indices) has 10.32.(n+1).(p+1).
 pub fn pod_ip(ns: usize, pod: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 32, ns as u8 + 1, pod as u8 + 1))
