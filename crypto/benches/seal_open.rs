@@ -26,7 +26,8 @@ fn main() {
 
 fn sessions() -> (Session, Session, Instant) {
     let mut rng = SeededRng::new(1);
-    let secret = JoinSecret::new(b"benchmark join secret").unwrap();
+    let secret =
+        JoinSecret::new(b"benchmark join secret", weft_crypto::DEFAULT_CLUSTER_NAME).unwrap();
     let a = Handshaker::new(KeyPair::generate(&mut rng), secret.clone());
     let mut b = Handshaker::new(KeyPair::generate(&mut rng), secret);
     let wall = Timestamp::from_unix(Duration::from_secs(1_800_000_000));

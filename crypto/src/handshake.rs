@@ -20,7 +20,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::keys::{JoinSecret, KEY_LEN, KeyPair, PublicKey};
+use crate::keys::{JoinSecret, JoinSecrets, KEY_LEN, KeyPair, PublicKey};
 use crate::noise::{Curve, CurveMemo, DhCounter, Resolver, WipedHandshake, ephemeral_seed};
 use crate::random::Random;
 use crate::secret::Secret;
@@ -128,7 +128,8 @@ fn from_read(e: snow::Error) -> HandshakeError {
 /// This node's side of every handshake: identity, join secret, allow-list, replay memory.
 pub struct Handshaker {
     keypair: KeyPair,
-    join_secret: JoinSecret,
+    /// The primary (our initiations) and the others a responder also accepts.
+    join_secrets: JoinSecrets,
     allowed: Option<HashSet<PublicKey>>,
     counter: Arc<DhCounter>,
     curve: Curve,
@@ -158,6 +159,8 @@ struct Inputs<T> {
     seed: Secret<[u8; KEY_LEN]>,
     memo: Arc<CurveMemo>,
     message: T,
+    /// The join secret the initiation was made with (for an initiator, the primary then).
+    secret: JoinSecret,
 }
 
 /// An initiator waiting for the response.
@@ -227,11 +230,12 @@ fn skew_secs(theirs: Timestamp, ours: Timestamp) -> i64 {
 }
 
 impl Handshaker {
-    /// A handshaker for `keypair`, admitting members that know `join_secret`.
-    pub fn new(keypair: KeyPair, join_secret: JoinSecret) -> Self {
+    /// A handshaker for `keypair`, admitting members that know one of `join_secrets` (a
+    /// single [`JoinSecret`] converts) and initiating with their primary.
+    pub fn new(keypair: KeyPair, join_secrets: impl Into<JoinSecrets>) -> Self {
         Self {
             keypair,
-            join_secret,
+            join_secrets: join_secrets.into(),
             allowed: None,
             counter: Arc::default(),
             curve: Curve::X25519,
@@ -248,14 +252,17 @@ impl Handshaker {
     /// contain the insecure curve. Nothing but this constructor selects it; the router never
     /// calls it.
     #[cfg(feature = "insecure-fast-dh")]
-    pub fn new_insecure_for_simulation(keypair: KeyPair, join_secret: JoinSecret) -> Self {
+    pub fn new_insecure_for_simulation(
+        keypair: KeyPair,
+        join_secrets: impl Into<JoinSecrets>,
+    ) -> Self {
         #[cfg(debug_assertions)]
         let curve = Curve::InsecureFast;
         #[cfg(not(debug_assertions))]
         let curve = Curve::X25519;
         Self {
             curve,
-            ..Self::new(keypair, join_secret)
+            ..Self::new(keypair, join_secrets)
         }
     }
 
@@ -264,6 +271,18 @@ impl Handshaker {
     /// are no longer allowed.
     pub fn set_allowed(&mut self, allowed: Option<HashSet<PublicKey>>) {
         self.allowed = allowed;
+    }
+
+    /// Replaces the accepted join secrets (a rotation step, docs/design.md §3). Handshakes
+    /// in flight finish with the secret they started with; sessions are not touched: the
+    /// caller re-handshakes those made with a secret that is no longer the primary.
+    pub fn set_join_secrets(&mut self, join_secrets: JoinSecrets) {
+        self.join_secrets = join_secrets;
+    }
+
+    /// The accepted join secrets.
+    pub fn join_secrets(&self) -> &JoinSecrets {
+        &self.join_secrets
     }
 
     /// This node's public key.
@@ -289,6 +308,7 @@ impl Handshaker {
         memo: &Arc<CurveMemo>,
         clear_header: &[u8],
         initiator: bool,
+        secret: &JoinSecret,
     ) -> Result<WipedHandshake, HandshakeError> {
         let mut prologue = Vec::with_capacity(PROLOGUE.len() + clear_header.len());
         prologue.extend_from_slice(PROLOGUE);
@@ -303,7 +323,7 @@ impl Handshaker {
         let params = NOISE_PATTERN.parse().map_err(internal)?;
         let builder = snow::Builder::with_resolver(params, Box::new(resolver))
             .local_private_key(self.keypair.private().expose())
-            .and_then(|b| b.psk(0, self.join_secret.psk()))
+            .and_then(|b| b.psk(0, secret.psk()))
             .and_then(|b| b.prologue(&prologue))
             .map_err(internal)?;
         if initiator {
@@ -326,7 +346,8 @@ impl Handshaker {
     ) -> Result<(Initiator, [u8; INITIATION_LEN]), HandshakeError> {
         let seed = ephemeral_seed(rng);
         let memo = Arc::default();
-        let (state, out) = self.write_initiation(local_index, wall, &seed, &memo)?;
+        let secret = self.join_secrets.primary().clone();
+        let (state, out) = self.write_initiation(local_index, wall, &seed, &memo, &secret)?;
         memo.seal();
         Ok((
             Initiator {
@@ -337,6 +358,7 @@ impl Handshaker {
                     seed,
                     memo,
                     message: wall,
+                    secret,
                 }),
             },
             out,
@@ -350,9 +372,10 @@ impl Handshaker {
         wall: Timestamp,
         seed: &Secret<[u8; KEY_LEN]>,
         memo: &Arc<CurveMemo>,
+        secret: &JoinSecret,
     ) -> Result<(WipedHandshake, [u8; INITIATION_LEN]), HandshakeError> {
         let head = header(MessageType::HandshakeInitiation, local_index);
-        let mut state = self.build(seed, memo, &head, true)?;
+        let mut state = self.build(seed, memo, &head, true, secret)?;
         let mut out = [0u8; INITIATION_LEN];
         out[..8].copy_from_slice(&head);
         let n = state
@@ -362,14 +385,38 @@ impl Handshaker {
         Ok((state, out))
     }
 
-    /// A responder's state after reading `init`, and the timestamp it carried.
+    /// A responder's state after reading `init` with the first accepted join secret that
+    /// authenticates it, that secret, and the timestamp it carried. Each try is hashing and
+    /// one AEAD: message 1 of XXpsk0 holds no Diffie-Hellman.
+    fn accept_initiation(
+        &self,
+        init: &Initiation<'_>,
+        seed: &Secret<[u8; KEY_LEN]>,
+        memo: &Arc<CurveMemo>,
+    ) -> Result<(WipedHandshake, Timestamp, JoinSecret), HandshakeError> {
+        let mut error = HandshakeError::Authentication;
+        for secret in self.join_secrets.accepted() {
+            match self.read_initiation(init, seed, memo, secret) {
+                Ok((state, stamp)) => return Ok((state, stamp, secret.clone())),
+                Err(HandshakeError::Authentication) => {}
+                Err(e) => {
+                    error = e;
+                    break;
+                }
+            }
+        }
+        Err(error)
+    }
+
+    /// A responder's state after reading `init` with `secret`, and the timestamp it carried.
     fn read_initiation(
         &self,
         init: &Initiation<'_>,
         seed: &Secret<[u8; KEY_LEN]>,
         memo: &Arc<CurveMemo>,
+        secret: &JoinSecret,
     ) -> Result<(WipedHandshake, Timestamp), HandshakeError> {
-        let mut state = self.build(seed, memo, init.header(), false)?;
+        let mut state = self.build(seed, memo, init.header(), false, secret)?;
         let mut payload = Secret::new([0u8; 64]);
         let n = state
             .read_message(init.noise(), payload.expose_mut())
@@ -390,6 +437,7 @@ impl Handshaker {
             inputs.message,
             &inputs.seed,
             &inputs.memo,
+            &inputs.secret,
         )?;
         initiator.state = state;
         Ok(())
@@ -399,7 +447,8 @@ impl Handshaker {
     fn rebuild_responding(&self, responding: &mut Responding) -> Result<(), HandshakeError> {
         let inputs = &responding.inputs;
         let init = Initiation::parse(&inputs.message)?;
-        let (mut state, _) = self.read_initiation(&init, &inputs.seed, &inputs.memo)?;
+        let (mut state, _) =
+            self.read_initiation(&init, &inputs.seed, &inputs.memo, &inputs.secret)?;
         write_response(&mut state, init.sender_index(), responding.local_index)?;
         responding.state = state;
         Ok(())
@@ -421,7 +470,7 @@ impl Handshaker {
         }
         let seed = ephemeral_seed(rng);
         let memo = Arc::default();
-        let (mut state, initiated) = self.read_initiation(&init, &seed, &memo)?;
+        let (mut state, initiated, secret) = self.accept_initiation(&init, &seed, &memo)?;
         let skew = skew_secs(initiated, wall);
         let (t, w) = (initiated.to_unix(), wall.to_unix());
         if t.abs_diff(w) > MAX_CLOCK_SKEW {
@@ -444,6 +493,7 @@ impl Handshaker {
                     seed,
                     memo,
                     message: initiation,
+                    secret,
                 }),
             },
             out,
@@ -548,7 +598,8 @@ impl Handshaker {
                 send,
                 receive,
                 now,
-            ),
+            )
+            .with_join_secret(initiator.inputs.secret.id()),
             out,
         ))
     }
@@ -605,7 +656,8 @@ impl Handshaker {
             responder_to_initiator,
             initiator_to_responder,
             now,
-        ))
+        )
+        .with_join_secret(responding.inputs.secret.id()))
     }
 }
 

@@ -137,16 +137,59 @@ impl KeyPair {
     }
 }
 
+/// The cluster name used when none is given (`--cluster-name`).
+pub const DEFAULT_CLUSTER_NAME: &str = "weft";
+
+/// The longest cluster name accepted.
+pub const MAX_CLUSTER_NAME_LEN: usize = 64;
+
+/// At most this many join secrets are accepted at once (the primary and the others): each
+/// costs a derivation when loaded and one more AEAD attempt on a refused first message.
+pub const MAX_JOIN_SECRETS: usize = 4;
+
+/// Argon2id cost of the join secret derivation: OWASP's m = 7 MiB, t = 5, p = 1. It runs once
+/// per secret when loaded, never per handshake.
+pub const ARGON2_MEMORY_KIB: u32 = 7 * 1024;
+/// Argon2id passes (see [`ARGON2_MEMORY_KIB`]).
+pub const ARGON2_PASSES: u32 = 5;
+
+/// Salt label of the derivation. v1 was one SHA-256 without a cluster name: routers of that
+/// version and this one derive different PSKs and do not connect.
+const DERIVATION_LABEL: &[u8] = b"weft join secret v2\0";
+
 /// The cluster join secret: whoever knows it is a member (docs/design.md §3). Mixed into every
 /// handshake as the Noise PSK.
 ///
 /// One captured initiation lets an eavesdropper test guesses of the secret offline (as with
-/// any PSK), and the derivation below is a single hash: use a generated secret
-/// (`weft keygen --join-secret`, 256 random bits), not a passphrase.
+/// any PSK). The PSK is Argon2id of the secret salted with the cluster name, so each guess
+/// costs 7 MiB and five passes, and a table of guesses made for one cluster name is useless
+/// for another. Still, use a generated secret (`weft keygen --join-secret`, 256 random bits).
 #[derive(Clone, Debug)]
 pub struct JoinSecret {
-    /// SHA-256("weft join secret v1\0" || secret): any length of secret becomes a 32-byte PSK.
+    /// Argon2id(secret, "weft join secret v2\0" || cluster name), 32 bytes.
     psk: Secret<[u8; 32]>,
+    id: JoinSecretId,
+}
+
+/// A short public fingerprint of a derived join secret: tells which secret made a session
+/// without showing it (it is a hash of the Argon2id output, so testing a guess against it
+/// costs the same Argon2id as testing it against a captured initiation).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JoinSecretId([u8; 4]);
+
+impl fmt::Display for JoinSecretId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for JoinSecretId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "JoinSecretId({self})")
+    }
 }
 
 /// Why a join secret was refused.
@@ -158,23 +201,74 @@ pub enum JoinSecretError {
          (make one with `weft keygen --join-secret`)"
     )]
     TooShort(usize),
+    /// The cluster name is empty, too long, or holds white space or control characters.
+    #[error(
+        "the cluster name must be 1 to {MAX_CLUSTER_NAME_LEN} printable ASCII characters \
+         without spaces, got {0:?}"
+    )]
+    ClusterName(String),
+    /// A join secret file or variable with no secret in it.
+    #[error("no join secret: the text is empty")]
+    Empty,
+    /// More lines than [`MAX_JOIN_SECRETS`].
+    #[error("{0} join secrets given; at most {MAX_JOIN_SECRETS} are accepted at once")]
+    TooMany(usize),
+    /// The same secret on two lines.
+    #[error("line {0} repeats an earlier join secret")]
+    Duplicate(usize),
+    /// A line of a join secret file was refused.
+    #[error("join secret on line {line}: {reason}")]
+    Line {
+        /// 1-based line number.
+        line: usize,
+        /// Why.
+        reason: Box<JoinSecretError>,
+    },
+}
+
+/// Checks a cluster name (the derivation's salt): 1 to [`MAX_CLUSTER_NAME_LEN`] printable
+/// ASCII characters, no white space.
+pub fn check_cluster_name(name: &str) -> Result<(), JoinSecretError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_CLUSTER_NAME_LEN
+        && name.bytes().all(|b| b.is_ascii_graphic());
+    if ok {
+        Ok(())
+    } else {
+        Err(JoinSecretError::ClusterName(name.to_owned()))
+    }
 }
 
 impl JoinSecret {
     /// Takes the secret as written in a file or variable; surrounding white space (a trailing
-    /// newline) is not part of it.
-    pub fn new(secret: &[u8]) -> Result<Self, JoinSecretError> {
+    /// newline) is not part of it. `cluster` is the cluster name (`--cluster-name`): the same
+    /// secret in two clusters of other names gives two PSKs. Runs Argon2id (tens of ms in a
+    /// release build): derive once and clone.
+    pub fn new(secret: &[u8], cluster: &str) -> Result<Self, JoinSecretError> {
+        check_cluster_name(cluster)?;
         let trimmed = secret.trim_ascii();
         if trimmed.len() < MIN_JOIN_SECRET_LEN {
             return Err(JoinSecretError::TooShort(trimmed.len()));
         }
+        let mut salt = Vec::with_capacity(DERIVATION_LABEL.len() + cluster.len());
+        salt.extend_from_slice(DERIVATION_LABEL);
+        salt.extend_from_slice(cluster.as_bytes());
+        let params = argon2::Params::new(ARGON2_MEMORY_KIB, ARGON2_PASSES, 1, Some(32))
+            .expect("constant parameters are valid");
+        let argon =
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let mut psk = Secret::new([0u8; 32]);
+        argon
+            .hash_password_into(trimmed, &salt, psk.expose_mut())
+            .expect("the salt is long enough and the output 32 bytes");
         let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-        ctx.update(b"weft join secret v1\0");
-        ctx.update(trimmed);
-        let mut psk = [0u8; 32];
-        psk.copy_from_slice(ctx.finish().as_ref());
+        ctx.update(b"weft join secret id\0");
+        ctx.update(psk.expose());
+        let mut id = [0u8; 4];
+        id.copy_from_slice(&ctx.finish().as_ref()[..4]);
         Ok(Self {
-            psk: Secret::new(psk),
+            psk,
+            id: JoinSecretId(id),
         })
     }
 
@@ -185,8 +279,136 @@ impl JoinSecret {
         Secret::new(BASE64.encode(raw.expose()))
     }
 
+    /// This secret's public fingerprint.
+    pub fn id(&self) -> JoinSecretId {
+        self.id
+    }
+
     pub(crate) fn psk(&self) -> &[u8; 32] {
         self.psk.expose()
+    }
+}
+
+/// The join secrets a node accepts: the primary, which its initiations use, and up to
+/// [`MAX_JOIN_SECRETS`]` - 1` others that responders also accept (during a rotation, docs/design.md
+/// §3). A join secret file holds one per line, the primary first.
+#[derive(Clone, Debug)]
+pub struct JoinSecrets {
+    primary: JoinSecret,
+    others: Vec<JoinSecret>,
+}
+
+impl From<JoinSecret> for JoinSecrets {
+    fn from(primary: JoinSecret) -> Self {
+        Self {
+            primary,
+            others: Vec::new(),
+        }
+    }
+}
+
+impl PartialEq for JoinSecrets {
+    fn eq(&self, other: &Self) -> bool {
+        self.ids().eq(other.ids())
+    }
+}
+
+impl Eq for JoinSecrets {}
+
+impl JoinSecrets {
+    /// The primary and the others, already derived (a simulator shares derived secrets among
+    /// its nodes). Refuses more than [`MAX_JOIN_SECRETS`] in all, and repeats.
+    pub fn new(primary: JoinSecret, others: Vec<JoinSecret>) -> Result<Self, JoinSecretError> {
+        if others.len() >= MAX_JOIN_SECRETS {
+            return Err(JoinSecretError::TooMany(others.len() + 1));
+        }
+        let secrets = Self { primary, others };
+        let ids: Vec<JoinSecretId> = secrets.ids().collect();
+        for (n, id) in ids.iter().enumerate() {
+            if ids[..n].contains(id) {
+                return Err(JoinSecretError::Duplicate(n + 1));
+            }
+        }
+        Ok(secrets)
+    }
+
+    /// Reads a join secret file's content: one secret per line, the primary first; blank
+    /// lines and white space around each secret are ignored. Every line is checked before any
+    /// is derived, so bad text fails fast.
+    pub fn parse(text: &[u8], cluster: &str) -> Result<Self, JoinSecretError> {
+        Self::parse_with(text, cluster, |line| JoinSecret::new(line, cluster))
+    }
+
+    /// [`JoinSecrets::parse`] with another way to derive each line (a cache of derived
+    /// secrets, in simulators and tests).
+    pub fn parse_with(
+        text: &[u8],
+        cluster: &str,
+        mut derive: impl FnMut(&[u8]) -> Result<JoinSecret, JoinSecretError>,
+    ) -> Result<Self, JoinSecretError> {
+        check_cluster_name(cluster)?;
+        let mut lines: Vec<(usize, &[u8])> = Vec::new();
+        for (n, line) in text.split(|b| *b == b'\n').enumerate() {
+            let line = line.trim_ascii();
+            if line.is_empty() {
+                continue;
+            }
+            if line.len() < MIN_JOIN_SECRET_LEN {
+                return Err(JoinSecretError::Line {
+                    line: n + 1,
+                    reason: Box::new(JoinSecretError::TooShort(line.len())),
+                });
+            }
+            if lines.iter().any(|(_, l)| *l == line) {
+                return Err(JoinSecretError::Duplicate(n + 1));
+            }
+            lines.push((n + 1, line));
+        }
+        if lines.is_empty() {
+            return Err(JoinSecretError::Empty);
+        }
+        if lines.len() > MAX_JOIN_SECRETS {
+            return Err(JoinSecretError::TooMany(lines.len()));
+        }
+        let mut derived = Vec::with_capacity(lines.len());
+        for (n, line) in lines {
+            derived.push(derive(line).map_err(|e| JoinSecretError::Line {
+                line: n,
+                reason: Box::new(e),
+            })?);
+        }
+        let primary = derived.remove(0);
+        Self::new(primary, derived)
+    }
+
+    /// The secret initiations use.
+    pub fn primary(&self) -> &JoinSecret {
+        &self.primary
+    }
+
+    /// Every accepted secret, the primary first.
+    pub fn accepted(&self) -> impl Iterator<Item = &JoinSecret> {
+        std::iter::once(&self.primary).chain(&self.others)
+    }
+
+    /// The fingerprints of [`JoinSecrets::accepted`], in that order.
+    pub fn ids(&self) -> impl Iterator<Item = JoinSecretId> + '_ {
+        self.accepted().map(JoinSecret::id)
+    }
+
+    /// Whether a session made with the secret `id` would still be accepted today.
+    pub fn accepts(&self, id: JoinSecretId) -> bool {
+        self.ids().any(|i| i == id)
+    }
+
+    /// How many secrets are accepted (1 to [`MAX_JOIN_SECRETS`]).
+    pub fn len(&self) -> usize {
+        1 + self.others.len()
+    }
+
+    /// Never empty: there is always a primary.
+    pub fn is_empty(&self) -> bool {
+        false
     }
 }
 
@@ -245,15 +467,91 @@ pub(crate) mod tests {
 
     #[test]
     fn join_secret_needs_sixteen_bytes_and_ignores_surrounding_space() {
+        let c = DEFAULT_CLUSTER_NAME;
         assert_eq!(
-            JoinSecret::new(b"short\n").unwrap_err(),
+            JoinSecret::new(b"short\n", c).unwrap_err(),
             JoinSecretError::TooShort(5)
         );
-        let a = JoinSecret::new(b"0123456789abcdef\n").unwrap();
-        let b = JoinSecret::new(b"  0123456789abcdef").unwrap();
+        let a = JoinSecret::new(b"0123456789abcdef\n", c).unwrap();
+        let b = JoinSecret::new(b"  0123456789abcdef", c).unwrap();
         assert_eq!(a.psk(), b.psk());
         assert!(!format!("{a:?}").contains("0123"));
         let generated = JoinSecret::generate_text(&mut OsRandom);
-        assert!(JoinSecret::new(generated.expose().as_bytes()).is_ok());
+        assert!(JoinSecret::new(generated.expose().as_bytes(), c).is_ok());
+    }
+
+    #[test]
+    fn the_derivation_is_argon2id_salted_with_the_cluster_name() {
+        // Known answer, so that a change of parameters or label cannot pass unnoticed (it
+        // would split a cluster of mixed versions): Argon2id v1.3, m = 7168 KiB, t = 5,
+        // p = 1, salt "weft join secret v2\0weft", 32 bytes.
+        let a = JoinSecret::new(b"0123456789abcdef", DEFAULT_CLUSTER_NAME).unwrap();
+        assert_eq!(a.psk(), &hex(KNOWN_PSK));
+        let same = JoinSecret::new(b"0123456789abcdef", "weft").unwrap();
+        assert_eq!(a.psk(), same.psk());
+        assert_eq!(a.id(), same.id());
+        let other = JoinSecret::new(b"0123456789abcdef", "another-cluster").unwrap();
+        assert_ne!(a.psk(), other.psk());
+        assert_ne!(a.id(), other.id());
+        for bad in [
+            "",
+            "with space",
+            "tab\there",
+            &"x".repeat(MAX_CLUSTER_NAME_LEN + 1),
+        ] {
+            assert_eq!(
+                JoinSecret::new(b"0123456789abcdef", bad).unwrap_err(),
+                JoinSecretError::ClusterName(bad.to_owned())
+            );
+        }
+    }
+
+    // Computed independently with the reference C implementation (libargon2, through
+    // argon2-cffi's `hash_secret_raw`) from the same inputs.
+    const KNOWN_PSK: &str = "c78ce8e815ed46c882a489ce6cfb4eea22c6a6fd89fb4df8feb774b6eb18b133";
+
+    #[test]
+    fn a_join_secret_file_holds_the_primary_first_then_the_others() {
+        let c = DEFAULT_CLUSTER_NAME;
+        let one = JoinSecrets::parse(b"0123456789abcdef\n", c).unwrap();
+        assert_eq!(one.len(), 1);
+        let two = JoinSecrets::parse(b"\n  fedcba9876543210 \n\n0123456789abcdef\n", c).unwrap();
+        assert_eq!(two.len(), 2);
+        assert_eq!(
+            two.primary().id(),
+            JoinSecret::new(b"fedcba9876543210", c).unwrap().id()
+        );
+        assert!(two.accepts(one.primary().id()));
+        assert!(!one.accepts(two.primary().id()));
+        assert_ne!(one, two);
+        assert_eq!(
+            JoinSecrets::parse(b"fedcba9876543210\nshort\n", c).unwrap_err(),
+            JoinSecretError::Line {
+                line: 2,
+                reason: Box::new(JoinSecretError::TooShort(5))
+            }
+        );
+        assert_eq!(
+            JoinSecrets::parse(b"\n \n", c).unwrap_err(),
+            JoinSecretError::Empty
+        );
+        assert_eq!(
+            JoinSecrets::parse(b"0123456789abcdef\n0123456789abcdef", c).unwrap_err(),
+            JoinSecretError::Duplicate(2)
+        );
+        let five: String = (0..5)
+            .map(|i| format!("secret number {i} of five\n"))
+            .collect();
+        assert_eq!(
+            JoinSecrets::parse(five.as_bytes(), c).unwrap_err(),
+            JoinSecretError::TooMany(5)
+        );
+        // Bad text fails before any derivation.
+        let mut derived = 0;
+        let _ = JoinSecrets::parse_with(b"0123456789abcdef\nshort", c, |l| {
+            derived += 1;
+            JoinSecret::new(l, c)
+        });
+        assert_eq!(derived, 0);
     }
 }

@@ -75,7 +75,9 @@ pub use handshake::{
 };
 pub use keyring::Keyring;
 pub use keys::{
-    JoinSecret, JoinSecretError, KEY_LEN, KeyPair, MIN_JOIN_SECRET_LEN, ParseKeyError, PublicKey,
+    ARGON2_MEMORY_KIB, ARGON2_PASSES, DEFAULT_CLUSTER_NAME, JoinSecret, JoinSecretError,
+    JoinSecretId, JoinSecrets, KEY_LEN, KeyPair, MAX_CLUSTER_NAME_LEN, MAX_JOIN_SECRETS,
+    MIN_JOIN_SECRET_LEN, ParseKeyError, PublicKey, check_cluster_name,
 };
 pub use noise::DhCounter;
 #[cfg(feature = "test-rng")]

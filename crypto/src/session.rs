@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, Tag, UnboundKey};
 
-use crate::keys::PublicKey;
+use crate::keys::{JoinSecretId, PublicKey};
 use crate::noise::wipe_key;
 use crate::replay::ReplayWindow;
 use crate::secret::Secret;
@@ -125,6 +125,9 @@ pub struct Session {
     replay: Mutex<ReplayWindow>,
     /// Set when a packet from the peer opened under this session: proof the peer holds it.
     confirmed: AtomicBool,
+    /// Which accepted join secret the handshake used: after a rotation step, sessions made
+    /// with one that is no longer the primary are re-made.
+    join_secret: Option<JoinSecretId>,
 }
 
 impl std::fmt::Debug for Session {
@@ -182,7 +185,19 @@ impl Session {
             // The responder received the authenticated finish under this handshake; the
             // initiator has no proof yet that the responder completed it.
             confirmed: AtomicBool::new(role == Role::Responder),
+            join_secret: None,
         }
+    }
+
+    pub(crate) fn with_join_secret(mut self, id: JoinSecretId) -> Self {
+        self.join_secret = Some(id);
+        self
+    }
+
+    /// The fingerprint of the join secret the handshake used (`None` only for sessions made
+    /// without a handshake, in unit tests).
+    pub fn join_secret(&self) -> Option<JoinSecretId> {
+        self.join_secret
     }
 
     /// Our index: datagrams for this session carry it as receiver index.

@@ -1,24 +1,49 @@
 //! The handshake's properties (docs/design.md §3), one test each, through the public API.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use weft_crypto::wire::{
     FINISH_LEN, INITIATION_LEN, PROTOCOL_VERSION, RESPONSE_LEN, Sealed, WireError,
 };
 use weft_crypto::{
-    DATA_HEADER_LEN, DATA_OVERHEAD, HandshakeError, Handshaker, JoinSecret, KeyPair,
-    MAX_CLOCK_SKEW, OpenError, Opened, PayloadKind, SeededRng, Session, Timestamp,
+    DATA_HEADER_LEN, DATA_OVERHEAD, DEFAULT_CLUSTER_NAME, HandshakeError, Handshaker, JoinSecret,
+    JoinSecrets, KeyPair, MAX_CLOCK_SKEW, OpenError, Opened, PayloadKind, SeededRng, Session,
+    Timestamp,
 };
 
 const SECRET: &[u8] = b"correct horse battery staple";
 
-fn node(seed: u64, secret: &[u8]) -> Handshaker {
+/// The derived secret for `text` in the default cluster: Argon2id runs once per text and
+/// test binary, as a router derives once per secret loaded.
+fn secret(text: &[u8]) -> JoinSecret {
+    static DERIVED: Mutex<BTreeMap<Vec<u8>, JoinSecret>> = Mutex::new(BTreeMap::new());
+    let mut derived = DERIVED.lock().unwrap();
+    derived
+        .entry(text.to_vec())
+        .or_insert_with(|| JoinSecret::new(text, DEFAULT_CLUSTER_NAME).unwrap())
+        .clone()
+}
+
+fn node(seed: u64, text: &[u8]) -> Handshaker {
     let mut rng = SeededRng::new(seed);
-    Handshaker::new(
-        KeyPair::generate(&mut rng),
-        JoinSecret::new(secret).unwrap(),
+    Handshaker::new(KeyPair::generate(&mut rng), secret(text))
+}
+
+/// A node accepting `texts`, the first its primary.
+fn rotating(seed: u64, texts: &[&[u8]]) -> Handshaker {
+    let mut h = node(seed, texts[0]);
+    h.set_join_secrets(secrets(texts));
+    h
+}
+
+fn secrets(texts: &[&[u8]]) -> JoinSecrets {
+    JoinSecrets::new(
+        secret(texts[0]),
+        texts[1..].iter().map(|t| secret(t)).collect(),
     )
+    .unwrap()
 }
 
 fn wall(secs: u64) -> Timestamp {
@@ -228,8 +253,8 @@ fn an_initiation_older_than_the_peers_last_is_refused_at_the_finish() {
 fn forward_secrecy_stolen_long_term_secrets_do_not_open_a_recorded_session() {
     let a_keys = KeyPair::generate(&mut SeededRng::new(10));
     let b_keys = KeyPair::generate(&mut SeededRng::new(20));
-    let a = Handshaker::new(a_keys.clone(), JoinSecret::new(SECRET).unwrap());
-    let mut b = Handshaker::new(b_keys.clone(), JoinSecret::new(SECRET).unwrap());
+    let a = Handshaker::new(a_keys.clone(), secret(SECRET));
+    let mut b = Handshaker::new(b_keys.clone(), secret(SECRET));
     // The ephemeral keys of this run come from this generator, then are gone.
     let t = handshake(&a, &mut b, wall(0), &mut SeededRng::new(6));
     let now = t.a.established();
@@ -240,7 +265,7 @@ fn forward_secrecy_stolen_long_term_secrets_do_not_open_a_recorded_session() {
     drop((t.a, t.b)); // the session keys are wiped
 
     // Later, a thief has both static keys, the join secret and the whole transcript.
-    let thief = |keys: &KeyPair| Handshaker::new(keys.clone(), JoinSecret::new(SECRET).unwrap());
+    let thief = |keys: &KeyPair| Handshaker::new(keys.clone(), secret(SECRET));
     let mut rng = SeededRng::new(99);
     // Replaying the initiation into b's identity yields a response with a new ephemeral: the
     // recorded finish does not fit it.
@@ -409,11 +434,11 @@ fn the_simulation_curve_completes_handshakes_between_its_own_kind() {
     let mut rng = SeededRng::new(11);
     let a = Handshaker::new_insecure_for_simulation(
         KeyPair::generate(&mut SeededRng::new(10)),
-        JoinSecret::new(SECRET).unwrap(),
+        secret(SECRET),
     );
     let mut b = Handshaker::new_insecure_for_simulation(
         KeyPair::generate(&mut SeededRng::new(20)),
-        JoinSecret::new(SECRET).unwrap(),
+        secret(SECRET),
     );
     let t = handshake(&a, &mut b, wall(0), &mut rng);
     assert_eq!(exchange(&t.a, &t.b, b"fast"), b"fast");
@@ -599,4 +624,140 @@ fn surviving_a_forgery_costs_no_extra_curve_operation() {
         .map_err(|r| r.error)
         .unwrap();
     assert_eq!(exchange(&sa, &sb, b"cheap"), b"cheap");
+}
+
+const OLD: &[u8] = b"the old join secret, rotated out";
+const NEW: &[u8] = b"the new join secret, rotated in..";
+
+#[test]
+fn a_responder_accepts_any_accepted_secret_and_records_which_made_the_session() {
+    let mut rng = SeededRng::new(30);
+    // Rotation step 2 ("new\nold"): the primary is new, old is still accepted.
+    let mut b = rotating(20, &[NEW, OLD]);
+    let mut behind = node(10, OLD); // still at step 0
+    let mut ahead = node(11, NEW); // already at step 3
+    let t = handshake(&behind, &mut b, wall(0), &mut rng);
+    assert_eq!(exchange(&t.a, &t.b, b"old"), b"old");
+    assert_eq!(t.b.join_secret(), Some(secret(OLD).id()));
+    assert_eq!(t.a.join_secret(), Some(secret(OLD).id()));
+    let t = handshake(&ahead, &mut b, wall(1), &mut rng);
+    assert_eq!(exchange(&t.a, &t.b, b"new"), b"new");
+    assert_eq!(t.b.join_secret(), Some(secret(NEW).id()));
+    // And b initiates with its primary: the node ahead answers, the one behind cannot.
+    let t = handshake(&b, &mut ahead, wall(2), &mut rng);
+    assert_eq!(t.a.join_secret(), Some(secret(NEW).id()));
+    let (_i, init) = b.initiate(5, None, wall(3), &mut rng).unwrap();
+    assert_eq!(
+        behind
+            .handle_initiation(&init, 6, wall(3), &mut rng)
+            .unwrap_err(),
+        HandshakeError::Authentication
+    );
+}
+
+#[test]
+fn the_initiator_uses_the_primary_only() {
+    let mut rng = SeededRng::new(31);
+    // Step 1 ("old\nnew"): accepts new, but still initiates with old.
+    let a = rotating(10, &[OLD, NEW]);
+    let mut only_new = node(20, NEW);
+    let (_i, init) = a.initiate(1, None, wall(0), &mut rng).unwrap();
+    assert_eq!(
+        only_new
+            .handle_initiation(&init, 2, wall(0), &mut rng)
+            .unwrap_err(),
+        HandshakeError::Authentication
+    );
+    let mut only_old = node(21, OLD);
+    let t = handshake(&a, &mut only_old, wall(1), &mut rng);
+    assert_eq!(t.a.join_secret(), Some(secret(OLD).id()));
+}
+
+#[test]
+fn a_removed_secret_is_refused_before_any_diffie_hellman() {
+    let mut rng = SeededRng::new(32);
+    let old_node = node(10, OLD);
+    let mut b = rotating(20, &[NEW, OLD]);
+    let t = handshake(&old_node, &mut b, wall(0), &mut rng);
+    let ops = b.dh_operations();
+    assert!(ops > 0);
+    // Step 3: old is removed. Sessions made with it are the caller's to re-make.
+    b.set_join_secrets(secrets(&[NEW]));
+    assert!(!b.join_secrets().accepts(t.b.join_secret().unwrap()));
+    let (_i, init) = old_node.initiate(3, None, wall(1), &mut rng).unwrap();
+    assert_eq!(
+        b.handle_initiation(&init, 4, wall(1), &mut rng)
+            .unwrap_err(),
+        HandshakeError::Authentication
+    );
+    assert_eq!(
+        b.dh_operations(),
+        ops,
+        "a removed secret cost a curve operation"
+    );
+    // Several accepted secrets, none the initiator's: every one tried, still no DH.
+    let mut many = rotating(
+        22,
+        &[
+            NEW,
+            b"a third join secret, 16+ bytes",
+            b"a fourth join secret, 16+ byte",
+        ],
+    );
+    let (_i, init) = old_node.initiate(5, None, wall(2), &mut rng).unwrap();
+    assert_eq!(
+        many.handle_initiation(&init, 6, wall(2), &mut rng)
+            .unwrap_err(),
+        HandshakeError::Authentication
+    );
+    assert_eq!(many.dh_operations(), 0);
+}
+
+#[test]
+fn a_handshake_in_flight_finishes_with_the_secret_it_started_with() {
+    let mut rng = SeededRng::new(33);
+    let mut a = node(10, OLD);
+    let mut b = rotating(20, &[NEW, OLD]);
+    let now = Instant::now();
+    let (initiator, init) = a.initiate(1, None, wall(0), &mut rng).unwrap();
+    let (responding, resp) = b.handle_initiation(&init, 2, wall(0), &mut rng).unwrap();
+    // Both move on meanwhile; the messages already sent still complete.
+    a.set_join_secrets(secrets(&[NEW, OLD]));
+    b.set_join_secrets(secrets(&[NEW]));
+    let (sa, fin) = a
+        .handle_response(initiator, &resp, now)
+        .map_err(|r| r.error)
+        .unwrap();
+    let sb = b
+        .handle_finish(responding, &fin, now)
+        .map_err(|r| r.error)
+        .unwrap();
+    assert_eq!(exchange(&sa, &sb, b"late"), b"late");
+    assert_eq!(sb.join_secret(), Some(secret(OLD).id()));
+}
+
+#[test]
+fn the_cluster_name_salts_the_derivation() {
+    let here = JoinSecret::new(SECRET, "cluster-a").unwrap();
+    assert_eq!(
+        here.id(),
+        JoinSecret::new(SECRET, "cluster-a").unwrap().id()
+    );
+    assert_ne!(
+        here.id(),
+        JoinSecret::new(SECRET, "cluster-b").unwrap().id()
+    );
+    // Nodes with the same text in clusters of other names do not connect.
+    let mut rng = SeededRng::new(34);
+    let a = Handshaker::new(KeyPair::generate(&mut rng), here);
+    let mut b = Handshaker::new(
+        KeyPair::generate(&mut rng),
+        JoinSecret::new(SECRET, "cluster-b").unwrap(),
+    );
+    let (_i, init) = a.initiate(1, None, wall(0), &mut rng).unwrap();
+    assert_eq!(
+        b.handle_initiation(&init, 2, wall(0), &mut rng)
+            .unwrap_err(),
+        HandshakeError::Authentication
+    );
 }
