@@ -32,8 +32,8 @@ pub use drop::{DropCounters, DropReason};
 pub use id::{DEFAULT_PORT, Endpoint, PeerId, ShortId};
 pub use ipam::{AddressSpace, WaitReason};
 pub use node::{
-    Command, Config, DirectAttempt, DownReason, Event, Node, NodeStats, NodeStatus, PeerStatus,
-    PersistentState, Transmit,
+    Command, Config, DirectAttempt, DownReason, Event, JoinSecretUse, Node, NodeStats, NodeStatus,
+    PeerStatus, PersistentState, Transmit,
 };
 pub use packet::{Ipv4Error, Ipv4View};
 pub use record::{Liveness, PeerRecord, PeerTable};

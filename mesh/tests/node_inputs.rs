@@ -13,7 +13,11 @@ fn node(now: Instant) -> Node {
         config,
         Handshaker::new(
             KeyPair::from_private([3; 32]),
-            JoinSecret::new(b"a join secret for the unit tests").unwrap(),
+            JoinSecret::new(
+                b"a join secret for the unit tests",
+                weft_crypto::DEFAULT_CLUSTER_NAME,
+            )
+            .unwrap(),
         ),
         None,
         Box::new(SeededRng::new(5)),
@@ -72,7 +76,11 @@ fn a_node_dials_its_seeds_as_it_starts() {
         config,
         Handshaker::new(
             KeyPair::from_private([4; 32]),
-            JoinSecret::new(b"a join secret for the unit tests").unwrap(),
+            JoinSecret::new(
+                b"a join secret for the unit tests",
+                weft_crypto::DEFAULT_CLUSTER_NAME,
+            )
+            .unwrap(),
         ),
         None,
         Box::new(SeededRng::new(6)),

@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use weft_crypto::{
-    DATA_HEADER_LEN, DATA_OVERHEAD, Handshaker, JoinSecret, KeyPair, SeededRng, Timestamp,
+    DATA_HEADER_LEN, DATA_OVERHEAD, DEFAULT_CLUSTER_NAME, Handshaker, JoinSecret, JoinSecrets,
+    KeyPair, SeededRng, Timestamp,
 };
 use weft_mesh::Ipv4View;
 use weft_mesh::{
@@ -34,6 +35,25 @@ pub const PORT: u16 = 6786;
 
 /// A join secret for simulated clusters.
 pub const JOIN_SECRET: &[u8] = b"weft simulated cluster join secret";
+
+/// The derived join secret for `text` in the default cluster. Argon2id runs once per text in
+/// a test binary: every simulated node shares the result, so a 500-node run derives once.
+pub fn join_secret(text: &[u8]) -> JoinSecret {
+    static DERIVED: std::sync::Mutex<BTreeMap<Vec<u8>, JoinSecret>> =
+        std::sync::Mutex::new(BTreeMap::new());
+    let mut derived = DERIVED.lock().unwrap_or_else(|e| e.into_inner());
+    derived
+        .entry(text.trim_ascii().to_vec())
+        .or_insert_with(|| JoinSecret::new(text, DEFAULT_CLUSTER_NAME).expect("a valid secret"))
+        .clone()
+}
+
+/// A join secret file's text (one secret per line, the primary first), each line derived
+/// through [`join_secret`]'s cache.
+pub fn join_secrets(text: &[u8]) -> JoinSecrets {
+    JoinSecrets::parse_with(text, DEFAULT_CLUSTER_NAME, |line| Ok(join_secret(line)))
+        .expect("valid join secrets")
+}
 
 /// The simulator's generator: weft-crypto's seeded xoshiro256++ (feature `test-rng`), so a
 /// seed replays a run exactly.
@@ -159,7 +179,7 @@ pub struct NodeSpec {
     pub nat: Option<NatKind>,
     /// An externally given block.
     pub pod_cidr: Option<Ipv4Net>,
-    /// Its join secret.
+    /// Its join secret file's text: one secret per line, the primary first.
     pub join_secret: Vec<u8>,
     /// Clock skew of its wall clock, in seconds (may be negative).
     pub skew_secs: i64,
@@ -490,7 +510,7 @@ impl Sim {
         config.seeds = h.spec.seeds.iter().map(|s| self.hosts[*s].addr).collect();
         config.found_address_space = h.spec.found;
         config.pod_cidr = h.spec.pod_cidr;
-        let secret = JoinSecret::new(&h.spec.join_secret).expect("a long enough secret");
+        let secret = join_secrets(&h.spec.join_secret);
         let handshaker = if self.fast_dh {
             Handshaker::new_insecure_for_simulation(h.key.clone(), secret)
         } else {
@@ -618,6 +638,16 @@ impl Sim {
     /// Events a host's node emitted so far.
     pub fn events(&self, i: usize) -> &[Event] {
         &self.hosts[i].events
+    }
+
+    /// Gives node `i` new join secrets (a join secret file's text), as a router does when its
+    /// file changes; a restart keeps them.
+    pub fn set_join_secrets(&mut self, i: usize, text: &[u8]) {
+        self.hosts[i].spec.join_secret = text.to_vec();
+        let secrets = join_secrets(text);
+        self.with_node(i, |node, now| {
+            node.handle_command(now, weft_mesh::Command::SetJoinSecrets(secrets))
+        });
     }
 
     /// Runs a closure on a node inside its span, then drains its outputs.

@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use weft_crypto::wire::RESPONSE_LEN;
 use weft_crypto::wire::{DataHeader, StaleIndex};
-use weft_crypto::{
-    DATA_OVERHEAD, Handshaker, JoinSecret, KeyPair, PayloadKind, SeededRng, Timestamp,
-};
+use weft_crypto::{DATA_OVERHEAD, Handshaker, KeyPair, PayloadKind, SeededRng, Timestamp};
 use weft_mesh::DropReason;
 use weft_mesh::node::{INITIATION_BURST, INITIATIONS_PER_SECOND, PENDING_LIMIT};
 use weft_tests::sim::DataPath;
@@ -207,7 +205,7 @@ impl Flooder {
     fn new(seed: u64) -> Self {
         let mut rng = SeededRng::new(seed);
         let key = KeyPair::generate(&mut rng);
-        let secret = JoinSecret::new(JOIN_SECRET).unwrap();
+        let secret = weft_tests::sim::join_secret(JOIN_SECRET);
         Self {
             handshaker: Handshaker::new_insecure_for_simulation(key, secret),
             rng,

@@ -73,6 +73,11 @@ pub enum Command {
     /// that endpoint's key, and each listed peer is dialled at its endpoint. Replaces the
     /// previous pins; there is no way back to unpinned (a router is pinned for its lifetime).
     Pin(BTreeMap<PeerId, Endpoint>),
+    /// Accept these join secrets from now on and initiate with their primary (the router's
+    /// join secret file changed: a rotation step, docs/design.md §3). Sessions stay; those
+    /// made with a secret other than the new primary are re-made at once, the old session
+    /// carrying traffic until the new one is confirmed.
+    SetJoinSecrets(weft_crypto::JoinSecrets),
 }
 
 /// A datagram to send.

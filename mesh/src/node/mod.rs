@@ -40,6 +40,7 @@
 //! | `membership.rs` | merging records, names, refuting our tombstone, which members we keep |
 //! | `address_space.rs` | asking for, granting and taking over address space (IPAM) |
 //! | `pinning.rs` | membership pinned to a list of keys |
+//! | `join_secrets.rs` | a change of the accepted join secrets (rotation), which secret made each session |
 //! | `ratelimit.rs` | `InitiationLimiter`: per-source budgets for the initiations we answer |
 //!
 //! Tunnel state transitions are methods of [`crate::tunnel::Tunnel`]; drop reasons are in
@@ -77,6 +78,7 @@ mod gossip;
 mod handshake;
 mod indices;
 mod io;
+mod join_secrets;
 mod membership;
 mod path_state;
 mod paths;
@@ -91,7 +93,7 @@ mod tunnels;
 pub use address_space::{GRANT_RESEND, IPAM_RETRY};
 pub use gossip::{DIGEST_INTERVAL, GOSSIP_INTERVAL, TOMBSTONE_TTL};
 pub use io::{Command, Config, DownReason, Event, PersistentState, Transmit};
-pub use status::{DirectAttempt, NodeStats, NodeStatus, PeerStatus};
+pub use status::{DirectAttempt, JoinSecretUse, NodeStats, NodeStatus, PeerStatus};
 
 pub use handshake::{
     CROSSING_WINDOW, INITIATE_FALLBACK, PENDING_LIMIT, RESPONDING_TIMEOUT, UNKNOWN_INDEX_ENDPOINTS,
@@ -318,6 +320,11 @@ impl Node {
         &self.drops
     }
 
+    /// The join secrets accepted now ([`Command::SetJoinSecrets`]).
+    pub fn join_secrets(&self) -> &weft_crypto::JoinSecrets {
+        self.handshaker.join_secrets()
+    }
+
     /// Send counters.
     pub fn stats(&self) -> NodeStats {
         self.stats
@@ -387,6 +394,7 @@ impl Node {
                     unreachable: p.unreachable,
                     nat_pair: self.nat_pair(id),
                     direct_attempt: p.path.attempt(),
+                    join_secret: self.join_secret_use(p),
                 })
                 .collect(),
             members: self.table.alive().count(),
@@ -595,6 +603,7 @@ impl Node {
             }
             Command::TakeOverBlocks(peer) => self.take_over(now, peer, command),
             Command::Pin(pins) => self.pin(pins, now),
+            Command::SetJoinSecrets(secrets) => self.set_join_secrets(secrets, now),
         }
         self.finish(now);
     }

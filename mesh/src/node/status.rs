@@ -61,6 +61,32 @@ pub struct PeerStatus {
     /// Where the direct attempt of a NATed pair stands, and since when it runs (None once
     /// direct, or for a pair that needs no punching).
     pub direct_attempt: Option<(DirectAttempt, Instant)>,
+    /// Which of our accepted join secrets made the current session (None while no session).
+    pub join_secret: Option<JoinSecretUse>,
+}
+
+/// Which join secret made a peer's current session, judged against the ones accepted now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinSecretUse {
+    /// Our primary: nothing to do.
+    Primary,
+    /// Another accepted one (an older secret during a rotation): the peer still initiates
+    /// with it, or the session predates the last change. While any peer shows this, the
+    /// secret cannot be removed without cutting that peer off.
+    Other,
+    /// One no longer accepted: the session is being re-made with the primary.
+    Removed,
+}
+
+impl JoinSecretUse {
+    /// As shown in `weft peers` and the status API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Primary => "primary",
+            Self::Other => "other",
+            Self::Removed => "removed",
+        }
+    }
 }
 
 impl PeerStatus {
