@@ -134,9 +134,18 @@ struct RouterArgs {
     /// State directory: key, address space, block file, leases, control socket.
     #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
     state_dir: PathBuf,
-    /// File holding the cluster join secret (or set WEFT_JOIN_SECRET).
+    /// File holding the cluster join secret (or set WEFT_JOIN_SECRET). One secret per line:
+    /// the first is the primary (this node's handshakes use it), the others (at most 3) are
+    /// also accepted from peers. The file is re-read every 2 s, so a secret rotates without
+    /// a restart: `old` -> `old\nnew` -> `new\nold` -> `new`, each step on every node before
+    /// the next (docs/design.md §3). An unreadable or invalid file is logged and ignored.
     #[arg(long, env = "WEFT_JOIN_SECRET_FILE")]
     join_secret_file: Option<PathBuf>,
+    /// The cluster's name, the same on every node of a cluster: it salts the join secret's
+    /// derivation (Argon2id), so a table of guessed secrets made for one cluster is useless
+    /// for another. Give each cluster its own; changing it is like changing the secret.
+    #[arg(long, env = "WEFT_CLUSTER_NAME", default_value = weft_crypto::DEFAULT_CLUSTER_NAME)]
+    cluster_name: String,
     /// The cluster's pod range.
     #[arg(long, env = "WEFT_CLUSTER_RANGE", default_value = "10.32.0.0/12")]
     cluster_range: ipnet::Ipv4Net,
@@ -581,7 +590,17 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
              (make one with `weft keygen --join-secret`)"
         ),
     };
-    let join_secret = JoinSecret::new(secret.expose())?;
+    // Argon2id, once per secret: tens of milliseconds each.
+    let join_secrets = weft_crypto::JoinSecrets::parse(secret.expose(), &args.cluster_name)
+        .context("reading the join secret")?;
+    let join_secret_file =
+        args.join_secret_file
+            .clone()
+            .map(|path| weft_router::join_secrets::JoinSecretFile {
+                path,
+                cluster_name: args.cluster_name.clone(),
+                content: secret.clone(),
+            });
     let mut seeds = args.seeds.clone();
     if let Some(file) = &args.seeds_file {
         let text = std::fs::read_to_string(file)
@@ -611,7 +630,8 @@ fn run_router(args: RouterArgs) -> anyhow::Result<()> {
         announce: args.announce,
         seeds,
         state_dir: args.state_dir,
-        join_secret,
+        join_secrets,
+        join_secret_file,
         cluster_range: args.cluster_range,
         block_prefix: args.block_prefix,
         pod_cidr: args.pod_cidr,
@@ -740,6 +760,38 @@ fn status_text(r: &weft_router::control::StatusReport) -> String {
     if let Some(p) = &r.policy {
         rows.push(("Policy", policy_line(p)));
     }
+    if let Some(j) = &r.join_secrets {
+        // Peers still on a secret other than the primary: while any, the old one must stay.
+        let old = r
+            .peers
+            .iter()
+            .filter(|p| p.join_secret.as_deref().is_some_and(|s| s != "primary"))
+            .count();
+        let ids: Vec<String> = j
+            .accepted
+            .iter()
+            .enumerate()
+            .map(|(n, id)| {
+                if n == 0 {
+                    format!("{id} primary")
+                } else {
+                    id.clone()
+                }
+            })
+            .collect();
+        let mut line = format!(
+            "{} accepted ({}), {old} peers on an old one",
+            ids.len(),
+            ids.join(", ")
+        );
+        if j.watched {
+            line += &format!(
+                ", file reloaded {}x, refused {}x",
+                j.reloads, j.reload_errors
+            );
+        }
+        rows.push(("Join secret", line));
+    }
     let mut out: String = rows
         .into_iter()
         .map(|(k, v)| format!("{k:>12}: {v}\n"))
@@ -774,7 +826,7 @@ fn policy_line(p: &weft_router::control::PolicyReport) -> String {
 
 fn peers_table(peers: &[weft_router::control::PeerReport]) -> String {
     let mut out = format!(
-        "{:<12} {:<10} {:<12} {:<22} {:<12} {:>8} {:>10} {:>10} {:>8} {:>8} {:>9}\n",
+        "{:<12} {:<10} {:<12} {:<22} {:<12} {:>8} {:>10} {:>10} {:>8} {:>8} {:>9} {:<7}\n",
         "PEER",
         "NAME",
         "STATE",
@@ -785,11 +837,12 @@ fn peers_table(peers: &[weft_router::control::PeerReport]) -> String {
         "RX",
         "TX PKTS",
         "RX PKTS",
-        "HANDSHAKE"
+        "HANDSHAKE",
+        "SECRET"
     );
     for p in peers {
         out += &format!(
-            "{:<12} {:<10} {:<12} {:<22} {:<12} {:>8} {:>10} {:>10} {:>8} {:>8} {:>9}\n",
+            "{:<12} {:<10} {:<12} {:<22} {:<12} {:>8} {:>10} {:>10} {:>8} {:>8} {:>9} {:<7}\n",
             p.id.chars().take(10).collect::<String>(),
             printable(p.name.as_deref().unwrap_or("?")),
             p.state,
@@ -807,6 +860,7 @@ fn peers_table(peers: &[weft_router::control::PeerReport]) -> String {
             p.last_handshake_secs
                 .map(|s| format!("{s}s ago"))
                 .unwrap_or_else(|| "-".into()),
+            p.join_secret.as_deref().unwrap_or("-"),
         );
     }
     // Why a relayed peer is not direct, under the table (a line can be long).

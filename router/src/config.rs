@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
-use weft_crypto::JoinSecret;
+use weft_crypto::JoinSecrets;
 
 pub use weft_mesh::DEFAULT_PORT;
 /// The TUN device's name.
@@ -33,8 +33,10 @@ pub struct RouterConfig {
     pub seeds: Vec<SocketAddr>,
     /// State directory: key, address space, block file, leases, control socket.
     pub state_dir: PathBuf,
-    /// The cluster join secret.
-    pub join_secret: JoinSecret,
+    /// The accepted join secrets, the primary first.
+    pub join_secrets: JoinSecrets,
+    /// The file they came from, watched for a rotation (none when given by variable).
+    pub join_secret_file: Option<crate::join_secrets::JoinSecretFile>,
     /// The cluster's pod range.
     pub cluster_range: Ipv4Net,
     /// Prefix length of one node's block.
@@ -150,7 +152,10 @@ mod tests {
             announce: vec![],
             seeds: vec!["198.18.0.1:6786".parse().unwrap()],
             state_dir: "/nonexistent".into(),
-            join_secret: JoinSecret::new(b"0123456789abcdef").unwrap(),
+            join_secrets: weft_crypto::JoinSecret::new(b"0123456789abcdef", "weft")
+                .unwrap()
+                .into(),
+            join_secret_file: None,
             cluster_range: "10.32.0.0/12".parse().unwrap(),
             block_prefix: 24,
             pod_cidr: None,

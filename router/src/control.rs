@@ -80,6 +80,9 @@ pub struct StatusReport {
     /// NetworkPolicy enforcement, when on.
     #[serde(default)]
     pub policy: Option<PolicyReport>,
+    /// The accepted join secrets and the file's reloads.
+    #[serde(default)]
+    pub join_secrets: Option<JoinSecretsReport>,
 }
 
 /// NetworkPolicy enforcement on this node (docs/networkpolicy.md).
@@ -159,6 +162,23 @@ pub struct PeerReport {
     /// Why it is relayed (a punch in progress or given up, a silent direct path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub why_relayed: Option<String>,
+    /// Which of our join secrets made the current session: primary, other (an older one
+    /// still accepted during a rotation) or removed (being re-made).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_secret: Option<String>,
+}
+
+/// The join secrets this node accepts (docs/design.md §3), by fingerprint: never the secrets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinSecretsReport {
+    /// Fingerprints of the accepted secrets, the primary first.
+    pub accepted: Vec<String>,
+    /// Whether the join secret file is watched for changes.
+    pub watched: bool,
+    /// New contents of the file applied since start.
+    pub reloads: u64,
+    /// Contents of the file refused since start (each bad content counted once).
+    pub reload_errors: u64,
 }
 
 /// Control requests refused, by reason; reported with the Node's drops under labels of their

@@ -377,7 +377,7 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
     mesh_config.block_prefix = config.block_prefix;
     mesh_config.pod_cidr = pod_cidr;
     mesh_config.found_address_space = config.found_address_space;
-    let handshaker = Handshaker::new(key.clone(), config.join_secret.clone());
+    let handshaker = Handshaker::new(key.clone(), config.join_secrets.clone());
     let mut node = Node::new(
         mesh_config,
         handshaker,
@@ -484,6 +484,10 @@ pub async fn run(config: RouterConfig, shutdown: impl Future<Output = ()>) -> Re
         tun_block: None,
         refused,
         discovery,
+        join_secret_watch: config
+            .join_secret_file
+            .clone()
+            .map(crate::join_secrets::Watch::start),
         policy,
         config,
     };
@@ -539,6 +543,8 @@ struct Driver {
     discovery: Option<crate::kubernetes::Discovery>,
     /// NetworkPolicy enforcement, when on.
     policy: Option<crate::kubernetes::policy::Enforcer>,
+    /// The join secret file, polled for a rotation (docs/design.md §3).
+    join_secret_watch: Option<crate::join_secrets::Watch>,
 }
 
 impl Driver {
@@ -606,6 +612,9 @@ impl Driver {
                         } else {
                             self.node.handle_command(Instant::now(), command);
                         }
+                    }
+                    secrets = crate::join_secrets::Watch::next(&mut self.join_secret_watch) => {
+                        self.node.handle_command(Instant::now(), Command::SetJoinSecrets(secrets));
                     }
                     Some((from, initiation)) = from_workers.initiations.recv() => {
                         self.node.handle_datagram(Instant::now(), from, &initiation);
@@ -848,6 +857,7 @@ impl Driver {
                     tx_packets: p.tx_packets,
                     rx_packets: p.rx_packets,
                     last_handshake_secs: p.last_handshake.map(|t| now.duration_since(t).as_secs()),
+                    join_secret: p.join_secret.map(|u| u.as_str().to_owned()),
                 })
                 .collect(),
             drops: drop_counts(self.node.drops(), &self.refused),
@@ -868,6 +878,19 @@ impl Driver {
                 gro_segments: self.paths.gro_segments,
             }),
             policy: self.policy.as_ref().map(|p| p.report()),
+            join_secrets: Some(self.join_secrets_report()),
+        }
+    }
+
+    fn join_secrets_report(&self) -> control::JoinSecretsReport {
+        let secrets = self.node.join_secrets();
+        let counters = self.join_secret_watch.as_ref().map(|w| &w.counters);
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        control::JoinSecretsReport {
+            accepted: secrets.ids().map(|id| id.to_string()).collect(),
+            watched: self.join_secret_watch.is_some(),
+            reloads: counters.map_or(0, |c| load(&c.reloads)),
+            reload_errors: counters.map_or(0, |c| load(&c.errors)),
         }
     }
 

@@ -19,6 +19,7 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod driver;
+pub mod join_secrets;
 pub mod keyfile;
 pub mod kubernetes;
 pub mod logging;

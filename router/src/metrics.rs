@@ -24,7 +24,7 @@ use weft_mesh::NodeStats;
 use crate::control::StatusReport;
 
 /// Every metric the router exports, with its help text: the one list of names.
-pub const NAMES: [(&str, &str); 13] = [
+pub const NAMES: [(&str, &str); 16] = [
     ("weft_peers", "Peers by tunnel state."),
     ("weft_handshakes", "Handshakes completed."),
     (
@@ -59,6 +59,20 @@ pub const NAMES: [(&str, &str); 13] = [
         "weft_policy_problems",
         "Malformed NetworkPolicies, Pods or Namespaces seen (each policy fails closed).",
     ),
+    (
+        "weft_peers_old_join_secret",
+        "Peers whose session was made with a join secret other than this node's primary; \
+         0 on every node: the old secret can be removed.",
+    ),
+    (
+        "weft_join_secret_reloads",
+        "New contents of the join secret file applied.",
+    ),
+    (
+        "weft_join_secret_reload_errors",
+        "Contents of the join secret file refused (unreadable or invalid; the secrets in \
+         use stay).",
+    ),
 ];
 
 /// What a scrape reports.
@@ -81,6 +95,9 @@ pub struct Snapshot {
     /// (policy, direction, packets), when NetworkPolicy is enforced.
     policy_denied: Vec<(String, String, u64)>,
     policy_problems: u64,
+    peers_old_join_secret: i64,
+    join_secret_reloads: u64,
+    join_secret_reload_errors: u64,
 }
 
 impl Snapshot {
@@ -121,6 +138,13 @@ impl Snapshot {
                 .map(|d| (d.policy.clone(), d.direction.clone(), d.packets))
                 .collect(),
             policy_problems: report.policy.as_ref().map_or(0, |p| p.problems_seen),
+            peers_old_join_secret: report
+                .peers
+                .iter()
+                .filter(|p| p.join_secret.as_deref().is_some_and(|s| s != "primary"))
+                .count() as i64,
+            join_secret_reloads: report.join_secrets.as_ref().map_or(0, |j| j.reloads),
+            join_secret_reload_errors: report.join_secrets.as_ref().map_or(0, |j| j.reload_errors),
         }
     }
 }
@@ -210,6 +234,7 @@ impl Collector for Shared {
             ("weft_block_ready", s.block_ready),
             ("weft_block_addresses", s.block_addresses),
             ("weft_addresses_in_use", s.addresses_in_use),
+            ("weft_peers_old_join_secret", s.peers_old_join_secret),
         ] {
             let g = gauge(v);
             g.encode(encoder.encode_descriptor(name, help(name), None, g.metric_type())?)?;
@@ -231,6 +256,11 @@ impl Collector for Shared {
             ("weft_control_bytes", s.control_bytes),
             ("weft_relayed", s.relayed),
             ("weft_policy_problems", s.policy_problems),
+            ("weft_join_secret_reloads", s.join_secret_reloads),
+            (
+                "weft_join_secret_reload_errors",
+                s.join_secret_reload_errors,
+            ),
         ] {
             let c = counter(v);
             c.encode(encoder.encode_descriptor(name, help(name), None, c.metric_type())?)?;
@@ -359,6 +389,7 @@ mod tests {
                 rx_packets: 2,
                 last_handshake_secs: Some(1),
                 why_relayed: None,
+                join_secret: Some("other".into()),
             }],
             drops: BTreeMap::from([("malformed".to_string(), 3)]),
             routes: vec![],
@@ -372,6 +403,7 @@ mod tests {
                 problems_seen: 2,
                 ..Default::default()
             }),
+            join_secrets: None,
         };
         let shared = Shared::default();
         shared.update(Snapshot::from_report(&report, NodeStats::default()));
@@ -408,6 +440,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("weft_policy_problems_total 2"), "{text}");
+        assert!(text.contains("weft_peers_old_join_secret 1"), "{text}");
     }
 
     /// The mesh's undecodable control messages and the control socket's malformed requests
@@ -445,6 +478,7 @@ mod tests {
             routes: vec![],
             data_path: None,
             policy: None,
+            join_secrets: None,
         };
         let shared = Shared::default();
         shared.update(Snapshot::from_report(&report, NodeStats::default()));
