@@ -14,7 +14,10 @@ use weft_crypto::{
 
 fn main() -> anyhow::Result<()> {
     let mut rng = OsRandom;
-    let secret = JoinSecret::new(b"an example join secret, not for real use")?;
+    let secret = JoinSecret::new(
+        b"an example join secret, not for real use",
+        weft_crypto::DEFAULT_CLUSTER_NAME,
+    )?;
     let alice = Handshaker::new(KeyPair::generate(&mut rng), secret.clone());
     let mut bob = Handshaker::new(KeyPair::generate(&mut rng), secret);
     println!("alice {}\nbob   {}", alice.public(), bob.public());

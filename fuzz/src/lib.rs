@@ -14,7 +14,7 @@ pub fn wall() -> Timestamp {
 pub fn node(seed: u64) -> Handshaker {
     Handshaker::new(
         KeyPair::generate(&mut SeededRng::new(seed)),
-        JoinSecret::new(SECRET).unwrap(),
+        JoinSecret::new(SECRET, weft_crypto::DEFAULT_CLUSTER_NAME).unwrap(),
     )
 }
 
