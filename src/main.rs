@@ -560,6 +560,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn run_router(args: RouterArgs) -> anyhow::Result<()> {
     weft_router::logging::init(args.log_format, &args.log_level)?;
+    weft_router::join_secrets::unmap_large_allocations_when_freed();
     let secret = match (&args.join_secret_file, std::env::var_os("WEFT_JOIN_SECRET")) {
         (Some(_), Some(_)) => bail!(
             "both --join-secret-file (or WEFT_JOIN_SECRET_FILE) and WEFT_JOIN_SECRET are set; \

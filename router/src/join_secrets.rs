@@ -15,6 +15,21 @@ use tokio::sync::mpsc;
 use tracing::{error, info};
 use weft_crypto::{JoinSecrets, Secret};
 
+/// Makes glibc's malloc serve allocations of 1 MiB and more from mappings of their own,
+/// unmapped when freed. Its default threshold adapts upwards after the first such free (the
+/// start-up derivation), and the 7 MiB of each later Argon2id derivation then stays in the
+/// arena of whichever blocking thread ran it: measured, one rotation took a router's VmRSS
+/// from 31 to 60 MiB without this. Call before the first derivation. A no-op elsewhere (musl
+/// maps large allocations by itself).
+pub fn unmap_large_allocations_when_freed() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a malloc tunable; it takes no pointers and is called before
+    // any thread of ours starts.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 /// How often the file is read.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
 
