@@ -827,7 +827,7 @@ fn policy_line(p: &weft_router::control::PolicyReport) -> String {
 
 fn peers_table(peers: &[weft_router::control::PeerReport]) -> String {
     let mut out = format!(
-        "{:<12} {:<10} {:<12} {:<22} {:<12} {:>8} {:>10} {:>10} {:>8} {:>8} {:>9} {:<7}\n",
+        "{:<12} {:<10} {:<12} {:<22} {:<12} {:>8} {:>10} {:>10} {:>8} {:>8} {:>9} {}\n",
         "PEER",
         "NAME",
         "STATE",
@@ -843,7 +843,7 @@ fn peers_table(peers: &[weft_router::control::PeerReport]) -> String {
     );
     for p in peers {
         out += &format!(
-            "{:<12} {:<10} {:<12} {:<22} {:<12} {:>8} {:>10} {:>10} {:>8} {:>8} {:>9} {:<7}\n",
+            "{:<12} {:<10} {:<12} {:<22} {:<12} {:>8} {:>10} {:>10} {:>8} {:>8} {:>9} {}\n",
             p.id.chars().take(10).collect::<String>(),
             printable(p.name.as_deref().unwrap_or("?")),
             p.state,
