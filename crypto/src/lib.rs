@@ -11,8 +11,8 @@
 //! docs/design.md §3 asks for five properties. XX with the join secret as `psk0` gives them all:
 //!
 //! ```text
-//! -> psk, e      + AEAD(timestamp)       initiation, 68 bytes
-//! <- e, ee, s, es + AEAD(sender index)   response, 108 bytes
+//! -> psk, e      + AEAD(timestamp)       initiation, 68 bytes (+ mac1, mac2: 100)
+//! <- e, ee, s, es + AEAD(sender index)   response, 108 bytes (+ mac1, mac2: 140)
 //! -> s, se       + AEAD(empty)           finish, 72 bytes
 //! ```
 //!
@@ -59,6 +59,7 @@
 //! associated data, then passed through an RFC 6479 [`ReplayWindow`]. See [`Session`] and
 //! [`Keyring`].
 
+mod cookie;
 mod handshake;
 mod keyring;
 mod keys;
@@ -69,9 +70,10 @@ mod secret;
 mod session;
 pub mod wire;
 
+pub use cookie::{COOKIE_SECRET_LIFETIME, Cookie};
 pub use handshake::{
     HandshakeError, Handshaker, Initiator, MAX_CLOCK_SKEW, MAX_RECENT_INITIATIONS, NOISE_PATTERN,
-    Rejected, Responding,
+    Rejected, Responding, Screened,
 };
 pub use keyring::Keyring;
 pub use keys::{
