@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 // Reproducible, not secure: fuzzing needs the former.
 pub use weft_crypto::SeededRng;
+use weft_crypto::wire::{INITIATION_LEN, RESPONSE_LEN};
 use weft_crypto::{Handshaker, Initiator, JoinSecret, KeyPair, Responding, Session, Timestamp};
 
 pub const SECRET: &[u8] = b"fuzzing join secret, long enough";
@@ -24,8 +25,8 @@ pub struct Pair {
     pub b: Handshaker,
     pub initiator: Initiator,
     pub responding: Responding,
-    pub initiation: [u8; 68],
-    pub response: [u8; 108],
+    pub initiation: [u8; INITIATION_LEN],
+    pub response: [u8; RESPONSE_LEN],
 }
 
 pub fn pair() -> Pair {
