@@ -28,7 +28,7 @@ use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 
 use crate::random::Random;
 use crate::secret::Secret;
-use crate::wire::{COOKIE_NONCE_LEN, MAC_LEN, TAG_LEN};
+use crate::wire::{COOKIE_NONCE_LEN, INITIATION_LEN, MAC_LEN, TAG_LEN};
 
 /// How long a responder's cookie secret lives, and so a cookie: WireGuard's two minutes.
 pub const COOKIE_SECRET_LIFETIME: Duration = Duration::from_secs(120);
@@ -148,11 +148,10 @@ impl Cookie {
         mac(self.0.expose(), &message[..message.len() - MAC_LEN])
     }
 
-    /// Writes `mac2` into a message with both MACs at its end (an initiation).
-    pub fn stamp(&self, message: &mut [u8]) {
-        let mac2 = self.mac2(message);
-        let at = message.len() - MAC_LEN;
-        message[at..].copy_from_slice(&mac2);
+    /// Writes `mac2` into an initiation.
+    pub fn stamp(&self, initiation: &mut [u8; INITIATION_LEN]) {
+        let mac2 = self.mac2(initiation);
+        initiation[INITIATION_LEN - MAC_LEN..].copy_from_slice(&mac2);
     }
 }
 

@@ -48,6 +48,11 @@
 //!   not the session keys of a recorded session. Sessions rekey every two minutes
 //!   ([`REKEY_AFTER_TIME`]), so a session key stolen from memory exposes at most that much.
 //!
+//! Before any of that, initiations and responses carry WireGuard's `mac1` (keyed by a hash of
+//! the PSK, since the initiator may not know the responder's key) and `mac2` (a cookie that
+//! proves the source address, asked for only under load): see `cookie.rs`. A non-member's
+//! initiation is refused at `mac1`, before any Noise processing.
+//!
 //! The cost of XX over IK is one more message (1.5 round trips); handshakes happen every two
 //! minutes per peer, so that is nothing.
 //!

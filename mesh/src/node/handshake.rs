@@ -624,12 +624,12 @@ impl Node {
         }
         for ep in &direct {
             // With mac2, if that endpoint gave us a cookie lately.
-            let mut msg = msg.to_vec();
+            let mut msg = msg;
             if let Some(cookie) = self.cookie_for(*ep, now) {
                 cookie.stamp(&mut msg);
             }
             self.stats.handshake_bytes += msg.len() as u64;
-            self.transmit(*ep, msg);
+            self.transmit(*ep, msg.to_vec());
         }
         if unreachable || direct.is_empty() {
             let mut relay = match path {
