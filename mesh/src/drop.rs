@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 /// Why a datagram or packet was dropped; each is counted ([`crate::Node::drops`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum DropReason {
-    /// Not a weft datagram (bad type, length, version).
+    /// Not a weft datagram (bad type, length, reserved bytes; another handshake version is
+    /// [`DropReason::HandshakeVersion`]).
     Malformed,
     /// A handshake message names no handshake of ours.
     UnknownIndex,
