@@ -17,9 +17,11 @@
 //! hashing only, no curve operation.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::cookie::{Cookie, CookieSecret, MacKeys, same};
 use crate::keys::{JoinSecret, JoinSecrets, KEY_LEN, KeyPair, PublicKey};
 use crate::noise::{Curve, CurveMemo, DhCounter, Resolver, WipedHandshake, ephemeral_seed};
 use crate::random::Random;
@@ -28,8 +30,9 @@ use crate::session::{Role, Session};
 use zeroize::Zeroize;
 
 use crate::wire::{
-    FINISH_LEN, Finish, INITIATION_LEN, Initiation, MessageType, PROTOCOL_VERSION, RESPONSE_LEN,
-    Response, TIMESTAMP_LEN, Timestamp, WireError,
+    COOKIE_NONCE_LEN, COOKIE_REPLY_LEN, CookieReply, FINISH_LEN, Finish, INITIATION_LEN,
+    Initiation, MAC_LEN, MessageType, PROTOCOL_VERSION, RESPONSE_LEN, Response, TIMESTAMP_LEN,
+    Timestamp, WireError,
 };
 
 /// The Noise protocol name (Noise spec rev. 34, §8 and §9 for `psk0`).
@@ -57,6 +60,10 @@ pub enum HandshakeError {
     /// Malformed input: not a handshake message of the expected shape or version.
     #[error(transparent)]
     Malformed(#[from] WireError),
+    /// The message's `mac1` is not that of any accepted join secret: a non-member, or a
+    /// corrupted message. Refused before any Noise processing.
+    #[error("handshake message has no valid mac1 (not sent with this cluster's join secret)")]
+    BadMac1,
     /// The message failed authentication: a wrong join secret (non-member), tampering, or a
     /// message made for another handshake.
     #[error(
@@ -140,6 +147,20 @@ pub struct Handshaker {
     /// The newest initiation timestamp accepted from each peer (WireGuard's rule: a replay
     /// from before our memory began is still older than the last one we completed).
     newest: HashMap<PublicKey, Timestamp>,
+    /// What the cookies we hand out under load are made from (`crypto/src/cookie.rs`).
+    cookie_secret: CookieSecret,
+}
+
+/// What [`Handshaker::screen_initiation`] found, for an initiation whose `mac1` is valid.
+#[derive(Debug)]
+pub enum Screened {
+    /// Not under load: go on (the per-source budget, then [`Handshaker::handle_initiation`]).
+    Unproven,
+    /// Under load, and `mac2` proves the source address: go on as well.
+    Proven,
+    /// Under load without a valid `mac2`: send this cookie reply back to the source instead
+    /// of a handshake (no Diffie-Hellman).
+    CookieReply([u8; COOKIE_REPLY_LEN]),
 }
 
 impl std::fmt::Debug for Handshaker {
@@ -171,6 +192,9 @@ pub struct Initiator {
     expected: Option<PublicKey>,
     /// What builds `state` again after a forged response: the initiation's timestamp.
     inputs: Box<Inputs<Timestamp>>,
+    /// The initiation as sent without a cookie: sent again with `mac2` after a cookie reply
+    /// (the MACs are outside the Noise message), and its `mac1` opens that reply.
+    initiation: [u8; INITIATION_LEN],
 }
 
 impl std::fmt::Debug for Initiator {
@@ -186,6 +210,16 @@ impl Initiator {
     /// The index the response will name.
     pub fn local_index(&self) -> u32 {
         self.local_index
+    }
+
+    /// The initiation, with `mac2` stamped by `cookie` if one is given (zeros otherwise). The
+    /// same Noise message each time: a resend after a cookie reply costs no curve operation.
+    pub fn initiation(&self, cookie: Option<&Cookie>) -> [u8; INITIATION_LEN] {
+        let mut out = self.initiation;
+        if let Some(cookie) = cookie {
+            cookie.stamp(&mut out);
+        }
+        out
     }
 }
 
@@ -242,6 +276,7 @@ impl Handshaker {
             recent: HashSet::new(),
             recent_order: VecDeque::new(),
             newest: HashMap::new(),
+            cookie_secret: CookieSecret::default(),
         }
     }
 
@@ -293,6 +328,99 @@ impl Handshaker {
     /// X25519 scalar multiplications performed so far (see [`DhCounter`]).
     pub fn dh_operations(&self) -> u64 {
         self.counter.get()
+    }
+
+    /// The `mac1` and cookie keys of each accepted join secret; the first is the one our own
+    /// messages use. The only place the MACs reach the join secret: with several accepted
+    /// secrets this yields one entry per secret.
+    fn mac_keys(&self) -> impl Iterator<Item = (MacKeys, &JoinSecret)> + '_ {
+        self.join_secrets
+            .accepted()
+            .map(|s| (MacKeys::derive(s.psk()), s))
+    }
+
+    /// The keys of the accepted secret whose `mac1` a message (with both MACs at its end)
+    /// carries: one BLAKE2s per accepted secret, and nothing else.
+    fn mac1_match(&self, message: &[u8]) -> Result<(MacKeys, &JoinSecret), HandshakeError> {
+        let (covered, macs) = message.split_at(message.len() - 2 * MAC_LEN);
+        self.mac_keys()
+            .find(|(k, _)| same(&k.mac1(covered), &macs[..MAC_LEN]))
+            .ok_or(HandshakeError::BadMac1)
+    }
+
+    /// Writes a valid `mac1` into an initiation or response (other messages are left as
+    /// they are): what an on-path member can do to a message it forged, for tests of that.
+    #[cfg(feature = "test-rng")]
+    pub fn stamp_mac1(&self, message: &mut [u8]) {
+        if matches!(message.first(), Some(1 | 2)) && message.len() >= 2 * MAC_LEN {
+            let at = message.len() - 2 * MAC_LEN;
+            let mac1 = self.own_mac_keys().mac1(&message[..at]);
+            message[at..at + MAC_LEN].copy_from_slice(&mac1);
+        }
+    }
+
+    /// Our keys for the MACs we write (the first accepted secret's).
+    fn own_mac_keys(&self) -> MacKeys {
+        MacKeys::derive(self.join_secrets.primary().psk())
+    }
+
+    /// The first look at an initiation from `source`, before the caller spends anything on it:
+    /// its `mac1` is checked (a refusal: [`HandshakeError::BadMac1`]); under load, its `mac2`
+    /// too, and without a valid one the answer is a cookie reply. No Noise processing, no
+    /// curve operation. `under_load` is the caller's judgement (the mesh's is in
+    /// `mesh/src/node/handshake.rs`).
+    pub fn screen_initiation(
+        &mut self,
+        message: &[u8],
+        source: SocketAddr,
+        under_load: bool,
+        now: Instant,
+        rng: &mut impl Random,
+    ) -> Result<Screened, HandshakeError> {
+        let init = Initiation::parse(message)?;
+        let (keys, _) = self.mac1_match(message)?;
+        if !under_load {
+            return Ok(Screened::Unproven);
+        }
+        let cookie = self.cookie_secret.cookie(source, now, rng);
+        if same(&cookie.mac2(message), init.mac2()) {
+            return Ok(Screened::Proven);
+        }
+        let mut out = [0u8; COOKIE_REPLY_LEN];
+        out[..8].copy_from_slice(&header(MessageType::CookieReply, init.sender_index()));
+        let mut nonce = [0u8; COOKIE_NONCE_LEN];
+        rng.fill(&mut nonce);
+        out[8..8 + COOKIE_NONCE_LEN].copy_from_slice(&nonce);
+        out[8 + COOKIE_NONCE_LEN..].copy_from_slice(&keys.seal_cookie(
+            &cookie,
+            &nonce,
+            init.mac1(),
+        ));
+        Ok(Screened::CookieReply(out))
+    }
+
+    /// Opens a cookie reply to our initiation `initiator`: the cookie to stamp the next
+    /// initiations to the reply's source with. A reply for another index, or that does not
+    /// open under an accepted secret with our initiation's `mac1`, is refused and changes
+    /// nothing.
+    pub fn open_cookie_reply(
+        &self,
+        initiator: &Initiator,
+        message: &[u8],
+    ) -> Result<Cookie, HandshakeError> {
+        let reply = CookieReply::parse(message)?;
+        if reply.receiver_index() != initiator.local_index {
+            return Err(HandshakeError::WrongHandshake {
+                got: reply.receiver_index(),
+                ours: initiator.local_index,
+            });
+        }
+        let mac1: &[u8; MAC_LEN] = Initiation::parse(&initiator.initiation)?.mac1();
+        // Sealed under the keys of the secret our initiation used, which the responder found
+        // by its mac1.
+        MacKeys::derive(initiator.inputs.secret.psk())
+            .open_cookie(reply.nonce(), reply.sealed(), mac1)
+            .ok_or(HandshakeError::Authentication)
     }
 
     fn check_allowed(&self, key: PublicKey) -> Result<(), HandshakeError> {
@@ -347,8 +475,12 @@ impl Handshaker {
         let seed = ephemeral_seed(rng);
         let memo = Arc::default();
         let secret = self.join_secrets.primary().clone();
-        let (state, out) = self.write_initiation(local_index, wall, &seed, &memo, &secret)?;
+        let (state, mut out) = self.write_initiation(local_index, wall, &seed, &memo, &secret)?;
         memo.seal();
+        let mac1 = self
+            .own_mac_keys()
+            .mac1(&out[..INITIATION_LEN - 2 * MAC_LEN]);
+        out[INITIATION_LEN - 2 * MAC_LEN..INITIATION_LEN - MAC_LEN].copy_from_slice(&mac1);
         Ok((
             Initiator {
                 state,
@@ -360,6 +492,7 @@ impl Handshaker {
                     message: wall,
                     secret,
                 }),
+                initiation: out,
             },
             out,
         ))
@@ -379,33 +512,10 @@ impl Handshaker {
         let mut out = [0u8; INITIATION_LEN];
         out[..8].copy_from_slice(&head);
         let n = state
-            .write_message(&wall.to_bytes(), &mut out[8..])
+            .write_message(&wall.to_bytes(), &mut out[8..INITIATION_LEN - 2 * MAC_LEN])
             .map_err(internal)?;
-        debug_assert_eq!(8 + n, INITIATION_LEN);
+        debug_assert_eq!(8 + n + 2 * MAC_LEN, INITIATION_LEN);
         Ok((state, out))
-    }
-
-    /// A responder's state after reading `init` with the first accepted join secret that
-    /// authenticates it, that secret, and the timestamp it carried. Each try is hashing and
-    /// one AEAD: message 1 of XXpsk0 holds no Diffie-Hellman.
-    fn accept_initiation(
-        &self,
-        init: &Initiation<'_>,
-        seed: &Secret<[u8; KEY_LEN]>,
-        memo: &Arc<CurveMemo>,
-    ) -> Result<(WipedHandshake, Timestamp, JoinSecret), HandshakeError> {
-        let mut error = HandshakeError::Authentication;
-        for secret in self.join_secrets.accepted() {
-            match self.read_initiation(init, seed, memo, secret) {
-                Ok((state, stamp)) => return Ok((state, stamp, secret.clone())),
-                Err(HandshakeError::Authentication) => {}
-                Err(e) => {
-                    error = e;
-                    break;
-                }
-            }
-        }
-        Err(error)
     }
 
     /// A responder's state after reading `init` with `secret`, and the timestamp it carried.
@@ -447,14 +557,23 @@ impl Handshaker {
     fn rebuild_responding(&self, responding: &mut Responding) -> Result<(), HandshakeError> {
         let inputs = &responding.inputs;
         let init = Initiation::parse(&inputs.message)?;
+        // The secret this handshake started with, even if it is no longer accepted: a
+        // handshake in flight finishes with it.
+        let keys = MacKeys::derive(inputs.secret.psk());
         let (mut state, _) =
             self.read_initiation(&init, &inputs.seed, &inputs.memo, &inputs.secret)?;
-        write_response(&mut state, init.sender_index(), responding.local_index)?;
+        write_response(
+            &mut state,
+            &keys,
+            init.sender_index(),
+            responding.local_index,
+        )?;
         responding.state = state;
         Ok(())
     }
 
-    /// Answers an initiation. The join secret is checked first (the psk0 AEAD over the
+    /// Answers an initiation. Its `mac1` is checked first (as [`Handshaker::screen_initiation`]
+    /// does; `mac2` is the caller's business), then the join secret (the psk0 AEAD over the
     /// timestamp), then replay and clock skew, all before any Diffie-Hellman operation; only
     /// then is the response written.
     pub fn handle_initiation(
@@ -465,12 +584,15 @@ impl Handshaker {
         rng: &mut impl Random,
     ) -> Result<(Responding, [u8; RESPONSE_LEN]), HandshakeError> {
         let init = Initiation::parse(message)?;
+        // mac1 names the accepted secret the initiator used: only that one's psk0 is tried.
+        let (keys, secret) = self.mac1_match(message)?;
+        let secret = secret.clone();
         if self.recent.contains(init.ephemeral()) {
             return Err(HandshakeError::Replay);
         }
         let seed = ephemeral_seed(rng);
         let memo = Arc::default();
-        let (mut state, initiated, secret) = self.accept_initiation(&init, &seed, &memo)?;
+        let (mut state, initiated) = self.read_initiation(&init, &seed, &memo, &secret)?;
         let skew = skew_secs(initiated, wall);
         let (t, w) = (initiated.to_unix(), wall.to_unix());
         if t.abs_diff(w) > MAX_CLOCK_SKEW {
@@ -478,7 +600,7 @@ impl Handshaker {
         }
         self.remember(*init.ephemeral(), wall);
 
-        let out = write_response(&mut state, init.sender_index(), local_index)?;
+        let out = write_response(&mut state, &keys, init.sender_index(), local_index)?;
         memo.seal();
         let initiation = message
             .try_into()
@@ -554,6 +676,15 @@ impl Handshaker {
                 ours: initiator.local_index,
             };
             return Err(keep(initiator, error));
+        }
+        // Before any Noise processing, as for an initiation.
+        // Under the secret our initiation used, whatever is accepted now.
+        let (covered, macs) = message.split_at(message.len() - 2 * MAC_LEN);
+        if !same(
+            &MacKeys::derive(initiator.inputs.secret.psk()).mac1(covered),
+            &macs[..MAC_LEN],
+        ) {
+            return Err(keep(initiator, HandshakeError::BadMac1));
         }
         let mut payload = [0u8; 64];
         let done = |error| Rejected { error, state: None };
@@ -661,18 +792,24 @@ impl Handshaker {
     }
 }
 
-/// Writes the response into a responder's state that read the initiation.
+/// Writes the response into a responder's state that read the initiation, with `mac1` under
+/// the keys of the secret the initiation used (`mac2` stays zero: an initiator sends no
+/// cookie replies).
 fn write_response(
     state: &mut snow::HandshakeState,
+    keys: &MacKeys,
     initiator_index: u32,
     local_index: u32,
 ) -> Result<[u8; RESPONSE_LEN], HandshakeError> {
     let mut out = [0u8; RESPONSE_LEN];
     out[..8].copy_from_slice(&header(MessageType::HandshakeResponse, initiator_index));
+    let macs = RESPONSE_LEN - 2 * MAC_LEN;
     let n = state
-        .write_message(&local_index.to_le_bytes(), &mut out[8..])
+        .write_message(&local_index.to_le_bytes(), &mut out[8..macs])
         .map_err(from_read)?;
-    debug_assert_eq!(8 + n, RESPONSE_LEN);
+    debug_assert_eq!(8 + n, macs);
+    let mac1 = keys.mac1(&out[..macs]);
+    out[macs..macs + MAC_LEN].copy_from_slice(&mac1);
     Ok(out)
 }
 

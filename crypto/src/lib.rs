@@ -11,8 +11,8 @@
 //! docs/design.md §3 asks for five properties. XX with the join secret as `psk0` gives them all:
 //!
 //! ```text
-//! -> psk, e      + AEAD(timestamp)       initiation, 68 bytes
-//! <- e, ee, s, es + AEAD(sender index)   response, 108 bytes
+//! -> psk, e      + AEAD(timestamp)       initiation, 68 bytes (+ mac1, mac2: 100)
+//! <- e, ee, s, es + AEAD(sender index)   response, 108 bytes (+ mac1, mac2: 140)
 //! -> s, se       + AEAD(empty)           finish, 72 bytes
 //! ```
 //!
@@ -48,6 +48,11 @@
 //!   not the session keys of a recorded session. Sessions rekey every two minutes
 //!   ([`REKEY_AFTER_TIME`]), so a session key stolen from memory exposes at most that much.
 //!
+//! Before any of that, initiations and responses carry WireGuard's `mac1` (keyed by a hash of
+//! the PSK, since the initiator may not know the responder's key) and `mac2` (a cookie that
+//! proves the source address, asked for only under load): see `cookie.rs`. A non-member's
+//! initiation is refused at `mac1`, before any Noise processing.
+//!
 //! The cost of XX over IK is one more message (1.5 round trips); handshakes happen every two
 //! minutes per peer, so that is nothing.
 //!
@@ -59,6 +64,7 @@
 //! associated data, then passed through an RFC 6479 [`ReplayWindow`]. See [`Session`] and
 //! [`Keyring`].
 
+mod cookie;
 mod handshake;
 mod keyring;
 mod keys;
@@ -69,9 +75,10 @@ mod secret;
 mod session;
 pub mod wire;
 
+pub use cookie::{COOKIE_SECRET_LIFETIME, Cookie};
 pub use handshake::{
     HandshakeError, Handshaker, Initiator, MAX_CLOCK_SKEW, MAX_RECENT_INITIATIONS, NOISE_PATTERN,
-    Rejected, Responding,
+    Rejected, Responding, Screened,
 };
 pub use keyring::Keyring;
 pub use keys::{

@@ -6,15 +6,25 @@
 //! little-endian, as in WireGuard.
 //!
 //! ```text
-//! initiation (68 B)   0 type=1 | 1 version | 2..4 zero | 4..8 sender index
-//!                     | 8..40 e | 40..68 AEAD(timestamp)
-//! response  (108 B)   0 type=2 | 1 version | 2..4 zero | 4..8 receiver index
+//! initiation (100 B)  0 type=1 | 1 version | 2..4 zero | 4..8 sender index
+//!                     | 8..40 e | 40..68 AEAD(timestamp) | 68..84 mac1 | 84..100 mac2
+//! response  (140 B)   0 type=2 | 1 version | 2..4 zero | 4..8 receiver index
 //!                     | 8..40 e | 40..88 AEAD(s) | 88..108 AEAD(sender index)
+//!                     | 108..124 mac1 | 124..140 mac2
 //! finish     (72 B)   0 type=3 | 1 version | 2..4 zero | 4..8 receiver index
 //!                     | 8..56 AEAD(s) | 56..72 AEAD(empty)
 //! data/control        0 type=4|5 | 1..5 receiver index | 5..13 counter | ciphertext | 16 B tag
 //! stale index (13 B)  0 type=7 | 1..5 receiver index | 5..13 counter
+//! cookie reply (64 B) 0 type=8 | 1 version | 2..4 zero | 4..8 receiver index
+//!                     | 8..32 nonce | 32..64 AEAD(cookie)
 //! ```
+//!
+//! `mac1` and `mac2` (WireGuard §5.4.4, keyed BLAKE2s-128) lie outside the Noise message:
+//! `mac1` over the bytes before it, keyed by a hash of the join secret's PSK (weft's
+//! initiator may not know the responder's static key, so WireGuard's key is not available);
+//! `mac2` over the bytes before it, keyed by a cookie from a [`CookieReply`], or zeros. See
+//! `crypto/src/cookie.rs`. A cookie reply answers an initiation under load instead of a
+//! response: 64 bytes against the initiation's 100, so it amplifies nothing.
 //!
 //! A stale-index notice answers a sealed datagram whose receiver index the router does not
 //! hold (it restarted): it echoes that datagram's header, so it is always smaller than what
@@ -25,8 +35,9 @@
 
 use std::fmt;
 
-/// The protocol version carried by handshake messages.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// The protocol version carried by handshake messages (2: `mac1`/`mac2` and cookie
+/// replies; version 1 had neither, and a router refuses the other version's messages).
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Bytes of an X25519 public key on the wire.
 const KEY: usize = 32;
@@ -35,10 +46,19 @@ pub const TAG_LEN: usize = 16;
 /// Bytes of a TAI64N timestamp.
 pub const TIMESTAMP_LEN: usize = 12;
 
+/// Bytes of `mac1`, of `mac2`, and of a cookie.
+pub const MAC_LEN: usize = 16;
+/// Bytes of a cookie reply's nonce (random; see `crypto/src/cookie.rs`).
+pub const COOKIE_NONCE_LEN: usize = 24;
+
 /// Size of a handshake initiation.
-pub const INITIATION_LEN: usize = 8 + KEY + TIMESTAMP_LEN + TAG_LEN;
+pub const INITIATION_LEN: usize = 8 + KEY + TIMESTAMP_LEN + TAG_LEN + 2 * MAC_LEN;
 /// Size of a handshake response.
-pub const RESPONSE_LEN: usize = 8 + KEY + (KEY + TAG_LEN) + (4 + TAG_LEN);
+pub const RESPONSE_LEN: usize = 8 + KEY + (KEY + TAG_LEN) + (4 + TAG_LEN) + 2 * MAC_LEN;
+/// Size of a cookie reply.
+pub const COOKIE_REPLY_LEN: usize = 8 + COOKIE_NONCE_LEN + MAC_LEN + TAG_LEN;
+// A cookie reply answers an initiation: it must not amplify what a spoofed source sent.
+const _: () = assert!(COOKIE_REPLY_LEN < INITIATION_LEN);
 /// Size of a handshake finish.
 pub const FINISH_LEN: usize = 8 + (KEY + TAG_LEN) + TAG_LEN;
 /// Bytes in front of a sealed payload: type, receiver index, counter.
@@ -65,6 +85,9 @@ pub enum MessageType {
     /// "I hold no session with this receiver index": the echoed header of a sealed datagram,
     /// so that its sender handshakes again (see [`StaleIndex`]).
     StaleIndex = 7,
+    /// "Under load: prove your address": a cookie for the sender of an initiation, sealed for
+    /// it (see [`CookieReply`]).
+    CookieReply = 8,
 }
 
 impl MessageType {
@@ -79,6 +102,7 @@ impl MessageType {
             Some(5) => Ok(Self::Control),
             Some(6) => Ok(Self::Relay),
             Some(7) => Ok(Self::StaleIndex),
+            Some(8) => Ok(Self::CookieReply),
             Some(&other) => Err(WireError::UnknownType(other)),
         }
     }
@@ -148,15 +172,19 @@ fn check_handshake(bytes: &[u8], kind: MessageType, len: usize) -> Result<(), Wi
             got,
         });
     }
+    // The version before the length: another version's message has another length, and
+    // must be told apart from a malformed one (the router says to upgrade).
+    if let Some(&version) = bytes.get(1)
+        && version != PROTOCOL_VERSION
+    {
+        return Err(WireError::UnsupportedVersion(version));
+    }
     if bytes.len() != len {
         return Err(WireError::Length {
             kind,
             expected: len,
             got: bytes.len(),
         });
-    }
-    if bytes[1] != PROTOCOL_VERSION {
-        return Err(WireError::UnsupportedVersion(bytes[1]));
     }
     if bytes[2..4] != [0, 0] {
         return Err(WireError::Reserved);
@@ -192,8 +220,35 @@ impl<'a> Initiation<'a> {
     }
     /// The Noise message.
     pub(crate) fn noise(&self) -> &'a [u8] {
-        &self.0[8..]
+        &self.0[8..INITIATION_LEN - 2 * MAC_LEN]
     }
+    /// The message's `mac1`.
+    pub fn mac1(&self) -> &'a [u8; MAC_LEN] {
+        mac1_of(self.0)
+    }
+    /// The message's `mac2` (zeros without a cookie).
+    pub fn mac2(&self) -> &'a [u8; MAC_LEN] {
+        mac2_of(self.0)
+    }
+    /// The bytes.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.0
+    }
+}
+
+/// The `mac1` of a message with both MACs at its end.
+fn mac1_of(message: &[u8]) -> &[u8; MAC_LEN] {
+    let at = message.len() - 2 * MAC_LEN;
+    message[at..at + MAC_LEN]
+        .try_into()
+        .expect("checked length")
+}
+
+/// The `mac2` of a message with both MACs at its end.
+fn mac2_of(message: &[u8]) -> &[u8; MAC_LEN] {
+    message[message.len() - MAC_LEN..]
+        .try_into()
+        .expect("checked length")
 }
 
 /// A checked view of a handshake response.
@@ -201,9 +256,13 @@ impl<'a> Initiation<'a> {
 pub struct Response<'a>(&'a [u8]);
 
 impl<'a> Response<'a> {
-    /// Validates type, length, version and reserved bytes.
+    /// Validates type, length, version and reserved bytes; `mac2` is reserved too (zero): an
+    /// initiator sends no cookie replies, so no response carries a cookie.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, WireError> {
         check_handshake(bytes, MessageType::HandshakeResponse, RESPONSE_LEN)?;
+        if mac2_of(bytes) != &[0; MAC_LEN] {
+            return Err(WireError::Reserved);
+        }
         Ok(Self(bytes))
     }
     /// The initiator's index, for finding its handshake state (a lookup key, not trusted).
@@ -211,7 +270,42 @@ impl<'a> Response<'a> {
         u32_at(self.0, 4)
     }
     pub(crate) fn noise(&self) -> &'a [u8] {
-        &self.0[8..]
+        &self.0[8..RESPONSE_LEN - 2 * MAC_LEN]
+    }
+    /// The message's `mac1`.
+    pub fn mac1(&self) -> &'a [u8; MAC_LEN] {
+        mac1_of(self.0)
+    }
+    /// The bytes.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.0
+    }
+}
+
+/// A checked view of a cookie reply: type, version, reserved bytes and length checked; the
+/// cookie inside is trusted only once it opened (`Handshaker::open_cookie_reply`).
+#[derive(Debug, Clone, Copy)]
+pub struct CookieReply<'a>(&'a [u8]);
+
+impl<'a> CookieReply<'a> {
+    /// Validates type, length, version and reserved bytes.
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, WireError> {
+        check_handshake(bytes, MessageType::CookieReply, COOKIE_REPLY_LEN)?;
+        Ok(Self(bytes))
+    }
+    /// The index of the initiation it answers (a lookup key, not trusted).
+    pub fn receiver_index(&self) -> u32 {
+        u32_at(self.0, 4)
+    }
+    /// The random nonce.
+    pub fn nonce(&self) -> &'a [u8; COOKIE_NONCE_LEN] {
+        self.0[8..8 + COOKIE_NONCE_LEN]
+            .try_into()
+            .expect("checked length")
+    }
+    /// The sealed cookie and its tag.
+    pub fn sealed(&self) -> &'a [u8] {
+        &self.0[8 + COOKIE_NONCE_LEN..]
     }
 }
 
@@ -457,8 +551,9 @@ mod tests {
 
     #[test]
     fn sizes_are_as_documented() {
-        assert_eq!(INITIATION_LEN, 68);
-        assert_eq!(RESPONSE_LEN, 108);
+        assert_eq!(INITIATION_LEN, 100);
+        assert_eq!(RESPONSE_LEN, 140);
+        assert_eq!(COOKIE_REPLY_LEN, 64);
         assert_eq!(FINISH_LEN, 72);
         assert_eq!(DATA_HEADER_LEN, 13);
         assert_eq!(DATA_OVERHEAD, 29);
@@ -471,19 +566,27 @@ mod tests {
         m[1] = PROTOCOL_VERSION;
         assert!(Initiation::parse(&m).is_ok());
         assert_eq!(
-            Initiation::parse(&m[..67]).unwrap_err(),
+            Initiation::parse(&m[..99]).unwrap_err(),
             WireError::Length {
                 kind: MessageType::HandshakeInitiation,
-                expected: 68,
-                got: 67
+                expected: 100,
+                got: 99
             }
         );
         let mut long = m.to_vec();
         long.push(0);
         assert!(matches!(
             Initiation::parse(&long),
-            Err(WireError::Length { got: 69, .. })
+            Err(WireError::Length { got: 101, .. })
         ));
+        // A version-1 initiation (68 bytes, no MACs) is told apart from a malformed one.
+        let mut old = [0u8; 68];
+        old[0] = 1;
+        old[1] = 1;
+        assert_eq!(
+            Initiation::parse(&old).unwrap_err(),
+            WireError::UnsupportedVersion(1)
+        );
         m[1] = 9;
         assert_eq!(
             Initiation::parse(&m).unwrap_err(),
@@ -502,8 +605,39 @@ mod tests {
             Err(WireError::UnexpectedType { .. })
         ));
         assert!(matches!(
-            Finish::parse(&[3, 1]),
+            Finish::parse(&[3, PROTOCOL_VERSION]),
             Err(WireError::Length { .. })
+        ));
+    }
+
+    #[test]
+    fn a_cookie_reply_is_checked_and_smaller_than_the_initiation_it_answers() {
+        let mut m = [0u8; COOKIE_REPLY_LEN];
+        m[0] = MessageType::CookieReply as u8;
+        m[1] = PROTOCOL_VERSION;
+        m[4..8].copy_from_slice(&0x0a0b_0c0du32.to_le_bytes());
+        m[8] = 0xee;
+        let reply = CookieReply::parse(&m).unwrap();
+        assert_eq!(reply.receiver_index(), 0x0a0b_0c0d);
+        assert_eq!(reply.nonce()[0], 0xee);
+        assert_eq!(reply.sealed().len(), MAC_LEN + TAG_LEN);
+        assert!(matches!(
+            CookieReply::parse(&m[..63]),
+            Err(WireError::Length { got: 63, .. })
+        ));
+        m[2] = 1;
+        assert_eq!(CookieReply::parse(&m).unwrap_err(), WireError::Reserved);
+        m[2] = 0;
+        m[1] = 1;
+        assert_eq!(
+            CookieReply::parse(&m).unwrap_err(),
+            WireError::UnsupportedVersion(1)
+        );
+        m[1] = PROTOCOL_VERSION;
+        m[0] = MessageType::HandshakeInitiation as u8;
+        assert!(matches!(
+            CookieReply::parse(&m),
+            Err(WireError::UnexpectedType { .. })
         ));
     }
 

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use weft_crypto::wire::{
-    FINISH_LEN, INITIATION_LEN, PROTOCOL_VERSION, RESPONSE_LEN, Sealed, WireError,
+    FINISH_LEN, INITIATION_LEN, MAC_LEN, PROTOCOL_VERSION, RESPONSE_LEN, Sealed, WireError,
 };
 use weft_crypto::{
     DATA_HEADER_LEN, DATA_OVERHEAD, DEFAULT_CLUSTER_NAME, HandshakeError, Handshaker, JoinSecret,
@@ -163,6 +163,14 @@ fn a_wrong_join_secret_is_refused_on_the_first_message_before_any_diffie_hellman
     assert_eq!(b.dh_operations(), 0);
     let err = b
         .handle_initiation(&init, 2, wall(0), &mut rng)
+        .unwrap_err();
+    // Its mac1 gives it away first, before any Noise processing.
+    assert_eq!(err, HandshakeError::BadMac1);
+    // With a mac1 that passes (made by a member for it), the psk0 AEAD refuses it.
+    let mut restamped = init;
+    b.stamp_mac1(&mut restamped);
+    let err = b
+        .handle_initiation(&restamped, 2, wall(0), &mut rng)
         .unwrap_err();
     assert_eq!(err, HandshakeError::Authentication);
     assert_eq!(
@@ -348,9 +356,16 @@ fn malformed_messages_give_typed_errors_and_leave_the_state_usable() {
         b.handle_initiation(&long, 2, wall(0), &mut rng),
         Err(HandshakeError::Malformed(WireError::Length { .. }))
     ));
-    // A tampered clear header (the sender index is in the prologue) fails authentication.
+    // A tampered clear header fails mac1; with mac1 made again by a member, it fails
+    // authentication (the sender index is in the prologue).
     let mut moved = init;
     moved[4] ^= 1;
+    assert_eq!(
+        b.handle_initiation(&moved, 2, wall(0), &mut rng)
+            .unwrap_err(),
+        HandshakeError::BadMac1
+    );
+    b.stamp_mac1(&mut moved);
     assert_eq!(
         b.handle_initiation(&moved, 2, wall(0), &mut rng)
             .unwrap_err(),
@@ -364,6 +379,11 @@ fn malformed_messages_give_typed_errors_and_leave_the_state_usable() {
     assert!(matches!(rejected.error, HandshakeError::Malformed(_)));
     let mut forged = resp;
     forged[60] ^= 0xff;
+    let rejected = a
+        .handle_response(rejected.state.unwrap(), &forged, now)
+        .unwrap_err();
+    assert_eq!(rejected.error, HandshakeError::BadMac1);
+    b.stamp_mac1(&mut forged);
     let rejected = a
         .handle_response(rejected.state.unwrap(), &forged, now)
         .unwrap_err();
@@ -458,6 +478,9 @@ const INITIATION_REGIONS: &[(&str, usize, usize)] = &[
     ("ephemeral key", 8, 40),
     ("encrypted timestamp", 40, 52),
     ("timestamp tag", 52, 68),
+    ("mac1", 68, 84),
+    // Not mac2: it is checked only under load, by `screen_initiation`, and a copy with
+    // another mac2 is the same initiation (the real one is then a replay).
 ];
 const RESPONSE_REGIONS: &[(&str, usize, usize)] = &[
     ("type and version", 0, 2),
@@ -468,6 +491,8 @@ const RESPONSE_REGIONS: &[(&str, usize, usize)] = &[
     ("static key tag", 72, 88),
     ("encrypted sender index", 88, 92),
     ("payload tag", 92, 108),
+    ("mac1", 108, 124),
+    ("mac2", 124, 140),
 ];
 const FINISH_REGIONS: &[(&str, usize, usize)] = &[
     ("type and version", 0, 2),
@@ -484,6 +509,18 @@ fn flipped<const N: usize>(message: &[u8; N], byte: usize, bit: u8) -> [u8; N] {
     m
 }
 
+/// A copy with one bit flipped as an on-path member forges it: outside the MACs of an
+/// initiation or response, with a valid `mac1` made again (`member` holds the join secret),
+/// so the copy reaches the Noise checks.
+fn forged<const N: usize>(member: &Handshaker, message: &[u8; N], byte: usize, bit: u8) -> [u8; N] {
+    let mut m = flipped(message, byte, bit);
+    let macs = matches!(message[0], 1 | 2).then(|| N - 2 * MAC_LEN);
+    if macs.is_some_and(|at| byte < at) {
+        member.stamp_mac1(&mut m);
+    }
+    m
+}
+
 /// A whole handshake in which the `message`th message (1, 2 or 3) is first delivered with
 /// bit `bit` of byte `byte` flipped, then as sent. The forgery must be refused with the state
 /// handed back, and the real message must then complete a handshake whose sessions talk.
@@ -494,7 +531,7 @@ fn forged_copy_first(message: usize, byte: usize, bit: u8, seed: u64) -> Result<
     let now = Instant::now();
     let (initiator, init) = a.initiate(1, None, wall(0), &mut rng).unwrap();
     if message == 1 {
-        let forged = flipped(&init, byte, bit);
+        let forged = forged(&a, &init, byte, bit);
         if b.handle_initiation(&forged, 2, wall(0), &mut rng).is_ok() {
             return Err("forged initiation answered".into());
         }
@@ -504,7 +541,7 @@ fn forged_copy_first(message: usize, byte: usize, bit: u8, seed: u64) -> Result<
         .map_err(|e| format!("real initiation refused: {e}"))?;
     let mut initiator = Some(initiator);
     if message == 2 {
-        let forged = flipped(&resp, byte, bit);
+        let forged = forged(&a, &resp, byte, bit);
         match a.handle_response(initiator.take().unwrap(), &forged, now) {
             Ok(_) => return Err("forged response accepted".into()),
             Err(r) => initiator = Some(r.state.ok_or("forged response ended the handshake")?),
@@ -514,7 +551,7 @@ fn forged_copy_first(message: usize, byte: usize, bit: u8, seed: u64) -> Result<
         .handle_response(initiator.unwrap(), &resp, now)
         .map_err(|r| format!("real response refused: {}", r.error))?;
     if message == 3 {
-        let forged = flipped(&fin, byte, bit);
+        let forged = forged(&a, &fin, byte, bit);
         match b.handle_finish(responding, &forged, now) {
             Ok(_) => return Err("forged finish accepted".into()),
             Err(r) => responding = r.state.ok_or("forged finish ended the handshake")?,
@@ -566,7 +603,7 @@ fn a_pending_handshake_survives_a_forgery_of_every_byte() {
     let (mut responding, resp) = b.handle_initiation(&init, 2, wall(0), &mut rng).unwrap();
     for byte in 0..RESPONSE_LEN {
         let r = a
-            .handle_response(initiator, &flipped(&resp, byte, (byte % 8) as u8), now)
+            .handle_response(initiator, &forged(&b, &resp, byte, (byte % 8) as u8), now)
             .unwrap_err();
         initiator = r
             .state
@@ -578,7 +615,7 @@ fn a_pending_handshake_survives_a_forgery_of_every_byte() {
         .unwrap();
     for byte in 0..FINISH_LEN {
         let r = b
-            .handle_finish(responding, &flipped(&fin, byte, (byte % 8) as u8), now)
+            .handle_finish(responding, &forged(&a, &fin, byte, (byte % 8) as u8), now)
             .unwrap_err();
         responding = r
             .state
@@ -603,10 +640,12 @@ fn surviving_a_forgery_costs_no_extra_curve_operation() {
     let now = Instant::now();
     let (initiator, init) = a.initiate(1, None, wall(0), &mut rng).unwrap();
     let (responding, resp) = b.handle_initiation(&init, 2, wall(0), &mut rng).unwrap();
-    // A response with its payload tag flipped: reading it does `ee` and `es`.
+    // A response with its payload tag flipped (and mac1 made again, as a member could):
+    // reading it does `ee` and `es`.
     let before = a.dh_operations();
+    let tag = RESPONSE_LEN - 2 * MAC_LEN - 1;
     let r = a
-        .handle_response(initiator, &flipped(&resp, RESPONSE_LEN - 1, 0), now)
+        .handle_response(initiator, &forged(&b, &resp, tag, 0), now)
         .unwrap_err();
     assert_eq!(a.dh_operations() - before, 2);
     let (sa, fin) = a
@@ -651,7 +690,7 @@ fn a_responder_accepts_any_accepted_secret_and_records_which_made_the_session() 
         behind
             .handle_initiation(&init, 6, wall(3), &mut rng)
             .unwrap_err(),
-        HandshakeError::Authentication
+        HandshakeError::BadMac1
     );
 }
 
@@ -666,7 +705,7 @@ fn the_initiator_uses_the_primary_only() {
         only_new
             .handle_initiation(&init, 2, wall(0), &mut rng)
             .unwrap_err(),
-        HandshakeError::Authentication
+        HandshakeError::BadMac1
     );
     let mut only_old = node(21, OLD);
     let t = handshake(&a, &mut only_old, wall(1), &mut rng);
@@ -688,14 +727,14 @@ fn a_removed_secret_is_refused_before_any_diffie_hellman() {
     assert_eq!(
         b.handle_initiation(&init, 4, wall(1), &mut rng)
             .unwrap_err(),
-        HandshakeError::Authentication
+        HandshakeError::BadMac1
     );
     assert_eq!(
         b.dh_operations(),
         ops,
         "a removed secret cost a curve operation"
     );
-    // Several accepted secrets, none the initiator's: every one tried, still no DH.
+    // Several accepted secrets, none the initiator's: its mac1 matches none, no DH.
     let mut many = rotating(
         22,
         &[
@@ -708,7 +747,7 @@ fn a_removed_secret_is_refused_before_any_diffie_hellman() {
     assert_eq!(
         many.handle_initiation(&init, 6, wall(2), &mut rng)
             .unwrap_err(),
-        HandshakeError::Authentication
+        HandshakeError::BadMac1
     );
     assert_eq!(many.dh_operations(), 0);
 }
@@ -758,6 +797,6 @@ fn the_cluster_name_salts_the_derivation() {
     assert_eq!(
         b.handle_initiation(&init, 2, wall(0), &mut rng)
             .unwrap_err(),
-        HandshakeError::Authentication
+        HandshakeError::BadMac1
     );
 }

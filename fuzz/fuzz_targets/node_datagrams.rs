@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use weft_crypto::{Handshaker, JoinSecret, KeyPair, Random, Timestamp};
+use weft_crypto::{Handshaker, KeyPair, Random, Timestamp};
 use weft_mesh::{Config, Node};
 
 struct Rng(u64);
@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
     let start = Instant::now();
     let mut now = start;
     let keypair = KeyPair::from_private([7; 32]);
-    let secret = JoinSecret::new(b"fuzzing join secret, 32 bytes..", weft_crypto::DEFAULT_CLUSTER_NAME).expect("long enough");
+    let secret = weft_fuzz::join_secret();
     let mut config = Config::new("fuzz");
     config.found_address_space = true;
     config.seeds = vec!["198.18.0.9:6786".parse().unwrap()];

@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 // Reproducible, not secure: fuzzing needs the former.
 pub use weft_crypto::SeededRng;
+use weft_crypto::wire::{INITIATION_LEN, RESPONSE_LEN};
 use weft_crypto::{Handshaker, Initiator, JoinSecret, KeyPair, Responding, Session, Timestamp};
 
 pub const SECRET: &[u8] = b"fuzzing join secret, long enough";
@@ -11,11 +12,17 @@ pub fn wall() -> Timestamp {
     Timestamp::from_unix(Duration::from_secs(1_800_000_000))
 }
 
+/// The derived join secret, made once: Argon2id takes tens of milliseconds, which per input
+/// would leave the fuzzer a few dozen runs a second.
+pub fn join_secret() -> JoinSecret {
+    static DERIVED: std::sync::OnceLock<JoinSecret> = std::sync::OnceLock::new();
+    DERIVED
+        .get_or_init(|| JoinSecret::new(SECRET, weft_crypto::DEFAULT_CLUSTER_NAME).unwrap())
+        .clone()
+}
+
 pub fn node(seed: u64) -> Handshaker {
-    Handshaker::new(
-        KeyPair::generate(&mut SeededRng::new(seed)),
-        JoinSecret::new(SECRET, weft_crypto::DEFAULT_CLUSTER_NAME).unwrap(),
-    )
+    Handshaker::new(KeyPair::generate(&mut SeededRng::new(seed)), join_secret())
 }
 
 /// An initiator from node 1 and a responder (node 2) that answered it, with the messages.
@@ -24,8 +31,8 @@ pub struct Pair {
     pub b: Handshaker,
     pub initiator: Initiator,
     pub responding: Responding,
-    pub initiation: [u8; 68],
-    pub response: [u8; 108],
+    pub initiation: [u8; INITIATION_LEN],
+    pub response: [u8; RESPONSE_LEN],
 }
 
 pub fn pair() -> Pair {

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 /// Why a datagram or packet was dropped; each is counted ([`crate::Node::drops`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum DropReason {
-    /// Not a weft datagram (bad type, length, version).
+    /// Not a weft datagram (bad type, length, reserved bytes; another handshake version is
+    /// [`DropReason::HandshakeVersion`]).
     Malformed,
     /// A handshake message names no handshake of ours.
     UnknownIndex,
@@ -68,6 +69,17 @@ pub enum DropReason {
     /// A datagram or packet the data plane dropped because the control task's queue for
     /// everything but initiations was full (the control task fell behind).
     NodeQueueFull,
+    /// A handshake message of another protocol version than this build's: routers of two
+    /// releases that cannot handshake (upgrade every router).
+    HandshakeVersion,
+    /// An initiation or response without a valid `mac1`: not sent with this cluster's join
+    /// secret, or corrupted. Refused before any Noise processing.
+    BadMac1,
+    /// Under load, an initiation without a valid `mac2`: answered with a cookie reply instead
+    /// of a handshake, no Diffie-Hellman (docs/design.md §3).
+    CookieSent,
+    /// A cookie reply that names no initiation of ours, or does not open (forged, stray).
+    CookieRejected,
 }
 
 /// Drop counts by reason.
@@ -75,7 +87,7 @@ pub type DropCounters = BTreeMap<DropReason, u64>;
 
 impl DropReason {
     /// Every reason, in declaration order.
-    pub const ALL: [DropReason; 27] = [
+    pub const ALL: [DropReason; 31] = [
         Self::Malformed,
         Self::UnknownIndex,
         Self::HandshakeRejected,
@@ -103,6 +115,10 @@ impl DropReason {
         Self::PendingFull,
         Self::HandshakeQueueFull,
         Self::NodeQueueFull,
+        Self::HandshakeVersion,
+        Self::BadMac1,
+        Self::CookieSent,
+        Self::CookieRejected,
     ];
 
     /// The stable snake_case label metrics and logs use (`reason="spoofed_source"`). Fixed
@@ -136,6 +152,10 @@ impl DropReason {
             Self::PendingFull => "pending_full",
             Self::HandshakeQueueFull => "handshake_queue_full",
             Self::NodeQueueFull => "node_queue_full",
+            Self::HandshakeVersion => "handshake_version",
+            Self::BadMac1 => "bad_mac1",
+            Self::CookieSent => "cookie_sent",
+            Self::CookieRejected => "cookie_rejected",
         }
     }
 }

@@ -35,6 +35,9 @@ pub struct Attempt {
     pub sent_at: Instant,
     /// When to give up on this initiation and send a new one.
     pub resend_at: Instant,
+    /// Whether it was sent again at once after a cookie reply (once per attempt, so two
+    /// routers cannot loop on cookies).
+    pub cookie_resent: bool,
 }
 
 /// The tunnel to one peer.

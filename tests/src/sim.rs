@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
+use weft_crypto::wire::MAC_LEN;
 use weft_crypto::{
     DATA_HEADER_LEN, DATA_OVERHEAD, DEFAULT_CLUSTER_NAME, Handshaker, JoinSecret, JoinSecrets,
     KeyPair, SeededRng, Timestamp,
@@ -281,8 +282,14 @@ pub struct Sim {
     data_plane: DataPlaneStats,
     /// [`Sim::forge_handshakes`]: flip a bit in one of this many last bytes.
     forge_tail: Option<usize>,
+    /// The forger's own handshaker: it holds the join secret, to make `mac1` good again.
+    forger: Handshaker,
     /// [`Sim::watch`]: bytes nodes sent to each watched address.
     watched: BTreeMap<SocketAddr, u64>,
+    /// [`Sim::capture`]: datagrams nodes sent to each captured address, not yet taken.
+    captured: BTreeMap<SocketAddr, Vec<Vec<u8>>>,
+    /// [`Sim::forge_cookie_replies`]: cookie replies forged so far.
+    forged_cookie_replies: Option<u64>,
 }
 
 fn pair(a: usize, b: usize) -> (usize, usize) {
@@ -349,13 +356,18 @@ impl Sim {
             events_processed: 0,
             data_plane: DataPlaneStats::default(),
             forge_tail: None,
+            forger: Handshaker::new(KeyPair::from_private([0x66; 32]), join_secret(JOIN_SECRET)),
             watched: BTreeMap::new(),
+            captured: BTreeMap::new(),
+            forged_cookie_replies: None,
         }
     }
 
     /// An on-path forger from now on: every direct handshake message (initiation, response,
-    /// finish) is raced by a copy with one bit flipped in one of its last `tail` bytes
-    /// (`usize::MAX`: anywhere), delivered just ahead of the real one.
+    /// finish) is raced by a copy with one bit flipped in one of the last `tail` bytes of its
+    /// Noise message (`usize::MAX`: anywhere, the MACs included), delivered just ahead of the
+    /// real one. The forger knows the join secret: it makes the `mac1` of its copy good
+    /// again, so the copy reaches the Noise checks (a stranger's dies at `mac1`).
     pub fn forge_handshakes(&mut self, tail: usize) {
         self.forge_tail = Some(tail);
     }
@@ -368,6 +380,65 @@ impl Sim {
     /// Bytes nodes sent to a watched address since [`Sim::watch`].
     pub fn bytes_sent_to(&self, address: SocketAddr) -> u64 {
         self.watched.get(&address).copied().unwrap_or(0)
+    }
+
+    /// Keeps from now on the datagrams nodes send to `address` (nobody's: a flooder that
+    /// receives at its addresses), for [`Sim::take_captured`]; watches it too.
+    pub fn capture(&mut self, address: SocketAddr) {
+        self.watch(address);
+        self.captured.entry(address).or_default();
+    }
+
+    /// The datagrams sent to a captured address since the last call.
+    pub fn take_captured(&mut self, address: SocketAddr) -> Vec<Vec<u8>> {
+        self.captured
+            .get_mut(&address)
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// An on-path forger of cookie replies from now on: every direct initiation is answered,
+    /// ahead of its responder, with two cookie replies from the responder's address naming
+    /// its index: one of random bytes, and one the forger (a member) sealed for a copy of the
+    /// initiation with another timestamp (a genuine reply to another initiation).
+    pub fn forge_cookie_replies(&mut self) {
+        self.forged_cookie_replies = Some(0);
+    }
+
+    /// Cookie replies forged by [`Sim::forge_cookie_replies`].
+    pub fn cookie_replies_forged(&self) -> u64 {
+        self.forged_cookie_replies.unwrap_or(0)
+    }
+
+    /// The forged cookie replies for an initiation (see [`Sim::forge_cookie_replies`]).
+    fn forged_cookie_replies_for(&mut self, bytes: &[u8], responder: SocketAddr) -> Vec<Vec<u8>> {
+        let Some(count) = self.forged_cookie_replies else {
+            return Vec::new();
+        };
+        if bytes.first() != Some(&1) || bytes.len() != weft_crypto::wire::INITIATION_LEN {
+            return Vec::new();
+        }
+        let mut random = vec![0u8; weft_crypto::wire::COOKIE_REPLY_LEN];
+        random[0] = 8;
+        random[1] = weft_crypto::wire::PROTOCOL_VERSION;
+        random[4..8].copy_from_slice(&bytes[4..8]);
+        for b in &mut random[8..] {
+            *b = self.rng.next_u64() as u8;
+        }
+        // Another timestamp ciphertext, mac1 made good: a genuine initiation to the forger.
+        let mut other = bytes.to_vec();
+        other[50] ^= 1;
+        self.forger.stamp_mac1(&mut other);
+        let mut rng = SeededRng::new(self.rng.next_u64());
+        let stray = match self
+            .forger
+            .screen_initiation(&other, responder, true, self.base, &mut rng)
+        {
+            Ok(weft_crypto::Screened::CookieReply(r)) => r.to_vec(),
+            other => panic!("the forger's cookie reply: {other:?}"),
+        };
+        self.forged_cookie_replies = Some(count + 2);
+        vec![random, stray]
     }
 
     /// Delivers `bytes` to host `to` from `from`, any address (spoofed, or nobody's), after
@@ -394,13 +465,23 @@ impl Sim {
 
     /// A forged copy of a handshake message, if forging is on and `bytes` is one.
     fn forgery(&mut self, bytes: &[u8]) -> Option<Vec<u8>> {
-        let tail = self.forge_tail?.min(bytes.len());
-        if !matches!(bytes.first(), Some(1..=3)) || tail == 0 {
+        let tail = self.forge_tail?;
+        // Initiations and responses end in mac1 and mac2; a finish has none.
+        let noise_end = match bytes.first() {
+            Some(1 | 2) if tail != usize::MAX => bytes.len().checked_sub(2 * MAC_LEN)?,
+            Some(1..=3) => bytes.len(),
+            _ => return None,
+        };
+        let tail = tail.min(noise_end);
+        if tail == 0 {
             return None;
         }
-        let at = bytes.len() - 1 - (self.rng.next_u64() % tail as u64) as usize;
+        let at = noise_end - 1 - (self.rng.next_u64() % tail as u64) as usize;
         let mut forged = bytes.to_vec();
         forged[at] ^= 1 << (self.rng.next_u64() % 8);
+        if at < bytes.len().saturating_sub(2 * MAC_LEN) {
+            self.forger.stamp_mac1(&mut forged);
+        }
         Some(forged)
     }
 
@@ -719,6 +800,9 @@ impl Sim {
         if let Some(n) = self.watched.get_mut(&dst) {
             *n += bytes.len() as u64;
         }
+        if let Some(kept) = self.captured.get_mut(&dst) {
+            kept.push(bytes.clone());
+        }
         // Source translation.
         let h = &mut self.hosts[from_host];
         let src = match &mut h.nat {
@@ -765,6 +849,20 @@ impl Sim {
             } else {
                 None
             };
+            if copy == 0 {
+                let sender = self.hosts[from_host].addr;
+                for reply in self.forged_cookie_replies_for(&bytes, dst) {
+                    self.schedule(
+                        self.now + delay,
+                        What::Deliver {
+                            to: from_host,
+                            dst: sender,
+                            from: dst,
+                            bytes: reply,
+                        },
+                    );
+                }
+            }
             // A forgery goes first at the same instant: delivered ahead of the real one.
             for bytes in forged.into_iter().chain([bytes.clone()]) {
                 let at = self.now + delay;

@@ -238,14 +238,8 @@ fn h_wrong_join_secret_cannot_join_learn_or_deliver(data_path: DataPath) {
             "node {i} never heard of it"
         );
         assert!(!n.is_up(&idx));
-        assert!(
-            n.drops()
-                .get(&DropReason::HandshakeRejected)
-                .copied()
-                .unwrap_or(0)
-                > 0
-                || i > 2
-        );
+        // Refused at mac1, before any Noise processing.
+        assert!(n.drops().get(&DropReason::BadMac1).copied().unwrap_or(0) > 0 || i > 2);
     }
     // It tries to send to node 1's block: it has no route, so nothing leaves it for node 1.
     let target = sim.node(1).block().unwrap().network();

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info};
 use weft_crypto::wire::{DataHeader, Finish, Initiation, Response, StaleIndex};
-use weft_crypto::{Keyring, REKEY_TIMEOUT, Role, Session};
+use weft_crypto::{Keyring, REKEY_TIMEOUT, Role, Screened, Session};
 
 use crate::drop::DropReason;
 use crate::id::{Endpoint, PeerId};
@@ -68,13 +68,36 @@ pub const UNKNOWN_INDEX_ENDPOINTS: usize = 64;
 
 impl Node {
     pub(super) fn on_initiation(&mut self, now: Instant, source: Source, bytes: &[u8]) {
-        if Initiation::parse(bytes).is_err() {
-            return self.drop_for(DropReason::Malformed);
+        if let Err(e) = Initiation::parse(bytes) {
+            return self.refuse_malformed_handshake(now, source, &e);
         }
-        // Budgets first, before any Diffie-Hellman. A relayed initiation comes from the
-        // endpoint of a member with a tunnel up (the relay checks), so only direct ones count
-        // against their source.
-        if source.relayed_from.is_none() && !self.initiations.admit(source.endpoint.ip(), now) {
+        // mac1 first, then under load mac2 (`cookies.rs`): no Noise processing before them.
+        // A relayed initiation comes from the endpoint of a member with a tunnel up (the
+        // relay checks), so only direct ones count towards the load, and prove their source.
+        let direct = source.relayed_from.is_none();
+        let under_load = direct && self.under_load(now);
+        match self.handshaker.screen_initiation(
+            bytes,
+            source.endpoint,
+            under_load,
+            now,
+            &mut &mut *self.rng,
+        ) {
+            Ok(Screened::Unproven | Screened::Proven) => {}
+            Ok(Screened::CookieReply(reply)) => {
+                self.cookies.load.note(now);
+                self.stats.handshake_bytes += reply.len() as u64;
+                self.send_back(source, &reply);
+                return self.drop_for(DropReason::CookieSent);
+            }
+            Err(e) => return self.drop_for(self.handshake_drop(&e)),
+        }
+        if direct {
+            self.cookies.load.note(now);
+        }
+        // Budgets next, before any Diffie-Hellman; only direct initiations count against
+        // their source.
+        if direct && !self.initiations.admit(source.endpoint.ip(), now) {
             return self.drop_for(DropReason::InitiationRateLimited);
         }
         if self.responding.len() >= PENDING_LIMIT {
@@ -110,8 +133,9 @@ impl Node {
     }
 
     pub(super) fn on_response(&mut self, now: Instant, source: Source, bytes: &[u8]) {
-        let Ok(resp) = Response::parse(bytes) else {
-            return self.drop_for(DropReason::Malformed);
+        let resp = match Response::parse(bytes) {
+            Ok(r) => r,
+            Err(e) => return self.refuse_malformed_handshake(now, source, &e),
         };
         let index = resp.receiver_index();
         match self.indices.get(index) {
@@ -202,8 +226,9 @@ impl Node {
     }
 
     pub(super) fn on_finish(&mut self, now: Instant, source: Source, bytes: &[u8]) {
-        let Ok(fin) = Finish::parse(bytes) else {
-            return self.drop_for(DropReason::Malformed);
+        let fin = match Finish::parse(bytes) {
+            Ok(f) => f,
+            Err(e) => return self.refuse_malformed_handshake(now, source, &e),
         };
         let index = fin.receiver_index();
         let Some(pending) = self.responding.remove(&index) else {
@@ -524,6 +549,11 @@ impl Node {
             return;
         };
         let resend_at = now + REKEY_TIMEOUT + self.jitter(Duration::from_millis(333));
+        // With mac2, if that endpoint gave us a cookie lately.
+        let mut msg = msg;
+        if let Some(cookie) = self.cookie_for(endpoint, now) {
+            cookie.stamp(&mut msg);
+        }
         self.stats.handshake_bytes += msg.len() as u64;
         self.transmit(endpoint, msg.to_vec());
         if let Some(d) = self.dials.get_mut(&endpoint) {
@@ -533,6 +563,7 @@ impl Node {
                 initiator: Some(initiator),
                 sent_at: now,
                 resend_at,
+                cookie_resent: false,
             });
         }
     }
@@ -563,6 +594,7 @@ impl Node {
             initiator: Some(initiator),
             sent_at: now,
             resend_at,
+            cookie_resent: false,
         };
         let nat_pair = self.nat_pair(&id);
         let p = self.peers.get_mut(&id).expect("checked above");
@@ -591,6 +623,11 @@ impl Node {
             direct.clear();
         }
         for ep in &direct {
+            // With mac2, if that endpoint gave us a cookie lately.
+            let mut msg = msg;
+            if let Some(cookie) = self.cookie_for(*ep, now) {
+                cookie.stamp(&mut msg);
+            }
             self.stats.handshake_bytes += msg.len() as u64;
             self.transmit(*ep, msg.to_vec());
         }

@@ -74,6 +74,7 @@ use crate::routes::{NextHop, RouteTable};
 use crate::wire::ControlMessage;
 
 mod address_space;
+mod cookies;
 mod gossip;
 mod handshake;
 mod indices;
@@ -95,6 +96,7 @@ pub use gossip::{DIGEST_INTERVAL, GOSSIP_INTERVAL, TOMBSTONE_TTL};
 pub use io::{Command, Config, DownReason, Event, PersistentState, Transmit};
 pub use status::{DirectAttempt, JoinSecretUse, NodeStats, NodeStatus, PeerStatus};
 
+pub use cookies::{COOKIE_VALID, COOKIES_KEPT, LOAD_THRESHOLD};
 pub use handshake::{
     CROSSING_WINDOW, INITIATE_FALLBACK, PENDING_LIMIT, RESPONDING_TIMEOUT, UNKNOWN_INDEX_ENDPOINTS,
     UNKNOWN_INDEX_INTERVAL,
@@ -136,6 +138,8 @@ pub struct Node {
     responding: HashMap<u32, Pending>,
     /// Per-source budgets for initiations we answer.
     initiations: InitiationLimiter,
+    /// Load, cookies held as initiator (`cookies.rs`).
+    cookies: cookies::Cookies,
     /// Endpoints peers reported seeing us at, newest last.
     seen: VecDeque<Endpoint>,
     synced: bool,
@@ -228,6 +232,7 @@ impl Node {
             indices: Indices::default(),
             responding: HashMap::new(),
             initiations: InitiationLimiter::default(),
+            cookies: cookies::Cookies::new(),
             seen: VecDeque::new(),
             synced: false,
             rumors: BTreeSet::new(),
@@ -360,6 +365,11 @@ impl Node {
     /// Responder handshakes waiting for their finish (at most [`PENDING_LIMIT`]).
     pub fn pending_handshakes(&self) -> usize {
         self.responding.len()
+    }
+
+    /// X25519 operations this Node's handshaker performed so far.
+    pub fn dh_operations(&self) -> u64 {
+        self.handshaker.dh_operations()
     }
 
     /// Whether `index` is one of our local indices (a session, or a handshake in flight).
@@ -698,6 +708,7 @@ impl Node {
                 Err(_) => self.drop_for(DropReason::Malformed),
             },
             MessageType::StaleIndex => self.on_stale_index(now, source, bytes),
+            MessageType::CookieReply => self.on_cookie_reply(now, source, bytes),
             // A relay envelope inside a relay envelope.
             MessageType::Relay => self.drop_for(DropReason::Malformed),
         }

@@ -77,6 +77,10 @@ impl Node {
     pub(super) fn handshake_drop(&self, error: &weft_crypto::HandshakeError) -> DropReason {
         match error {
             weft_crypto::HandshakeError::PeerNotAllowed(_) => DropReason::NotPinned,
+            weft_crypto::HandshakeError::BadMac1 => DropReason::BadMac1,
+            weft_crypto::HandshakeError::Malformed(
+                weft_crypto::wire::WireError::UnsupportedVersion(_),
+            ) => DropReason::HandshakeVersion,
             weft_crypto::HandshakeError::UnexpectedPeer { .. } if self.pinned.is_some() => {
                 DropReason::NotPinned
             }
