@@ -157,6 +157,12 @@ pub fn flood(
     );
     let mut lab = state::status(prefix)?;
     let n = crate::routers::find_node(&mut lab, node)?.clone();
+    refuse_unless!(
+        !n.behind_nat,
+        "{} sits behind a NAT box, which drops what it did not ask for: flood a node on the \
+         switch",
+        n.name
+    );
     let target = SocketAddrV4::new(n.underlay.addr(), weft_router::config::DEFAULT_PORT);
     let secret = match kind {
         FloodKind::Garbage => None,
