@@ -183,8 +183,9 @@ pub fn exec(prefix: &str, pod: &str, cmd: &[String]) -> Result<i32, LabError> {
 }
 
 /// Attaches a new pod to node `node` of lab `prefix` through weft-cni, as a container
-/// runtime does for a new pod: it is named `nN-pJ` with the first `J` no pod of the node has
-/// had yet in this lab's state.
+/// runtime does for a new pod: it is named `nN-pJ`, `J` one more than the highest of the
+/// node's pods now (a deleted pod's name may come back; its address does not at once, as
+/// weft-cni hands addresses out round the block).
 pub fn pod_add(prefix: &str, node: &str, bins: &Binaries) -> Result<PodState, LabError> {
     let mut state = status(prefix)?;
     if state.spec.api || state.spec.model.is_some() {
