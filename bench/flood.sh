@@ -18,8 +18,9 @@
 #   answered         datagrams that came back to the flooder (n1's handshake responses; for
 #                    garbage, stale-index notices)
 #   counted          n1's weft_drops_total, all reasons, during the phase (before/after
-#                    /metrics), + answered for initiations: every flood datagram the router
-#                    accounts for (drops of the pods' own traffic would count too)
+#                    /metrics), + the handshake responses among the answers: every flood
+#                    datagram the router accounts for (drops of the pods' own traffic would
+#                    count too)
 #   unaccounted      sent - counted (negative: the router counted more than the flood sent,
 #                    e.g. drops of the pods' own traffic)
 #   rcvbuf           UDP receive-buffer errors in n1's namespace during the phase
@@ -149,7 +150,7 @@ phase() {
     PIDS+=("$p2" "$p3")
     if [[ $kind == none ]]; then
         sleep "$FLOOD_SECONDS"
-        echo '{"datagrams":0,"answers":0,"rate":0}' >"$RAW/$tag-flood.json"
+        echo '{"datagrams":0,"answers":0,"responses":0,"rate":0}' >"$RAW/$tag-flood.json"
     else
         "$WEFT" lab flood n1 --prefix "$PREFIX" --kind "$kind" --sources "$sources" \
             --seconds "$FLOOD_SECONDS" --json >"$RAW/$tag-flood.json"
@@ -165,10 +166,9 @@ phase() {
     answered=$(jq -r .answers "$RAW/$tag-flood.json")
     rate=$(jq -r '.rate | floor' "$RAW/$tag-flood.json")
     local drops=$(($(sum_drops "$RAW/$tag-after-n1.prom") - $(sum_drops "$RAW/$tag-before-n1.prom")))
-    # A response answers an initiation the router did not drop. Garbage gets no response:
-    # what comes back is a stale-index notice for a datagram it also counted (unknown_index).
-    local counted=$drops
-    [[ $kind != initiation ]] || counted=$((drops + answered))
+    # A handshake response answers an initiation the router did not drop; anything else
+    # that comes back (a stale-index notice for garbage) answers a datagram it also counted.
+    local counted=$((drops + $(jq -r .responses "$RAW/$tag-flood.json")))
     local downs=0 lines
     for i in 1 2 3; do
         lines=$(grep -c 'peer down' "/run/weft-lab/$PREFIX/n$i/router.log" || true)

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use serde::Serialize;
-use weft_crypto::{Handshaker, JoinSecret, KeyPair, OsRandom, Random, Timestamp};
+use weft_crypto::{Handshaker, JoinSecret, KeyPair, MessageType, OsRandom, Random, Timestamp};
 
 use crate::LabError;
 use crate::error::{refuse, refuse_unless};
@@ -76,9 +76,12 @@ pub struct FloodReport {
     pub rate: f64,
     /// Sends the kernel refused with an error other than a full buffer (not counted above).
     pub send_errors: u64,
-    /// Datagrams that came back to the flooder's addresses (the router's handshake
-    /// responses, for an initiation flood).
+    /// Datagrams that came back to the flooder's addresses: handshake responses, and
+    /// whatever else the router sends a stranger (stale-index notices for garbage).
     pub answers: u64,
+    /// Of those, handshake responses: initiations the router answered rather than dropped.
+    /// Everything else that came back answers a datagram the router also counted as a drop.
+    pub responses: u64,
 }
 
 impl FloodReport {
@@ -86,7 +89,7 @@ impl FloodReport {
     pub fn render(&self) -> String {
         format!(
             "flooded {} ({}) with {} from {} source address{} for {:.1} s: {} datagrams, \
-             {} bytes, {:.0} datagrams/s, {} send errors, {} answers",
+             {} bytes, {:.0} datagrams/s, {} send errors, {} answers ({} handshake responses)",
             self.node,
             self.target,
             match self.kind {
@@ -100,7 +103,8 @@ impl FloodReport {
             self.bytes,
             self.rate,
             self.send_errors,
-            self.answers
+            self.answers,
+            self.responses
         )
     }
 }
@@ -239,11 +243,15 @@ pub fn flood(
         rate: 0.0,
         send_errors: 0,
         answers: 0,
+        responses: 0,
     };
     let drain = |report: &mut FloodReport, scratch: &mut [u8]| {
         for s in &sockets {
-            while s.recv_from(scratch).is_ok() {
+            while let Ok((n, _)) = s.recv_from(scratch) {
                 report.answers += 1;
+                if n > 0 && scratch[0] == MessageType::HandshakeResponse as u8 {
+                    report.responses += 1;
+                }
             }
         }
     };
