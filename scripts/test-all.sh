@@ -36,5 +36,10 @@ bounded 25m cargo test --workspace --locked --no-fail-fast
 # --workspace, as above: the same feature set, so nothing is compiled again.
 echo "== end-to-end tests again, routers with WEFT_OFFLOAD=off"
 WEFT_OFFLOAD=off bounded 15m cargo test --workspace --locked --no-fail-fast --test 'e2e_*'
+# The 2-minute soak (scripts/soak.sh: churn, floods, pod churn; no duplicate, orphan, leak
+# or leftover). Ignored by plain `cargo test` for its length; run once here, with offloads.
+# --workspace, as above: the same feature set, so nothing is compiled again.
+echo "== soak, 2 minutes (tests/tests/e2e_soak.rs)"
+bounded 8m cargo test --workspace --locked --test e2e_soak -- --ignored
 echo "== fuzz smoke (bounded)"
 scripts/fuzz-smoke.sh

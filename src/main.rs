@@ -349,6 +349,38 @@ enum LabCommand {
         #[command(flatten)]
         which: LabName,
     },
+    /// Attach a new pod to a node through weft-cni (`weft lab pod add n2`: prints its name
+    /// and address), or delete one with weft-cni DEL (`weft lab pod del n2-p3`), as a
+    /// container runtime does. Not for labs run with --api (use kubectl there).
+    Pod {
+        #[command(subcommand)]
+        action: PodAction,
+    },
+    /// Flood one node's router from inside the lab, to see what a flood does: for SECONDS at
+    /// the highest rate one thread reaches, send garbage (random bytes) or valid handshake
+    /// initiations made with the lab's join secret (a rogue member; a new ephemeral key each),
+    /// from one source address or from many in the underlay range. It sends from a namespace
+    /// of its own joined to the lab's switch (PREFIX-fPID), removed when it ends or when the
+    /// lab goes down, and prints what it sent: datagrams, bytes, rate, and the datagrams
+    /// that came back. The routers count what they drop (`weft_drops_total`).
+    Flood {
+        /// The node whose router is flooded, `n1` or `1`.
+        node: String,
+        /// What to send.
+        #[arg(long, value_parser = ["garbage", "initiation"], default_value = "initiation")]
+        kind: String,
+        /// How long, in seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// How many source addresses to send from, round robin (from 198.18.192.1 up).
+        #[arg(long, default_value_t = 1)]
+        sources: usize,
+        /// Print the report as JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        which: LabName,
+    },
     /// Drop all underlay traffic between two nodes from now on, e.g. `weft lab block 1-3`.
     Block {
         /// The two nodes, `A-B`.
@@ -409,6 +441,23 @@ enum LabCommand {
         /// The command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
+        #[command(flatten)]
+        which: LabName,
+    },
+}
+
+/// What `weft lab pod` does.
+#[derive(Subcommand, Debug)]
+enum PodAction {
+    /// Attach a new pod to NODE (`n2` or `2`) through weft-cni ADD.
+    Add {
+        node: String,
+        #[command(flatten)]
+        which: LabName,
+    },
+    /// Delete POD (`n2-p3`) through weft-cni DEL, and its namespace.
+    Del {
+        pod: String,
         #[command(flatten)]
         which: LabName,
     },
@@ -962,6 +1011,35 @@ fn run_lab(cmd: LabCommand) -> anyhow::Result<()> {
             match weft_lab::router(&which.prefix, &node, action.into(), original_seeds, &weft)? {
                 Some(pid) => println!("started the router of {node} (pid {pid})"),
                 None => println!("the router of {node} has stopped"),
+            }
+        }
+        LabCommand::Pod { action } => {
+            let bins = weft_lab::Binaries::beside(std::env::current_exe()?);
+            match action {
+                PodAction::Add { node, which } => {
+                    let pod = weft_lab::pod_add(&which.prefix, &node, &bins)?;
+                    println!("{} {} {}", pod.name, pod.node, pod.address);
+                }
+                PodAction::Del { pod, which } => {
+                    let pod = weft_lab::pod_del(&which.prefix, &pod, &bins)?;
+                    println!("deleted pod {} ({})", pod.name, pod.address);
+                }
+            }
+        }
+        LabCommand::Flood {
+            node,
+            kind,
+            seconds,
+            sources,
+            json,
+            which,
+        } => {
+            let report =
+                weft_lab::flood::flood(&which.prefix, &node, kind.parse()?, seconds, sources)?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{}", report.render());
             }
         }
         LabCommand::Block { link, which } => {

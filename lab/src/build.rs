@@ -345,13 +345,8 @@ pub(crate) struct Attach<'a> {
     pub policy: Option<std::path::PathBuf>,
 }
 
-fn attach_pod(
-    node: &NodeState,
-    ns: String,
-    name: String,
-    how: &Attach<'_>,
-) -> anyhow::Result<PodState> {
-    add_ns(&ns)?;
+/// weft-cni's network configuration for a pod of `node`.
+fn cni_config(node: &NodeState, how: &Attach<'_>) -> serde_json::Value {
     let mut config = serde_json::json!({
         "cniVersion": "1.1.0",
         "name": "weft",
@@ -363,6 +358,17 @@ fn attach_pod(
     if let Some(socket) = &how.policy {
         config["policy"] = serde_json::json!({"control_socket": socket});
     }
+    config
+}
+
+pub(crate) fn attach_pod(
+    node: &NodeState,
+    ns: String,
+    name: String,
+    how: &Attach<'_>,
+) -> anyhow::Result<PodState> {
+    add_ns(&ns)?;
+    let config = cni_config(node, how);
     let netns_path = format!("/run/netns/{ns}");
     let container_id = format!("lab-{ns}");
     let cni = how.cni_bin.to_str().context("weft-cni path is not UTF-8")?;
@@ -399,4 +405,32 @@ fn attach_pod(
         namespace: ns,
         address,
     })
+}
+
+/// Detaches `pod` as a container runtime does when a pod goes: weft-cni DEL (which frees its
+/// address), then its namespace is deleted.
+pub(crate) fn detach_pod(node: &NodeState, pod: &PodState, how: &Attach<'_>) -> anyhow::Result<()> {
+    let config = cni_config(node, how);
+    let netns_path = format!("/run/netns/{}", pod.namespace);
+    let container_id = format!("lab-{}", pod.namespace);
+    let cni = how.cni_bin.to_str().context("weft-cni path is not UTF-8")?;
+    sys::run_with(
+        "ip",
+        &["netns", "exec", &node.namespace, cni],
+        &[
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", &container_id),
+            ("CNI_NETNS", &netns_path),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/usr/lib/cni"),
+            ("CNI_ARGS", ""),
+        ],
+        Some(config.to_string().as_bytes()),
+    )
+    .with_context(|| format!("detaching pod {} with weft-cni", pod.name))?;
+    for pid in sys::pids_in(&pod.namespace) {
+        let _ = sys::run("kill", &["-KILL", &pid.to_string()]);
+    }
+    sys::run("ip", &["netns", "del", &pod.namespace])?;
+    Ok(())
 }

@@ -24,6 +24,7 @@ pub mod api;
 mod build;
 pub mod delay;
 pub mod error;
+pub mod flood;
 pub mod model;
 pub mod plan;
 mod routers;
@@ -179,6 +180,74 @@ pub fn exec(prefix: &str, pod: &str, cmd: &[String]) -> Result<i32, LabError> {
         .status()
         .context("running ip netns exec")?;
     Ok(status.code().unwrap_or(128))
+}
+
+/// Attaches a new pod to node `node` of lab `prefix` through weft-cni, as a container
+/// runtime does for a new pod: it is named `nN-pJ`, `J` one more than the highest of the
+/// node's pods now (a deleted pod's name may come back; its address does not at once, as
+/// weft-cni hands addresses out round the block).
+pub fn pod_add(prefix: &str, node: &str, bins: &Binaries) -> Result<PodState, LabError> {
+    let mut state = status(prefix)?;
+    if state.spec.api || state.spec.model.is_some() {
+        refuse!("lab {prefix:?} runs an API server: add pods through it (kubectl)");
+    }
+    let n = routers::find_node(&mut state, node)?.clone();
+    let i: usize = n.name[1..].parse().expect("n<number>");
+    let head = format!("{}-p", n.name);
+    let j = state
+        .pods
+        .iter()
+        .filter_map(|p| p.name.strip_prefix(&head)?.parse::<usize>().ok())
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let names = Names::new(prefix);
+    let attach = build::Attach {
+        mtu: state.pod_mtu,
+        cni_bin: &bins.cni,
+        k8s: None,
+        policy: None,
+    };
+    let (ns, name) = (names.pod_ns(i, j), plan::pod_name(i, j));
+    let pod = match build::attach_pod(&n, ns.clone(), name, &attach) {
+        Ok(pod) => pod,
+        Err(e) => {
+            // Nothing half-made stays: the namespace goes (weft-cni undoes its own part).
+            let _ = sys::run("ip", &["netns", "del", &ns]);
+            return Err(e.into());
+        }
+    };
+    state.pods.push(pod.clone());
+    state::save(&state)?;
+    Ok(pod)
+}
+
+/// Deletes pod `pod` of lab `prefix` as a container runtime does: weft-cni DEL, then its
+/// namespace.
+pub fn pod_del(prefix: &str, pod: &str, bins: &Binaries) -> Result<PodState, LabError> {
+    let mut state = status(prefix)?;
+    if state.spec.api || state.spec.model.is_some() {
+        refuse!("lab {prefix:?} runs an API server: delete pods through it (kubectl)");
+    }
+    let Some(at) = state.pods.iter().position(|p| p.name == pod) else {
+        let known: Vec<&str> = state.pods.iter().map(|p| p.name.as_str()).collect();
+        refuse!(
+            "lab {prefix:?} has no pod {pod:?} (pods: {})",
+            known.join(", ")
+        );
+    };
+    let p = state.pods[at].clone();
+    let n = routers::find_node(&mut state, &p.node)?.clone();
+    let attach = build::Attach {
+        mtu: state.pod_mtu,
+        cni_bin: &bins.cni,
+        k8s: None,
+        policy: None,
+    };
+    build::detach_pod(&n, &p, &attach)?;
+    state.pods.remove(at);
+    state::save(&state)?;
+    Ok(p)
 }
 
 /// Blocks (or, with `blocked` false, unblocks) the underlay between nodes `a` and `b` at the

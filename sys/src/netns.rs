@@ -84,6 +84,14 @@ impl Netns {
         })
     }
 
+    /// A UDP socket bound to `addr` inside this namespace (it stays there whichever thread
+    /// sends on it): how `weft lab flood` sends from its own namespace in the lab.
+    pub fn bind_udp(&self, addr: std::net::SocketAddr) -> Result<std::net::UdpSocket, NetnsError> {
+        self.inside(|| {
+            std::net::UdpSocket::bind(addr).map_err(|source| NetnsError::Connect { addr, source })
+        })
+    }
+
     /// Runs `make` on a thread of its own that has entered this namespace: a socket it makes
     /// stays in the namespace, and the caller's thread never moves.
     fn inside<T: Send>(
