@@ -170,13 +170,13 @@ fn a_three_step_rotation_keeps_pod_traffic_flowing_and_locks_out_the_old_secret(
     }
     drop(probers);
 
-    // A router started with only the old secret is refused.
+    // A router started with only the old secret is refused (at mac1, before any Noise).
     let rejected = |lab: &Lab| -> u64 {
         lab.status("n1")["drops"]
             .as_object()
             .unwrap()
             .iter()
-            .filter(|(k, _)| k.replace('_', "").eq_ignore_ascii_case("handshakerejected"))
+            .filter(|(k, _)| k.replace('_', "").eq_ignore_ascii_case("badmac1"))
             .map(|(_, v)| v.as_u64().unwrap())
             .sum()
     };
