@@ -36,8 +36,7 @@
 #   MINUTES=30        how long to churn
 #   NODES=4           nodes in the lab (3 to 9)
 #   PREFIX=wsoak      the lab's namespace prefix
-#   ROTATE=1          0: skip the join-secret rotation (routers that do not re-read their
-#                     secret file lose their tunnels to it)
+#   ROTATE=1          0: skip the join-secret rotation
 #   STEP=4            seconds between actions
 #   SETTLE=20         seconds after the churn before the pings stop
 #   FD_SLACK=16       descriptors a router may gain between start and end

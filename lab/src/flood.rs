@@ -20,7 +20,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use serde::Serialize;
-use weft_crypto::{Handshaker, JoinSecret, KeyPair, MessageType, OsRandom, Random, Timestamp};
+use weft_crypto::{
+    Handshaker, JoinSecret, JoinSecrets, KeyPair, MessageType, OsRandom, Random, Timestamp,
+};
 
 use crate::LabError;
 use crate::error::{refuse, refuse_unless};
@@ -175,9 +177,11 @@ pub fn flood(
             let path = state::join_secret_file(prefix);
             let text = std::fs::read(&path)
                 .with_context(|| format!("reading the lab's join secret {}", path.display()))?;
-            // The first line: the secret members use (later lines are only accepted).
-            let first = text.split(|b| *b == b'\n').next().unwrap_or_default();
-            Some(JoinSecret::new(first).map_err(|e| LabError::Refused(e.to_string()))?)
+            // The primary (first line): the secret members initiate with. The lab's routers
+            // run with the default cluster name.
+            let secrets = JoinSecrets::parse(&text, weft_crypto::DEFAULT_CLUSTER_NAME)
+                .map_err(|e| LabError::Refused(e.to_string()))?;
+            Some(secrets.primary().clone())
         }
     };
     sweep(prefix)?;
@@ -400,7 +404,11 @@ mod tests {
             })
             .collect();
         assert!(lens.len() > 20 && lens.iter().all(|l| (1..=200).contains(l)));
-        let secret = JoinSecret::new(b"a lab secret of enough length here").unwrap();
+        let secret = JoinSecret::new(
+            b"a lab secret of enough length here",
+            weft_crypto::DEFAULT_CLUSTER_NAME,
+        )
+        .unwrap();
         let mut i = Sender::new(FloodKind::Initiation, Some(secret));
         i.next(&mut d);
         let first = d.clone();

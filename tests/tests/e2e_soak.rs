@@ -51,9 +51,6 @@ fn two_minutes_of_churn_leave_no_duplicate_no_orphan_no_leak_and_nothing_behind(
         .env("WEFT", &weft)
         .env("STEP", "2")
         .env("SETTLE", "15")
-        // The routers re-read their join-secret file only once that lands; until then a
-        // rotation would cut every tunnel by design of the old router, not by a leak.
-        .env("ROTATE", "0")
         .output()
         .expect("running scripts/soak.sh");
     let table = String::from_utf8_lossy(&out.stdout);
