@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(iproute2 nftables iptables iputils-ping netcat-openbsd iperf3 tcpdump procps
-          containernetworking-plugins chromium)
+          containernetworking-plugins chromium jq curl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
