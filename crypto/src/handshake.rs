@@ -401,8 +401,8 @@ impl Handshaker {
 
     /// Opens a cookie reply to our initiation `initiator`: the cookie to stamp the next
     /// initiations to the reply's source with. A reply for another index, or that does not
-    /// open under an accepted secret with our initiation's `mac1`, is refused and changes
-    /// nothing.
+    /// open under the keys of the secret our initiation used, with its `mac1`, is refused and
+    /// changes nothing.
     pub fn open_cookie_reply(
         &self,
         initiator: &Initiator,
