@@ -30,7 +30,7 @@ fn a_node_with_the_wrong_secret_gets_no_tunnel_and_no_traffic() {
     let rejected = |lab: &Lab| {
         status_drops(&lab.status("n1"))
             .iter()
-            .filter(|(reason, _)| same_reason(reason, "handshake_rejected"))
+            .filter(|(reason, _)| same_reason(reason, "bad_mac1"))
             .map(|(_, n)| *n)
             .sum::<u64>()
     };
