@@ -6,6 +6,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
+use weft_crypto::wire::{FINISH_LEN, INITIATION_LEN, RESPONSE_LEN};
 use weft_tests::e2e::*;
 
 /// A node with the wrong join secret gets no tunnel, and no pod traffic passes to or
@@ -302,23 +303,32 @@ fn garbage() -> Vec<Vec<u8>> {
     };
     let mut out = Vec::new();
     for i in 0..300 {
-        let len = [0, 1, 2, 7, 13, 28, 29, 64, 68, 72, 108, 500, 1400][i % 13];
+        let len = [0, 1, 2, 7, 13, 28, 29, 64, 72, 100, 140, 500, 1400][i % 13];
         out.push(random(len));
     }
-    // The full lengths: initiation 68, response 108, finish 72, data/control/relay header 13.
-    for (ty, full) in [(1u8, 68usize), (2, 108), (3, 72), (4, 29), (5, 29), (6, 80)] {
+    // The full lengths of each type (data/control/relay: header 13 + tag 16, relay 80), and
+    // the current handshake version, to get past the first check.
+    let version = weft_crypto::wire::PROTOCOL_VERSION;
+    for (ty, full) in [
+        (1u8, INITIATION_LEN),
+        (2, RESPONSE_LEN),
+        (3, FINISH_LEN),
+        (4, 29),
+        (5, 29),
+        (6, 80),
+    ] {
         for len in 1..full {
             let mut d = random(len);
             d[0] = ty;
             if len > 1 {
-                d[1] = 1; // the protocol version, to get past the first check
+                d[1] = version;
             }
             out.push(d);
         }
         for extra in [0usize, 20, 1000] {
             let mut d = random(full + extra);
             d[0] = ty;
-            d[1] = 1;
+            d[1] = version;
             out.push(d);
         }
     }
