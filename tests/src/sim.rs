@@ -290,7 +290,15 @@ pub struct Sim {
     captured: BTreeMap<SocketAddr, Vec<Vec<u8>>>,
     /// [`Sim::forge_cookie_replies`]: cookie replies forged so far.
     forged_cookie_replies: Option<u64>,
+    /// The last timer served (host, virtual time) and how many times in a row it fired at
+    /// that same instant: a Node whose deadline stays in the past spins (see `step`).
+    same_instant_timers: (usize, Duration, u32),
 }
+
+/// Timer firings of one host at one virtual instant past which the simulator calls it a
+/// livelock: a Node must move every deadline it served past `now` (a real router would spin
+/// a core on it). Legitimate work at one instant takes a handful.
+const TIMER_SPIN_LIMIT: u32 = 1000;
 
 fn pair(a: usize, b: usize) -> (usize, usize) {
     (a.min(b), a.max(b))
@@ -360,6 +368,7 @@ impl Sim {
             watched: BTreeMap::new(),
             captured: BTreeMap::new(),
             forged_cookie_replies: None,
+            same_instant_timers: (usize::MAX, Duration::ZERO, 0),
         }
     }
 
@@ -604,7 +613,7 @@ impl Sim {
         } else {
             self.wall_base + self.now - Duration::from_secs(h.spec.skew_secs.unsigned_abs())
         };
-        let span = tracing::info_span!("node", name = %h.spec.name);
+        let span = tracing::info_span!("node", name = %h.spec.name, t = ?self.now);
         let node = span.in_scope(|| {
             Node::new(
                 config,
@@ -734,7 +743,7 @@ impl Sim {
     /// Runs a closure on a node inside its span, then drains its outputs.
     pub fn with_node<T>(&mut self, i: usize, f: impl FnOnce(&mut Node, Instant) -> T) -> T {
         let now = self.instant();
-        let span = tracing::info_span!("node", name = %self.hosts[i].spec.name);
+        let span = tracing::info_span!("node", name = %self.hosts[i].spec.name, t = ?self.now);
         let node = self.hosts[i].node.as_mut().expect("host is running");
         let out = span.in_scope(|| f(node, now));
         self.drain(i);
@@ -894,9 +903,24 @@ impl Sim {
                     return true; // superseded
                 }
                 h.next_timer = None;
-                let span = tracing::info_span!("node", name = %h.spec.name);
+                let span = tracing::info_span!("node", name = %h.spec.name, t = ?self.now);
                 let node = h.node.as_mut().expect("checked");
                 span.in_scope(|| node.handle_timeout(now));
+                let spin = &mut self.same_instant_timers;
+                if (spin.0, spin.1) == (host, at) {
+                    spin.2 += 1;
+                    assert!(
+                        spin.2 < TIMER_SPIN_LIMIT,
+                        "seed {}: {}'s timer fired {} times at {:?} of virtual time: a \
+                         deadline it served stays in the past (the router would spin)",
+                        self.seed,
+                        h.spec.name,
+                        spin.2,
+                        at
+                    );
+                } else {
+                    *spin = (host, at, 1);
+                }
                 self.drain(host);
             }
             What::Report { host, half } => self.report(host, half, at),
@@ -932,7 +956,7 @@ impl Sim {
                 }
                 let h = &mut self.hosts[to];
                 let node = h.node.as_mut().expect("checked");
-                let span = tracing::info_span!("node", name = %h.spec.name);
+                let span = tracing::info_span!("node", name = %h.spec.name, t = ?self.now);
                 span.in_scope(|| node.handle_datagram(now, from, &bytes));
                 self.drain(to);
             }
@@ -1211,7 +1235,7 @@ impl Sim {
         };
         let report = h.worker.tallies[half].take().unwrap_or_default();
         self.data_plane.reports += 1;
-        let span = tracing::info_span!("node", name = %h.spec.name);
+        let span = tracing::info_span!("node", name = %h.spec.name, t = ?self.now);
         span.in_scope(|| report.apply(node, now));
         self.drain(i);
     }

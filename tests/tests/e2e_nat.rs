@@ -37,10 +37,14 @@ fn first_ping_answers_within_a_second(lab: &Lab, from: &str, to: &str) {
             &address,
         ],
     );
+    let (a, b) = (&lab.pod(from).node, &lab.pod(to).node);
     assert!(
         ok,
-        "{from} -> {to}: the first ping went unanswered for 1 s: {out}{err}\n{:?}",
-        lab.peer(&lab.pod(from).node, &lab.pod(to).node)
+        "{from} -> {to}: the first ping went unanswered for 1 s: {out}{err}\n{:?}\n{a}'s log \
+         ends:\n{}\n{b}'s log ends:\n{}",
+        lab.peer(a, b),
+        lab.log_tail(a),
+        lab.log_tail(b)
     );
     let rtt = out
         .lines()

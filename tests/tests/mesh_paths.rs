@@ -254,3 +254,63 @@ fn h_wrong_join_secret_cannot_join_learn_or_deliver(data_path: DataPath) {
     assert!(sim.take_tun(1).is_empty());
     assert_eq!(sim.node(x).drops().get(&DropReason::NoRoute), Some(&1));
 }
+
+/// f. A NATed node joins a mesh holding a NATed member, and may learn the member's record
+/// before it learns (from the public node's observation) that it sits behind a NAT itself:
+/// the pair must still handshake through the relay at once, not after a lost direct
+/// initiation and its 5 s resend. Over 40 seeds the session is up within two gossip rounds
+/// of the newcomer knowing the member (or before). Node data path only: this is the Node's
+/// handshake logic, and 40 seeds cost.
+#[test]
+fn f_a_nat_pair_handshakes_through_the_relay_whichever_it_learns_first() {
+    const WITHIN: Duration = Duration::from_secs(3);
+    let mut slow = Vec::new();
+    for seed in 0..40 {
+        let mut sim = Sim::new(seed);
+        sim.use_fast_insecure_dh();
+        let mut spec = NodeSpec::new("public", vec![]);
+        spec.found = true;
+        sim.add(spec);
+        let mut spec = NodeSpec::new("nat-c", vec![0]);
+        spec.nat = Some(NatKind::EndpointIndependent);
+        let c = sim.add(spec);
+        sim.run_for(Duration::from_secs(5));
+        let mut spec = NodeSpec::new("nat-a", vec![0]);
+        spec.nat = Some(NatKind::EndpointIndependent);
+        let a = sim.add(spec);
+        let idc = sim.id(c);
+        let start = sim.elapsed();
+        let mut known = None;
+        let up = sim.run_until(Duration::from_secs(30), Duration::from_millis(10), |s| {
+            if known.is_none() && s.node(a).members().get(&idc).is_some() {
+                known = Some(s.elapsed());
+            }
+            s.node(a).is_up(&idc)
+        });
+        assert!(up.is_some(), "seed {seed}: nat-a never up with nat-c");
+        let after_known = sim.elapsed().saturating_sub(known.unwrap_or(sim.elapsed()));
+        if after_known > WITHIN {
+            slow.push((seed, after_known, sim.elapsed() - start));
+        }
+    }
+    assert!(
+        slow.is_empty(),
+        "(seed, up after knowing the member, up after joining) over {WITHIN:?}: {slow:?}"
+    );
+}
+
+/// f. Two NATed members, one crashed: the other has no session with it and no way to make
+/// one for as long as its record lives. Its Node must wait on its timers, not serve one due
+/// deadline over and over (the simulator fails a run in which a Node's timer fires a
+/// thousand times at one instant; a router would spin a core).
+#[test]
+fn f_a_nat_pair_without_a_session_waits_without_spinning() {
+    let mut sim = nat_pair(NatKind::EndpointIndependent, 46, DataPath::Node);
+    let (a, c) = (1, 2);
+    let idc = sim.id(c);
+    sim.crash(c);
+    sim.run_for(Duration::from_secs(90));
+    assert!(!sim.node(a).is_up(&idc), "no session with a crashed peer");
+    let now = sim.with_node(a, |n, now| n.poll_timeout().map(|t| t > now));
+    assert_ne!(now, Some(false), "nat-a's next deadline is in the future");
+}

@@ -741,7 +741,7 @@ impl Node {
                 high,
                 entries,
             } => self.on_digest(now, from, reply, low, high, entries),
-            ControlMessage::Observed { endpoint } => self.on_observed(endpoint),
+            ControlMessage::Observed { endpoint } => self.on_observed(endpoint, now),
             ControlMessage::IntroduceRequest { target } => {
                 self.on_introduce_request(now, from, target)
             }

@@ -312,13 +312,27 @@ impl Node {
     }
 
     /// A peer reports where it sees us: an endpoint for our record (NAT discovery).
-    pub(super) fn on_observed(&mut self, endpoint: Endpoint) {
+    pub(super) fn on_observed(&mut self, endpoint: Endpoint, now: Instant) {
         if !self.seen.contains(&endpoint) && !self.config.announce.contains(&endpoint) {
+            let was_behind_nat = self.behind_nat();
             self.seen.push_back(endpoint);
             while self.seen.len() > MAX_ENDPOINTS {
                 self.seen.pop_front();
             }
             self.own_dirty = true;
+            // We just learned we sit behind a NAT: peers already known to sit behind one
+            // became NAT pairs now, not when their records next change.
+            if !was_behind_nat {
+                let pairs: Vec<PeerId> = self
+                    .peers
+                    .keys()
+                    .filter(|id| self.nat_pair(id))
+                    .copied()
+                    .collect();
+                for id in pairs {
+                    self.nat_pair_found(id, now);
+                }
+            }
         }
     }
 

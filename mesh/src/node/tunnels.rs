@@ -93,7 +93,10 @@ impl Node {
                 self.routes_dirty = true;
                 debug!(peer = %id, "no direct path: listing as unreachable, relaying");
             }
-            if !nat_pair && p.path.introduction_due(since, now) {
+            // Due is consumed either way: a pair behind NATs is introduced in punch rounds,
+            // and a due introduction left standing would keep the peer's deadline in the past
+            // (the timer would fire again at once, forever).
+            if p.path.introduction_due(since, now) && !nat_pair {
                 self.request_introduction(id, now);
             }
         }
