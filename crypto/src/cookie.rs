@@ -57,6 +57,7 @@ fn derive(label: &[u8], psk: &[u8; 32]) -> Secret<[u8; 32]> {
 }
 
 /// The keys one accepted join secret gives `mac1` and cookie replies.
+#[derive(Clone, Debug)]
 pub(crate) struct MacKeys {
     mac1: Secret<[u8; 32]>,
     cookie: Secret<[u8; 32]>,

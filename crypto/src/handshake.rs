@@ -333,15 +333,13 @@ impl Handshaker {
     /// The `mac1` and cookie keys of each accepted join secret; the first is the one our own
     /// messages use. The only place the MACs reach the join secret: with several accepted
     /// secrets this yields one entry per secret.
-    fn mac_keys(&self) -> impl Iterator<Item = (MacKeys, &JoinSecret)> + '_ {
-        self.join_secrets
-            .accepted()
-            .map(|s| (MacKeys::derive(s.psk()), s))
+    fn mac_keys(&self) -> impl Iterator<Item = (&MacKeys, &JoinSecret)> + '_ {
+        self.join_secrets.accepted().map(|s| (s.mac_keys(), s))
     }
 
     /// The keys of the accepted secret whose `mac1` a message (with both MACs at its end)
     /// carries: one BLAKE2s per accepted secret, and nothing else.
-    fn mac1_match(&self, message: &[u8]) -> Result<(MacKeys, &JoinSecret), HandshakeError> {
+    fn mac1_match(&self, message: &[u8]) -> Result<(&MacKeys, &JoinSecret), HandshakeError> {
         let (covered, macs) = message.split_at(message.len() - 2 * MAC_LEN);
         self.mac_keys()
             .find(|(k, _)| same(&k.mac1(covered), &macs[..MAC_LEN]))
@@ -360,8 +358,8 @@ impl Handshaker {
     }
 
     /// Our keys for the MACs we write (the first accepted secret's).
-    fn own_mac_keys(&self) -> MacKeys {
-        MacKeys::derive(self.join_secrets.primary().psk())
+    fn own_mac_keys(&self) -> &MacKeys {
+        self.join_secrets.primary().mac_keys()
     }
 
     /// The first look at an initiation from `source`, before the caller spends anything on it:
@@ -378,10 +376,12 @@ impl Handshaker {
         rng: &mut impl Random,
     ) -> Result<Screened, HandshakeError> {
         let init = Initiation::parse(message)?;
-        let (keys, _) = self.mac1_match(message)?;
+        let keys = self.mac1_match(message)?.0;
         if !under_load {
             return Ok(Screened::Unproven);
         }
+        // A copy (64 bytes): the cookie secret below is borrowed mutably.
+        let keys = keys.clone();
         let cookie = self.cookie_secret.cookie(source, now, rng);
         if same(&cookie.mac2(message), init.mac2()) {
             return Ok(Screened::Proven);
@@ -418,7 +418,10 @@ impl Handshaker {
         let mac1: &[u8; MAC_LEN] = Initiation::parse(&initiator.initiation)?.mac1();
         // Sealed under the keys of the secret our initiation used, which the responder found
         // by its mac1.
-        MacKeys::derive(initiator.inputs.secret.psk())
+        initiator
+            .inputs
+            .secret
+            .mac_keys()
             .open_cookie(reply.nonce(), reply.sealed(), mac1)
             .ok_or(HandshakeError::Authentication)
     }
@@ -559,12 +562,12 @@ impl Handshaker {
         let init = Initiation::parse(&inputs.message)?;
         // The secret this handshake started with, even if it is no longer accepted: a
         // handshake in flight finishes with it.
-        let keys = MacKeys::derive(inputs.secret.psk());
+        let keys = inputs.secret.mac_keys();
         let (mut state, _) =
             self.read_initiation(&init, &inputs.seed, &inputs.memo, &inputs.secret)?;
         write_response(
             &mut state,
-            &keys,
+            keys,
             init.sender_index(),
             responding.local_index,
         )?;
@@ -585,8 +588,7 @@ impl Handshaker {
     ) -> Result<(Responding, [u8; RESPONSE_LEN]), HandshakeError> {
         let init = Initiation::parse(message)?;
         // mac1 names the accepted secret the initiator used: only that one's psk0 is tried.
-        let (keys, secret) = self.mac1_match(message)?;
-        let secret = secret.clone();
+        let secret = self.mac1_match(message)?.1.clone();
         if self.recent.contains(init.ephemeral()) {
             return Err(HandshakeError::Replay);
         }
@@ -600,7 +602,12 @@ impl Handshaker {
         }
         self.remember(*init.ephemeral(), wall);
 
-        let out = write_response(&mut state, &keys, init.sender_index(), local_index)?;
+        let out = write_response(
+            &mut state,
+            secret.mac_keys(),
+            init.sender_index(),
+            local_index,
+        )?;
         memo.seal();
         let initiation = message
             .try_into()
@@ -681,7 +688,7 @@ impl Handshaker {
         // Under the secret our initiation used, whatever is accepted now.
         let (covered, macs) = message.split_at(message.len() - 2 * MAC_LEN);
         if !same(
-            &MacKeys::derive(initiator.inputs.secret.psk()).mac1(covered),
+            &initiator.inputs.secret.mac_keys().mac1(covered),
             &macs[..MAC_LEN],
         ) {
             return Err(keep(initiator, HandshakeError::BadMac1));

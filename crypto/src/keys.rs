@@ -10,6 +10,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use curve25519_dalek::montgomery::MontgomeryPoint;
 
+use crate::cookie::MacKeys;
 use crate::random::Random;
 use crate::secret::Secret;
 
@@ -169,6 +170,9 @@ pub struct JoinSecret {
     /// Argon2id(secret, "weft join secret v2\0" || cluster name), 32 bytes.
     psk: Secret<[u8; 32]>,
     id: JoinSecretId,
+    /// The `mac1` and cookie keys this PSK gives, derived once here: every initiation that
+    /// arrives is checked against each accepted secret's `mac1` key before anything else.
+    macs: MacKeys,
 }
 
 /// A short public fingerprint of a derived join secret: tells which secret made a session
@@ -267,6 +271,7 @@ impl JoinSecret {
         let mut id = [0u8; 4];
         id.copy_from_slice(&ctx.finish().as_ref()[..4]);
         Ok(Self {
+            macs: MacKeys::derive(psk.expose()),
             psk,
             id: JoinSecretId(id),
         })
@@ -286,6 +291,10 @@ impl JoinSecret {
 
     pub(crate) fn psk(&self) -> &[u8; 32] {
         self.psk.expose()
+    }
+
+    pub(crate) fn mac_keys(&self) -> &MacKeys {
+        &self.macs
     }
 }
 
