@@ -24,7 +24,7 @@ use weft_mesh::NodeStats;
 use crate::control::StatusReport;
 
 /// Every metric the router exports, with its help text: the one list of names.
-pub const NAMES: [(&str, &str); 16] = [
+pub const NAMES: [(&str, &str); 17] = [
     ("weft_peers", "Peers by tunnel state."),
     ("weft_handshakes", "Handshakes completed."),
     (
@@ -43,6 +43,10 @@ pub const NAMES: [(&str, &str); 16] = [
         "Bytes of control datagrams sent (gossip, keepalives, IPAM, NAT).",
     ),
     ("weft_relayed", "Datagrams forwarded for other peers."),
+    (
+        "weft_data_plane_builds",
+        "Data-plane snapshots built (one per change to a session, path or route).",
+    ),
     (
         "weft_block_addresses",
         "Pod addresses in this node's block (the gateway excluded).",
@@ -89,6 +93,7 @@ pub struct Snapshot {
     block_ready: i64,
     control_bytes: u64,
     relayed: u64,
+    data_plane_builds: u64,
     block_addresses: i64,
     /// Filled in at scrape time from the lease files.
     addresses_in_use: i64,
@@ -125,6 +130,7 @@ impl Snapshot {
             block_ready: i64::from(report.block.is_some()),
             control_bytes: stats.control_bytes,
             relayed: stats.relayed,
+            data_plane_builds: stats.data_plane_builds,
             block_addresses: report
                 .block
                 .as_deref()
@@ -255,6 +261,7 @@ impl Collector for Shared {
         for (name, v) in [
             ("weft_control_bytes", s.control_bytes),
             ("weft_relayed", s.relayed),
+            ("weft_data_plane_builds", s.data_plane_builds),
             ("weft_policy_problems", s.policy_problems),
             ("weft_join_secret_reloads", s.join_secret_reloads),
             (

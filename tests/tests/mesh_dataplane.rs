@@ -269,3 +269,39 @@ fn a_spoofed_source_is_refused_and_counted_at_the_receiver(data_path: DataPath) 
 fn drops(sim: &Sim, i: usize, reason: DropReason) -> u64 {
     sim.node(i).drops().get(&reason).copied().unwrap_or(0)
 }
+
+/// Steady traffic on the data-plane path: the workers' activity reports (ten a second per
+/// half) move the Node's clocks and counters but no session, path or route, so they do not
+/// make the Node build its snapshot again; only its other inputs (gossip, keepalives,
+/// timers) do.
+#[test]
+fn activity_reports_do_not_rebuild_the_snapshot() {
+    let mut sim = two_nodes(17, DataPath::DataPlane);
+    let (a, b) = (0, 1);
+    let builds =
+        |sim: &Sim| sim.node(a).stats().data_plane_builds + sim.node(b).stats().data_plane_builds;
+    let (builds_before, reports_before) = (builds(&sim), sim.data_plane_stats().reports);
+    // One packet each way every 5 ms for 20 s.
+    for tick in 0..4000u32 {
+        let (p, q) = (sim.packet(a, b, tick), sim.packet(b, a, tick));
+        sim.send_packets(a, vec![p]);
+        sim.send_packets(b, vec![q]);
+        sim.run_for(Duration::from_millis(5));
+    }
+    let built = builds(&sim) - builds_before;
+    let reports = sim.data_plane_stats().reports - reports_before;
+    eprintln!(
+        "seed {}: {reports} activity reports, {built} snapshots built",
+        sim.seed
+    );
+    assert!(
+        reports >= 700,
+        "both halves of both nodes reported: {reports}"
+    );
+    assert!(
+        built * 10 < reports,
+        "seed {}: {built} snapshots built for {reports} activity reports",
+        sim.seed
+    );
+    sim.assert_data_path_carried_traffic();
+}

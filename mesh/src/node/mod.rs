@@ -477,6 +477,7 @@ impl Node {
                 }
             }
         }
+        self.stats.data_plane_builds += 1;
         let dp = Arc::new(DataPlane {
             local: Some(self.id),
             routes: (*self.routes).clone(),
@@ -508,7 +509,17 @@ impl Node {
             }
             self.touched.insert(a.peer);
         }
+        // Activity moves clocks and counters only: no session, path or route the snapshot
+        // holds (a report never changes a peer's path: `direct_rx_reported`). Keep it, so a
+        // worker's report does not rebuild and republish it ten times a second per worker.
+        // Anything else this call's `finish` could do (our record changed) drops it as usual.
+        let kept = if self.own_dirty {
+            None
+        } else {
+            self.data_plane.take()
+        };
         self.finish(now);
+        self.data_plane = kept;
     }
 
     /// Drops counted by a data-plane worker (the Node's [`Node::drops`] stays the one tally).

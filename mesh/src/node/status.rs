@@ -29,6 +29,9 @@ pub struct NodeStats {
     pub introductions: u64,
     /// Hole punches sent.
     pub punches: u64,
+    /// Data-plane snapshots built ([`super::Node::data_plane`]): one per change to a
+    /// session, path or route that a worker asked about, not one per activity report.
+    pub data_plane_builds: u64,
 }
 
 /// A peer, as a status API shows it.
