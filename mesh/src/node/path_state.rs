@@ -221,6 +221,12 @@ impl PathState {
 
     /// The direct path to a peer behind NAT works: the attempt is over.
     pub(super) fn punch_succeeded(&mut self) {
+        self.end_attempt();
+    }
+
+    /// The direct attempt is over, won or not needed any more: no round planned, and the
+    /// next attempt starts from round one.
+    pub(super) fn end_attempt(&mut self) {
         self.punch_rounds = 0;
         self.attempt_since = None;
         self.punch_round_at = None;

@@ -163,7 +163,18 @@ impl Node {
     /// Rounds start once a session is up (through the relay): a punch that gets through
     /// moves that session to the direct path.
     pub(super) fn punch_rounds(&mut self, id: PeerId, now: Instant) {
-        if !self.nat_pair(&id) || !self.is_up(&id) {
+        if !self.nat_pair(&id) {
+            // No longer a pair behind NATs (a restarted peer's record shows no NAT yet): a
+            // planned round would stay due and unserved. The attempt ends; it starts afresh
+            // if the pair is found behind NATs again.
+            if let Some(p) = self.peers.get_mut(&id)
+                && p.path.punch_round_at.is_some()
+            {
+                p.path.end_attempt();
+            }
+            return;
+        }
+        if !self.is_up(&id) {
             return;
         }
         let due = self

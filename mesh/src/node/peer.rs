@@ -80,7 +80,13 @@ impl Peer {
             }
             d = min_opt(d, self.path.introduction_at(since));
         }
-        min_opt(d, self.path.punch_round_at)
+        // A punch round is served only while the session is up (it moves that session):
+        // without one, a due round would keep the deadline in the past. It is served once
+        // the session is back.
+        if self.tunnel.is_up() {
+            d = min_opt(d, self.path.punch_round_at);
+        }
+        d
     }
 }
 
