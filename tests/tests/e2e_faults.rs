@@ -282,8 +282,11 @@ fn a_blocked_link_is_routed_through_a_relay_and_back() {
         lab.peer("n1", "n3"),
         lab.peer("n3", "n1")
     );
-    // Direct means n2 forwards nothing more of the probes.
-    std::thread::sleep(Duration::from_millis(500));
+    // Direct means n2 forwards nothing more of the probes. The metrics are a snapshot up to
+    // a second old: the first reading waits past that, or it can predate the switch and
+    // the window below count relaying that happened before both were direct (16 probes
+    // once in CI).
+    std::thread::sleep(Duration::from_millis(1500));
     let r1 = relayed(&lab);
     std::thread::sleep(Duration::from_secs(2));
     let r2 = relayed(&lab);
