@@ -333,15 +333,19 @@ impl Handshaker {
     /// The `mac1` and cookie keys of each accepted join secret; the first is the one our own
     /// messages use. The only place the MACs reach the join secret: with several accepted
     /// secrets this yields one entry per secret.
-    fn mac_keys(&self) -> impl Iterator<Item = (&MacKeys, &JoinSecret)> + '_ {
-        self.join_secrets.accepted().map(|s| (s.mac_keys(), s))
+    fn mac_keys(secrets: &JoinSecrets) -> impl Iterator<Item = (&MacKeys, &JoinSecret)> {
+        secrets.accepted().map(|s| (s.mac_keys(), s))
     }
 
     /// The keys of the accepted secret whose `mac1` a message (with both MACs at its end)
-    /// carries: one BLAKE2s per accepted secret, and nothing else.
-    fn mac1_match(&self, message: &[u8]) -> Result<(&MacKeys, &JoinSecret), HandshakeError> {
+    /// carries: one BLAKE2s per accepted secret, and nothing else. It borrows only the
+    /// secrets, so a caller may use the cookie secret beside the keys without copying them.
+    fn mac1_match<'s>(
+        secrets: &'s JoinSecrets,
+        message: &[u8],
+    ) -> Result<(&'s MacKeys, &'s JoinSecret), HandshakeError> {
         let (covered, macs) = message.split_at(message.len() - 2 * MAC_LEN);
-        self.mac_keys()
+        Self::mac_keys(secrets)
             .find(|(k, _)| same(&k.mac1(covered), &macs[..MAC_LEN]))
             .ok_or(HandshakeError::BadMac1)
     }
@@ -376,12 +380,10 @@ impl Handshaker {
         rng: &mut impl Random,
     ) -> Result<Screened, HandshakeError> {
         let init = Initiation::parse(message)?;
-        let keys = self.mac1_match(message)?.0;
+        let keys = Self::mac1_match(&self.join_secrets, message)?.0;
         if !under_load {
             return Ok(Screened::Unproven);
         }
-        // A copy (64 bytes): the cookie secret below is borrowed mutably.
-        let keys = keys.clone();
         let cookie = self.cookie_secret.cookie(source, now, rng);
         if same(&cookie.mac2(message), init.mac2()) {
             return Ok(Screened::Proven);
@@ -588,7 +590,7 @@ impl Handshaker {
     ) -> Result<(Responding, [u8; RESPONSE_LEN]), HandshakeError> {
         let init = Initiation::parse(message)?;
         // mac1 names the accepted secret the initiator used: only that one's psk0 is tried.
-        let secret = self.mac1_match(message)?.1.clone();
+        let secret = Self::mac1_match(&self.join_secrets, message)?.1.clone();
         if self.recent.contains(init.ephemeral()) {
             return Err(HandshakeError::Replay);
         }
